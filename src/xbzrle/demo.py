@@ -1,0 +1,134 @@
+"""``xbzrle demo``: the seed's claim, shown live on this machine.
+
+Two processes on loopback: this one is the source (a guest running a
+workload), a child ``xbzrle vm --incoming`` is the destination.  The same
+guest is migrated twice under a bandwidth cap, first without XBZRLE (it
+cannot converge; it is cancelled at a time cap and the source guest is shown
+still running), then with XBZRLE (it completes, the destination checks the
+RAM digest and resumes the workload).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from .guest import Guest
+from .migration.manager import MigrationManager
+from .migration.report import format_comparison, format_info_migrate
+from .migration.sizes import format_size
+
+
+@dataclass
+class DemoOptions:
+    ram: int
+    workload: str
+    bandwidth: int
+    cache_size: int
+    time_cap: float
+    downtime_limit: int
+    as_json: bool
+
+
+def _say(opts: DemoOptions, text: str = "") -> None:
+    if not opts.as_json:
+        print(text, flush=True)
+
+
+def _spawn_destination(opts: DemoOptions, xbzrle: bool) -> tuple[subprocess.Popen[str], int]:
+    cmd = [sys.executable, "-m", "xbzrle", "vm", "--ram", str(opts.ram), "--workload",
+           opts.workload, "--incoming", "tcp:127.0.0.1:0", "--exit-after-migration",
+           "--report-json"]
+    if xbzrle:
+        cmd.append("--xbzrle")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("LISTENING "):
+        proc.kill()
+        raise RuntimeError(f"destination did not start (said {line!r})")
+    return proc, int(line.split()[1])
+
+
+def _workload_progress(guest: Guest) -> int:
+    return sum(int(w.stats().get("pages_written", 0)) for w in guest.workloads)
+
+
+def _run_one(opts: DemoOptions, guest: Guest, xbzrle: bool) -> dict[str, object]:
+    name = "xbzrle" if xbzrle else "plain"
+    proc, port = _spawn_destination(opts, xbzrle)
+    manager = MigrationManager(guest)
+    manager.set_capability("xbzrle", xbzrle)
+    manager.set_parameters(max_bandwidth=opts.bandwidth, downtime_limit=opts.downtime_limit)
+    if xbzrle:
+        manager.set_cache_size(opts.cache_size)
+    _say(opts, f"\n== migration {'with' if xbzrle else 'without'} XBZRLE "
+               f"(cap {format_size(opts.bandwidth)}/s, downtime limit {opts.downtime_limit} ms)")
+    mig = manager.migrate(f"tcp:127.0.0.1:{port}")
+    started = time.monotonic()
+    cancelled_at_cap = False
+    while mig.thread.is_alive():
+        mig.wait(1.0)
+        info = mig.query()
+        ram = info["ram"]
+        elapsed = time.monotonic() - started
+        _say(opts, f"  {elapsed:5.1f} s  {info['status']:<10} sent {ram['transferred'] / 2**20:7.1f}"
+                   f" MiB  remaining {ram['remaining'] / 2**20:6.1f} MiB  rounds"
+                   f" {ram['dirty-sync-count']:3}  expected downtime"
+                   f" {info.get('expected-downtime', 0)} ms")
+        if elapsed > opts.time_cap and not cancelled_at_cap:
+            _say(opts, f"  gave up after {opts.time_cap:.0f} s: cancelling")
+            manager.cancel()
+            cancelled_at_cap = True
+    info = manager.query()
+    info["rounds"] = mig.stats.history_dicts()
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    dest = {}
+    for line in out.splitlines():
+        if line.startswith("{"):
+            dest = json.loads(line)
+    info["destination"] = dest
+    if xbzrle is False or info["status"] != "completed":
+        before = _workload_progress(guest)
+        time.sleep(0.3)
+        info["source-guest-running"] = guest.running and _workload_progress(guest) > before
+        _say(opts, f"  source guest still running after the {info['status']} migration: "
+                   f"{info['source-guest-running']}")
+    else:
+        _say(opts, f"  destination: {dest.get('status')}, RAM digest verified: "
+                   f"{dest.get('digest-verified')}, workload resumed there: "
+                   f"{dest.get('workload-resumed')}")
+    _say(opts, "\n(xbzrle) info migrate  [" + name + "]")
+    _say(opts, format_info_migrate(info, manager.settings.query_capabilities()))
+    return info
+
+
+def run_demo(opts: DemoOptions) -> int:
+    _say(opts, f"xbzrle demo: {format_size(opts.ram)} guest running '{opts.workload}', "
+               "source in this process, destination in a child process on loopback")
+    results: dict[str, dict[str, object]] = {}
+    with Guest(ram=opts.ram) as guest:
+        guest.start_workload(opts.workload)
+        time.sleep(0.5)  # let the workload dirty its working set
+        results["plain"] = _run_one(opts, guest, xbzrle=False)
+        if not guest.running:
+            guest.cont()
+        results["xbzrle"] = _run_one(opts, guest, xbzrle=True)
+    if opts.as_json:
+        print(json.dumps(results))
+    else:
+        print("\n== comparison")
+        print(format_comparison(results))
+        ok = results["xbzrle"]["status"] == "completed"
+        print("\nWith XBZRLE the migration " + ("completed" if ok else "did NOT complete") +
+              "; without it, it " + ("completed" if results["plain"]["status"] == "completed"
+                                     else "did not converge") + ".")
+    return 0 if results["xbzrle"]["status"] == "completed" else 1

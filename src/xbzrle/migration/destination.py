@@ -1,0 +1,224 @@
+"""The destination side: receive one stream, rebuild the RAM, check it, resume.
+
+The stream parser reads every record; page records are applied by the
+compiled load loop when the parser hands them over, otherwise one by one.
+The destination never writes outside a block (the parser and the load loop
+check every offset against the announced block sizes) and fails loudly on a
+digest mismatch instead of running a guest with corrupt memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from .. import codec
+from ..errors import DecodeError, StreamError, TransportError, XbzrleError
+from ..stream import constants as K
+from ..stream import records as ev
+from ..stream.parser import NEED_DATA, StreamParser
+from .stats import BatchCounts, MigrationStats
+from .status import MigrationStatus
+from .transport import FileChannel, Listener, SocketChannel
+from .uri import MigrationURI
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 1 << 20
+
+
+class IncomingMigration:
+    """Listens on ``uri`` for one migration into ``guest``."""
+
+    def __init__(
+        self,
+        guest,
+        uri: MigrationURI,
+        xbzrle: Callable[[], bool],
+        on_status: Callable[[MigrationStatus], None] | None = None,
+        resume: bool = True,
+    ) -> None:
+        self.guest = guest
+        self.uri = uri
+        self._xbzrle = xbzrle  # read when the stream arrives: the operator may enable it late
+        self.resume = resume
+        self.on_status = on_status or (lambda status: None)
+        self.status = MigrationStatus.SETUP
+        self.error: str | None = None
+        self.stats = MigrationStats(
+            total_ram=sum(b.size for b in guest.blocks.values()), xbzrle=False)
+        self._lock = threading.Lock()
+        self._channel: SocketChannel | FileChannel | None = None
+        self._cancelled = False
+        self.listener = Listener(uri)  # bind now: a bad address fails the command itself
+        self.thread = threading.Thread(target=self._run, name="migration-incoming", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.listener.port
+
+    def start(self) -> None:
+        self.on_status(MigrationStatus.SETUP)
+        self.thread.start()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self.listener.close()
+        if self._channel is not None:
+            self._channel.abort()
+
+    def wait(self, timeout: float | None = None) -> MigrationStatus:
+        self.thread.join(timeout)
+        return self.status
+
+    def query(self) -> dict[str, object]:
+        with self._lock:
+            info = self.stats.to_qmp(str(self.status))
+        if self.error is not None:
+            info["error-desc"] = self.error
+        return info
+
+    def _set_status(self, status: MigrationStatus) -> None:
+        with self._lock:
+            if status == self.status:
+                return
+            self.status = status
+        log.info("incoming migration status: %s", status)
+        self.on_status(status)
+
+    def _run(self) -> None:
+        error: str | None = None
+        try:
+            self._channel = self.listener.accept()
+            self._set_status(MigrationStatus.ACTIVE)
+            self._receive()
+        except (XbzrleError, OSError) as exc:
+            error = str(exc) if not self._cancelled else "incoming migration cancelled"
+        except Exception as exc:  # a bug: report it, never resume a half-loaded guest
+            log.exception("incoming migration crashed")
+            error = f"internal error: {exc!r}"
+        channel = self._channel
+        if isinstance(channel, SocketChannel):
+            channel.send_verdict(error)
+        if channel is not None:
+            try:
+                channel.close()
+            except XbzrleError as exc:
+                error = error or str(exc)
+        self.listener.close()
+        with self._lock:
+            self.error = error
+            self.stats.finish()
+        if error is None:
+            self._set_status(MigrationStatus.COMPLETED)
+            if self.resume:
+                self.guest.cont()
+        else:
+            log.warning("incoming migration failed: %s", error)
+            self._set_status(MigrationStatus.FAILED)
+
+    def _receive(self) -> None:
+        assert self._channel is not None
+        blocks = self.guest.blocks
+        parser = StreamParser()
+        loader = PageLoader(blocks, self._xbzrle())
+        parser.page_sink = loader.sink if hasattr(parser, "page_sink") else None
+        buf = bytearray(READ_SIZE)
+        view = memoryview(buf)
+        digest: dict[str, tuple[int, bytes]] | None = None
+        seen_eof = False
+        while True:
+            n = self._channel.readinto(view)
+            if n == 0:
+                break
+            parser.feed(view[:n])
+            while True:
+                event = parser.next_event()
+                if event is NEED_DATA:
+                    break
+                if isinstance(event, ev.RamBlocks):
+                    loader.check_layout(event)
+                elif isinstance(event, ev.ZeroPage | ev.NormalPage | ev.XbzrlePage):
+                    loader.apply(event)
+                elif isinstance(event, ev.Digest):
+                    digest = event.blocks
+                elif isinstance(event, ev.Eof):
+                    seen_eof = True
+                elif isinstance(event, ev.SectionFull) and event.idstr != K.DIGEST_IDSTR:
+                    raise StreamError(
+                        f"device section {event.idstr!r} is not supported by this destination",
+                        event.stream_offset)
+            with self._lock:
+                self.stats.totals = loader.counts
+                self.stats.add_wire_bytes(0)
+            if seen_eof:
+                break
+        parser.close()
+        if not seen_eof:
+            raise TransportError("the migration stream ended before its end (source vanished?)")
+        if digest is None:
+            raise StreamError("the migration stream carries no RAM digest")
+        mine = self.guest.digest()
+        for name, (size, want) in digest.items():
+            if name not in blocks:
+                raise StreamError(f"digest names unknown RAM block {name!r}")
+            if bytes.fromhex(mine[name]) != want:
+                raise StreamError(
+                    f"RAM block {name!r} differs from the source after migration "
+                    "(digest mismatch): refusing to run a corrupt guest")
+
+
+class PageLoader:
+    """Applies page records to the guest's RAM blocks, with bounds checks."""
+
+    def __init__(self, blocks, xbzrle: bool) -> None:
+        self.blocks = blocks
+        self._xbzrle = xbzrle  # read when the stream arrives: the operator may enable it late
+        self.counts = BatchCounts()
+        self._views = {name: memoryview(block).cast("B") for name, block in blocks.items()}
+
+    def check_layout(self, event: ev.RamBlocks) -> None:
+        for name, size in event.blocks:
+            if name not in self.blocks:
+                raise StreamError(f"the source has RAM block {name!r}, this guest does not",
+                                  event.stream_offset)
+            if self.blocks[name].size != size:
+                raise StreamError(
+                    f"RAM block {name!r} is {size} bytes on the source, "
+                    f"{self.blocks[name].size} here", event.stream_offset)
+
+    def _page(self, event) -> memoryview:
+        view = self._views.get(event.block)
+        if view is None:
+            raise StreamError(f"page for unknown RAM block {event.block!r}", event.stream_offset)
+        if event.offset + K.PAGE_SIZE > len(view):
+            raise StreamError(f"page offset {event.offset:#x} outside RAM block {event.block!r}",
+                              event.stream_offset)
+        return view[event.offset:event.offset + K.PAGE_SIZE]
+
+    def apply(self, event) -> None:
+        page = self._page(event)
+        c = self.counts
+        if isinstance(event, ev.ZeroPage):
+            if event.fill or any(page.cast("Q")):
+                page[:] = bytes([event.fill]) * K.PAGE_SIZE
+            c.zero += 1
+        elif isinstance(event, ev.NormalPage):
+            page[:] = event.data
+            c.normal += 1
+        else:
+            if not self.xbzrle:
+                raise StreamError(
+                    "received an XBZRLE page but the xbzrle capability is not enabled on the "
+                    "destination", event.stream_offset)
+            try:
+                codec.decode_into(event.delta, page)
+            except DecodeError as exc:
+                raise StreamError(f"bad XBZRLE page at {event.offset:#x} of {event.block!r}: "
+                                  f"{exc}", event.stream_offset) from exc
+            c.xbzrle += 1
+        c.scanned += 1
+
+    sink = None  # the compiled fast path plugs in here once the parser offers it
+

@@ -1,0 +1,135 @@
+"""One process's migration API: what the CLI and both monitors call.
+
+It owns the capabilities and parameters (checked by :mod:`.params`), starts
+at most one outgoing or incoming migration at a time, forwards live changes
+(cache size, bandwidth, downtime) to a running one, and answers
+``query-migrate``.  Listeners hear status changes, e.g. to emit QMP events.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from ..errors import MigrationStateError
+from .destination import IncomingMigration
+from .params import Settings
+from .source import SourceConfig, SourceMigration
+from .status import IN_PROGRESS_MESSAGE, MigrationStatus
+from .uri import parse_uri
+
+StatusListener = Callable[[MigrationStatus], None]
+
+
+class MigrationManager:
+    def __init__(self, guest) -> None:
+        self.guest = guest
+        self.settings = Settings(ram_size=sum(b.size for b in guest.blocks.values()))
+        self.current: SourceMigration | IncomingMigration | None = None
+        self.last_incoming: IncomingMigration | None = None
+        self._listeners: list[StatusListener] = []
+        self._pass_listeners: list[Callable[[int], None]] = []
+        self._lock = threading.Lock()
+
+    # -- listeners -----------------------------------------------------------
+    def add_status_listener(self, fn: StatusListener) -> None:
+        self._listeners.append(fn)
+
+    def add_pass_listener(self, fn: Callable[[int], None]) -> None:
+        self._pass_listeners.append(fn)
+
+    def _notify(self, status: MigrationStatus) -> None:
+        for fn in list(self._listeners):
+            fn(status)
+
+    def _notify_pass(self, count: int) -> None:
+        for fn in list(self._pass_listeners):
+            fn(count)
+
+    # -- state -----------------------------------------------------------------
+    @property
+    def status(self) -> MigrationStatus:
+        return self.current.status if self.current is not None else MigrationStatus.NONE
+
+    @property
+    def running(self) -> bool:
+        return self.status.is_running
+
+    def _refuse_if_running(self) -> None:
+        mig = self.current
+        waiting = isinstance(mig, IncomingMigration) and mig.status == MigrationStatus.SETUP
+        if self.running and not waiting:
+            raise MigrationStateError(IN_PROGRESS_MESSAGE)
+
+    # -- settings ----------------------------------------------------------------
+    def set_capability(self, name: str, state: bool) -> None:
+        self._refuse_if_running()
+        self.settings.set_capability(name, state)
+
+    def set_parameters(self, **values: object) -> None:
+        self.settings.set_parameters(**values)
+        self._forward_live()
+
+    def set_cache_size(self, size: int) -> int:
+        """The seed's ``migrate_set_cache_size``: rounds down to a power of two."""
+        value = self.settings.check_cache_size(size, round_down=True)
+        self.settings.parameters.xbzrle_cache_size = value
+        self._forward_live()
+        return value
+
+    def _forward_live(self) -> None:
+        mig = self.current
+        if isinstance(mig, SourceMigration) and mig.status.is_running:
+            p = self.settings.parameters
+            if mig.cache is not None or mig.config.xbzrle:
+                mig.set_cache_size(p.xbzrle_cache_size)
+            mig.set_bandwidth(p.max_bandwidth)
+            mig.set_downtime_limit(p.downtime_limit)
+
+    # -- migrations ----------------------------------------------------------------
+    def migrate(self, uri: str, max_rounds: int = 0) -> SourceMigration:
+        with self._lock:
+            self._refuse_if_running()
+            p = self.settings.parameters
+            config = SourceConfig(
+                xbzrle=self.settings.capability("xbzrle"),
+                cache_size=p.xbzrle_cache_size,
+                max_bandwidth=p.max_bandwidth,
+                downtime_limit_ms=p.downtime_limit,
+                max_rounds=max_rounds,
+            )
+            mig = SourceMigration(self.guest, parse_uri(uri), config, self._notify,
+                                  self._notify_pass)
+            self.current = mig
+        mig.start()
+        return mig
+
+    def incoming(self, uri: str, resume: bool = True) -> IncomingMigration:
+        with self._lock:
+            self._refuse_if_running()
+            if self.current is not None and self.current.status.is_running:
+                raise MigrationStateError(IN_PROGRESS_MESSAGE)
+            mig = IncomingMigration(self.guest, parse_uri(uri),
+                                    lambda: self.settings.capability("xbzrle"),
+                                    self._notify, resume=resume)
+            self.current = mig
+            self.last_incoming = mig
+        mig.start()
+        return mig
+
+    def cancel(self) -> None:
+        mig = self.current
+        if mig is not None and mig.status.is_running:
+            mig.cancel()
+
+    def query(self) -> dict[str, object]:
+        mig = self.current
+        if mig is None:
+            return {}
+        return mig.query()
+
+    def wait(self, timeout: float | None = None) -> MigrationStatus:
+        mig = self.current
+        if mig is None:
+            return MigrationStatus.NONE
+        return mig.wait(timeout)

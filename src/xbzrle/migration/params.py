@@ -1,0 +1,135 @@
+"""Migration capabilities and parameters, with QEMU's names and checks.
+
+Pure logic: no I/O, no threads.  The monitors (HMP, QMP) and the CLI all go
+through :class:`Settings`, so every path refuses the same values with the
+same message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..errors import ParameterError
+
+PAGE_SIZE = 4096
+MiB = 1 << 20
+
+#: Capabilities this implementation supports, in QEMU's spelling.
+CAPABILITIES = ("xbzrle", "events")
+
+#: QEMU's defaults: 64 MiB cache, 128 MiB/s, 300 ms.
+DEFAULT_CACHE_SIZE = 64 * MiB
+DEFAULT_MAX_BANDWIDTH = 128 * MiB
+DEFAULT_DOWNTIME_LIMIT_MS = 300
+MAX_DOWNTIME_LIMIT_MS = 2_000_000
+MAX_BANDWIDTH_LIMIT = (1 << 64) // 1000 - 1
+
+
+def pow2floor(value: int) -> int:
+    """Largest power of two <= value (value >= 1): the seed's cache rounding."""
+    return 1 << (value.bit_length() - 1)
+
+
+def is_pow2(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+def _as_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParameterError(f"Parameter '{name}' expects an integer, got {value!r}")
+    return value
+
+
+@dataclass
+class Parameters:
+    """``query-migrate-parameters`` values we implement (units as QEMU's)."""
+
+    xbzrle_cache_size: int = DEFAULT_CACHE_SIZE  # bytes
+    max_bandwidth: int = DEFAULT_MAX_BANDWIDTH  # bytes per second, 0 = unlimited
+    downtime_limit: int = DEFAULT_DOWNTIME_LIMIT_MS  # milliseconds
+
+    def to_qmp(self) -> dict[str, int]:
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class Settings:
+    """Capabilities and parameters of one process, checked on every change.
+
+    ``ram_size`` bounds the cache size (a cache larger than guest RAM is
+    refused, as QEMU does).
+    """
+
+    ram_size: int
+    capabilities: dict[str, bool] = field(
+        default_factory=lambda: {name: False for name in CAPABILITIES}
+    )
+    parameters: Parameters = field(default_factory=Parameters)
+
+    # -- capabilities ------------------------------------------------------
+    def set_capability(self, name: str, state: bool) -> None:
+        if name not in self.capabilities:
+            raise ParameterError(
+                f"Parameter 'capability' does not accept value '{name}' "
+                f"(supported: {', '.join(CAPABILITIES)})"
+            )
+        if not isinstance(state, bool):
+            raise ParameterError(f"Parameter 'state' expects a boolean, got {state!r}")
+        self.capabilities[name] = state
+
+    def capability(self, name: str) -> bool:
+        return self.capabilities[name]
+
+    def query_capabilities(self) -> list[dict[str, object]]:
+        return [{"capability": k, "state": v} for k, v in self.capabilities.items()]
+
+    # -- parameters --------------------------------------------------------
+    def check_cache_size(self, value: object, *, round_down: bool) -> int:
+        """Validate a cache size; the seed's commands round down, the parameter refuses."""
+        size = _as_int("xbzrle-cache-size", value)
+        if size < PAGE_SIZE:
+            raise ParameterError(
+                f"Parameter 'xbzrle-cache-size' expects a power of two no less than the "
+                f"target page size ({PAGE_SIZE} bytes), got {size}"
+            )
+        if size > self.ram_size:
+            raise ParameterError(
+                f"Parameter 'xbzrle-cache-size' expects a size no larger than guest RAM "
+                f"({self.ram_size} bytes), got {size}"
+            )
+        if not is_pow2(size):
+            if not round_down:
+                raise ParameterError(
+                    "Parameter 'xbzrle-cache-size' expects a power of two no less than the "
+                    f"target page size, got {size}"
+                )
+            size = pow2floor(size)
+        return size
+
+    def set_parameters(self, **values: object) -> None:
+        """Apply ``migrate-set-parameters`` atomically: all values or none."""
+        updated = dataclasses.replace(self.parameters)
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name == "xbzrle_cache_size":
+                updated.xbzrle_cache_size = self.check_cache_size(value, round_down=False)
+            elif name == "max_bandwidth":
+                bw = _as_int("max-bandwidth", value)
+                if not 0 <= bw <= MAX_BANDWIDTH_LIMIT:
+                    raise ParameterError(
+                        "Parameter 'max-bandwidth' expects an integer in the range of 0 to "
+                        f"{MAX_BANDWIDTH_LIMIT} bytes/second"
+                    )
+                updated.max_bandwidth = bw
+            elif name == "downtime_limit":
+                ms = _as_int("downtime-limit", value)
+                if not 0 <= ms <= MAX_DOWNTIME_LIMIT_MS:
+                    raise ParameterError(
+                        "Parameter 'downtime-limit' expects an integer in the range of 0 to "
+                        f"{MAX_DOWNTIME_LIMIT_MS // 1000} seconds"
+                    )
+                updated.downtime_limit = ms
+            else:
+                raise ParameterError(f"Parameter '{key}' is unexpected")
+        self.parameters = updated

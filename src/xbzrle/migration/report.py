@@ -1,0 +1,98 @@
+"""Human-readable migration reports: QEMU's ``info migrate`` layout, and the
+demo's side-by-side comparison.  Pure formatting over query-migrate dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+
+def format_capabilities(caps: Sequence[Mapping[str, object]]) -> str:
+    return "capabilities: " + " ".join(
+        f"{c['capability']}: {'on' if c['state'] else 'off'}" for c in caps)
+
+
+def format_info_migrate(info: Mapping[str, object],
+                        caps: Sequence[Mapping[str, object]] | None = None) -> str:
+    """``info migrate`` as QEMU's HMP prints it (values in the same units)."""
+    lines: list[str] = []
+    if caps is not None and info.get("status"):
+        lines.append(format_capabilities(caps))
+    if not info:
+        return "\n".join(lines)
+    lines.append(f"Migration status: {info['status']}")
+    if "error-desc" in info:
+        lines.append(f"Error: {info['error-desc']}")
+    if "total-time" in info:
+        lines.append(f"total time: {info['total-time']} ms")
+    if "expected-downtime" in info:
+        lines.append(f"expected downtime: {info['expected-downtime']} ms")
+    if "downtime" in info:
+        lines.append(f"downtime: {info['downtime']} ms")
+    if "setup-time" in info:
+        lines.append(f"setup: {info['setup-time']} ms")
+    ram = info.get("ram")
+    if isinstance(ram, Mapping):
+        lines += [
+            f"transferred ram: {ram['transferred'] >> 10} kbytes",
+            f"throughput: {ram['mbps']:.2f} mbps",
+            f"remaining ram: {ram['remaining'] >> 10} kbytes",
+            f"total ram: {ram['total'] >> 10} kbytes",
+            f"duplicate: {ram['duplicate']} pages",
+            f"skipped: {ram.get('skipped', 0)} pages",
+            f"normal: {ram['normal']} pages",
+            f"normal bytes: {ram['normal-bytes'] >> 10} kbytes",
+            f"dirty sync count: {ram['dirty-sync-count']}",
+            f"page size: {ram.get('page-size', 4096) >> 10} kbytes",
+        ]
+        if ram.get("pages-per-second"):
+            lines.append(f"pages-per-second: {ram['pages-per-second']}")
+        if ram.get("dirty-pages-rate"):
+            lines.append(f"dirty pages rate: {ram['dirty-pages-rate']} pages")
+    x = info.get("xbzrle-cache")
+    if isinstance(x, Mapping):
+        lines += [
+            f"cache size: {x['cache-size']} bytes",
+            f"xbzrle transferred: {x['bytes'] >> 10} kbytes",
+            f"xbzrle pages: {x['pages']} pages",
+            f"xbzrle cache miss: {x['cache-miss']} pages",
+            f"xbzrle cache miss rate: {x['cache-miss-rate']:.2f}",
+            f"xbzrle encoding rate: {x['encoding-rate']:.2f}",
+            f"xbzrle overflow: {x['overflow']}",
+        ]
+    return "\n".join(lines)
+
+
+def format_comparison(results: Mapping[str, Mapping[str, object]]) -> str:
+    """One screen: each run's outcome side by side."""
+    names = list(results)
+    rows: list[tuple[str, list[str]]] = []
+
+    def ram(r: Mapping[str, object], key: str) -> object:
+        value = r.get("ram")
+        return value.get(key, "-") if isinstance(value, Mapping) else "-"
+
+    def mib(n: object) -> str:
+        return f"{n / (1 << 20):.1f} MiB" if isinstance(n, int) else "-"
+
+    rows.append(("status", [str(results[n].get("status", "-")) for n in names]))
+    rows.append(("total time", [f"{results[n].get('total-time', 0) / 1000:.1f} s" for n in names]))
+    rows.append(("downtime", [f"{results[n]['downtime']} ms" if "downtime" in results[n]
+                              else "-" for n in names]))
+    rows.append(("sent", [mib(ram(results[n], "transferred")) for n in names]))
+    rows.append(("rounds (dirty syncs)", [str(ram(results[n], "dirty-sync-count"))
+                                          for n in names]))
+    rows.append(("zero pages", [str(ram(results[n], "duplicate")) for n in names]))
+    rows.append(("normal pages", [str(ram(results[n], "normal")) for n in names]))
+    rows.append(("xbzrle pages", [str(results[n].get("xbzrle-cache", {}).get("pages", "-"))
+                                  for n in names]))
+    rows.append(("cache misses", [str(results[n].get("xbzrle-cache", {}).get("cache-miss", "-"))
+                                  for n in names]))
+    rows.append(("overflows", [str(results[n].get("xbzrle-cache", {}).get("overflow", "-"))
+                               for n in names]))
+    width = max(len(r[0]) for r in rows) + 2
+    cols = [max(len(n), *(len(r[1][i]) for r in rows)) + 2 for i, n in enumerate(names)]
+    out = ["".ljust(width) + "".join(n.rjust(c) for n, c in zip(names, cols, strict=True))]
+    for label, values in rows:
+        out.append(label.ljust(width) + "".join(v.rjust(c) for v, c in zip(values, cols,
+                                                                            strict=True)))
+    return "\n".join(out)

@@ -1,0 +1,115 @@
+"""Capabilities, parameters, sizes, URIs and the state machine: pure logic."""
+
+import pytest
+
+from xbzrle.errors import MigrationStateError, ParameterError
+from xbzrle.migration.params import Settings, pow2floor
+from xbzrle.migration.sizes import format_size, parse_size
+from xbzrle.migration.status import MigrationStatus, check_transition
+from xbzrle.migration.uri import parse_uri
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("4096", 4096), ("64k", 64 << 10), ("256m", 256 * MiB), ("256M", 256 * MiB),
+     ("1g", 1 << 30), ("1G", 1 << 30), ("2t", 2 << 40), ("1.5k", 1536), ("512MiB", 512 * MiB),
+     (123, 123)],
+)
+def test_sizes_parse_like_the_monitor(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "abc", "12q", "-5", "m", True])
+def test_bad_sizes_are_refused(text):
+    with pytest.raises(ParameterError):
+        parse_size(text)
+
+
+def test_format_size():
+    assert format_size(256 * MiB) == "256 MiB"
+    assert format_size(4096) == "4 KiB"
+
+
+def test_pow2floor():
+    assert [pow2floor(v) for v in (1, 2, 3, 4097, 300 * MiB)] == [1, 2, 2, 4096, 256 * MiB]
+
+
+def test_defaults_match_qemu():
+    s = Settings(ram_size=1 << 30)
+    assert s.parameters.to_qmp() == {
+        "xbzrle-cache-size": 64 * MiB, "max-bandwidth": 128 * MiB, "downtime-limit": 300}
+    assert s.query_capabilities()[0] == {"capability": "xbzrle", "state": False}
+
+
+def test_capabilities():
+    s = Settings(ram_size=1 << 30)
+    s.set_capability("xbzrle", True)
+    assert s.capability("xbzrle") is True
+    with pytest.raises(ParameterError, match="does not accept value 'nope'"):
+        s.set_capability("nope", True)
+
+
+def test_seed_cache_command_rounds_down_parameter_refuses():
+    s = Settings(ram_size=1 << 30)
+    assert s.check_cache_size(300 * MiB, round_down=True) == 256 * MiB
+    with pytest.raises(ParameterError, match="power of two no less than the target page size"):
+        s.set_parameters(xbzrle_cache_size=300 * MiB)
+    s.set_parameters(**{"xbzrle-cache-size": 256 * MiB})
+    assert s.parameters.xbzrle_cache_size == 256 * MiB
+
+
+@pytest.mark.parametrize("bad", [0, -1, 100, 2 << 30])
+def test_cache_size_limits_named(bad):
+    s = Settings(ram_size=1 << 30)
+    with pytest.raises(ParameterError, match="xbzrle-cache-size"):
+        s.check_cache_size(bad, round_down=True)
+
+
+def test_set_parameters_is_all_or_nothing():
+    s = Settings(ram_size=1 << 30)
+    with pytest.raises(ParameterError, match="downtime-limit"):
+        s.set_parameters(max_bandwidth=1000, downtime_limit=-1)
+    assert s.parameters.max_bandwidth == 128 * MiB
+    with pytest.raises(ParameterError, match="unexpected"):
+        s.set_parameters(colour=3)
+    with pytest.raises(ParameterError, match="integer"):
+        s.set_parameters(max_bandwidth="fast")
+
+
+@pytest.mark.parametrize(
+    "text, scheme, host, port, path",
+    [("tcp:localhost:4444", "tcp", "localhost", 4444, ""),
+     ("tcp:0:4444", "tcp", "0", 4444, ""),
+     ("tcp:[::1]:5000", "tcp", "::1", 5000, ""),
+     ("unix:/tmp/m.sock", "unix", "", 0, "/tmp/m.sock"),
+     ("file:/tmp/out.bin", "file", "", 0, "/tmp/out.bin")],
+)
+def test_uris(text, scheme, host, port, path):
+    uri = parse_uri(text)
+    assert (uri.scheme, uri.host, uri.port, uri.path) == (scheme, host, port, path)
+    assert str(uri) == text
+
+
+def test_exec_uri_keeps_the_command():
+    assert parse_uri("exec:cat > /tmp/x").command == "cat > /tmp/x"
+
+
+@pytest.mark.parametrize("text", ["http://x", "tcp:", "tcp:host", "tcp:host:99999",
+                                  "tcp:host:port", "nonsense", "tcp:[::1]5"])
+def test_bad_uris(text):
+    with pytest.raises(ParameterError):
+        parse_uri(text)
+
+
+def test_state_machine():
+    S = MigrationStatus
+    check_transition(S.NONE, S.SETUP)
+    check_transition(S.ACTIVE, S.CANCELLING)
+    check_transition(S.CANCELLING, S.CANCELLED)
+    with pytest.raises(MigrationStateError):
+        check_transition(S.COMPLETED, S.ACTIVE)
+    with pytest.raises(MigrationStateError):
+        check_transition(S.NONE, S.ACTIVE)
+    assert S.ACTIVE.is_running and not S.COMPLETED.is_running
