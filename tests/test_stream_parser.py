@@ -206,7 +206,11 @@ def page(addr_flags: int, block: str = "pc.ram") -> bytes:
         (s.header() + s.section(0x01, 0, "block", 0, 1), 8, "unsupported iterable section"),
         (s.header() + s.section(0x01, 0, "ram", 0, 3), 8, "expected 4"),
         (
-            s.header() + s.section(0x01, 0, "ram", 0, 4) + s.be64(0x04) + s.EOS + s.footer(0)
+            s.header()
+            + s.section(0x01, 0, "ram", 0, 4)
+            + s.be64(0x04)
+            + s.EOS
+            + s.footer(0)
             + b"\x00",
             46,
             "still open",
@@ -242,7 +246,10 @@ def page(addr_flags: int, block: str = "pc.ram") -> bytes:
         (ram_stream(s.EOS + s.footer(1)), PART_AT + 8, "footer for id 1: expected id 0"),
         (ram_stream(s.EOS + b"\x00"), PART_AT + 8, "expected the section footer"),
         (
-            s.header() + s.section(0x01, 0, "ram", 0, 4) + s.be64(4096 | 0x04) + s.name("a")
+            s.header()
+            + s.section(0x01, 0, "ram", 0, 4)
+            + s.be64(4096 | 0x04)
+            + s.name("a")
             + s.be64(8192),
             33,
             "exceeds",

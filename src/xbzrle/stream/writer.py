@@ -84,9 +84,7 @@ class StreamWriter:
     ) -> bytes:
         return self._section_header(c.VM_SECTION_START, section_id, idstr, instance_id, version_id)
 
-    def section_full(
-        self, section_id: int, idstr: str, instance_id: int, version_id: int
-    ) -> bytes:
+    def section_full(self, section_id: int, idstr: str, instance_id: int, version_id: int) -> bytes:
         return self._section_header(c.VM_SECTION_FULL, section_id, idstr, instance_id, version_id)
 
     def section_part(self, section_id: int) -> bytes:
