@@ -1,0 +1,71 @@
+"""Numbers of the QEMU migration stream (QEMU 7.2, 4 KiB target pages).
+
+Plain integers on purpose: a C save loop that writes page records itself
+mirrors them, and the tests cross-check both against this module.
+"""
+
+from __future__ import annotations
+
+# File header.
+MAGIC = 0x5145564D  # "QEVM"
+VERSION = 3
+VERSION_COMPAT = 2  # the pre-2011 layout, refused
+
+# Top-level record types (the byte before every section).
+VM_EOF = 0x00
+VM_SECTION_START = 0x01
+VM_SECTION_PART = 0x02
+VM_SECTION_END = 0x03
+VM_SECTION_FULL = 0x04
+VM_SUBSECTION = 0x05
+VM_VMDESCRIPTION = 0x06
+VM_CONFIGURATION = 0x07
+VM_COMMAND = 0x08
+VM_SECTION_FOOTER = 0x7E
+
+# RAM page records: the low 12 bits of the be64 word.
+PAGE_SIZE = 4096
+PAGE_BITS = 12
+FLAGS_MASK = PAGE_SIZE - 1
+RAM_SAVE_FLAG_FULL = 0x01  # obsolete, refused
+RAM_SAVE_FLAG_ZERO = 0x02
+RAM_SAVE_FLAG_MEM_SIZE = 0x04
+RAM_SAVE_FLAG_PAGE = 0x08
+RAM_SAVE_FLAG_EOS = 0x10
+RAM_SAVE_FLAG_CONTINUE = 0x20
+RAM_SAVE_FLAG_XBZRLE = 0x40
+RAM_SAVE_FLAG_HOOK = 0x80  # RDMA, refused
+RAM_SAVE_FLAG_COMPRESS_PAGE = 0x100  # zlib compression threads, refused
+
+ENCODING_FLAG_XBZRLE = 0x01
+MAX_XBZRLE_LEN = PAGE_SIZE
+
+# The iterable "ram" section.
+RAM_IDSTR = "ram"
+RAM_SECTION_VERSION = 4
+
+# The configuration vmstate and the subsections we understand.
+CONFIGURATION_NAME = "configuration"
+SUBSECTION_CAPABILITIES = "configuration/capabilities"
+SUBSECTION_TARGET_PAGE_BITS = "configuration/target-page-bits"
+SUBSECTION_UUID = "configuration/uuid"
+UUID_SIZE = 16
+
+# Our own section after the RAM: a digest of every block, taken with the
+# source guest stopped.
+DIGEST_IDSTR = "xbzrle-digest"
+DIGEST_VERSION = 1
+
+# Section ids our writer uses by default (QEMU numbers its handlers in
+# registration order; nothing on the wire depends on the values).
+RAM_SECTION_ID = 0
+DIGEST_SECTION_ID = 1
+
+# QEMU's migration commands (QEMU_VM_COMMAND); parsed generically.
+MIG_CMD_OPEN_RETURN_PATH = 1
+MIG_CMD_PING = 2
+MIG_CMD_POSTCOPY_ADVISE = 3
+MIG_CMD_POSTCOPY_LISTEN = 4
+MIG_CMD_POSTCOPY_RUN = 5
+MIG_CMD_POSTCOPY_RAM_DISCARD = 6
+MIG_CMD_PACKAGED = 7

@@ -1,0 +1,792 @@
+"""A sans-IO parser of QEMU migration streams: feed bytes, pull typed events.
+
+No sockets, no files, no threads: the caller moves bytes, the parser keeps
+the protocol state (which section is open, the RAM block table, the block of
+the previous page record, whether EOF was seen) and rejects anything out of
+order with a :class:`~xbzrle.errors.StreamError` that names the byte offset.
+
+Every record is parsed atomically: if the buffer ends inside one, nothing is
+consumed and ``next_event()`` returns ``NEED_DATA``.  Each record we wait for
+whole is bounded (a page, a 4 KiB delta, a capped JSON description), so a
+hostile length field never makes the parser allocate or buffer more than
+those bounds; device state of unknown layout is streamed out in chunks.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from collections import deque
+from collections.abc import Iterator, Mapping
+
+from ..errors import StreamError
+from . import constants as c
+from .records import (
+    Command,
+    Configuration,
+    DeviceState,
+    Digest,
+    EndOfSection,
+    Eof,
+    Event,
+    Header,
+    NormalPage,
+    RamBlocks,
+    SectionEnd,
+    SectionFooter,
+    SectionFull,
+    SectionPart,
+    SectionStart,
+    VmDescription,
+    XbzrlePage,
+    ZeroPage,
+)
+
+__all__ = ["NEED_DATA", "StreamParser", "find_vmdescription", "parse_bytes"]
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA = _Sentinel("NEED_DATA")
+"""Returned by ``next_event()`` when the buffered input holds no whole record."""
+
+MAX_MACHINE_NAME = 1024
+MAX_CAPABILITIES = 256
+DEFAULT_MAX_VMDESC = 16 * 1024 * 1024
+DEFAULT_MAX_BLOCKS = 65536
+DEFAULT_DEVICE_CHUNK = 64 * 1024
+_COMPACT_AT = 64 * 1024
+
+_SECTION_TYPE_NAMES = {
+    c.VM_EOF: "EOF",
+    c.VM_SECTION_START: "SECTION_START",
+    c.VM_SECTION_PART: "SECTION_PART",
+    c.VM_SECTION_END: "SECTION_END",
+    c.VM_SECTION_FULL: "SECTION_FULL",
+    c.VM_CONFIGURATION: "CONFIGURATION",
+    c.VM_COMMAND: "COMMAND",
+}
+_EXPECTED_SECTION_TYPES = ", ".join(
+    f"{name} (0x{code:02x})" for code, name in sorted(_SECTION_TYPE_NAMES.items())
+)
+_PAGE_KINDS = (c.RAM_SAVE_FLAG_ZERO, c.RAM_SAVE_FLAG_PAGE, c.RAM_SAVE_FLAG_XBZRLE)
+_EXPECTED_FLAGS = "one of ZERO (0x02), MEM_SIZE (0x04), PAGE (0x08), EOS (0x10), XBZRLE (0x40)"
+
+
+class _State(enum.Enum):
+    HEADER = "the file header"
+    TOP = "a section type byte"
+    CONFIG = "a configuration subsection or the next section type"
+    RAM = "a RAM record word"
+    MEM_BLOCKS = "the RAM block list of the MEM_SIZE record"
+    FOOTER = "a section footer or the next section type"
+    DIGEST_COUNT = "the block count of the xbzrle-digest section"
+    DIGEST_ENTRY = "an entry of the xbzrle-digest section"
+    RAW = "raw device state"
+    AFTER_EOF = "a VMDESCRIPTION or the end of the stream"
+    DONE = "the end of the stream"
+
+
+_TERMINAL = (_State.RAW, _State.AFTER_EOF, _State.DONE)
+
+
+class _Incomplete(Exception):
+    """The buffer ends inside the record being read; ``what`` names the missing part."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+_BE16 = struct.Struct(">H")
+_BE32 = struct.Struct(">I")
+_BE64 = struct.Struct(">Q")
+
+
+class _Cursor:
+    """Tentative reads from the buffer; the parser commits ``pos`` only on success."""
+
+    __slots__ = ("buf", "pos", "base")
+
+    def __init__(self, buf: bytearray, pos: int, base: int) -> None:
+        self.buf = buf
+        self.pos = pos
+        self.base = base
+
+    @property
+    def offset(self) -> int:
+        return self.base + self.pos
+
+    def _need(self, n: int, what: str) -> None:
+        if len(self.buf) - self.pos < n:
+            raise _Incomplete(what)
+
+    def peek(self, what: str) -> int:
+        self._need(1, what)
+        return self.buf[self.pos]
+
+    def u8(self, what: str) -> int:
+        self._need(1, what)
+        value = self.buf[self.pos]
+        self.pos += 1
+        return value
+
+    def be16(self, what: str) -> int:
+        self._need(2, what)
+        (value,) = _BE16.unpack_from(self.buf, self.pos)
+        self.pos += 2
+        return value
+
+    def be32(self, what: str) -> int:
+        self._need(4, what)
+        (value,) = _BE32.unpack_from(self.buf, self.pos)
+        self.pos += 4
+        return value
+
+    def be64(self, what: str) -> int:
+        self._need(8, what)
+        (value,) = _BE64.unpack_from(self.buf, self.pos)
+        self.pos += 8
+        return value
+
+    def take(self, n: int, what: str) -> bytes:
+        self._need(n, what)
+        data = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return data
+
+    def name(self, what: str) -> str:
+        """A byte length followed by that many bytes of UTF-8 text (QEMU's idstr form)."""
+        at = self.offset
+        length = self.u8(f"the length byte of {what}")
+        raw = self.take(length, what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _fail(at, f"{what} {raw!r} is not valid UTF-8") from None
+
+
+def _fail(offset: int, message: str) -> StreamError:
+    return StreamError(f"stream offset {offset}: {message}", offset)
+
+
+class StreamParser:
+    """Incremental parser of one migration stream (``feed`` / ``next_event`` / ``close``).
+
+    Unknown FULL sections (real QEMU's device state: "timer", "cpu", ...) have
+    no length field, so from the first one on every remaining byte is passed
+    through as :class:`DeviceState` chunks of at most ``device_chunk`` bytes.
+    """
+
+    def __init__(
+        self,
+        max_vmdesc: int = DEFAULT_MAX_VMDESC,
+        *,
+        max_blocks: int = DEFAULT_MAX_BLOCKS,
+        device_chunk: int = DEFAULT_DEVICE_CHUNK,
+    ) -> None:
+        if max_vmdesc < 0 or max_blocks < 1 or device_chunk < 1:
+            raise ValueError("max_vmdesc >= 0, max_blocks >= 1 and device_chunk >= 1 required")
+        self._max_vmdesc = max_vmdesc
+        self._max_blocks = max_blocks
+        self._device_chunk = device_chunk
+        self._buf = bytearray()
+        self._pos = 0
+        self._base = 0
+        self._state = _State.HEADER
+        self._closed = False
+        self._error: StreamError | None = None
+        self._pending: deque[Event] = deque()
+        # Top level.
+        self._config_allowed = False
+        self._open: dict[int, str] = {}
+        self._section: int | None = None
+        self._footers: bool | None = None
+        self._eof_seen = False
+        # Configuration being collected until its subsections end.
+        self._config_offset = 0
+        self._machine = ""
+        self._capabilities: tuple[str, ...] = ()
+        self._uuid: bytes | None = None
+        # RAM.
+        self._ram_section_id: int | None = None
+        self._mem_size_allowed = False
+        self._blocks: dict[str, int] = {}
+        self._last_block: str | None = None
+        self._mem_offset = 0
+        self._mem_total = 0
+        self._mem_remaining = 0
+        self._mem_list: list[tuple[str, int]] = []
+        # Digest.
+        self._digest_seen = False
+        self._digest_offset = 0
+        self._digest_remaining = 0
+        self._digest: dict[str, tuple[int, bytes]] = {}
+
+    # -- public API -------------------------------------------------------
+
+    @property
+    def offset(self) -> int:
+        """Bytes of the stream consumed into events so far."""
+        return self._base + self._pos
+
+    @property
+    def blocks(self) -> Mapping[str, int]:
+        """The RAM block table announced by MEM_SIZE: ``{name: size}``."""
+        return dict(self._blocks)
+
+    @property
+    def last_block(self) -> str | None:
+        """The block a CONTINUE page record refers to."""
+        return self._last_block
+
+    @property
+    def eof_seen(self) -> bool:
+        return self._eof_seen
+
+    @property
+    def in_device_state(self) -> bool:
+        """True once an uninterpreted FULL section switched to raw pass-through."""
+        return self._state is _State.RAW
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append input; any bytes-like object, copied into the parser's buffer."""
+        if self._closed:
+            raise RuntimeError("feed() after close()")
+        if self._pos >= _COMPACT_AT and self._pos * 2 >= len(self._buf):
+            del self._buf[: self._pos]
+            self._base += self._pos
+            self._pos = 0
+        self._buf += data
+
+    def next_event(self) -> Event | _Sentinel:
+        """The next event, or ``NEED_DATA`` (after ``close()``: no more events)."""
+        if self._pending:
+            return self._pending.popleft()
+        return self._parse_next()
+
+    def _parse_next(self) -> Event | _Sentinel:
+        if self._error is not None:
+            raise self._error
+        while True:
+            try:
+                event = self._step()
+            except _Incomplete:
+                return NEED_DATA
+            except StreamError as exc:
+                self._error = exc
+                raise
+            if event is not None:
+                return event
+
+    def events(self) -> Iterator[Event]:
+        """Yield events until the buffered input is used up."""
+        while (event := self.next_event()) is not NEED_DATA:
+            assert isinstance(event, Event)
+            yield event
+
+    def close(self) -> None:
+        """Declare the end of input; raise StreamError if it ended inside a record.
+
+        Events not yet pulled stay available from ``next_event()``.  Ending
+        inside raw device state or after EOF is a clean end.
+        """
+        if self._closed:
+            if self._error is not None:
+                raise self._error
+            return
+        self._closed = True
+        while (event := self._parse_next()) is not NEED_DATA:
+            assert isinstance(event, Event)
+            self._pending.append(event)
+        if self._state in _TERMINAL and self._pos == len(self._buf):
+            return
+        start = self._record_start()
+        try:
+            self._step()
+        except _Incomplete as exc:
+            what = exc.what
+        else:  # pragma: no cover - events() stopped, so a step cannot succeed
+            what = self._state.value
+        end = self._base + len(self._buf)
+        if start == end:
+            message = f"the stream ended before {what}"
+        else:
+            message = f"the stream ended inside the record at offset {start}: expected {what}"
+        self._error = _fail(end, message)
+        raise self._error
+
+    # -- the state machine -------------------------------------------------
+
+    def _record_start(self) -> int:
+        if self._state is _State.MEM_BLOCKS:
+            return self._mem_offset
+        if self._state is _State.DIGEST_ENTRY:
+            return self._digest_offset
+        return self.offset
+
+    def _cursor(self) -> _Cursor:
+        return _Cursor(self._buf, self._pos, self._base)
+
+    def _commit(self, cur: _Cursor) -> None:
+        self._pos = cur.pos
+
+    def _step(self) -> Event | None:
+        state = self._state
+        if state is _State.RAM:
+            return self._step_ram()
+        if state is _State.TOP:
+            return self._step_top()
+        if state is _State.FOOTER:
+            return self._step_footer()
+        if state is _State.RAW:
+            return self._step_raw()
+        if state is _State.HEADER:
+            return self._step_header()
+        if state is _State.CONFIG:
+            return self._step_config()
+        if state is _State.MEM_BLOCKS:
+            return self._step_mem_blocks()
+        if state is _State.DIGEST_COUNT:
+            return self._step_digest_count()
+        if state is _State.DIGEST_ENTRY:
+            return self._step_digest_entry()
+        if state is _State.AFTER_EOF:
+            return self._step_after_eof()
+        return self._step_done()
+
+    def _step_header(self) -> Event:
+        cur = self._cursor()
+        magic = cur.be32("the file magic 'QEVM'")
+        if magic != c.MAGIC:
+            raise _fail(
+                0,
+                f"not a QEMU migration stream: magic 0x{magic:08x}, "
+                f"expected 0x{c.MAGIC:08x} ('QEVM')",
+            )
+        version = cur.be32("the stream version")
+        if version == c.VERSION_COMPAT:
+            raise _fail(
+                4,
+                f"stream version {version} (QEMU's old compat format) is not supported: "
+                f"expected version {c.VERSION}",
+            )
+        if version != c.VERSION:
+            raise _fail(4, f"unsupported stream version {version}: expected {c.VERSION}")
+        self._commit(cur)
+        self._state = _State.TOP
+        self._config_allowed = True
+        return Header(version, stream_offset=0)
+
+    def _step_top(self) -> Event | None:
+        cur = self._cursor()
+        start = cur.offset
+        kind = cur.u8("a section type byte")
+        if kind == c.VM_CONFIGURATION:
+            return self._read_configuration(cur, start)
+        event = self._read_top_record(cur, start, kind)
+        self._config_allowed = False
+        return event
+
+    def _read_top_record(self, cur: _Cursor, start: int, kind: int) -> Event:
+        if kind in (c.VM_SECTION_START, c.VM_SECTION_FULL):
+            return self._read_section_header(cur, start, kind)
+        if kind in (c.VM_SECTION_PART, c.VM_SECTION_END):
+            section_id = cur.be32("the section id")
+            return self._enter_part_or_end(cur, start, kind, section_id)
+        if kind == c.VM_EOF:
+            if self._open:
+                names = ", ".join(f"'{n}' (id {i})" for i, n in self._open.items())
+                raise _fail(start, f"EOF while section {names} is still open: expected its END")
+            self._commit(cur)
+            self._eof_seen = True
+            self._state = _State.AFTER_EOF
+            return Eof(stream_offset=start)
+        if kind == c.VM_COMMAND:
+            cmd = cur.be16("the command number")
+            length = cur.be16("the command length")
+            data = cur.take(length, f"{length} bytes of command data")
+            self._commit(cur)
+            return Command(cmd, data, stream_offset=start)
+        if kind == c.VM_SECTION_FOOTER:
+            raise _fail(start, "section footer (0x7e) where no section payload just ended")
+        if kind == c.VM_VMDESCRIPTION:
+            raise _fail(start, "VMDESCRIPTION (0x06) before EOF")
+        if kind == c.VM_SUBSECTION:
+            raise _fail(start, "subsection (0x05) outside the configuration section")
+        raise _fail(start, f"unknown section type 0x{kind:02x}: expected {_EXPECTED_SECTION_TYPES}")
+
+    def _read_configuration(self, cur: _Cursor, start: int) -> None:
+        if not self._config_allowed:
+            raise _fail(start, "CONFIGURATION (0x07) is only allowed right after the header")
+        length = cur.be32("the length of the machine type name")
+        if length > MAX_MACHINE_NAME:
+            raise _fail(
+                start + 1,
+                f"machine type name of {length} bytes: expected at most {MAX_MACHINE_NAME}",
+            )
+        raw = cur.take(length, "the machine type name")
+        self._commit(cur)
+        self._config_allowed = False
+        self._config_offset = start
+        self._machine = raw.decode("utf-8", errors="replace")
+        self._state = _State.CONFIG
+        return None
+
+    def _step_config(self) -> Event | None:
+        cur = self._cursor()
+        start = cur.offset
+        if cur.peek(_State.CONFIG.value) != c.VM_SUBSECTION:
+            self._state = _State.TOP
+            return Configuration(
+                self._machine, self._capabilities, self._uuid, stream_offset=self._config_offset
+            )
+        cur.u8("a subsection marker")
+        name = cur.name("the configuration subsection name")
+        cur.be32(f"the version of subsection '{name}'")
+        if name == c.SUBSECTION_CAPABILITIES:
+            count = cur.be32("the capability count")
+            if count > MAX_CAPABILITIES:
+                raise _fail(start, f"{count} capabilities: expected at most {MAX_CAPABILITIES}")
+            caps = tuple(cur.name("a capability name") for _ in range(count))
+            self._capabilities = self._capabilities + caps
+        elif name == c.SUBSECTION_TARGET_PAGE_BITS:
+            bits = cur.be32("the target page bits")
+            if bits != c.PAGE_BITS:
+                raise _fail(
+                    start,
+                    f"target pages of 2**{bits} bytes: only {c.PAGE_SIZE}-byte pages are supported",
+                )
+        elif name == c.SUBSECTION_UUID:
+            self._uuid = cur.take(c.UUID_SIZE, "the 16-byte VM UUID")
+        else:
+            known = (c.SUBSECTION_CAPABILITIES, c.SUBSECTION_TARGET_PAGE_BITS, c.SUBSECTION_UUID)
+            raise _fail(
+                start,
+                f"unknown configuration subsection '{name}': expected one of "
+                + ", ".join(f"'{k}'" for k in known),
+            )
+        self._commit(cur)
+        return None
+
+    def _read_section_header(self, cur: _Cursor, start: int, kind: int) -> Event:
+        section_id = cur.be32("the section id")
+        idstr = cur.name("the section name")
+        instance_id = cur.be32("the instance id")
+        version_id = cur.be32("the section version")
+        if kind == c.VM_SECTION_START:
+            if section_id in self._open:
+                raise _fail(start, f"section id {section_id} started twice")
+            if idstr != c.RAM_IDSTR:
+                raise _fail(
+                    start,
+                    f"unsupported iterable section '{idstr}': only '{c.RAM_IDSTR}' is understood",
+                )
+            if self._ram_section_id is not None:
+                raise _fail(start, "a second 'ram' section: expected one per stream")
+            if version_id != c.RAM_SECTION_VERSION:
+                raise _fail(
+                    start, f"'ram' section version {version_id}: expected {c.RAM_SECTION_VERSION}"
+                )
+            self._commit(cur)
+            self._open[section_id] = idstr
+            self._ram_section_id = section_id
+            self._enter_ram(section_id, setup=True)
+            return SectionStart(section_id, idstr, instance_id, version_id, stream_offset=start)
+        if idstr == c.DIGEST_IDSTR:
+            if version_id != c.DIGEST_VERSION:
+                raise _fail(
+                    start, f"'{idstr}' section version {version_id}: expected {c.DIGEST_VERSION}"
+                )
+            if self._digest_seen:
+                raise _fail(start, f"a second '{idstr}' section")
+            if self._open:
+                raise _fail(start, f"'{idstr}' section while the RAM is still being sent")
+            self._commit(cur)
+            self._digest_seen = True
+            self._section = section_id
+            self._state = _State.DIGEST_COUNT
+        elif idstr == c.RAM_IDSTR:
+            raise _fail(start, "'ram' as a FULL section: expected START, PART and END")
+        else:
+            self._commit(cur)
+            self._state = _State.RAW
+        return SectionFull(section_id, idstr, instance_id, version_id, stream_offset=start)
+
+    def _enter_part_or_end(self, cur: _Cursor, start: int, kind: int, section_id: int) -> Event:
+        label = "SECTION_PART" if kind == c.VM_SECTION_PART else "SECTION_END"
+        if section_id not in self._open:
+            open_ids = ", ".join(str(i) for i in self._open) or "none"
+            raise _fail(
+                start,
+                f"{label} for section id {section_id} that is not open (open ids: {open_ids})",
+            )
+        self._commit(cur)
+        self._enter_ram(section_id, setup=False)
+        if kind == c.VM_SECTION_END:
+            del self._open[section_id]
+            return SectionEnd(section_id, stream_offset=start)
+        return SectionPart(section_id, stream_offset=start)
+
+    def _enter_ram(self, section_id: int, *, setup: bool) -> None:
+        self._section = section_id
+        self._mem_size_allowed = setup
+        self._state = _State.RAM
+
+    def _step_ram(self) -> Event | None:
+        cur = self._cursor()
+        start = cur.offset
+        word = cur.be64(_State.RAM.value)
+        flags = word & c.FLAGS_MASK
+        addr = word ^ flags
+        if flags & c.RAM_SAVE_FLAG_HOOK:
+            raise _fail(start, "RAM_SAVE_FLAG_HOOK (0x80): RDMA not supported")
+        if flags & c.RAM_SAVE_FLAG_COMPRESS_PAGE:
+            raise _fail(
+                start, "RAM_SAVE_FLAG_COMPRESS_PAGE (0x100): compressed pages not supported"
+            )
+        if flags & c.RAM_SAVE_FLAG_FULL:
+            raise _fail(start, "obsolete RAM_SAVE_FLAG_FULL (0x01): expected " + _EXPECTED_FLAGS)
+        kind = flags & ~c.RAM_SAVE_FLAG_CONTINUE
+        if kind in _PAGE_KINDS:
+            return self._read_page(cur, start, flags, kind, addr)
+        if flags & c.RAM_SAVE_FLAG_CONTINUE or kind not in (
+            c.RAM_SAVE_FLAG_EOS,
+            c.RAM_SAVE_FLAG_MEM_SIZE,
+        ):
+            raise _fail(
+                start, f"unknown RAM record flags 0x{flags:03x}: expected {_EXPECTED_FLAGS}"
+            )
+        if kind == c.RAM_SAVE_FLAG_EOS:
+            if addr:
+                raise _fail(start, f"EOS record with offset 0x{addr:x}: expected 0")
+            self._commit(cur)
+            self._state = _State.FOOTER
+            return EndOfSection(stream_offset=start)
+        if not self._mem_size_allowed:
+            where = "a second MEM_SIZE record" if self._mem_list or self._blocks else "MEM_SIZE"
+            raise _fail(start, f"{where} outside the setup (START) of the 'ram' section")
+        self._commit(cur)
+        self._mem_size_allowed = False
+        self._mem_offset = start
+        self._mem_total = addr
+        self._mem_remaining = addr
+        self._mem_list = []
+        if addr == 0:
+            return RamBlocks(0, (), stream_offset=start)
+        self._state = _State.MEM_BLOCKS
+        return None
+
+    def _read_page(self, cur: _Cursor, start: int, flags: int, kind: int, addr: int) -> Event:
+        if flags & c.RAM_SAVE_FLAG_CONTINUE:
+            block = self._last_block
+            if block is None:
+                raise _fail(start, "CONTINUE flag but no earlier page record named a block")
+        else:
+            block = cur.name("the RAM block name")
+        size = self._blocks.get(block)
+        if size is None:
+            known = ", ".join(f"'{b}'" for b in self._blocks) or "none announced by MEM_SIZE"
+            raise _fail(start, f"unknown RAM block '{block}': expected one of {known}")
+        if addr + c.PAGE_SIZE > size:
+            raise _fail(
+                start,
+                f"page offset 0x{addr:x} outside RAM block '{block}' of size 0x{size:x}",
+            )
+        event: Event
+        if kind == c.RAM_SAVE_FLAG_ZERO:
+            fill = cur.u8("the fill byte of a zero page")
+            event = ZeroPage(block, addr, fill, stream_offset=start)
+        elif kind == c.RAM_SAVE_FLAG_PAGE:
+            data = cur.take(c.PAGE_SIZE, f"{c.PAGE_SIZE} bytes of page data")
+            event = NormalPage(block, addr, data, stream_offset=start)
+        else:
+            encoding = cur.u8("the XBZRLE encoding byte")
+            if encoding != c.ENCODING_FLAG_XBZRLE:
+                raise _fail(
+                    start,
+                    f"XBZRLE page with wrong encoding 0x{encoding:02x}: "
+                    f"expected 0x{c.ENCODING_FLAG_XBZRLE:02x}",
+                )
+            length = cur.be16("the XBZRLE delta length")
+            if length > c.MAX_XBZRLE_LEN:
+                raise _fail(
+                    start,
+                    f"XBZRLE delta of {length} bytes: expected at most {c.MAX_XBZRLE_LEN}",
+                )
+            delta = cur.take(length, f"{length} bytes of XBZRLE delta")
+            event = XbzrlePage(block, addr, delta, stream_offset=start)
+        self._commit(cur)
+        self._last_block = block
+        return event
+
+    def _step_mem_blocks(self) -> Event | None:
+        cur = self._cursor()
+        start = cur.offset
+        name = cur.name("a RAM block name")
+        size = cur.be64(f"the size of RAM block '{name}'")
+        if any(name == known for known, _ in self._mem_list):
+            raise _fail(start, f"RAM block '{name}' announced twice")
+        if size > self._mem_remaining:
+            raise _fail(
+                start,
+                f"RAM block '{name}' of size 0x{size:x} exceeds the 0x{self._mem_remaining:x} "
+                f"bytes left of the announced total 0x{self._mem_total:x} (postcopy and "
+                "x-ignore-shared block extras are not supported)",
+            )
+        if len(self._mem_list) >= self._max_blocks:
+            raise _fail(start, f"more than {self._max_blocks} RAM blocks")
+        self._commit(cur)
+        self._mem_list.append((name, size))
+        self._mem_remaining -= size
+        if self._mem_remaining:
+            return None
+        self._blocks = dict(self._mem_list)
+        self._state = _State.RAM
+        return RamBlocks(self._mem_total, tuple(self._mem_list), stream_offset=self._mem_offset)
+
+    def _step_footer(self) -> Event | None:
+        cur = self._cursor()
+        start = cur.offset
+        kind = cur.peek(_State.FOOTER.value)
+        if kind != c.VM_SECTION_FOOTER:
+            if self._footers:
+                raise _fail(
+                    start,
+                    f"found 0x{kind:02x}: expected the section footer (0x7e) of section id "
+                    f"{self._section}, as earlier sections had one",
+                )
+            self._footers = False
+            self._state = _State.TOP
+            return None
+        if self._footers is False:
+            raise _fail(start, "section footer (0x7e) in a stream whose earlier sections had none")
+        cur.u8("the section footer marker")
+        section_id = cur.be32("the section id of the footer")
+        if section_id != self._section:
+            raise _fail(
+                start,
+                f"section footer for id {section_id}: expected id {self._section}",
+            )
+        self._commit(cur)
+        self._footers = True
+        self._state = _State.TOP
+        return SectionFooter(section_id, stream_offset=start)
+
+    def _step_digest_count(self) -> Event | None:
+        cur = self._cursor()
+        start = cur.offset
+        count = cur.be32("the block count of the xbzrle-digest section")
+        if count > self._max_blocks:
+            raise _fail(start, f"digest of {count} blocks: expected at most {self._max_blocks}")
+        self._commit(cur)
+        self._digest_offset = start
+        self._digest_remaining = count
+        self._digest = {}
+        if count:
+            self._state = _State.DIGEST_ENTRY
+            return None
+        self._state = _State.FOOTER
+        return Digest({}, stream_offset=start)
+
+    def _step_digest_entry(self) -> Event | None:
+        cur = self._cursor()
+        start = cur.offset
+        name = cur.name("a digest block name")
+        size = cur.be64(f"the size of digest block '{name}'")
+        length = cur.u8(f"the digest length of block '{name}'")
+        digest = cur.take(length, f"the digest of block '{name}'")
+        if name in self._digest:
+            raise _fail(start, f"digest block '{name}' listed twice")
+        self._commit(cur)
+        self._digest[name] = (size, digest)
+        self._digest_remaining -= 1
+        if self._digest_remaining:
+            return None
+        self._state = _State.FOOTER
+        return Digest(self._digest, stream_offset=self._digest_offset)
+
+    def _step_raw(self) -> Event:
+        available = len(self._buf) - self._pos
+        if not available:
+            raise _Incomplete(_State.RAW.value)
+        start = self.offset
+        size = min(available, self._device_chunk)
+        data = bytes(self._buf[self._pos : self._pos + size])
+        self._pos += size
+        return DeviceState(start, data, stream_offset=start)
+
+    def _step_after_eof(self) -> Event:
+        cur = self._cursor()
+        start = cur.offset
+        kind = cur.u8(_State.AFTER_EOF.value)
+        if kind != c.VM_VMDESCRIPTION:
+            raise _fail(
+                start,
+                f"unexpected byte 0x{kind:02x} after EOF: expected VMDESCRIPTION (0x06) "
+                "or the end of the stream",
+            )
+        length = cur.be32("the VMDESCRIPTION length")
+        if length > self._max_vmdesc:
+            raise _fail(
+                start,
+                f"VMDESCRIPTION of {length} bytes: expected at most {self._max_vmdesc}",
+            )
+        raw = cur.take(length, f"{length} bytes of VMDESCRIPTION JSON")
+        self._commit(cur)
+        self._state = _State.DONE
+        return VmDescription(_decode_json(raw), stream_offset=start)
+
+    def _step_done(self) -> Event:
+        cur = self._cursor()
+        start = cur.offset
+        cur.u8(_State.DONE.value)
+        raise _fail(start, "trailing data after the VMDESCRIPTION: expected the end of the stream")
+
+
+def _decode_json(raw: bytes) -> dict | str:
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, dict) else text
+
+
+def parse_bytes(data: bytes | bytearray | memoryview, **options: int) -> list[Event]:
+    """Parse a whole stream held in memory (tests, small files); raises StreamError."""
+    parser = StreamParser(**options)
+    parser.feed(data)
+    events = list(parser.events())
+    parser.close()
+    events.extend(parser.events())
+    return events
+
+
+def find_vmdescription(tail: bytes | bytearray | memoryview) -> tuple[int, dict] | None:
+    """Locate a trailing VMDESCRIPTION (0x06, be32 length, JSON object) ending at ``tail``'s end.
+
+    Returns ``(position in tail of the 0x06 byte, parsed object)``, or None.
+    The byte before the 0x06 must be QEMU_VM_EOF when the tail includes it:
+    after raw device state, this is how a reader finds the device list.
+    """
+    view = bytes(tail)
+    end = len(view)
+    position = view.rfind(b"\x06", 0, max(end - 4, 0))
+    while position >= 0:
+        (length,) = _BE32.unpack_from(view, position + 1)
+        if length == end - position - 5 and (position == 0 or view[position - 1] == c.VM_EOF):
+            value = _decode_json(view[position + 5 :])
+            if isinstance(value, dict):
+                return position, value
+        position = view.rfind(b"\x06", 0, position)
+    return None
