@@ -17,7 +17,32 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure the codec against memcmp on this machine")
     bench.add_argument("--quick", action="store_true", help="fewer pages and repeats")
     bench.set_defaults(run=_run_bench)
+
+    demo = sub.add_parser(
+        "demo", help="live-migrate a running guest to a second process, without and with XBZRLE")
+    demo.add_argument("--ram", default="256M", help="guest RAM size (default 256M)")
+    demo.add_argument("--workload", default="loadgen",
+                      help="loadgen, sparse, dense, hotcold or idle (default loadgen)")
+    demo.add_argument("--bandwidth", default="32M",
+                      help="max-bandwidth in bytes/s, k/m/g suffixes (default 32M)")
+    demo.add_argument("--cache-size", default="64M", help="xbzrle-cache-size (default 64M)")
+    demo.add_argument("--downtime-limit", type=int, default=300, help="ms (default 300)")
+    demo.add_argument("--time-cap", type=float, default=20.0,
+                      help="seconds before a migration that does not converge is cancelled")
+    demo.add_argument("--json", action="store_true",
+                      help="print both final query-migrate results as one JSON object")
+    demo.set_defaults(run=_run_demo)
     return parser
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoOptions, run_demo
+    from .migration.sizes import parse_size
+
+    return run_demo(DemoOptions(
+        ram=parse_size(args.ram), workload=args.workload, bandwidth=parse_size(args.bandwidth),
+        cache_size=parse_size(args.cache_size), time_cap=args.time_cap,
+        downtime_limit=args.downtime_limit, as_json=args.json))
 
 
 def _run_bench(args: argparse.Namespace) -> int:

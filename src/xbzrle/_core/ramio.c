@@ -295,7 +295,7 @@ done:
 
 /* ---------------------------------------------------------------- load -- */
 
-enum { L_NEED_DATA = 0, L_EOS = 1, L_OTHER = 2 };
+enum { L_NEED_DATA = 0, L_OTHER = 2 };
 
 typedef struct {
     const uint8_t *name;
@@ -324,11 +324,6 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
         uint64_t word = get_be64(buf + p);
         unsigned flags = (unsigned)(word & (PAGE - 1));
         uint64_t offset = word & ~(uint64_t)(PAGE - 1);
-        if (flags == F_EOS) {
-            pos = p + 8;
-            status = L_EOS;
-            break;
-        }
         unsigned kind = flags & ~F_CONTINUE;
         if (kind != F_ZERO && kind != F_PAGE && kind != F_XBZRLE) {
             status = L_OTHER;
@@ -430,8 +425,8 @@ PyDoc_STRVAR(load_pages_doc,
 "load_pages(buf, pos, blocks, last, xbzrle_ok, base_offset) -> (pos, last, status, counts)\n\n"
 "Apply page records from buf[pos:] to the destination's RAM.  blocks: a\n"
 "sequence of (name: bytes, ram: writable buffer).  last: index of the block\n"
-"CONTINUE refers to, or -1.  status: 0 need more data, 1 end of section (EOS\n"
-"consumed), 2 a record that is not a page (left for the stream parser).\n"
+"CONTINUE refers to, or -1.  status: 0 need more data, 2 a record that is\n"
+"not a page (EOS, MEM_SIZE...: left for the stream parser).\n"
 "Raises StreamError with the stream offset (base_offset + position) on a\n"
 "malformed record; nothing of that record is written.");
 
@@ -480,8 +475,8 @@ static PyObject *load_pages(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     if (status < 0) {
         char msg[256];
-        PyOS_snprintf(msg, sizeof msg, "%s (at stream offset %zd)", err.msg,
-                      base_offset + (Py_ssize_t)err.offset);
+        PyOS_snprintf(msg, sizeof msg, "stream offset %zd: %s",
+                      base_offset + (Py_ssize_t)err.offset, err.msg);
         stream_error(msg, base_offset + (Py_ssize_t)err.offset);
         goto done;
     }
@@ -516,7 +511,6 @@ int xbz_ramio_register(PyObject *module)
         PyModule_AddIntConstant(module, "SAVE_LAST", MODE_LAST) < 0 ||
         PyModule_AddIntConstant(module, "SAVE_MAX_RECORD", MAX_RECORD) < 0 ||
         PyModule_AddIntConstant(module, "LOAD_NEED_DATA", L_NEED_DATA) < 0 ||
-        PyModule_AddIntConstant(module, "LOAD_EOS", L_EOS) < 0 ||
         PyModule_AddIntConstant(module, "LOAD_OTHER", L_OTHER) < 0)
         return -1;
     return 0;

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 
 from .. import codec
+from .._backend import load_core
 from ..errors import DecodeError, StreamError, TransportError, XbzrleError
 from ..stream import constants as K
 from ..stream import records as ev
@@ -24,6 +25,7 @@ from .transport import FileChannel, Listener, SocketChannel
 from .uri import MigrationURI
 
 log = logging.getLogger(__name__)
+_core = load_core()
 
 READ_SIZE = 1 << 20
 
@@ -123,15 +125,17 @@ class IncomingMigration:
         blocks = self.guest.blocks
         parser = StreamParser()
         loader = PageLoader(blocks, self._xbzrle())
-        parser.page_sink = loader.sink if hasattr(parser, "page_sink") else None
+        parser.page_sink = loader.sink
         buf = bytearray(READ_SIZE)
         view = memoryview(buf)
         digest: dict[str, tuple[int, bytes]] | None = None
         seen_eof = False
+        received = 0
         while True:
             n = self._channel.readinto(view)
             if n == 0:
                 break
+            received += n
             parser.feed(view[:n])
             while True:
                 event = parser.next_event()
@@ -150,8 +154,9 @@ class IncomingMigration:
                         f"device section {event.idstr!r} is not supported by this destination",
                         event.stream_offset)
             with self._lock:
+                loader.counts.wire_bytes = received
                 self.stats.totals = loader.counts
-                self.stats.add_wire_bytes(0)
+                self.stats.add_batch(BatchCounts())  # rolls the rate window
             if seen_eof:
                 break
         parser.close()
@@ -177,6 +182,8 @@ class PageLoader:
         self._xbzrle = xbzrle  # read when the stream arrives: the operator may enable it late
         self.counts = BatchCounts()
         self._views = {name: memoryview(block).cast("B") for name, block in blocks.items()}
+        self._table = [(name.encode(), self._views[name]) for name in blocks]
+        self._index = {name: i for i, name in enumerate(blocks)}
 
     def check_layout(self, event: ev.RamBlocks) -> None:
         for name, size in event.blocks:
@@ -201,7 +208,7 @@ class PageLoader:
         page = self._page(event)
         c = self.counts
         if isinstance(event, ev.ZeroPage):
-            if event.fill or any(page.cast("Q")):
+            if event.fill or not _core.is_zero(page):
                 page[:] = bytes([event.fill]) * K.PAGE_SIZE
             c.zero += 1
         elif isinstance(event, ev.NormalPage):
@@ -220,5 +227,14 @@ class PageLoader:
             c.xbzrle += 1
         c.scanned += 1
 
-    sink = None  # the compiled fast path plugs in here once the parser offers it
+    def sink(self, buf: bytearray, pos: int, base: int,
+             last: str | None) -> tuple[int, str | None, tuple[int, ...]]:
+        """The parser's fast path: the compiled loop applies a run of page records."""
+        last_index = self._index.get(last, -1) if last is not None else -1
+        new_pos, last_index, _status, raw = _core.load_pages(
+            buf, pos, self._table, last_index, self.xbzrle, base)
+        if new_pos != pos:
+            self.counts.add(BatchCounts.from_tuple(raw))
+            last = self._table[last_index][0].decode() if last_index >= 0 else last
+        return new_pos, last, raw
 

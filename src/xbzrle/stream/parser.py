@@ -18,7 +18,7 @@ import enum
 import json
 import struct
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from ..errors import StreamError
 from . import constants as c
@@ -32,6 +32,7 @@ from .records import (
     Event,
     Header,
     NormalPage,
+    PagesLoaded,
     RamBlocks,
     SectionEnd,
     SectionFooter,
@@ -44,6 +45,14 @@ from .records import (
 )
 
 __all__ = ["NEED_DATA", "StreamParser", "find_vmdescription", "parse_bytes"]
+
+
+PageSink = Callable[[bytearray, int, int, str | None], tuple[int, str | None, tuple[int, ...]]]
+"""``sink(buf, pos, base, last_block) -> (new_pos, last_block, counts)``: a fast path
+that applies whole page records from ``buf[pos:]`` itself (the destination's
+compiled load loop).  It stops before anything that is not a complete page
+record and raises StreamError on a malformed one; the parser then carries on
+with the records it left."""
 
 
 class _Sentinel:
@@ -199,6 +208,7 @@ class StreamParser:
         self._max_vmdesc = max_vmdesc
         self._max_blocks = max_blocks
         self._device_chunk = device_chunk
+        self.page_sink: PageSink | None = None
         self._buf = bytearray()
         self._pos = 0
         self._base = 0
@@ -543,6 +553,13 @@ class StreamParser:
         self._state = _State.RAM
 
     def _step_ram(self) -> Event | None:
+        if self.page_sink is not None and self._blocks:
+            start = self.offset
+            pos, last, counts = self.page_sink(self._buf, self._pos, self._base, self._last_block)
+            if pos != self._pos:
+                self._pos = pos
+                self._last_block = last
+                return PagesLoaded(counts[0], tuple(counts), stream_offset=start)
         cur = self._cursor()
         start = cur.offset
         word = cur.be64(_State.RAM.value)

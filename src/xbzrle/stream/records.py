@@ -152,3 +152,14 @@ class DeviceState(Event):
 
     offset: int
     data: bytes
+
+
+@dataclass(frozen=True)
+class PagesLoaded(Event):
+    """A run of page records that a page sink (the compiled load loop) applied itself.
+
+    ``counts`` are the load loop's counters: scanned, zero, normal, xbzrle, ...
+    """
+
+    pages: int
+    counts: tuple[int, ...] = ()
