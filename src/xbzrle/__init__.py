@@ -6,6 +6,16 @@ core does the per-byte and per-page work, Python orchestrates.
 
 from __future__ import annotations
 
+from . import codec
+from .codec import (
+    decode,
+    decode_into,
+    decode_pages,
+    encode,
+    encode_pages,
+    uleb128_decode,
+    uleb128_encode,
+)
 from .errors import (
     DecodeError,
     MigrationStateError,
@@ -18,6 +28,14 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "backend",
+    "decode",
+    "decode_into",
+    "decode_pages",
+    "encode",
+    "encode_pages",
+    "uleb128_decode",
+    "uleb128_encode",
     "DecodeError",
     "MigrationStateError",
     "ParameterError",
@@ -26,3 +44,10 @@ __all__ = [
     "XbzrleError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ``backend`` is computed on access: the SIMD path may change at run time.
+    if name == "backend":
+        return codec.current_backend()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

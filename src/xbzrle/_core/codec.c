@@ -1,8 +1,751 @@
-/* Placeholder for the codec part of xbzrle._core. */
+/* The codec part of xbzrle._core: Python bindings over the kernels of
+ * codec_kernels.c.  Every function takes any contiguous buffer without
+ * copying it, releases the GIL around the byte work, and releases every
+ * buffer on every path. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+#include "codec_internal.h"
 #include "parts.h"
+
+/* ---- errors ---- */
+
+static PyObject *decode_error_type; /* xbzrle.errors.DecodeError, cached */
+static PyObject *array_type;        /* array.array, cached */
+
+static PyObject *import_attr(const char *module, const char *name)
+{
+    PyObject *mod = PyImport_ImportModule(module);
+    if (mod == NULL)
+        return NULL;
+    PyObject *attr = PyObject_GetAttrString(mod, name);
+    Py_DECREF(mod);
+    return attr;
+}
+
+/* Raise DecodeError(message, offset), with .page set when page >= 0. */
+static void raise_decode_error(PyObject *message, size_t offset, Py_ssize_t page)
+{
+    if (message == NULL)
+        return;
+    if (decode_error_type == NULL)
+        decode_error_type = import_attr("xbzrle.errors", "DecodeError");
+    if (decode_error_type == NULL) {
+        Py_DECREF(message);
+        return;
+    }
+    PyObject *exc = PyObject_CallFunction(decode_error_type, "On", message, (Py_ssize_t)offset);
+    Py_DECREF(message);
+    if (exc == NULL)
+        return;
+    if (page >= 0) {
+        PyObject *index = PyLong_FromSsize_t(page);
+        if (index == NULL || PyObject_SetAttrString(exc, "page", index) < 0) {
+            Py_XDECREF(index);
+            Py_DECREF(exc);
+            return;
+        }
+        Py_DECREF(index);
+    }
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+}
+
+static void raise_delta_error(size_t offset, const char *reason)
+{
+    raise_decode_error(PyUnicode_FromFormat("XBZRLE delta at offset %zu: %s", offset, reason),
+                       offset, -1);
+}
+
+/* ---- argument checks ---- */
+
+static int check_page_size(Py_ssize_t size, const char *what)
+{
+    if (size < 1 || size > XBZ_MAX_PAGE_SIZE) {
+        PyErr_Format(PyExc_ValueError, "%s of %zd bytes: XBZRLE pages hold 1 to %d bytes", what,
+                     size, XBZ_MAX_PAGE_SIZE);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_same_length(const Py_buffer *a, const Py_buffer *b, const char *what)
+{
+    if (a->len != b->len) {
+        PyErr_Format(PyExc_ValueError, "%s differ in length (%zd and %zd bytes)", what, a->len,
+                     b->len);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_whole_pages(Py_ssize_t len, Py_ssize_t page_size)
+{
+    if (check_page_size(page_size, "page_size") < 0)
+        return -1;
+    if (len % page_size != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "buffers of %zd bytes do not hold whole pages of %zd bytes", len, page_size);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_no_overlap(const Py_buffer *a, const Py_buffer *b)
+{
+    uintptr_t a0 = (uintptr_t)a->buf, b0 = (uintptr_t)b->buf;
+    if (a->len > 0 && b->len > 0 && a0 < b0 + (uintptr_t)b->len && b0 < a0 + (uintptr_t)a->len) {
+        PyErr_SetString(PyExc_ValueError, "the delta and the page must not share memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* limit=None means the page length; a huge int means no limit. */
+static int parse_limit(PyObject *obj, size_t page_len, size_t *limit)
+{
+    if (obj == Py_None) {
+        *limit = page_len;
+        return 0;
+    }
+    PyObject *index = PyNumber_Index(obj);
+    if (index == NULL)
+        return -1;
+    int overflow;
+    long long value = PyLong_AsLongLongAndOverflow(index, &overflow);
+    Py_DECREF(index);
+    if (value == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow < 0 || (overflow == 0 && value < 0)) {
+        PyErr_Format(PyExc_ValueError, "limit must be None or >= 0, got %R", obj);
+        return -1;
+    }
+    *limit = overflow > 0 ? SIZE_MAX : (size_t)value;
+    return 0;
+}
+
+/* ---- single pages ---- */
+
+PyDoc_STRVAR(encode_doc,
+             "encode($module, /, old, new, limit=None)\n--\n\n"
+             "XBZRLE delta turning page old into page new: b'' when they are equal,\n"
+             "None when it would be longer than limit bytes (default: the page length).");
+
+static PyObject *codec_encode(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"old", "new", "limit", NULL};
+    Py_buffer old, new_page;
+    PyObject *limit_obj = Py_None, *result = NULL;
+    size_t limit;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*|O:encode", keywords, &old, &new_page,
+                                     &limit_obj))
+        return NULL;
+    if (check_same_length(&old, &new_page, "old and new pages") < 0 ||
+        check_page_size(old.len, "page") < 0 ||
+        parse_limit(limit_obj, (size_t)old.len, &limit) < 0)
+        goto done;
+
+    /* No canonical encoding exceeds 1.5 times the page, so a larger limit
+     * changes nothing and the scratch buffer stays small. */
+    size_t capacity = (size_t)old.len * 2 + 16;
+    if (limit < capacity)
+        capacity = limit;
+    uint8_t stack_scratch[2 * 4096 + 16];
+    uint8_t *scratch = stack_scratch;
+    if (capacity > sizeof stack_scratch) {
+        scratch = PyMem_RawMalloc(capacity);
+        if (scratch == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    ssize_t written;
+    Py_BEGIN_ALLOW_THREADS
+    written = xbz_encode(old.buf, new_page.buf, (size_t)old.len, scratch, capacity);
+    Py_END_ALLOW_THREADS
+    if (written < 0)
+        result = Py_NewRef(Py_None);
+    else
+        result = PyBytes_FromStringAndSize((const char *)scratch, written);
+    if (scratch != stack_scratch)
+        PyMem_RawFree(scratch);
+done:
+    PyBuffer_Release(&old);
+    PyBuffer_Release(&new_page);
+    return result;
+}
+
+PyDoc_STRVAR(decode_doc,
+             "decode($module, /, delta, old)\n--\n\n"
+             "The new page: old with the XBZRLE delta applied (DecodeError if malformed).");
+
+static PyObject *codec_decode(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"delta", "old", NULL};
+    Py_buffer delta, old;
+    PyObject *result = NULL;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*:decode", keywords, &delta, &old))
+        return NULL;
+    if (check_page_size(old.len, "page") < 0)
+        goto done;
+    result = PyBytes_FromStringAndSize(NULL, old.len);
+    if (result == NULL)
+        goto done;
+    size_t err_offset = 0;
+    const char *err_reason = NULL;
+    int rc;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+    Py_BEGIN_ALLOW_THREADS
+    rc = xbz_decode_check(delta.buf, (size_t)delta.len, (size_t)old.len, &err_offset, &err_reason);
+    if (rc == 0) {
+        memcpy(out, old.buf, (size_t)old.len);
+        xbz_decode_apply_within(delta.buf, (size_t)delta.len, out, (size_t)old.len);
+    }
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        Py_CLEAR(result);
+        raise_delta_error(err_offset, err_reason);
+    }
+done:
+    PyBuffer_Release(&delta);
+    PyBuffer_Release(&old);
+    return result;
+}
+
+PyDoc_STRVAR(decode_into_doc,
+             "decode_into($module, /, delta, page)\n--\n\n"
+             "Apply the XBZRLE delta in place onto a writable page; on DecodeError the\n"
+             "page is left untouched.");
+
+static PyObject *codec_decode_into(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"delta", "page", NULL};
+    Py_buffer delta, page;
+    PyObject *result = NULL;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*w*:decode_into", keywords, &delta, &page))
+        return NULL;
+    if (check_page_size(page.len, "page") < 0 || check_no_overlap(&delta, &page) < 0)
+        goto done;
+    size_t err_offset = 0;
+    const char *err_reason = NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = xbz_decode_check(delta.buf, (size_t)delta.len, (size_t)page.len, &err_offset,
+                          &err_reason);
+    if (rc == 0)
+        xbz_decode_apply_within(delta.buf, (size_t)delta.len, page.buf, (size_t)page.len);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        raise_delta_error(err_offset, err_reason);
+    else
+        result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&delta);
+    PyBuffer_Release(&page);
+    return result;
+}
+
+/* ---- batches of pages ---- */
+
+PyDoc_STRVAR(encode_pages_doc,
+             "encode_pages($module, /, old, new, page_size=4096)\n--\n\n"
+             "Encode every page of two equal buffers in one call.  Returns (deltas,\n"
+             "lengths): lengths is array('i'), per page 0 unchanged, -1 overflow, else\n"
+             "the length of its delta; deltas are concatenated in page order.");
+
+static PyObject *codec_encode_pages(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"old", "new", "page_size", NULL};
+    Py_buffer old, new_page;
+    Py_ssize_t page_size = 4096;
+    PyObject *result = NULL, *deltas = NULL, *lengths = NULL;
+    int *page_lengths = NULL;
+    uint8_t *out = NULL;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*|n:encode_pages", keywords, &old,
+                                     &new_page, &page_size))
+        return NULL;
+    if (check_same_length(&old, &new_page, "old and new buffers") < 0 ||
+        check_whole_pages(old.len, page_size) < 0)
+        goto done;
+    if (array_type == NULL && (array_type = import_attr("array", "array")) == NULL)
+        goto done;
+
+    size_t pages = (size_t)(old.len / page_size), size = (size_t)page_size;
+    size_t capacity = ((size_t)old.len < ((size_t)1 << 20) ? (size_t)old.len : (size_t)1 << 20) +
+                      size;
+    size_t used = 0;
+    int out_of_memory = 0;
+    page_lengths = PyMem_RawMalloc(pages ? pages * sizeof(int) : 1);
+    out = PyMem_RawMalloc(capacity);
+    if (page_lengths == NULL || out == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (size_t p = 0; p < pages; p++) {
+        if (capacity - used < size) {
+            uint8_t *bigger = PyMem_RawRealloc(out, capacity * 2);
+            if (bigger == NULL) {
+                out_of_memory = 1;
+                break;
+            }
+            out = bigger;
+            capacity *= 2;
+        }
+        const uint8_t *a = (const uint8_t *)old.buf + p * size;
+        const uint8_t *b = (const uint8_t *)new_page.buf + p * size;
+        ssize_t written = xbz_encode(a, b, size, out + used, size);
+        page_lengths[p] = (int)written;
+        if (written > 0)
+            used += (size_t)written;
+    }
+    Py_END_ALLOW_THREADS
+    if (out_of_memory) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    deltas = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)used);
+    if (deltas == NULL)
+        goto done;
+    lengths = PyObject_CallFunction(array_type, "sy#", "i", (const char *)page_lengths,
+                                    (Py_ssize_t)(pages * sizeof(int)));
+    if (lengths == NULL)
+        goto done;
+    result = PyTuple_Pack(2, deltas, lengths);
+done:
+    Py_XDECREF(deltas);
+    Py_XDECREF(lengths);
+    PyMem_RawFree(page_lengths);
+    PyMem_RawFree(out);
+    PyBuffer_Release(&old);
+    PyBuffer_Release(&new_page);
+    return result;
+}
+
+/* One integer of a buffer item, signed or not, of 1, 2, 4 or 8 bytes. */
+static int read_buffer_int(const char *item, Py_ssize_t itemsize, int is_signed, long long *value)
+{
+    switch (itemsize) {
+    case 1:
+        *value = is_signed ? (long long)*(const int8_t *)item : (long long)*(const uint8_t *)item;
+        return 0;
+    case 2: {
+        int16_t s;
+        uint16_t u;
+        memcpy(&s, item, 2);
+        memcpy(&u, item, 2);
+        *value = is_signed ? (long long)s : (long long)u;
+        return 0;
+    }
+    case 4: {
+        int32_t s;
+        uint32_t u;
+        memcpy(&s, item, 4);
+        memcpy(&u, item, 4);
+        *value = is_signed ? (long long)s : (long long)u;
+        return 0;
+    }
+    case 8: {
+        int64_t s;
+        uint64_t u;
+        memcpy(&s, item, 8);
+        memcpy(&u, item, 8);
+        if (!is_signed && u > (uint64_t)INT64_MAX)
+            return -1;
+        *value = is_signed ? (long long)s : (long long)u;
+        return 0;
+    }
+    }
+    return -1;
+}
+
+/* lengths as a C array: from a buffer of native-order integers (array,
+ * numpy, memoryview) without Python objects, else from any sequence. */
+static long long *read_lengths(PyObject *obj, Py_ssize_t *count)
+{
+    long long *values = NULL;
+
+    if (PyObject_CheckBuffer(obj)) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(obj, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+            return NULL;
+        const char *format = view.format ? view.format : "B";
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        if (*format == '@' || *format == '=' || *format == '<')
+            format++;
+#else
+        if (*format == '@' || *format == '=' || *format == '>' || *format == '!')
+            format++;
+#endif
+        int is_signed = format[0] != '\0' && strchr("bhilqn", format[0]) != NULL;
+        int is_unsigned = format[0] != '\0' && strchr("BHILQN", format[0]) != NULL;
+        if ((!is_signed && !is_unsigned) || format[1] != '\0' || view.itemsize < 1) {
+            PyErr_Format(PyExc_TypeError, "lengths must hold integers, got buffer format '%s'",
+                         view.format ? view.format : "B");
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        Py_ssize_t n = view.len / view.itemsize;
+        values = PyMem_Malloc(n ? (size_t)n * sizeof *values : 1);
+        if (values == NULL) {
+            PyBuffer_Release(&view);
+            PyErr_NoMemory();
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (read_buffer_int((const char *)view.buf + i * view.itemsize, view.itemsize,
+                                is_signed, &values[i]) < 0) {
+                PyErr_Format(PyExc_ValueError, "lengths[%zd] is out of range", i);
+                PyMem_Free(values);
+                PyBuffer_Release(&view);
+                return NULL;
+            }
+        }
+        PyBuffer_Release(&view);
+        *count = n;
+        return values;
+    }
+
+    PyObject *seq = PySequence_Fast(obj, "lengths must be a sequence or buffer of integers");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    values = PyMem_Malloc(n ? (size_t)n * sizeof *values : 1);
+    if (values == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *index = PyNumber_Index(PySequence_Fast_GET_ITEM(seq, i));
+        if (index == NULL)
+            goto fail;
+        values[i] = PyLong_AsLongLong(index);
+        Py_DECREF(index);
+        if (values[i] == -1 && PyErr_Occurred())
+            goto fail;
+    }
+    Py_DECREF(seq);
+    *count = n;
+    return values;
+fail:
+    PyMem_Free(values);
+    Py_DECREF(seq);
+    return NULL;
+}
+
+PyDoc_STRVAR(decode_pages_doc,
+             "decode_pages($module, /, deltas, lengths, pages, page_size=4096)\n--\n\n"
+             "Apply the deltas of encode_pages in place onto a writable buffer of pages.\n"
+             "Every delta is validated before any page is written; DecodeError names\n"
+             "the page (also as .page) and the offset within its delta.");
+
+static PyObject *codec_decode_pages(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"deltas", "lengths", "pages", "page_size", NULL};
+    Py_buffer deltas, pages;
+    PyObject *lengths_obj, *result = NULL;
+    Py_ssize_t page_size = 4096, count = 0;
+    long long *lengths = NULL;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*Ow*|n:decode_pages", keywords, &deltas,
+                                     &lengths_obj, &pages, &page_size))
+        return NULL;
+    if (check_whole_pages(pages.len, page_size) < 0 || check_no_overlap(&deltas, &pages) < 0)
+        goto done;
+    lengths = read_lengths(lengths_obj, &count);
+    if (lengths == NULL)
+        goto done;
+    Py_ssize_t page_count = pages.len / page_size;
+    if (count != page_count) {
+        PyErr_Format(PyExc_ValueError, "%zd lengths for %zd pages", count, page_count);
+        goto done;
+    }
+    unsigned long long total = 0;
+    for (Py_ssize_t p = 0; p < count; p++) {
+        if (lengths[p] < -1) {
+            PyErr_Format(PyExc_ValueError,
+                         "lengths[%zd] is %lld: expected -1 (overflow), 0 (unchanged) or a "
+                         "delta length",
+                         p, lengths[p]);
+            goto done;
+        }
+        if (lengths[p] > 0)
+            total += (unsigned long long)lengths[p];
+    }
+    if (total != (unsigned long long)deltas.len) {
+        PyErr_Format(PyExc_ValueError, "lengths add up to %llu bytes but deltas holds %zd", total,
+                     deltas.len);
+        goto done;
+    }
+
+    Py_ssize_t bad_page = -1;
+    size_t err_offset = 0;
+    const char *err_reason = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    const uint8_t *delta = deltas.buf;
+    for (Py_ssize_t p = 0; p < count; p++) {
+        if (lengths[p] <= 0)
+            continue;
+        if (xbz_decode_check(delta, (size_t)lengths[p], (size_t)page_size, &err_offset,
+                             &err_reason) < 0) {
+            bad_page = p;
+            break;
+        }
+        delta += lengths[p];
+    }
+    if (bad_page < 0) {
+        delta = deltas.buf;
+        for (Py_ssize_t p = 0; p < count; p++) {
+            if (lengths[p] <= 0)
+                continue;
+            xbz_decode_apply_within(delta, (size_t)lengths[p],
+                                    (uint8_t *)pages.buf + p * page_size, (size_t)page_size);
+            delta += lengths[p];
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (bad_page >= 0)
+        raise_decode_error(PyUnicode_FromFormat("XBZRLE delta of page %zd at offset %zu: %s",
+                                                bad_page, err_offset, err_reason),
+                           err_offset, bad_page);
+    else
+        result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(lengths);
+    PyBuffer_Release(&deltas);
+    PyBuffer_Release(&pages);
+    return result;
+}
+
+/* ---- ULEB128, general (up to 64 bits) ---- */
+
+PyDoc_STRVAR(uleb128_encode_doc,
+             "uleb128_encode($module, n, /)\n--\n\n"
+             "Unsigned LEB128 bytes of n (0 <= n < 2**64).");
+
+static PyObject *codec_uleb128_encode(PyObject *self, PyObject *arg)
+{
+    PyObject *index = PyNumber_Index(arg);
+    if (index == NULL)
+        return NULL;
+    int overflow;
+    long long as_signed = PyLong_AsLongLongAndOverflow(index, &overflow);
+    if (as_signed == -1 && PyErr_Occurred()) {
+        Py_DECREF(index);
+        return NULL;
+    }
+    if (overflow < 0 || (overflow == 0 && as_signed < 0)) {
+        PyErr_Format(PyExc_ValueError, "ULEB128 encodes non-negative integers, got %R", index);
+        Py_DECREF(index);
+        return NULL;
+    }
+    unsigned long long n = PyLong_AsUnsignedLongLong(index);
+    if (n == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "ULEB128 value over 64 bits: %R", index);
+        Py_DECREF(index);
+        return NULL;
+    }
+    Py_DECREF(index);
+    uint8_t out[10];
+    size_t used = 0;
+    do {
+        uint8_t byte = n & 0x7f;
+        n >>= 7;
+        out[used++] = byte | (n ? 0x80 : 0);
+    } while (n);
+    return PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)used);
+}
+
+PyDoc_STRVAR(uleb128_decode_doc,
+             "uleb128_decode($module, buf, pos=0, /)\n--\n\n"
+             "(value, next position) of the ULEB128 number at buf[pos]; DecodeError when\n"
+             "it is truncated or over 64 bits.");
+
+static PyObject *codec_uleb128_decode(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t pos = 0;
+    PyObject *result = NULL;
+
+    if (!PyArg_ParseTuple(args, "y*|n:uleb128_decode", &buf, &pos))
+        return NULL;
+    if (pos < 0 || pos > buf.len) {
+        PyErr_Format(PyExc_ValueError, "pos %zd is outside the buffer of %zd bytes", pos, buf.len);
+        goto done;
+    }
+    const uint8_t *p = buf.buf;
+    unsigned long long value = 0;
+    unsigned shift = 0;
+    for (Py_ssize_t i = pos;; i++, shift += 7) {
+        if (i >= buf.len) {
+            raise_decode_error(PyUnicode_FromFormat("ULEB128 at offset %zd: truncated", pos),
+                               (size_t)pos, -1);
+            goto done;
+        }
+        unsigned long long payload = p[i] & 0x7f;
+        if (payload != 0 && (shift >= 64 || (payload << shift) >> shift != payload)) {
+            raise_decode_error(
+                PyUnicode_FromFormat("ULEB128 at offset %zd: value over 64 bits", pos),
+                (size_t)pos, -1);
+            goto done;
+        }
+        if (payload != 0)
+            value |= payload << shift;
+        if (!(p[i] & 0x80)) {
+            result = Py_BuildValue("(Kn)", value, i + 1);
+            goto done;
+        }
+    }
+done:
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+/* ---- zero pages, baseline, SIMD choice ---- */
+
+PyDoc_STRVAR(is_zero_doc, "is_zero($module, buf, /)\n--\n\nTrue when every byte of buf is 0.");
+
+static PyObject *codec_is_zero(PyObject *self, PyObject *arg)
+{
+    Py_buffer buf;
+    if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int zero;
+    Py_BEGIN_ALLOW_THREADS
+    zero = xbz_is_zero(buf.buf, (size_t)buf.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    return PyBool_FromLong(zero);
+}
+
+PyDoc_STRVAR(memcmp_pages_doc,
+             "memcmp_pages($module, /, a, b, page_size=4096)\n--\n\n"
+             "Number of equal page pairs, by libc memcmp per page: the benchmark baseline.");
+
+static PyObject *codec_memcmp_pages(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"a", "b", "page_size", NULL};
+    Py_buffer a, b;
+    Py_ssize_t page_size = 4096;
+    PyObject *result = NULL;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*|n:memcmp_pages", keywords, &a, &b,
+                                     &page_size))
+        return NULL;
+    if (check_same_length(&a, &b, "buffers") == 0 && check_whole_pages(a.len, page_size) == 0) {
+        Py_ssize_t equal = 0;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t off = 0; off < a.len; off += page_size)
+            equal += memcmp((const char *)a.buf + off, (const char *)b.buf + off,
+                            (size_t)page_size) == 0;
+        Py_END_ALLOW_THREADS
+        result = PyLong_FromSsize_t(equal);
+    }
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    return result;
+}
+
+PyDoc_STRVAR(simd_paths_doc,
+             "simd_paths($module, /)\n--\n\nThe SIMD paths this CPU supports, best first.");
+
+static PyObject *codec_simd_paths(PyObject *self, PyObject *unused)
+{
+    PyObject *names = PyList_New(0);
+    for (size_t i = 0; names != NULL && i < xbz_simd_count(); i++) {
+        if (!xbz_simd_supported(i))
+            continue;
+        PyObject *name = PyUnicode_FromString(xbz_simd_name(i));
+        if (name == NULL || PyList_Append(names, name) < 0)
+            Py_CLEAR(names);
+        Py_XDECREF(name);
+    }
+    return names;
+}
+
+PyDoc_STRVAR(simd_path_doc, "simd_path($module, /)\n--\n\nThe live SIMD path.");
+
+static PyObject *codec_simd_path(PyObject *self, PyObject *unused)
+{
+    return PyUnicode_FromString(xbz_simd_current());
+}
+
+/* Make a path live, with an exception of type error_type when impossible. */
+static int select_path(const char *name, PyObject *error_type, const char *source)
+{
+    int rc = xbz_simd_select(name);
+    if (rc == 0)
+        return 0;
+    PyObject *supported = codec_simd_paths(NULL, NULL);
+    if (supported == NULL)
+        return -1;
+    if (rc == -1)
+        PyErr_Format(error_type, "%s%s: unknown SIMD path (this CPU supports %R)", source, name,
+                     supported);
+    else
+        PyErr_Format(error_type, "%s%s: this CPU does not support it (it supports %R)", source,
+                     name, supported);
+    Py_DECREF(supported);
+    return -1;
+}
+
+PyDoc_STRVAR(select_simd_doc,
+             "select_simd($module, name, /)\n--\n\n"
+             "Make the named SIMD path live for the whole process (ValueError if this\n"
+             "CPU cannot run it).  For tests and benchmarks: all paths give the same bytes.");
+
+static PyObject *codec_select_simd(PyObject *self, PyObject *arg)
+{
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (name == NULL)
+        return NULL;
+    if (select_path(name, PyExc_ValueError, "SIMD path ") < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef codec_methods[] = {
+    {"encode", (PyCFunction)(void (*)(void))codec_encode, METH_VARARGS | METH_KEYWORDS,
+     encode_doc},
+    {"decode", (PyCFunction)(void (*)(void))codec_decode, METH_VARARGS | METH_KEYWORDS,
+     decode_doc},
+    {"decode_into", (PyCFunction)(void (*)(void))codec_decode_into,
+     METH_VARARGS | METH_KEYWORDS, decode_into_doc},
+    {"encode_pages", (PyCFunction)(void (*)(void))codec_encode_pages,
+     METH_VARARGS | METH_KEYWORDS, encode_pages_doc},
+    {"decode_pages", (PyCFunction)(void (*)(void))codec_decode_pages,
+     METH_VARARGS | METH_KEYWORDS, decode_pages_doc},
+    {"uleb128_encode", codec_uleb128_encode, METH_O, uleb128_encode_doc},
+    {"uleb128_decode", codec_uleb128_decode, METH_VARARGS, uleb128_decode_doc},
+    {"is_zero", codec_is_zero, METH_O, is_zero_doc},
+    {"memcmp_pages", (PyCFunction)(void (*)(void))codec_memcmp_pages,
+     METH_VARARGS | METH_KEYWORDS, memcmp_pages_doc},
+    {"simd_paths", codec_simd_paths, METH_NOARGS, simd_paths_doc},
+    {"simd_path", codec_simd_path, METH_NOARGS, simd_path_doc},
+    {"select_simd", codec_select_simd, METH_O, select_simd_doc},
+    {NULL, NULL, 0, NULL},
+};
 
 int xbz_codec_register(PyObject *module)
 {
-    (void)module;
-    return 0;
+    const char *forced = getenv("XBZRLE_SIMD");
+    if (forced != NULL && forced[0] != '\0') {
+        if (select_path(forced, PyExc_ImportError, "XBZRLE_SIMD=") < 0)
+            return -1;
+    } else {
+        xbz_simd_select_best();
+    }
+    if (PyModule_AddIntConstant(module, "MAX_PAGE_SIZE", XBZ_MAX_PAGE_SIZE) < 0)
+        return -1;
+    return PyModule_AddFunctions(module, codec_methods);
 }

@@ -1,0 +1,397 @@
+/* XBZRLE kernels: encoder per SIMD path, strict decoder, zero-page check,
+ * and the run-time choice of path.  Pure C, no Python: the save and load
+ * loops call these through codec.h with the GIL released. */
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#include "codec.h"
+#include "codec_internal.h"
+
+/* Longest run a 14-bit ULEB128 length can describe. */
+#define XBZ_MAX_RUN 0x3fff
+
+/* ---- helpers shared by every path (compiled for the baseline CPU) ---- */
+
+static inline size_t uleb_size(size_t n)
+{
+    return n < 0x80 ? 1 : 2;
+}
+
+/* Write a length of at most XBZ_MAX_RUN as one or two ULEB128 bytes. */
+static inline size_t uleb_put(uint8_t *out, size_t n)
+{
+    if (n < 0x80) {
+        out[0] = (uint8_t)n;
+        return 1;
+    }
+    out[0] = (uint8_t)((n & 0x7f) | 0x80);
+    out[1] = (uint8_t)(n >> 7);
+    return 2;
+}
+
+/* Read a length as QEMU does: one byte, or two when the first has bit 7 set;
+ * a second byte with bit 7 set would make it longer than 14 bits (-1).  The
+ * caller guarantees two readable bytes. */
+static inline int uleb_get(const uint8_t *in, uint32_t *n)
+{
+    if (!(in[0] & 0x80)) {
+        *n = in[0];
+        return 1;
+    }
+    if (in[1] & 0x80)
+        return -1;
+    *n = (uint32_t)(in[0] & 0x7f) | ((uint32_t)in[1] << 7);
+    return 2;
+}
+
+static inline uint64_t load64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v; /* byte i of memory sits in bits 8i..8i+7 */
+}
+
+/* Copy n bytes, correct even when the ranges overlap: small sizes load
+ * everything before storing, larger ones use memmove. */
+static inline void copy_small(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    if (n >= 8 && n <= 16) {
+        uint64_t head, tail;
+        memcpy(&head, src, 8);
+        memcpy(&tail, src + n - 8, 8);
+        memcpy(dst, &head, 8);
+        memcpy(dst + n - 8, &tail, 8);
+    } else if (n >= 4 && n < 8) {
+        uint32_t head, tail;
+        memcpy(&head, src, 4);
+        memcpy(&tail, src + n - 4, 4);
+        memcpy(dst, &head, 4);
+        memcpy(dst + n - 4, &tail, 4);
+    } else if (n > 0 && n < 4) {
+        uint8_t first = src[0], middle = src[n / 2], last = src[n - 1];
+        dst[0] = first;
+        dst[n / 2] = middle;
+        dst[n - 1] = last;
+    } else if (n > 16) {
+        memmove(dst, src, n);
+    }
+}
+
+/* Mask of differing bytes for a final block shorter than 64 bytes. */
+static inline uint64_t diff_tail(const uint8_t *a, const uint8_t *b, size_t n)
+{
+    uint64_t mask = 0;
+    for (size_t i = 0; i < n; i++)
+        mask |= (uint64_t)(a[i] != b[i]) << i;
+    return mask;
+}
+
+static inline int is_zero_tail(const uint8_t *p, size_t n)
+{
+    uint64_t acc = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        acc |= load64(p + i);
+    for (; i < n; i++)
+        acc |= p[i];
+    return acc == 0;
+}
+
+/* ---- portable path: 64-bit words ---- */
+
+/* Bit k set when byte k of x is non-zero (SWAR, then gather the 8 flags). */
+static inline uint64_t nonzero_byte_flags(uint64_t x)
+{
+    const uint64_t low7 = UINT64_C(0x7f7f7f7f7f7f7f7f);
+    uint64_t high = (((x & low7) + low7) | x) & ~low7;
+    return ((high >> 7) * UINT64_C(0x0102040810204080)) >> 56;
+}
+
+static inline uint64_t diff64_portable(const uint8_t *a, const uint8_t *b)
+{
+    uint64_t mask = 0;
+    for (int w = 0; w < 8; w++)
+        mask |= nonzero_byte_flags(load64(a + 8 * w) ^ load64(b + 8 * w)) << (8 * w);
+    return mask;
+}
+
+static inline int same256_portable(const uint8_t *a, const uint8_t *b)
+{
+    uint64_t acc = 0;
+    for (int w = 0; w < 32; w++)
+        acc |= load64(a + 8 * w) ^ load64(b + 8 * w);
+    return acc == 0;
+}
+
+static inline int zero256_portable(const uint8_t *p)
+{
+    uint64_t acc = 0;
+    for (int w = 0; w < 32; w++)
+        acc |= load64(p + 8 * w);
+    return acc == 0;
+}
+
+#define XBZ_PATH(name) name##_portable
+#include "codec_template.h"
+#undef XBZ_PATH
+
+#if defined(__x86_64__) || defined(__i386__)
+#define XBZ_HAVE_X86 1
+
+/* ---- AVX2 path: 32-byte compares ---- */
+#pragma GCC push_options
+#pragma GCC target("avx2,bmi,bmi2")
+
+static inline uint64_t diff64_avx2(const uint8_t *a, const uint8_t *b)
+{
+    __m256i a0 = _mm256_loadu_si256((const __m256i *)a);
+    __m256i a1 = _mm256_loadu_si256((const __m256i *)(a + 32));
+    __m256i b0 = _mm256_loadu_si256((const __m256i *)b);
+    __m256i b1 = _mm256_loadu_si256((const __m256i *)(b + 32));
+    uint32_t eq0 = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(a0, b0));
+    uint32_t eq1 = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(a1, b1));
+    return ~(((uint64_t)eq1 << 32) | eq0);
+}
+
+static inline int same256_avx2(const uint8_t *a, const uint8_t *b)
+{
+    __m256i acc = _mm256_setzero_si256();
+    for (int i = 0; i < 256; i += 32)
+        acc = _mm256_or_si256(acc, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a + i)),
+                                                    _mm256_loadu_si256((const __m256i *)(b + i))));
+    return _mm256_testz_si256(acc, acc);
+}
+
+static inline int zero256_avx2(const uint8_t *p)
+{
+    __m256i acc = _mm256_setzero_si256();
+    for (int i = 0; i < 256; i += 32)
+        acc = _mm256_or_si256(acc, _mm256_loadu_si256((const __m256i *)(p + i)));
+    return _mm256_testz_si256(acc, acc);
+}
+
+#define XBZ_PATH(name) name##_avx2
+#include "codec_template.h"
+#undef XBZ_PATH
+
+#pragma GCC pop_options
+
+/* ---- AVX-512BW path: 64-byte compares straight into a 64-bit mask ---- */
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx2,bmi,bmi2")
+
+static inline uint64_t diff64_avx512bw(const uint8_t *a, const uint8_t *b)
+{
+    return _mm512_cmpneq_epi8_mask(_mm512_loadu_si512(a), _mm512_loadu_si512(b));
+}
+
+static inline int same256_avx512bw(const uint8_t *a, const uint8_t *b)
+{
+    __m512i x0 = _mm512_xor_si512(_mm512_loadu_si512(a), _mm512_loadu_si512(b));
+    __m512i x1 = _mm512_xor_si512(_mm512_loadu_si512(a + 64), _mm512_loadu_si512(b + 64));
+    __m512i x2 = _mm512_xor_si512(_mm512_loadu_si512(a + 128), _mm512_loadu_si512(b + 128));
+    __m512i x3 = _mm512_xor_si512(_mm512_loadu_si512(a + 192), _mm512_loadu_si512(b + 192));
+    __m512i acc = _mm512_or_si512(_mm512_or_si512(x0, x1), _mm512_or_si512(x2, x3));
+    return _mm512_test_epi64_mask(acc, acc) == 0;
+}
+
+static inline int zero256_avx512bw(const uint8_t *p)
+{
+    __m512i acc = _mm512_or_si512(_mm512_or_si512(_mm512_loadu_si512(p), _mm512_loadu_si512(p + 64)),
+                                  _mm512_or_si512(_mm512_loadu_si512(p + 128),
+                                                  _mm512_loadu_si512(p + 192)));
+    return _mm512_test_epi64_mask(acc, acc) == 0;
+}
+
+#define XBZ_PATH(name) name##_avx512bw
+#include "codec_template.h"
+#undef XBZ_PATH
+
+#pragma GCC pop_options
+
+static int cpu_has_avx512bw(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
+}
+
+static int cpu_has_avx2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
+}
+#endif /* x86 */
+
+static int cpu_has_portable(void)
+{
+    return 1;
+}
+
+/* ---- run-time dispatch ---- */
+
+struct simd_path {
+    const char *name;
+    ssize_t (*encode)(const uint8_t *, const uint8_t *, size_t, uint8_t *, size_t);
+    int (*is_zero)(const uint8_t *, size_t);
+    int (*cpu_has)(void);
+};
+
+static const struct simd_path simd_paths[] = {
+#ifdef XBZ_HAVE_X86
+    {"avx512bw", encode_avx512bw, is_zero_avx512bw, cpu_has_avx512bw},
+    {"avx2", encode_avx2, is_zero_avx2, cpu_has_avx2},
+#endif
+    {"portable", encode_portable, is_zero_portable, cpu_has_portable},
+};
+
+#define SIMD_PATH_COUNT (sizeof simd_paths / sizeof simd_paths[0])
+
+/* The live path; read and written atomically so that select() may run
+ * while other threads encode. */
+static const struct simd_path *live_path = &simd_paths[SIMD_PATH_COUNT - 1];
+
+static inline const struct simd_path *current_path(void)
+{
+    return __atomic_load_n(&live_path, __ATOMIC_ACQUIRE);
+}
+
+size_t xbz_simd_count(void)
+{
+    return SIMD_PATH_COUNT;
+}
+
+const char *xbz_simd_name(size_t i)
+{
+    return i < SIMD_PATH_COUNT ? simd_paths[i].name : NULL;
+}
+
+int xbz_simd_supported(size_t i)
+{
+    return i < SIMD_PATH_COUNT && simd_paths[i].cpu_has();
+}
+
+int xbz_simd_select(const char *name)
+{
+    for (size_t i = 0; i < SIMD_PATH_COUNT; i++) {
+        if (strcmp(simd_paths[i].name, name) != 0)
+            continue;
+        if (!simd_paths[i].cpu_has())
+            return -2;
+        __atomic_store_n(&live_path, &simd_paths[i], __ATOMIC_RELEASE);
+        return 0;
+    }
+    return -1;
+}
+
+void xbz_simd_select_best(void)
+{
+    for (size_t i = 0; i < SIMD_PATH_COUNT; i++) {
+        if (simd_paths[i].cpu_has()) {
+            __atomic_store_n(&live_path, &simd_paths[i], __ATOMIC_RELEASE);
+            return;
+        }
+    }
+}
+
+const char *xbz_simd_current(void)
+{
+    return current_path()->name;
+}
+
+/* ---- public kernels (codec.h) ---- */
+
+ssize_t xbz_encode(const uint8_t *old, const uint8_t *new_page, size_t len, uint8_t *dst,
+                   size_t dlen)
+{
+    if (len == 0)
+        return 0;
+    return current_path()->encode(old, new_page, len, dst, dlen);
+}
+
+int xbz_is_zero(const uint8_t *p, size_t len)
+{
+    return current_path()->is_zero(p, len);
+}
+
+/* The order of checks follows QEMU's decoder, so both accept and refuse the
+ * same deltas; each error points at the length field that caused it. */
+int xbz_decode_check(const uint8_t *delta, size_t dlen, size_t page_len, size_t *err_offset,
+                     const char **err_reason)
+{
+    size_t i = 0, pos = 0;
+    uint32_t n;
+    int used;
+
+#define XBZ_REFUSE(where, why)                                                                    \
+    do {                                                                                          \
+        *err_offset = (where);                                                                    \
+        *err_reason = (why);                                                                      \
+        return -1;                                                                                \
+    } while (0)
+
+    while (i < dlen) {
+        if (dlen - i < 2)
+            XBZ_REFUSE(i, "truncated zero run length (fewer than 2 bytes left)");
+        used = uleb_get(delta + i, &n);
+        if (used < 0)
+            XBZ_REFUSE(i, "zero run length over two bytes");
+        if (n == 0 && i != 0)
+            XBZ_REFUSE(i, "zero run of length 0 (only the first run may be empty)");
+        if (n > page_len - pos)
+            XBZ_REFUSE(i, "zero run past the page end");
+        pos += n;
+        i += (size_t)used;
+
+        if (dlen - i < 2)
+            XBZ_REFUSE(i, "truncated non-zero run length (fewer than 2 bytes left)");
+        used = uleb_get(delta + i, &n);
+        if (used < 0)
+            XBZ_REFUSE(i, "non-zero run length over two bytes");
+        if (n == 0)
+            XBZ_REFUSE(i, "non-zero run of length 0");
+        if (n > page_len - pos)
+            XBZ_REFUSE(i, "non-zero run past the page end");
+        if (n > dlen - i - (size_t)used)
+            XBZ_REFUSE(i, "non-zero run data past the end of the delta");
+        pos += n;
+        i += (size_t)used + n;
+    }
+#undef XBZ_REFUSE
+    return 0;
+}
+
+void xbz_decode_apply_within(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len)
+{
+    size_t i = 0, pos = 0;
+    uint32_t n;
+    int used;
+
+    while (dlen - i >= 2) {
+        used = uleb_get(delta + i, &n);
+        if (used < 0 || n > page_len - pos)
+            return;
+        pos += n;
+        i += (size_t)used;
+        if (dlen - i < 2)
+            return;
+        used = uleb_get(delta + i, &n);
+        if (used < 0 || n > page_len - pos || n > dlen - i - (size_t)used)
+            return;
+        i += (size_t)used;
+        copy_small(page + pos, delta + i, n);
+        pos += n;
+        i += n;
+    }
+}
+
+void xbz_decode_apply(const uint8_t *delta, size_t dlen, uint8_t *page)
+{
+    xbz_decode_apply_within(delta, dlen, page, SIZE_MAX);
+}
