@@ -6,6 +6,7 @@ core does the per-byte and per-page work, Python orchestrates.
 
 from __future__ import annotations
 
+from .cache import PageCache
 from .errors import (
     DecodeError,
     MigrationStateError,
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DecodeError",
     "MigrationStateError",
+    "PageCache",
     "ParameterError",
     "StreamError",
     "TransportError",
