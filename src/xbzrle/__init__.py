@@ -7,6 +7,7 @@ core does the per-byte and per-page work, Python orchestrates.
 from __future__ import annotations
 
 from . import codec
+from .cache import PageCache
 from .codec import (
     decode,
     decode_into,
@@ -38,6 +39,7 @@ __all__ = [
     "uleb128_encode",
     "DecodeError",
     "MigrationStateError",
+    "PageCache",
     "ParameterError",
     "StreamError",
     "TransportError",
