@@ -9,7 +9,7 @@
 static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT, "xbzrle._core",
     "Compiled core of xbzrle: codec, page cache, guest RAM, save/load loops.",
-    -1, NULL,
+    -1, NULL, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__core(void)

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._backend import load_core
-from ..cache import PageCache
 from ..errors import MigrationStateError, TransportError, XbzrleError
 from ..stream import constants as K
 from ..stream.writer import StreamWriter
@@ -106,7 +105,7 @@ class SourceMigration:
         self._pending_downtime: int | None = None
         self._channel: SocketChannel | FileChannel | None = None
         self._stopped_guest = False
-        self.cache: PageCache | None = None
+        self.cache = None  # _core.PageCache once setup allocated it
         self.thread = threading.Thread(target=self._run, name="migration-source", daemon=True)
 
     # -- control (any thread) --------------------------------------------------
@@ -238,7 +237,7 @@ class SourceMigration:
         self.guest.dirty_log.sync()
         bitmaps = {n: bytearray(b"\xff" * (((blocks[n].npages + 63) // 64) * 8)) for n in names}
         if cfg.xbzrle:
-            self.cache = PageCache(cfg.cache_size)
+            self.cache = _core.PageCache(cfg.cache_size)  # the save loop needs the C one
             with self._lock:
                 self.stats.cache_size = self.cache.size
         self._send(head)

@@ -1,0 +1,208 @@
+"""The compiled save and load loops, without sockets: their records parse with
+the stream parser, they agree with each other, and the cache, the bytes sent
+and the destination's page stay equal even while a writer races the loop."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+
+import pytest
+
+from xbzrle import StreamError
+from xbzrle._backend import load_core
+from xbzrle.stream import StreamParser, StreamWriter
+from xbzrle.stream import records as ev
+
+_core = load_core()
+PAGE = 4096
+NAME = b"pc.ram"
+
+
+def all_dirty(npages: int) -> bytearray:
+    bm = bytearray(b"\xff" * (((npages + 63) // 64) * 8))
+    return bm
+
+
+def save_all(ram, bitmap, mode, cache, buf_size=1 << 16, cont=False):
+    """Run the save loop to the end of the bitmap; return the chunks and summed counts."""
+    chunks, totals, page = [], [0] * 9, 0
+    npages = len(ram) // PAGE
+    buf = bytearray(buf_size)
+    while page < npages:
+        pos, page, cont, counts = _core.save_pages(buf, 0, ram, bitmap, page, NAME, 0, mode,
+                                                   cache, cont)
+        chunks.append(bytes(buf[:pos]))
+        totals = [a + b for a, b in zip(totals, counts, strict=True)]
+    return chunks, totals, cont
+
+
+def load_all(chunks, dest, xbzrle_ok=True, last=-1):
+    for chunk in chunks:
+        pos, last, status, _ = _core.load_pages(chunk, 0, [(NAME, dest)], last, xbzrle_ok, 0)
+        assert pos == len(chunk) and status == 0
+    return last
+
+
+def test_plain_round_trip_and_records_parse_with_the_stream_parser():
+    rng = random.Random(1)
+    npages = 300
+    ram = bytearray(npages * PAGE)
+    for p in range(0, npages, 3):  # every third page holds data, the rest stay zero
+        ram[p * PAGE:(p + 1) * PAGE] = rng.randbytes(PAGE)
+    chunks, counts, _ = save_all(ram, all_dirty(npages), _core.SAVE_PLAIN, None, buf_size=20000)
+    assert counts[0] == npages and counts[1] == 200 and counts[2] == 100
+    dest = bytearray(npages * PAGE)
+    load_all(chunks, dest)
+    assert dest == ram
+    # The same bytes wrapped in a stream parse into the same pages.
+    w = StreamWriter()
+    stream = (w.header() + w.section_start(0, "ram", 0, 4) + w.ram_blocks([("pc.ram", len(ram))])
+              + w.eos() + w.footer(0) + w.section_end(0) + b"".join(chunks) + w.eos()
+              + w.footer(0) + w.eof())
+    p = StreamParser()
+    p.feed(stream)
+    p.close()
+    pages = [e for e in p.events() if isinstance(e, ev.ZeroPage | ev.NormalPage)]
+    assert len(pages) == npages
+    assert [e.offset for e in pages] == [i * PAGE for i in range(npages)]
+
+
+def test_only_dirty_pages_are_sent_and_their_bits_cleared():
+    npages = 200
+    ram = bytearray(os.urandom(npages * PAGE))
+    bitmap = bytearray(((npages + 63) // 64) * 8)
+    dirty = {0, 5, 63, 64, 65, 127, 199}
+    for p in dirty:
+        bitmap[p // 8] |= 1 << (p % 8)
+    chunks, counts, _ = save_all(ram, bitmap, _core.SAVE_PLAIN, None)
+    assert counts[0] == len(dirty) and not any(bitmap)
+    dest = bytearray(npages * PAGE)
+    load_all(chunks, dest)
+    for p in range(npages):
+        page = dest[p * PAGE:(p + 1) * PAGE]
+        assert (page == ram[p * PAGE:(p + 1) * PAGE]) == (p in dirty)
+
+
+def test_xbzrle_rounds_miss_then_encode_then_skip_unchanged():
+    npages = 64
+    ram = bytearray(os.urandom(npages * PAGE))
+    cache = _core.PageCache(1 << 20)
+    dest = bytearray(npages * PAGE)
+    # Round 1 of XBZRLE: every page is a cache miss, sent whole and cached.
+    chunks, c, cont = save_all(ram, all_dirty(npages), _core.SAVE_XBZRLE, cache)
+    assert c[6] == npages and c[2] == npages and c[3] == 0
+    last = load_all(chunks, dest)
+    # Round 2: four bytes per page changed: all XBZRLE records, small.
+    for p in range(npages):
+        for off in (0, 1024, 2048, 3072):
+            ram[p * PAGE + off] ^= 0x5A
+    chunks, c, cont = save_all(ram, all_dirty(npages), _core.SAVE_XBZRLE, cache, cont=cont)
+    assert c[3] == npages and c[6] == 0
+    assert sum(map(len, chunks)) < npages * 40
+    last = load_all(chunks, dest, last=last)
+    assert dest == ram
+    # Round 3: nothing changed: nothing sent, counted as unchanged.
+    chunks, c, cont = save_all(ram, all_dirty(npages), _core.SAVE_XBZRLE, cache, cont=cont)
+    assert c[4] == npages and sum(map(len, chunks)) == 0
+    # Overflow: a page rewritten completely goes whole and refreshes the cache.
+    ram[0:PAGE] = os.urandom(PAGE)
+    bm = bytearray(8)
+    bm[0] = 1
+    chunks, c, cont = save_all(ram, bm, _core.SAVE_XBZRLE, cache, cont=cont)
+    assert c[5] == 1 and c[2] == 1 and c[7] == PAGE
+    assert cache.lookup(0) == bytes(ram[0:PAGE])
+    load_all(chunks, dest, last=last)
+    assert dest == ram
+
+
+def test_last_stage_leaves_the_cache_alone():
+    npages = 8
+    ram = bytearray(os.urandom(npages * PAGE))
+    cache = _core.PageCache(1 << 20)
+    save_all(ram, all_dirty(npages), _core.SAVE_XBZRLE, cache)
+    before = [cache.lookup(p * PAGE) for p in range(npages)]
+    ram[10] ^= 1
+    save_all(ram, all_dirty(npages), _core.SAVE_LAST, cache)
+    assert [cache.lookup(p * PAGE) for p in range(npages)] == before
+
+
+def test_zero_page_refreshes_the_cached_copy():
+    npages = 4
+    ram = bytearray(os.urandom(npages * PAGE))
+    cache = _core.PageCache(1 << 20)
+    save_all(ram, all_dirty(npages), _core.SAVE_XBZRLE, cache)
+    ram[PAGE:2 * PAGE] = bytes(PAGE)
+    save_all(ram, all_dirty(npages), _core.SAVE_XBZRLE, cache)
+    assert cache.lookup(PAGE) == bytes(PAGE)
+
+
+def test_save_loop_races_a_writer_and_everything_stays_consistent():
+    """The delta is taken from a private copy: cache, wire and destination agree
+    on every page even while another thread rewrites pages under the loop."""
+    npages = 512
+    ram = bytearray(npages * PAGE)
+    view = memoryview(ram)
+    stop = threading.Event()
+
+    def writer() -> None:
+        rng = random.Random(7)
+        while not stop.is_set():
+            p = rng.randrange(npages)
+            off = rng.randrange(0, PAGE - 64)
+            view[p * PAGE + off:p * PAGE + off + 64] = rng.randbytes(64)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    cache = _core.PageCache(1 << 20)
+    dest = bytearray(npages * PAGE)
+    last, cont = -1, False
+    try:
+        for rnd in range(30):
+            mode = _core.SAVE_PLAIN if rnd == 0 else _core.SAVE_XBZRLE
+            chunks, _, cont = save_all(ram, all_dirty(npages), mode,
+                                       cache if mode else None, buf_size=64 << 10, cont=cont)
+            last = load_all(chunks, dest, last=last)
+            if rnd:
+                # Every cached page is exactly what the destination holds.
+                for p in range(npages):
+                    if p * PAGE in cache:
+                        assert cache.lookup(p * PAGE) == bytes(dest[p * PAGE:(p + 1) * PAGE])
+    finally:
+        stop.set()
+        t.join()
+    chunks, _, _ = save_all(ram, all_dirty(npages), _core.SAVE_LAST, cache, cont=cont)
+    load_all(chunks, dest, last=last)
+    assert dest == ram
+
+
+def test_load_loop_rejects_bad_records_without_writing():
+    w = StreamWriter()
+    good = w.normal_page("pc.ram", 0, b"\x01" * PAGE)
+    dest = bytearray(2 * PAGE)
+    cases = {
+        "unknown RAM block": w.normal_page("other", 0, b"\x01" * PAGE),
+        "outside its RAM block": bytes.fromhex("0000000000002002") + b"\x06pc.ram\x00",
+        "not enabled": StreamWriter().xbzrle_page("pc.ram", 0, b"\x00\x01\x07"),
+        "wrong encoding": bytes.fromhex("0000000000000040") + b"\x06pc.ram" + b"\x02\x00\x01\x00",
+        "stream offset": StreamWriter().xbzrle_page("pc.ram", 0, b"\x00\x05\x07"),  # short
+    }
+    for reason, record in cases.items():
+        ok = reason != "not enabled"
+        with pytest.raises(StreamError, match=reason) as info:
+            _core.load_pages(good + record, 0, [(NAME, dest)], -1, ok, 1000)
+        assert info.value.offset >= 1000 + len(good)
+        assert "stream offset" in str(info.value)
+    # Records before the bad one were applied; the bad one wrote nothing.
+    assert dest[:PAGE] == b"\x01" * PAGE and dest[PAGE:] == bytes(PAGE)
+
+
+def test_load_loop_stops_at_incomplete_and_non_page_records():
+    w = StreamWriter()
+    rec = w.normal_page("pc.ram", 0, b"\x02" * PAGE)
+    dest = bytearray(PAGE)
+    pos, last, status, _ = _core.load_pages(rec[:-1], 0, [(NAME, dest)], -1, True, 0)
+    assert (pos, status) == (0, 0) and dest == bytes(PAGE)
+    pos, last, status, _ = _core.load_pages(rec + w.eos(), 0, [(NAME, dest)], -1, True, 0)
+    assert pos == len(rec) and status == 2 and last == 0
