@@ -401,3 +401,35 @@ def test_data_must_be_exactly_one_page(PageCache, length):
 def test_non_buffer_data_is_a_type_error(PageCache):
     with pytest.raises(TypeError):
         PageCache(4 * PAGE).insert(0, "x" * PAGE)
+
+
+def test_c_resize_runs_without_the_gil_and_fences_other_threads():
+    """Other threads get RuntimeError during a resize, never a torn cache."""
+    import threading
+
+    cache = CPageCache(4 << 20)
+    for number in range(cache.slots):
+        cache.insert(number * PAGE, page(number % 251))
+    done = threading.Event()
+    fenced = []
+
+    def reader():
+        while not done.is_set():
+            try:
+                got = cache.lookup(7 * PAGE)
+            except RuntimeError:
+                fenced.append(True)
+                continue
+            assert got == page(7)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(8):
+            cache.resize(8 << 20)
+            cache.resize(4 << 20)
+    finally:
+        done.set()
+        thread.join()
+    assert len(cache) == cache.slots == 1024
+    assert all(cache.lookup(n * PAGE) == page(n % 251) for n in range(cache.slots))
