@@ -216,7 +216,10 @@ class PageLoader:
         return view[event.offset:event.offset + K.PAGE_SIZE]
 
     def apply(self, event) -> None:
-        page = self._page(event)
+        with self._page(event) as page:  # released even on error: the buffer may be closed
+            self._apply_to(event, page)
+
+    def _apply_to(self, event, page: memoryview) -> None:
         c = self.counts
         if isinstance(event, ev.ZeroPage):
             if event.fill or not _core.is_zero(page):

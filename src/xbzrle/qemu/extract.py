@@ -90,6 +90,8 @@ class StreamExtractor:
         error = None if failure is None else str(failure)
         if isinstance(failure, StreamError) and failure.offset is not None:
             offset = failure.offset
+            if not str(error).startswith("stream offset"):
+                error = f"stream offset {offset}: {error}"
         if error is None and not self.ram_ended:
             what = "the RAM section never ended" if self.ram is not None else \
                 "the stream holds no RAM section"
@@ -123,7 +125,7 @@ class StreamExtractor:
         elif isinstance(event, ev.RamBlocks):
             self.ram = RamFiles(self.out_dir, event.blocks, self.max_ram, event.stream_offset)
             self.loader = PageLoader(self.ram.maps, xbzrle=True)
-            self.parser.page_sink = self.loader.sink
+            self.parser.page_sink = self._fast_path
         elif isinstance(event, ev.SectionEnd):
             self._in_last_round = True
         elif isinstance(event, ev.EndOfSection):
@@ -141,6 +143,19 @@ class StreamExtractor:
             self.eof = True
         elif isinstance(event, ev.VmDescription) and isinstance(event.json, dict):
             self.devices = device_list(event.json)
+
+    def _fast_path(self, buf: bytearray, pos: int, base: int,
+                   last: str | None) -> tuple[int, str | None, tuple[int, ...]]:
+        assert self.loader is not None
+        try:
+            return self.loader.sink(buf, pos, base, last)
+        except StreamError:
+            # The compiled loop applied part of its batch before the bad record
+            # and cannot say how much: replay the batch record by record so the
+            # error names its record and the recovered counts are exact.
+            # Replaying is harmless: each page record sets its bytes absolutely.
+            self.parser.page_sink = None
+            return pos, last, ()
 
     def _write_device_state(self, data: bytes) -> None:
         assert self._device_file is not None
