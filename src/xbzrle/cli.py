@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import XbzrleError
+from .qemu import cli as qemu_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true",
                       help="print both final query-migrate results as one JSON object")
     demo.set_defaults(run=_run_demo)
+    qemu_commands.add_commands(sub)
     return parser
 
 
