@@ -14,11 +14,13 @@ from .errors import (
     TransportError,
     XbzrleError,
 )
+from .guest import Guest
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DecodeError",
+    "Guest",
     "MigrationStateError",
     "ParameterError",
     "StreamError",

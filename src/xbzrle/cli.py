@@ -17,6 +17,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure the codec against memcmp on this machine")
     bench.add_argument("--quick", action="store_true", help="fewer pages and repeats")
     bench.set_defaults(run=_run_bench)
+    vm = sub.add_parser("vm", help="run a guest with a workload and print its dirty rate")
+    vm.add_argument("--ram", default="1G", help="guest RAM size, e.g. 256M or 1G (default 1G)")
+    vm.add_argument("--workload", default="loadgen",
+                    choices=("loadgen", "sparse", "dense", "hotcold", "idle"))
+    vm.add_argument("--rate", type=float, default=0, help="pages per second, 0 = flat out")
+    vm.add_argument("--tracker", default="auto", choices=("auto", "uffd", "bitmap", "scan"))
+    vm.add_argument("--seconds", type=float, default=None, help="stop after N seconds")
+    vm.set_defaults(run=_run_vm)
     return parser
 
 
@@ -24,6 +32,12 @@ def _run_bench(args: argparse.Namespace) -> int:
     from .benchmark import main as bench_main
 
     return bench_main(["--quick"] if args.quick else [])
+
+
+def _run_vm(args: argparse.Namespace) -> int:
+    from .guest.vm import run_vm
+
+    return run_vm(args.ram, args.workload, args.rate, args.tracker, args.seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
