@@ -34,6 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print both final query-migrate results as one JSON object")
     demo.set_defaults(run=_run_demo)
     qemu_commands.add_commands(sub)
+    vm = sub.add_parser("vm", help="run a guest with a workload and print its dirty rate")
+    vm.add_argument("--ram", default="1G", help="guest RAM size, e.g. 256M or 1G (default 1G)")
+    vm.add_argument("--workload", default="loadgen",
+                    choices=("loadgen", "sparse", "dense", "hotcold", "idle"))
+    vm.add_argument("--rate", type=float, default=0, help="pages per second, 0 = flat out")
+    vm.add_argument("--tracker", default="auto", choices=("auto", "uffd", "bitmap", "scan"))
+    vm.add_argument("--seconds", type=float, default=None, help="stop after N seconds")
+    vm.add_argument("--incoming", metavar="URI",
+                    help="wait for a migration on URI (tcp:HOST:PORT, unix:PATH, file:, exec:)")
+    vm.add_argument("--xbzrle", action="store_true", help="enable the xbzrle capability")
+    vm.add_argument("--exit-after-migration", action="store_true",
+                    help="with --incoming: exit once the migration ended")
+    vm.add_argument("--report-json", action="store_true",
+                    help="with --incoming: print the outcome as one JSON line")
+    vm.set_defaults(run=_run_vm)
     return parser
 
 
@@ -51,6 +66,17 @@ def _run_bench(args: argparse.Namespace) -> int:
     from .benchmark import main as bench_main
 
     return bench_main(["--quick"] if args.quick else [])
+
+
+def _run_vm(args: argparse.Namespace) -> int:
+    if args.incoming:
+        from .incoming import run_incoming
+
+        return run_incoming(args.ram, args.workload, args.incoming, args.xbzrle,
+                            report_json=args.report_json)
+    from .guest.vm import run_vm
+
+    return run_vm(args.ram, args.workload, args.rate, args.tracker, args.seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
