@@ -76,7 +76,8 @@ def _run_one(opts: DemoOptions, guest: Guest, xbzrle: bool) -> dict[str, object]
         info = mig.query()
         ram = info["ram"]
         elapsed = time.monotonic() - started
-        _say(opts, f"  {elapsed:5.1f} s  {info['status']:<10} sent {ram['transferred'] / 2**20:7.1f}"
+        sent = ram["transferred"] / 2**20
+        _say(opts, f"  {elapsed:5.1f} s  {info['status']:<10} sent {sent:7.1f}"
                    f" MiB  remaining {ram['remaining'] / 2**20:6.1f} MiB  rounds"
                    f" {ram['dirty-sync-count']:3}  expected downtime"
                    f" {info.get('expected-downtime', 0)} ms")

@@ -261,13 +261,11 @@ class SourceMigration:
             dirty_rate = dirty_pages / record.duration if record.duration > 0 else 0.0
             if cfg.xbzrle:
                 mode = _core.SAVE_XBZRLE  # XBZRLE starts with the second round
-            handled = record.counts.scanned * PAGE_SIZE
-            ram_rate = handled / record.duration if record.duration > 0 else float("inf")
-            expected_s = dirty_pages * PAGE_SIZE / ram_rate if ram_rate else float("inf")
+            expected_s = self._expected_downtime(record, dirty_pages, first=round_index == 1)
             with self._lock:
                 self.stats.remaining = dirty_pages * PAGE_SIZE
                 self.stats.dirty_pages_rate = dirty_rate
-                self.stats.expected_downtime_ms = int(expected_s * 1000)
+                self.stats.expected_downtime_ms = int(min(expected_s, 1e9) * 1000)
             self.on_pass(self.stats.dirty_sync_count)
             if expected_s * 1000 <= cfg.downtime_limit_ms:
                 break
@@ -301,6 +299,23 @@ class SourceMigration:
         with self._lock:
             self.stats.downtime_ms = int((time.monotonic() - stop_time) * 1000)
         self._finish(MigrationStatus.COMPLETED, None)
+
+    @staticmethod
+    def _expected_downtime(record: RoundRecord, dirty_pages: int, first: bool) -> float:
+        """Seconds to send ``dirty_pages`` with the guest stopped, judged by the last round.
+
+        The wire rate is what the last round achieved; the cost of a page is
+        what a page of the last round cost on the wire (an XBZRLE round's
+        pages cost tens of bytes, a plain round's a whole page).  The first
+        round is mostly never-touched zero pages, so it says nothing about the
+        cost of a dirty page: assume a whole page, as QEMU always does.
+        """
+        c = record.counts
+        if record.duration <= 0 or c.wire_bytes == 0:
+            return 0.0 if dirty_pages == 0 else float("inf")
+        wire_rate = c.wire_bytes / record.duration
+        cost = PAGE_SIZE + 8 if first or c.scanned == 0 else c.wire_bytes / c.scanned
+        return dirty_pages * cost / wire_rate
 
     def _sync(self) -> dict[str, bytearray]:
         synced = self.guest.dirty_log.sync()
