@@ -6,6 +6,7 @@ Kept apart from the CLI so the demo and tests can drive the same code path.
 from __future__ import annotations
 
 import json
+import resource
 import time
 
 from .guest import Guest
@@ -30,7 +31,9 @@ def run_incoming(ram: int | str, workload: str | None, uri: str, xbzrle: bool,
         port = mig.port if mig.uri.scheme == "tcp" else 0
         print(f"LISTENING {port}", flush=True)
         status = mig.wait()
-        report: dict[str, object] = {"status": str(status), "query": mig.query()}
+        report: dict[str, object] = {
+            "status": str(status), "query": mig.query(),
+            "peak-rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
         if status == MigrationStatus.COMPLETED:
             report["digest-verified"] = True
             before = _progress(guest)

@@ -48,30 +48,36 @@ class SourceConfig:
 
 
 class _RateLimiter:
-    """Keeps the average send rate at or under ``limit`` bytes/s (0 = unlimited)."""
+    """At most ``limit`` bytes/s, enforced per 100 ms window as QEMU does (0 = unlimited).
+
+    Unused allowance is not carried over: a round slowed down by CPU work
+    must not send a burst afterwards, or the measured bandwidth (and with it
+    the expected downtime) would be better than the link really is.
+    """
+
+    WINDOW = 0.1
 
     def __init__(self, limit: int, cancelled: threading.Event) -> None:
         self.limit = limit
         self.cancelled = cancelled
-        self.start = time.monotonic()
-        self.sent = 0
+        self.window_start = time.monotonic()
+        self.window_bytes = 0
 
     def set_limit(self, limit: int) -> None:
         self.limit = limit
-        self.start = time.monotonic()
-        self.sent = 0
 
     def account(self, nbytes: int) -> None:
-        self.sent += nbytes
         if not self.limit:
             return
-        due = self.start + self.sent / self.limit
-        delay = due - time.monotonic()
-        if delay > 0:
-            self.cancelled.wait(delay)
-        elif delay < -1.0:  # do not save up a burst after a stall
-            self.start = time.monotonic()
-            self.sent = 0
+        now = time.monotonic()
+        if now - self.window_start >= self.WINDOW:
+            self.window_start, self.window_bytes = now, 0
+        self.window_bytes += nbytes
+        if self.window_bytes >= self.limit * self.WINDOW:
+            # Sleep out this window, and longer if one chunk overdrew it.
+            due = self.window_start + self.window_bytes / self.limit
+            self.cancelled.wait(max(0.0, due - now))
+            self.window_start, self.window_bytes = time.monotonic(), 0
 
 
 class SourceMigration:
@@ -106,6 +112,7 @@ class SourceMigration:
         self._channel: SocketChannel | FileChannel | None = None
         self._stopped_guest = False
         self.cache = None  # _core.PageCache once setup allocated it
+        self.cpu_seconds = 0.0  # CPU time of the migration thread, when it ended
         self.thread = threading.Thread(target=self._run, name="migration-source", daemon=True)
 
     # -- control (any thread) --------------------------------------------------
@@ -165,6 +172,7 @@ class SourceMigration:
             self._set_status(status)
 
     def _run(self) -> None:
+        started_cpu = time.thread_time()
         try:
             self._migrate()
         except Cancelled:
@@ -177,6 +185,8 @@ class SourceMigration:
         except Exception as exc:  # a bug: still leave the guest running
             log.exception("migration thread crashed")
             self._finish(MigrationStatus.FAILED, f"internal error: {exc!r}")
+        finally:
+            self.cpu_seconds = time.thread_time() - started_cpu
 
     def _finish(self, status: MigrationStatus, error: str | None) -> None:
         if self._channel is not None:
@@ -380,7 +390,7 @@ class SourceMigration:
 
     def _chunk_size(self) -> int:
         bw = self.config.max_bandwidth
-        size = 1 << 20 if not bw else max(64 << 10, min(1 << 20, bw // 16))
+        size = 1 << 20 if not bw else max(64 << 10, min(1 << 20, bw // 40))
         return max(size, 2 * _core.SAVE_MAX_RECORD + 64)
 
 
