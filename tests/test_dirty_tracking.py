@@ -235,3 +235,11 @@ def resident_kib(address: int) -> int:
             elif inside and head == "Rss:":
                 return int(line.split()[1])
     raise AssertionError(f"no mapping at {address:#x}")
+
+
+def test_uffd_sees_writes_made_by_the_kernel():
+    with Guest("1M", tracker="uffd") as guest:
+        guest.dirty_log.sync()
+        with open("/dev/urandom", "rb") as source, memoryview(guest.blocks["pc.ram"]) as ram:
+            source.readinto(ram[2 * PAGE_SIZE : 5 * PAGE_SIZE])
+        assert list(guest.dirty_log.sync()["pc.ram"].pages()) == [2, 3, 4]
