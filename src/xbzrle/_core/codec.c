@@ -12,6 +12,10 @@
 #include "codec_internal.h"
 #include "parts.h"
 
+#ifndef XBZ_PREFETCH_BYTES
+#define XBZ_PREFETCH_BYTES 1024
+#endif
+
 /* ---- errors ---- */
 
 static PyObject *decode_error_type; /* xbzrle.errors.DecodeError, cached */
@@ -155,10 +159,10 @@ static PyObject *codec_encode(PyObject *self, PyObject *args, PyObject *kwargs)
     size_t capacity = (size_t)old.len * 2 + 16;
     if (limit < capacity)
         capacity = limit;
-    uint8_t stack_scratch[2 * 4096 + 16];
+    uint8_t stack_scratch[2 * 4096 + 16 + XBZ_ENCODE_SLACK];
     uint8_t *scratch = stack_scratch;
-    if (capacity > sizeof stack_scratch) {
-        scratch = PyMem_RawMalloc(capacity);
+    if (capacity + XBZ_ENCODE_SLACK > sizeof stack_scratch) {
+        scratch = PyMem_RawMalloc(capacity + XBZ_ENCODE_SLACK);
         if (scratch == NULL) {
             PyErr_NoMemory();
             goto done;
@@ -166,7 +170,7 @@ static PyObject *codec_encode(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     ssize_t written;
     Py_BEGIN_ALLOW_THREADS
-    written = xbz_encode(old.buf, new_page.buf, (size_t)old.len, scratch, capacity);
+    written = xbz_encode_with_slack(old.buf, new_page.buf, (size_t)old.len, scratch, capacity);
     Py_END_ALLOW_THREADS
     if (written < 0)
         result = Py_NewRef(Py_None);
@@ -280,7 +284,7 @@ static PyObject *codec_encode_pages(PyObject *self, PyObject *args, PyObject *kw
 
     size_t pages = (size_t)(old.len / page_size), size = (size_t)page_size;
     size_t capacity = ((size_t)old.len < ((size_t)1 << 20) ? (size_t)old.len : (size_t)1 << 20) +
-                      size;
+                      size + XBZ_ENCODE_SLACK;
     size_t used = 0;
     int out_of_memory = 0;
     page_lengths = PyMem_RawMalloc(pages ? pages * sizeof(int) : 1);
@@ -291,7 +295,7 @@ static PyObject *codec_encode_pages(PyObject *self, PyObject *args, PyObject *kw
     }
     Py_BEGIN_ALLOW_THREADS
     for (size_t p = 0; p < pages; p++) {
-        if (capacity - used < size) {
+        if (capacity - used < size + XBZ_ENCODE_SLACK) {
             uint8_t *bigger = PyMem_RawRealloc(out, capacity * 2);
             if (bigger == NULL) {
                 out_of_memory = 1;
@@ -302,7 +306,12 @@ static PyObject *codec_encode_pages(PyObject *self, PyObject *args, PyObject *kw
         }
         const uint8_t *a = (const uint8_t *)old.buf + p * size;
         const uint8_t *b = (const uint8_t *)new_page.buf + p * size;
-        ssize_t written = xbz_encode(a, b, size, out + used, size);
+        if (p + 1 < pages) /* the hardware prefetcher stops at 4 KiB boundaries */
+            for (size_t line = 0; line < size && line < XBZ_PREFETCH_BYTES; line += 64) {
+                __builtin_prefetch(a + size + line);
+                __builtin_prefetch(b + size + line);
+            }
+        ssize_t written = xbz_encode_with_slack(a, b, size, out + used, size);
         page_lengths[p] = (int)written;
         if (written > 0)
             used += (size_t)written;
