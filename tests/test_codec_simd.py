@@ -56,6 +56,22 @@ def test_every_path_gives_the_reference_bytes(simd_path):
         for limit in (None, 0, 10, len(old) // 2, 10**6):
             assert core.encode(old, new, limit) == reference.encode(old, new, limit), (
                 simd_path, len(old), limit)
+        delta = core.encode(old, new, 10**6)
+        if delta is not None:
+            assert core.decode(delta, old) == new, (simd_path, len(old))
+
+
+def test_every_path_encodes_batches_like_single_pages(simd_path):
+    pairs = [(old, new) for old, new in corpus() if len(old) == 4096]
+    old = b"".join(o for o, _ in pairs)
+    new = b"".join(n for _, n in pairs)
+    deltas, lengths = core.encode_pages(old, new)
+    assert (deltas, lengths) == reference.encode_pages(old, new)
+    pages = bytearray(old)
+    core.decode_pages(deltas, lengths, pages)
+    for index, n in enumerate(lengths):
+        page = slice(index * 4096, (index + 1) * 4096)
+        assert pages[page] == (old[page] if n == -1 else new[page])
 
 
 def test_every_path_finds_zero_pages(simd_path):
