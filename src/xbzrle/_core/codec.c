@@ -12,8 +12,8 @@
 #include "codec_internal.h"
 #include "parts.h"
 
-#ifndef XBZ_PREFETCH_BYTES
-#define XBZ_PREFETCH_BYTES 1024
+#ifndef XBZ_PREFETCH_PAGES
+#define XBZ_PREFETCH_PAGES 1
 #endif
 
 /* ---- errors ---- */
@@ -308,12 +308,10 @@ static PyObject *codec_encode_pages(PyObject *self, PyObject *args, PyObject *kw
         }
         const uint8_t *a = (const uint8_t *)old.buf + p * size;
         const uint8_t *b = (const uint8_t *)new_page.buf + p * size;
-        if (p + 1 < pages) /* the hardware prefetcher stops at 4 KiB boundaries */
-            for (size_t line = 0; line < size && line < XBZ_PREFETCH_BYTES; line += 64) {
-                __builtin_prefetch(a + size + line);
-                __builtin_prefetch(b + size + line);
-            }
-        ssize_t written = xbz_encode_with_slack(a, b, size, out + used, size);
+        /* The hardware prefetcher stops at 4 KiB boundaries: fetch the next
+         * page while this one is encoded. */
+        size_t ahead = p + 1 < pages ? XBZ_PREFETCH_PAGES * size : 0;
+        ssize_t written = xbz_encode_with_slack(a, b, size, out + used, size, ahead);
         page_lengths[p] = (int)written;
         if (written > 0)
             used += (size_t)written;
