@@ -108,7 +108,11 @@ def _elapsed_ns(run: Callable[[], object]) -> int:
 
 
 def measure(core, case: Case, old: bytes, new: bytearray, path: str, repeats: int) -> Result:
-    """Time memcmp, encode and decode of one page set, interleaved round by round."""
+    """Time memcmp, encode and decode of one page set, round by round.
+
+    Ratios are medians of per-round ratios, so that a load change on the
+    machine between rounds moves both sides of a ratio alike.
+    """
     core.select_simd(path)
     twin = bytearray(old)
     deltas, lengths = core.encode_pages(old, new)
@@ -117,7 +121,7 @@ def measure(core, case: Case, old: bytes, new: bytearray, path: str, repeats: in
     for _ in range(repeats):
         base.append(_elapsed_ns(lambda: core.memcmp_pages(old, twin)))
         enc.append(_elapsed_ns(lambda: core.encode_pages(old, new)))
-        dec.append(_elapsed_ns(lambda: core.decode_pages(deltas, lengths, pages)))
+        dec.append(max(1, _elapsed_ns(lambda: core.decode_pages(deltas, lengths, pages))))
     base_ns, enc_ns, dec_ns = (statistics.median(t) for t in (base, enc, dec))
     page_count = len(old) // PAGE_SIZE
     return Result(
@@ -125,10 +129,10 @@ def measure(core, case: Case, old: bytes, new: bytearray, path: str, repeats: in
         path=path,
         encode_gbps=len(old) / enc_ns,
         encode_ns_per_page=enc_ns / page_count,
-        encode_vs_memcmp=base_ns / enc_ns,
-        decode_gbps=len(old) / max(dec_ns, 1),
+        encode_vs_memcmp=statistics.median(b / e for b, e in zip(base, enc, strict=True)),
+        decode_gbps=len(old) / dec_ns,
         decode_ns_per_page=dec_ns / page_count,
-        decode_vs_encode=enc_ns / max(dec_ns, 1),
+        decode_vs_encode=statistics.median(e / d for e, d in zip(enc, dec, strict=True)),
         memcmp_gbps=len(old) / base_ns,
         delta_bytes_per_page=len(deltas) / page_count,
         overflow_pages=sum(1 for n in lengths if n < 0) / page_count,
@@ -186,6 +190,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps([asdict(r) for r in results], indent=2))
     else:
         print(f"{size_mib} MiB of {PAGE_SIZE}-byte pages, median of {repeats} runs; "
-              "/memcmp = encode speed over memcmp of two equal copies, same run")
+              "/memcmp = encode speed over memcmp of two equal copies, same rounds")
         print(format_table(results))
     return 0
