@@ -12,9 +12,6 @@
 #include "codec_internal.h"
 #include "parts.h"
 
-#ifndef XBZ_PREFETCH_PAGES
-#define XBZ_PREFETCH_PAGES 1
-#endif
 
 /* ---- errors ---- */
 
@@ -308,10 +305,7 @@ static PyObject *codec_encode_pages(PyObject *self, PyObject *args, PyObject *kw
         }
         const uint8_t *a = (const uint8_t *)old.buf + p * size;
         const uint8_t *b = (const uint8_t *)new_page.buf + p * size;
-        /* The hardware prefetcher stops at 4 KiB boundaries: fetch the next
-         * page while this one is encoded. */
-        size_t ahead = p + 1 < pages ? XBZ_PREFETCH_PAGES * size : 0;
-        ssize_t written = xbz_encode_with_slack(a, b, size, out + used, size, ahead);
+        ssize_t written = xbz_encode_with_slack(a, b, size, out + used, size);
         page_lengths[p] = (int)written;
         if (written > 0)
             used += (size_t)written;

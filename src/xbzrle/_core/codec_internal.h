@@ -27,11 +27,9 @@ const char *xbz_simd_current(void);
 #define XBZ_ENCODE_SLACK 128
 
 /* xbz_encode writing straight into dst, which must have dlen +
- * XBZ_ENCODE_SLACK writable bytes; len must be at most XBZ_MAX_PAGE_SIZE.
- * When prefetch_ahead is not 0, the bytes that far past each page byte read
- * (the same place in the next page of a batch) are prefetched as it goes. */
+ * XBZ_ENCODE_SLACK writable bytes; len must be at most XBZ_MAX_PAGE_SIZE. */
 ssize_t xbz_encode_with_slack(const uint8_t *old, const uint8_t *new_page, size_t len,
-                              uint8_t *dst, size_t dlen, size_t prefetch_ahead);
+                              uint8_t *dst, size_t dlen);
 
 /* Like xbz_decode_apply, but never writes outside page[0..page_len) nor
  * reads outside delta[0..dlen), even if another thread rewrites the delta

@@ -320,7 +320,7 @@ static int cpu_has_portable(void)
 
 struct simd_path {
     const char *name;
-    ssize_t (*encode)(const uint8_t *, const uint8_t *, size_t, uint8_t *, size_t, size_t);
+    ssize_t (*encode)(const uint8_t *, const uint8_t *, size_t, uint8_t *, size_t);
     int (*is_zero)(const uint8_t *, size_t);
     void (*apply)(const uint8_t *, size_t, uint8_t *, size_t);
     int (*cpu_has)(void);
@@ -401,11 +401,11 @@ const char *xbz_simd_current(void)
 /* ---- public kernels (codec.h) ---- */
 
 ssize_t xbz_encode_with_slack(const uint8_t *old, const uint8_t *new_page, size_t len,
-                              uint8_t *dst, size_t dlen, size_t prefetch_ahead)
+                              uint8_t *dst, size_t dlen)
 {
     if (len == 0)
         return 0;
-    return current_path()->encode(old, new_page, len, dst, dlen, prefetch_ahead);
+    return current_path()->encode(old, new_page, len, dst, dlen);
 }
 
 ssize_t xbz_encode(const uint8_t *old, const uint8_t *new_page, size_t len, uint8_t *dst,
@@ -417,7 +417,7 @@ ssize_t xbz_encode(const uint8_t *old, const uint8_t *new_page, size_t len, uint
     size_t capacity = dlen < 2 * len + 16 ? dlen : 2 * len + 16;
     if (len > XBZ_MAX_PAGE_SIZE)
         return -1;
-    ssize_t written = xbz_encode_with_slack(old, new_page, len, scratch, capacity, 0);
+    ssize_t written = xbz_encode_with_slack(old, new_page, len, scratch, capacity);
     if (written > 0)
         memcpy(dst, scratch, (size_t)written);
     return written;

@@ -21,18 +21,13 @@
  *      written with fixed-size stores into a destination with slack. */
 
 static inline void XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page, size_t len,
-                                  size_t ahead, uint64_t *masks, uint64_t *busy,
-                                  size_t *differing, size_t *runs)
+                                  uint64_t *masks, uint64_t *busy, size_t *differing,
+                                  size_t *runs)
 {
     size_t blk = 0, w = 0, ndiff = 0, nruns = 0;
     uint64_t carry = 0; /* 1 when the byte before this block differs */
 
     for (; blk + 256 <= len; blk += 256, w += 4) {
-        if (ahead) /* keeps memory busy through the gather and emit passes */
-            for (size_t line = 0; line < 256; line += 64) {
-                __builtin_prefetch((const void *)((uintptr_t)old + blk + ahead + line));
-                __builtin_prefetch((const void *)((uintptr_t)new_page + blk + ahead + line));
-            }
         if (XBZ_PATH(same256)(old + blk, new_page + blk)) {
             masks[w] = masks[w + 1] = masks[w + 2] = masks[w + 3] = 0;
             carry = 0;
@@ -86,17 +81,16 @@ static inline size_t XBZ_PATH(gather)(const uint64_t *masks, const uint64_t *bus
     return count;
 }
 
-/* dst must have dlen + XBZ_ENCODE_SLACK writable bytes; see
- * xbz_encode_with_slack for ahead. */
+/* dst must have dlen + XBZ_ENCODE_SLACK writable bytes. */
 static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, size_t len,
-                                uint8_t *dst, size_t dlen, size_t ahead)
+                                uint8_t *dst, size_t dlen)
 {
     uint64_t masks[XBZ_MAX_PAGE_SIZE / 64];
     uint64_t busy[XBZ_MAX_PAGE_SIZE / 64 / 64] = {0};
     uint16_t bounds[XBZ_MAX_PAGE_SIZE + 2 + 32]; /* 32: slack for vector stores */
     size_t differing, runs;
 
-    XBZ_PATH(scan)(old, new_page, len, ahead, masks, busy, &differing, &runs);
+    XBZ_PATH(scan)(old, new_page, len, masks, busy, &differing, &runs);
     if (differing == 0)
         return 0;
     /* Every run costs its bytes plus at least one byte for each length. */
