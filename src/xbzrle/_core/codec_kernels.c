@@ -248,12 +248,13 @@ static inline int zero256_avx512bw(const uint8_t *p)
 
 static size_t gather_vbmi2(const uint64_t *masks, const uint64_t *busy, size_t len,
                            uint16_t *bounds);
-static int cpu_has_vbmi2;
+static int cpu_has_vbmi2; /* set at path selection; atomic, as encoders may run */
 
 #define XBZ_PATH(name) name##_avx512bw
 #define XBZ_GATHER(masks, busy, len, bounds)                                                      \
-    (cpu_has_vbmi2 ? gather_vbmi2(masks, busy, len, bounds)                                       \
-                   : gather_avx512bw(masks, busy, len, bounds))
+    (__atomic_load_n(&cpu_has_vbmi2, __ATOMIC_RELAXED)                                            \
+         ? gather_vbmi2(masks, busy, len, bounds)                                                 \
+         : gather_avx512bw(masks, busy, len, bounds))
 #include "codec_template.h"
 #undef XBZ_GATHER
 #undef XBZ_PATH
@@ -349,7 +350,8 @@ static void detect_optional_features(void)
 {
 #ifdef XBZ_HAVE_X86
     __builtin_cpu_init();
-    cpu_has_vbmi2 = __builtin_cpu_supports("avx512vbmi2");
+    __atomic_store_n(&cpu_has_vbmi2, __builtin_cpu_supports("avx512vbmi2") != 0,
+                     __ATOMIC_RELAXED);
 #endif
 }
 
