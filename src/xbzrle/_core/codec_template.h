@@ -13,24 +13,24 @@
  * The encoder works in three passes, so that its cost does not depend on
  * where the changes are (no branch that guesses run positions):
  *   1. scan: one streaming pass turns the page into a mask of differing
- *      bytes (a bit per byte) and counts differing bytes and runs; from those
- *      counts alone, pages that cannot fit are refused before any output;
+ *      bytes (a bit per byte); counting bits of the mask refuses most pages
+ *      that cannot fit before any output;
  *   2. gather: run boundaries (bit flips of the mask) become a list of
  *      positions, with count-trailing-zeros;
  *   3. emit: each (start, end) pair becomes two lengths and the new bytes,
  *      written with fixed-size stores into a destination with slack. */
 
-static inline void XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page, size_t len,
-                                  uint64_t *masks, uint64_t *busy, size_t *differing,
-                                  size_t *runs)
+/* Masks of differing bytes, one 64-bit word per 64 bytes (bits past the
+ * page end are 0), with a bit per non-zero word in busy.  Returns the number
+ * of differing bytes. */
+static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page, size_t len,
+                                    uint64_t *masks, uint64_t *busy)
 {
-    size_t blk = 0, w = 0, ndiff = 0, nruns = 0;
-    uint64_t carry = 0; /* 1 when the byte before this block differs */
+    size_t blk = 0, w = 0, ndiff = 0;
 
     for (; blk + 256 <= len; blk += 256, w += 4) {
         if (XBZ_PATH(same256)(old + blk, new_page + blk)) {
             masks[w] = masks[w + 1] = masks[w + 2] = masks[w + 3] = 0;
-            carry = 0;
             continue;
         }
         for (size_t k = 0; k < 4; k++) {
@@ -38,8 +38,6 @@ static inline void XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page, s
             masks[w + k] = m;
             busy[(w + k) / 64] |= (uint64_t)(m != 0) << ((w + k) % 64);
             ndiff += (size_t)XBZ_PATH(popcount)(m);
-            nruns += (size_t)XBZ_PATH(popcount)(m & ~((m << 1) | carry));
-            carry = m >> 63;
         }
     }
     for (; blk < len; blk += 64, w++) {
@@ -48,11 +46,26 @@ static inline void XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page, s
         masks[w] = m;
         busy[w / 64] |= (uint64_t)(m != 0) << (w % 64);
         ndiff += (size_t)XBZ_PATH(popcount)(m);
-        nruns += (size_t)XBZ_PATH(popcount)(m & ~((m << 1) | carry));
+    }
+    return ndiff;
+}
+
+/* A lower bound of the encoded length: every run costs its bytes plus at
+ * least one byte for each of its two lengths.  Runs are only counted when
+ * the bytes alone leave the answer open (dense pages). */
+static inline size_t XBZ_PATH(least_size)(const uint64_t *masks, size_t words, size_t differing,
+                                          size_t dlen)
+{
+    if (differing > dlen || 3 * differing <= dlen)
+        return differing;
+    size_t runs = 0;
+    uint64_t carry = 0;
+    for (size_t w = 0; w < words; w++) {
+        uint64_t m = masks[w];
+        runs += (size_t)XBZ_PATH(popcount)(m & ~((m << 1) | carry));
         carry = m >> 63;
     }
-    *differing = ndiff;
-    *runs = nruns;
+    return differing + 2 * runs;
 }
 
 /* Positions where the mask flips: run starts and ends, alternating, the
@@ -88,14 +101,12 @@ static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, siz
     uint64_t masks[XBZ_MAX_PAGE_SIZE / 64];
     uint64_t busy[XBZ_MAX_PAGE_SIZE / 64 / 64] = {0};
     uint16_t bounds[XBZ_MAX_PAGE_SIZE + 2 + 32]; /* 32: slack for vector stores */
-    size_t differing, runs;
 
-    XBZ_PATH(scan)(old, new_page, len, masks, busy, &differing, &runs);
+    size_t differing = XBZ_PATH(scan)(old, new_page, len, masks, busy);
     if (differing == 0)
         return 0;
-    /* Every run costs its bytes plus at least one byte for each length. */
-    if (differing + 2 * runs > dlen)
-        return -1;
+    if (XBZ_PATH(least_size)(masks, (len + 63) / 64, differing, dlen) > dlen)
+        return -1; /* the overflow fast path: nothing written */
     size_t count = XBZ_GATHER(masks, busy, len, bounds);
 
     size_t d = 0, prev_end = 0;
