@@ -118,8 +118,10 @@ static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, siz
         d += uleb_put_sloppy(dst + d, nzrun);
         if (d + nzrun > dlen)
             return -1;
-        if (nzrun <= 64 && start + 64 <= len)
-            memcpy(dst + d, new_page + start, 64); /* one fixed store; extra bytes are slack */
+        if (nzrun <= 16 && start + 16 <= len)
+            memcpy(dst + d, new_page + start, 16); /* fixed stores; extra bytes are slack */
+        else if (nzrun <= 64 && start + 64 <= len)
+            memcpy(dst + d, new_page + start, 64);
         else
             memcpy(dst + d, new_page + start, nzrun);
         d += nzrun;
