@@ -32,7 +32,47 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true",
                       help="print both final query-migrate results as one JSON object")
     demo.set_defaults(run=_run_demo)
+
+    _add_vm_parser(sub)
     return parser
+
+
+def _add_vm_parser(sub) -> None:
+    vm = sub.add_parser(
+        "vm", help="run a guest with QEMU-like monitors (HMP, QMP); source or destination")
+    vm.add_argument("--ram", default="256M", help="guest RAM size, e.g. 512M (default 256M)")
+    vm.add_argument("--workload", default=None,
+                    help="loadgen, sparse, dense, hotcold or idle (default: none)")
+    vm.add_argument("--rate", type=float, default=0.0,
+                    help="workload dirty rate in pages/s (default 0: flat out)")
+    vm.add_argument("--tracker", default="auto",
+                    help="dirty log: auto, uffd, bitmap or scan (default auto)")
+    vm.add_argument("--monitor", action="append", default=[], metavar="ENDPOINT",
+                    help="human monitor on stdio, unix:PATH or tcp:HOST:PORT (repeatable)")
+    vm.add_argument("--qmp", action="append", default=[], metavar="ENDPOINT",
+                    help="QMP monitor on stdio, unix:PATH or tcp:HOST:PORT (repeatable)")
+    vm.add_argument("--incoming", metavar="URI",
+                    help="wait for a migration on URI (tcp:HOST:PORT, unix:PATH, ...), "
+                         "or 'defer' to be given one later with migrate_incoming")
+    vm.add_argument("-S", dest="start_stopped", action="store_true",
+                    help="start with the guest paused (resume with 'cont')")
+    vm.add_argument("--xbzrle", action="store_true",
+                    help="enable the xbzrle capability from the start")
+    vm.add_argument("--exit-after-migration", action="store_true",
+                    help="exit once one migration ends (status 0 if it completed)")
+    vm.add_argument("--report-json", action="store_true",
+                    help="with --exit-after-migration: print the outcome as one JSON line")
+    vm.set_defaults(run=_run_vm)
+
+
+def _run_vm(args: argparse.Namespace) -> int:
+    from .vm import VmOptions, run_vm
+
+    return run_vm(VmOptions(
+        ram=args.ram, workload=args.workload, rate=args.rate, tracker=args.tracker,
+        monitors=list(args.monitor), qmp=list(args.qmp), incoming=args.incoming,
+        start_stopped=args.start_stopped, xbzrle=args.xbzrle,
+        exit_after_migration=args.exit_after_migration, report_json=args.report_json))
 
 
 def _run_demo(args: argparse.Namespace) -> int:
