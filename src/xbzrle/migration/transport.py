@@ -42,7 +42,24 @@ class SocketChannel:
         try:
             self.sock.sendall(data)
         except OSError as exc:
+            verdict = self._salvage_verdict()
+            if verdict is not None:
+                raise TransportError(
+                    f"the destination refused the migration: {verdict}") from exc
             raise TransportError(f"lost the migration peer while sending: {exc}") from exc
+
+    def _salvage_verdict(self) -> str | None:
+        """A destination that gave up said why before closing: read it if it is here."""
+        data = b""
+        with contextlib.suppress(OSError):
+            while len(data) < VERDICT_MAX:
+                chunk = self.sock.recv(VERDICT_MAX, socket.MSG_DONTWAIT)
+                if not chunk:
+                    break
+                data += chunk
+        if data.startswith(VERDICT_ERROR):
+            return data[len(VERDICT_ERROR):].split(b"\n", 1)[0].decode(errors="replace")
+        return None
 
     def readinto(self, buf: memoryview) -> int:
         try:
