@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from monitor_support import VmProcess, wait_until
 
 RAM = "32M"
