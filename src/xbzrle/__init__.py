@@ -25,6 +25,7 @@ from .errors import (
     TransportError,
     XbzrleError,
 )
+from .guest import Guest
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "uleb128_decode",
     "uleb128_encode",
     "DecodeError",
+    "Guest",
     "MigrationStateError",
     "PageCache",
     "ParameterError",

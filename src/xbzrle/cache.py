@@ -78,14 +78,13 @@ class PythonPageCache:
 
     def _allocate(self, nslots: int) -> None:
         try:
-            self._slab = bytearray(nslots * self._page_size)
+            slab = bytearray(nslots * self._page_size)
         except OverflowError:
             raise MemoryError(
                 f"cannot allocate a {nslots * self._page_size}-byte page cache"
             ) from None
-        self._addrs = array("Q", [EMPTY]) * nslots
-        self._ages = array("Q", [0]) * nslots
-        self._nslots = nslots
+        addrs, ages = array("Q", [EMPTY]) * nslots, array("Q", [0]) * nslots
+        self._slab, self._addrs, self._ages, self._nslots = slab, addrs, ages, nslots
         self._items = 0
 
     # -- properties --------------------------------------------------------

@@ -1,8 +1,192 @@
-/* Placeholder for the guest part of xbzrle._core. */
+/* Guest RAM: one anonymous private mapping per RAM block, exported through
+ * the buffer protocol without copying.  Pages never written are never
+ * populated, so they read as zero and cost no memory. */
+#define _GNU_SOURCE
+#include "guest.h"
+
+#include <errno.h>
+#include <sys/mman.h>
+
 #include "parts.h"
+
+int xbz_ram_pin(PyObject *ram)
+{
+    if (!PyObject_TypeCheck(ram, &XbzGuestRam_Type)) {
+        PyErr_SetString(PyExc_TypeError, "expected a GuestRam");
+        return -1;
+    }
+    XbzGuestRam *self = (XbzGuestRam *)ram;
+    if (self->base == NULL) {
+        PyErr_SetString(PyExc_ValueError, "guest RAM is closed");
+        return -1;
+    }
+    self->users++;
+    return 0;
+}
+
+void xbz_ram_unpin(PyObject *ram)
+{
+    ((XbzGuestRam *)ram)->users--;
+}
+
+static PyObject *ram_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    unsigned long long size;
+    if (!PyArg_ParseTuple(args, "K", &size))
+        return NULL;
+    if (size == 0 || size % XBZ_GUEST_PAGE_SIZE != 0 || size > ((unsigned long long)1 << 46)) {
+        PyErr_Format(PyExc_ValueError, "RAM size %llu is not a positive multiple of %zu",
+                     size, XBZ_GUEST_PAGE_SIZE);
+        return NULL;
+    }
+    XbzGuestRam *self = (XbzGuestRam *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    void *base = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(self);
+        return NULL;
+    }
+    /* Page-granular dirty tracking wants 4 KiB pages, not 2 MiB THPs that a
+     * single byte would dirty whole. */
+    (void)madvise(base, (size_t)size, MADV_NOHUGEPAGE);
+    self->base = base;
+    self->size = (size_t)size;
+    return (PyObject *)self;
+}
+
+static void ram_unmap(XbzGuestRam *self)
+{
+    if (self->base != NULL) {
+        munmap(self->base, self->size);
+        self->base = NULL;
+    }
+}
+
+static int ram_traverse(XbzGuestRam *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int ram_clear(XbzGuestRam *self)
+{
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void ram_dealloc(XbzGuestRam *self)
+{
+    PyObject_GC_UnTrack(self);
+    ram_clear(self);
+    ram_unmap(self);
+    /* A static type: subtype_dealloc drops a Python subclass's reference. */
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int ram_getbuffer(XbzGuestRam *self, Py_buffer *view, int flags)
+{
+    if (self->base == NULL) {
+        PyErr_SetString(PyExc_ValueError, "guest RAM is closed");
+        view->obj = NULL;
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->base, (Py_ssize_t)self->size, 0,
+                          flags) < 0)
+        return -1;
+    self->exports++;
+    return 0;
+}
+
+static void ram_releasebuffer(XbzGuestRam *self, Py_buffer *view)
+{
+    self->exports--;
+}
+
+static PyBufferProcs ram_as_buffer = {
+    (getbufferproc)ram_getbuffer,
+    (releasebufferproc)ram_releasebuffer,
+};
+
+static PyObject *ram_close(XbzGuestRam *self, PyObject *unused)
+{
+    if (self->base == NULL)
+        Py_RETURN_NONE;
+    if (self->exports > 0 || self->users > 0) {
+        PyErr_Format(PyExc_BufferError,
+                     "cannot close guest RAM: %zd buffer view(s) and %zd tracker/workload "
+                     "user(s) still hold it",
+                     self->exports, self->users);
+        return NULL;
+    }
+    ram_unmap(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *ram_get_size(XbzGuestRam *self, void *closure)
+{
+    return PyLong_FromSize_t(self->size);
+}
+
+static PyObject *ram_get_npages(XbzGuestRam *self, void *closure)
+{
+    return PyLong_FromSize_t(self->size >> XBZ_GUEST_PAGE_SHIFT);
+}
+
+static PyObject *ram_get_address(XbzGuestRam *self, void *closure)
+{
+    if (self->base == NULL) {
+        PyErr_SetString(PyExc_ValueError, "guest RAM is closed");
+        return NULL;
+    }
+    return PyLong_FromVoidPtr(self->base);
+}
+
+static PyObject *ram_get_closed(XbzGuestRam *self, void *closure)
+{
+    return PyBool_FromLong(self->base == NULL);
+}
+
+static PyMethodDef ram_methods[] = {
+    {"close", (PyCFunction)ram_close, METH_NOARGS,
+     "Unmap the memory; refused while views, trackers or workloads hold it."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef ram_getset[] = {
+    {"size", (getter)ram_get_size, NULL, "size in bytes", NULL},
+    {"npages", (getter)ram_get_npages, NULL, "number of 4 KiB pages", NULL},
+    {"address", (getter)ram_get_address, NULL, "host address of the first byte", NULL},
+    {"closed", (getter)ram_get_closed, NULL, "True once unmapped", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject XbzGuestRam_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "xbzrle._core.GuestRam",
+    .tp_basicsize = sizeof(XbzGuestRam),
+    .tp_dealloc = (destructor)ram_dealloc,
+    .tp_as_buffer = &ram_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "GuestRam(size): zero-filled anonymous memory, page aligned, lazily populated.",
+    .tp_traverse = (traverseproc)ram_traverse,
+    .tp_clear = (inquiry)ram_clear,
+    .tp_methods = ram_methods,
+    .tp_getset = ram_getset,
+    .tp_dictoffset = offsetof(XbzGuestRam, dict),
+    .tp_new = ram_new,
+};
 
 int xbz_guest_register(PyObject *module)
 {
-    (void)module;
+    if (PyModule_AddType(module, &XbzGuestRam_Type) < 0)
+        return -1;
+    if (xbz_bitmap_register(module) < 0 || xbz_dirtylog_register(module) < 0 ||
+        xbz_workload_register(module) < 0)
+        return -1;
+    if (PyModule_AddIntConstant(module, "GUEST_PAGE_SIZE", (long)XBZ_GUEST_PAGE_SIZE) < 0)
+        return -1;
     return 0;
 }

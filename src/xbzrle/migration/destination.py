@@ -175,11 +175,15 @@ class IncomingMigration:
 
 
 class PageLoader:
-    """Applies page records to the guest's RAM blocks, with bounds checks."""
+    """Applies page records to named RAM blocks, with bounds checks.
+
+    ``blocks`` maps block names to writable buffers (a guest's RAM blocks,
+    mmaps of files, bytearrays): the loader only needs their bytes.
+    """
 
     def __init__(self, blocks, xbzrle: bool) -> None:
         self.blocks = blocks
-        self._xbzrle = xbzrle  # read when the stream arrives: the operator may enable it late
+        self.xbzrle = xbzrle  # read when the stream arrives: the operator may enable it late
         self.counts = BatchCounts()
         self._views = {name: memoryview(block).cast("B") for name, block in blocks.items()}
         self._table = [(name.encode(), self._views[name]) for name in blocks]
@@ -187,13 +191,20 @@ class PageLoader:
 
     def check_layout(self, event: ev.RamBlocks) -> None:
         for name, size in event.blocks:
-            if name not in self.blocks:
+            if name not in self._views:
                 raise StreamError(f"the source has RAM block {name!r}, this guest does not",
                                   event.stream_offset)
-            if self.blocks[name].size != size:
+            if len(self._views[name]) != size:
                 raise StreamError(
                     f"RAM block {name!r} is {size} bytes on the source, "
-                    f"{self.blocks[name].size} here", event.stream_offset)
+                    f"{len(self._views[name])} here", event.stream_offset)
+
+    def release(self) -> None:
+        """Drop the loader's views so the buffers can be closed (mmaps) or resized."""
+        for view in self._views.values():
+            view.release()
+        self._views = {}
+        self._table = []
 
     def _page(self, event) -> memoryview:
         view = self._views.get(event.block)
@@ -205,7 +216,10 @@ class PageLoader:
         return view[event.offset:event.offset + K.PAGE_SIZE]
 
     def apply(self, event) -> None:
-        page = self._page(event)
+        with self._page(event) as page:  # released even on error: the buffer may be closed
+            self._apply_to(event, page)
+
+    def _apply_to(self, event, page: memoryview) -> None:
         c = self.counts
         if isinstance(event, ev.ZeroPage):
             if event.fill or not _core.is_zero(page):

@@ -1,0 +1,571 @@
+/* The three dirty-page trackers behind Guest.dirty_log.
+ *
+ * UffdTracker: the kernel's own log.  The RAM is registered with userfaultfd
+ *   in write-protect mode with asynchronous faults (the kernel resolves a
+ *   write fault itself, just noting the page as written) and unpopulated
+ *   pages protected too.  A sync is PAGEMAP_SCAN over the range asking for
+ *   written pages and re-protecting exactly those, atomically per page table,
+ *   so a racing write is either reported now or faults again and is reported
+ *   next time.  Needs no cooperation from the writers.
+ * SoftTracker: a software bitmap that built-in workloads set after each
+ *   write; a sync swaps every word with zero.
+ * ScanTracker: a 64-bit hash per page; a sync rehashes every page and
+ *   reports those whose hash moved.  Sees any writer, costs a full read. */
+#define _GNU_SOURCE
+#include "guest.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* Newer than the build machine's kernel headers (Linux 6.7 UAPI). */
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#ifndef PAGEMAP_SCAN
+struct page_region {
+    uint64_t start;
+    uint64_t end;
+    uint64_t categories;
+};
+struct pm_scan_arg {
+    uint64_t size;
+    uint64_t flags;
+    uint64_t start;
+    uint64_t end;
+    uint64_t walk_end;
+    uint64_t vec;
+    uint64_t vec_len;
+    uint64_t max_pages;
+    uint64_t category_inverted;
+    uint64_t category_mask;
+    uint64_t category_anyof_mask;
+    uint64_t return_mask;
+};
+#define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
+#define PM_SCAN_WP_MATCHING (1 << 0)
+#define PM_SCAN_CHECK_WPASYNC (1 << 1)
+#define PAGE_IS_WRITTEN (1 << 1)
+#endif
+
+/* ------------------------------------------------------------------ uffd */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *ram; /* pinned GuestRam, NULL once closed */
+    uint8_t *base;
+    size_t size;
+    int uffd;
+    int pagemap;
+    struct page_region *vec;
+    size_t vec_len;
+    int lost; /* a failed sync: report every page next time */
+    pthread_mutex_t lock;
+} XbzUffdTracker;
+
+static int uffd_arm(XbzUffdTracker *self)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0 && (errno == EPERM || errno == EACCES))
+        fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    if (fd < 0)
+        return -1;
+    self->uffd = fd;
+    struct uffdio_api api = {
+        .api = UFFD_API,
+        .features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED,
+    };
+    if (ioctl(fd, UFFDIO_API, &api) < 0)
+        return -1;
+    struct uffdio_register reg = {
+        .range = {.start = (uintptr_t)self->base, .len = self->size},
+        .mode = UFFDIO_REGISTER_MODE_WP,
+    };
+    if (ioctl(fd, UFFDIO_REGISTER, &reg) < 0)
+        return -1;
+    if (!(reg.ioctls & ((uint64_t)1 << _UFFDIO_WRITEPROTECT))) {
+        errno = EOPNOTSUPP;
+        return -1;
+    }
+    struct uffdio_writeprotect wp = {
+        .range = {.start = (uintptr_t)self->base, .len = self->size},
+        .mode = UFFDIO_WRITEPROTECT_MODE_WP,
+    };
+    if (ioctl(fd, UFFDIO_WRITEPROTECT, &wp) < 0)
+        return -1;
+    self->pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    return self->pagemap < 0 ? -1 : 0;
+}
+
+/* Collect written pages into words and re-protect them; 0 or -1 (errno). */
+static int uffd_collect(XbzUffdTracker *self, uint64_t *words)
+{
+    uintptr_t base = (uintptr_t)self->base, end = base + self->size, start = base;
+    while (start < end) {
+        struct pm_scan_arg arg = {
+            .size = sizeof(arg),
+            .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+            .start = start,
+            .end = end,
+            .vec = (uintptr_t)self->vec,
+            .vec_len = self->vec_len,
+            .category_mask = PAGE_IS_WRITTEN,
+            .return_mask = PAGE_IS_WRITTEN,
+        };
+        long n = ioctl(self->pagemap, PAGEMAP_SCAN, &arg);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        for (long i = 0; i < n; i++) {
+            const struct page_region *r = &self->vec[i];
+            if (r->start < start || r->end > end || r->end < r->start) {
+                errno = ERANGE;
+                return -1;
+            }
+            xbz_bits_set_range(words, (size_t)(r->start - base) >> XBZ_GUEST_PAGE_SHIFT,
+                               (size_t)(r->end - r->start) >> XBZ_GUEST_PAGE_SHIFT);
+        }
+        /* A full output vector ends the walk early: resume where it stopped. */
+        if (arg.walk_end <= start || arg.walk_end > end) {
+            errno = EIO;
+            return -1;
+        }
+        start = arg.walk_end;
+    }
+    return 0;
+}
+
+static void uffd_release(XbzUffdTracker *self)
+{
+    if (self->uffd >= 0) {
+        close(self->uffd); /* unregisters the range */
+        self->uffd = -1;
+    }
+    if (self->pagemap >= 0) {
+        close(self->pagemap);
+        self->pagemap = -1;
+    }
+    PyMem_RawFree(self->vec);
+    self->vec = NULL;
+    if (self->ram != NULL) {
+        xbz_ram_unpin(self->ram);
+        Py_CLEAR(self->ram);
+    }
+}
+
+static PyObject *uffd_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ram", "vec_len", NULL};
+    PyObject *ram;
+    Py_ssize_t vec_len = 16384;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|n:UffdTracker", kwlist, &ram, &vec_len))
+        return NULL;
+    if (vec_len < 1) {
+        PyErr_SetString(PyExc_ValueError, "vec_len must be at least 1");
+        return NULL;
+    }
+    if (xbz_ram_pin(ram) < 0)
+        return NULL;
+    XbzUffdTracker *self = (XbzUffdTracker *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        xbz_ram_unpin(ram);
+        return NULL;
+    }
+    Py_INCREF(ram);
+    self->ram = ram;
+    self->base = ((XbzGuestRam *)ram)->base;
+    self->size = ((XbzGuestRam *)ram)->size;
+    self->uffd = self->pagemap = -1;
+    pthread_mutex_init(&self->lock, NULL);
+    self->vec_len = (size_t)vec_len;
+    self->vec = PyMem_RawMalloc(self->vec_len * sizeof(struct page_region));
+    if (self->vec == NULL) {
+        PyErr_NoMemory();
+        Py_DECREF(self);
+        return NULL;
+    }
+    int rc, err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    rc = uffd_arm(self);
+    if (rc == 0) {
+        /* Probe PAGEMAP_SCAN (Linux 6.7+) now rather than at the first sync. */
+        uint64_t *words = PyMem_RawCalloc((self->size >> XBZ_GUEST_PAGE_SHIFT) / 64 + 1, 8);
+        if (words == NULL) {
+            rc = -1;
+            errno = ENOMEM;
+        } else {
+            rc = uffd_collect(self, words);
+            PyMem_RawFree(words);
+        }
+    }
+    if (rc < 0)
+        err = errno;
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void uffd_dealloc(XbzUffdTracker *self)
+{
+    uffd_release(self);
+    pthread_mutex_destroy(&self->lock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *uffd_sync(XbzUffdTracker *self, PyObject *unused)
+{
+    if (self->ram == NULL) {
+        PyErr_SetString(PyExc_ValueError, "tracker is closed");
+        return NULL;
+    }
+    size_t npages = self->size >> XBZ_GUEST_PAGE_SHIFT;
+    XbzDirtyBitmap *bitmap = xbz_bitmap_new(npages);
+    if (bitmap == NULL)
+        return NULL;
+    int rc, err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->lock);
+    if (self->uffd < 0) {
+        rc = -1;
+        errno = EBADF;
+    } else {
+        rc = uffd_collect(self, bitmap->words);
+    }
+    if (rc < 0) {
+        err = errno;
+        self->lost = 1;
+    } else if (self->lost) {
+        xbz_bits_set_range(bitmap->words, 0, npages);
+        self->lost = 0;
+    }
+    pthread_mutex_unlock(&self->lock);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        Py_DECREF(bitmap);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return (PyObject *)bitmap;
+}
+
+static PyObject *uffd_close(XbzUffdTracker *self, PyObject *unused)
+{
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->lock);
+    Py_END_ALLOW_THREADS
+    uffd_release(self);
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef uffd_methods[] = {
+    {"sync", (PyCFunction)uffd_sync, METH_NOARGS,
+     "Pages written since the previous sync, as a DirtyBitmap; re-arms them."},
+    {"close", (PyCFunction)uffd_close, METH_NOARGS, "Stop tracking and release the RAM."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject XbzUffdTracker_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "xbzrle._core.UffdTracker",
+    .tp_basicsize = sizeof(XbzUffdTracker),
+    .tp_dealloc = (destructor)uffd_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "UffdTracker(ram, vec_len=16384): kernel dirty log (userfaultfd async "
+              "write-protect + PAGEMAP_SCAN).  OSError if the kernel lacks it.",
+    .tp_methods = uffd_methods,
+    .tp_new = uffd_new,
+};
+
+/* ------------------------------------------------------------------ scan */
+
+#define HASH_M1 0xff51afd7ed558ccdULL
+#define HASH_M2 0xc4ceb9fe1a85ec53ULL
+
+static inline uint64_t rotl64(uint64_t x, int r)
+{
+    return (x << r) | (x >> (64 - r));
+}
+
+/* Each word goes through acc = rotl(acc + w * M2, 31) * M1 in one of four
+ * lanes: every step is a bijection of the word, so a page differing from
+ * another in a single word always hashes differently. */
+static uint64_t page_hash(const uint8_t *page)
+{
+    uint64_t a = 0x243f6a8885a308d3ULL, b = 0x13198a2e03707344ULL;
+    uint64_t c = 0xa4093822299f31d0ULL, d = 0x082efa98ec4e6c89ULL;
+    for (size_t i = 0; i < XBZ_GUEST_PAGE_SIZE; i += 32) {
+        uint64_t w[4];
+        memcpy(w, page + i, sizeof(w));
+        a = rotl64(a + w[0] * HASH_M2, 31) * HASH_M1;
+        b = rotl64(b + w[1] * HASH_M2, 31) * HASH_M1;
+        c = rotl64(c + w[2] * HASH_M2, 31) * HASH_M1;
+        d = rotl64(d + w[3] * HASH_M2, 31) * HASH_M1;
+    }
+    uint64_t h = a ^ rotl64(b, 16) ^ rotl64(c, 32) ^ rotl64(d, 48);
+    h ^= h >> 33;
+    h *= HASH_M1;
+    h ^= h >> 33;
+    return h;
+}
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *ram;
+    uint8_t *base;
+    size_t npages;
+    uint64_t *hashes;
+    pthread_mutex_t lock;
+} XbzScanTracker;
+
+static void scan_release(XbzScanTracker *self)
+{
+    PyMem_RawFree(self->hashes);
+    self->hashes = NULL;
+    if (self->ram != NULL) {
+        xbz_ram_unpin(self->ram);
+        Py_CLEAR(self->ram);
+    }
+}
+
+static PyObject *scan_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ram", "baseline", NULL};
+    PyObject *ram;
+    const char *baseline = "zero";
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|s:ScanTracker", kwlist, &ram, &baseline))
+        return NULL;
+    int from_zero = strcmp(baseline, "zero") == 0;
+    if (!from_zero && strcmp(baseline, "current") != 0) {
+        PyErr_SetString(PyExc_ValueError, "baseline must be 'zero' or 'current'");
+        return NULL;
+    }
+    if (xbz_ram_pin(ram) < 0)
+        return NULL;
+    XbzScanTracker *self = (XbzScanTracker *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        xbz_ram_unpin(ram);
+        return NULL;
+    }
+    Py_INCREF(ram);
+    self->ram = ram;
+    self->base = ((XbzGuestRam *)ram)->base;
+    self->npages = ((XbzGuestRam *)ram)->size >> XBZ_GUEST_PAGE_SHIFT;
+    pthread_mutex_init(&self->lock, NULL);
+    self->hashes = PyMem_RawMalloc(self->npages * sizeof(uint64_t));
+    if (self->hashes == NULL) {
+        PyErr_NoMemory();
+        Py_DECREF(self);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (from_zero) {
+        /* A fresh mapping is all zero: no need to touch it. */
+        static const uint8_t zero_page[XBZ_GUEST_PAGE_SIZE];
+        uint64_t zh = page_hash(zero_page);
+        for (size_t i = 0; i < self->npages; i++)
+            self->hashes[i] = zh;
+    } else {
+        for (size_t i = 0; i < self->npages; i++)
+            self->hashes[i] = page_hash(self->base + (i << XBZ_GUEST_PAGE_SHIFT));
+    }
+    Py_END_ALLOW_THREADS
+    return (PyObject *)self;
+}
+
+static void scan_dealloc(XbzScanTracker *self)
+{
+    scan_release(self);
+    pthread_mutex_destroy(&self->lock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *scan_sync(XbzScanTracker *self, PyObject *unused)
+{
+    if (self->ram == NULL) {
+        PyErr_SetString(PyExc_ValueError, "tracker is closed");
+        return NULL;
+    }
+    XbzDirtyBitmap *bitmap = xbz_bitmap_new(self->npages);
+    if (bitmap == NULL)
+        return NULL;
+    int closed;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->lock);
+    closed = self->hashes == NULL;
+    for (size_t i = 0; !closed && i < self->npages; i++) {
+        uint64_t h = page_hash(self->base + (i << XBZ_GUEST_PAGE_SHIFT));
+        if (h != self->hashes[i]) {
+            self->hashes[i] = h;
+            bitmap->words[i >> 6] |= (uint64_t)1 << (i & 63);
+        }
+    }
+    pthread_mutex_unlock(&self->lock);
+    Py_END_ALLOW_THREADS
+    if (closed) {
+        Py_DECREF(bitmap);
+        PyErr_SetString(PyExc_ValueError, "tracker is closed");
+        return NULL;
+    }
+    return (PyObject *)bitmap;
+}
+
+static PyObject *scan_close(XbzScanTracker *self, PyObject *unused)
+{
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->lock);
+    Py_END_ALLOW_THREADS
+    scan_release(self);
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *scan_page_hash(PyObject *unused, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (view.len != (Py_ssize_t)XBZ_GUEST_PAGE_SIZE) {
+        PyBuffer_Release(&view);
+        PyErr_Format(PyExc_ValueError, "a page is %zu bytes", XBZ_GUEST_PAGE_SIZE);
+        return NULL;
+    }
+    uint64_t h = page_hash(view.buf);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(h);
+}
+
+static PyMethodDef scan_methods[] = {
+    {"sync", (PyCFunction)scan_sync, METH_NOARGS,
+     "Pages whose contents changed since the previous sync, as a DirtyBitmap."},
+    {"close", (PyCFunction)scan_close, METH_NOARGS, "Stop tracking and release the RAM."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject XbzScanTracker_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "xbzrle._core.ScanTracker",
+    .tp_basicsize = sizeof(XbzScanTracker),
+    .tp_dealloc = (destructor)scan_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "ScanTracker(ram, baseline='zero'): per-page hash compare; 'zero' assumes "
+              "the RAM is still all zero, 'current' hashes it now.",
+    .tp_methods = scan_methods,
+    .tp_new = scan_new,
+};
+
+/* ------------------------------------------------------------------ soft */
+
+static PyObject *soft_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Py_ssize_t npages;
+    if (!PyArg_ParseTuple(args, "n:SoftTracker", &npages))
+        return NULL;
+    if (npages < 0) {
+        PyErr_SetString(PyExc_ValueError, "npages must not be negative");
+        return NULL;
+    }
+    XbzSoftTracker *self = (XbzSoftTracker *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->npages = (size_t)npages;
+    self->nwords = (self->npages + 63) / 64;
+    self->words = PyMem_RawCalloc(self->nwords ? self->nwords : 1, sizeof(uint64_t));
+    if (self->words == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)self;
+}
+
+static void soft_dealloc(XbzSoftTracker *self)
+{
+    PyMem_RawFree(self->words);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *soft_sync(XbzSoftTracker *self, PyObject *unused)
+{
+    XbzDirtyBitmap *bitmap = xbz_bitmap_new(self->npages);
+    if (bitmap == NULL)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    for (size_t w = 0; w < self->nwords; w++) {
+        if (__atomic_load_n(&self->words[w], __ATOMIC_RELAXED) != 0)
+            bitmap->words[w] = __atomic_exchange_n(&self->words[w], 0, __ATOMIC_ACQ_REL);
+    }
+    Py_END_ALLOW_THREADS
+    return (PyObject *)bitmap;
+}
+
+static PyObject *soft_mark(XbzSoftTracker *self, PyObject *args)
+{
+    Py_ssize_t first, count = 1;
+    if (!PyArg_ParseTuple(args, "n|n:mark", &first, &count))
+        return NULL;
+    if (first < 0 || count < 0 || (size_t)first > self->npages ||
+        (size_t)count > self->npages - (size_t)first) {
+        PyErr_SetString(PyExc_IndexError, "pages outside the tracked range");
+        return NULL;
+    }
+    for (size_t p = (size_t)first; p < (size_t)(first + count); p++)
+        xbz_soft_mark(self->words, p);
+    Py_RETURN_NONE;
+}
+
+static PyObject *soft_close(XbzSoftTracker *self, PyObject *unused)
+{
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef soft_methods[] = {
+    {"sync", (PyCFunction)soft_sync, METH_NOARGS,
+     "Pages marked since the previous sync, as a DirtyBitmap; clears the marks."},
+    {"mark", (PyCFunction)soft_mark, METH_VARARGS, "mark(first, count=1): mark pages written."},
+    {"close", (PyCFunction)soft_close, METH_NOARGS, "Nothing to release (for symmetry)."},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject XbzSoftTracker_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "xbzrle._core.SoftTracker",
+    .tp_basicsize = sizeof(XbzSoftTracker),
+    .tp_dealloc = (destructor)soft_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "SoftTracker(npages): a bitmap that built-in workloads set as they write.",
+    .tp_methods = soft_methods,
+    .tp_new = soft_new,
+};
+
+static PyMethodDef dirtylog_functions[] = {
+    {"guest_page_hash", scan_page_hash, METH_O,
+     "The scan tracker's 64-bit hash of one 4 KiB page."},
+    {NULL, NULL, 0, NULL},
+};
+
+int xbz_dirtylog_register(PyObject *module)
+{
+    if (PyModule_AddType(module, &XbzUffdTracker_Type) < 0 ||
+        PyModule_AddType(module, &XbzScanTracker_Type) < 0 ||
+        PyModule_AddType(module, &XbzSoftTracker_Type) < 0)
+        return -1;
+    return PyModule_AddFunctions(module, dirtylog_functions);
+}

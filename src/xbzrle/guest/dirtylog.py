@@ -1,0 +1,130 @@
+"""Guest.dirty_log: which pages changed since the last look.
+
+Three trackers, one per RAM block each, behind one interface:
+
+* ``uffd``: the kernel's log (userfaultfd async write-protect + PAGEMAP_SCAN,
+  Linux 6.7+).  Sees every writer, like a hypervisor's dirty log.
+* ``bitmap``: a software bitmap set by the built-in workloads (and by
+  :meth:`DirtyLog.mark`).  Writes through a plain buffer view are invisible.
+* ``scan``: a hash per page, compared at every sync.  Sees every writer but
+  reads all of RAM, and reports content changes only (a page rewritten with
+  the bytes it held at the last sync is not reported).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+
+from .._backend import load_core
+from ..errors import ParameterError
+from .ram import RamBlock
+
+_core = load_core()
+log = logging.getLogger(__name__)
+
+TRACKERS = ("uffd", "bitmap", "scan")
+DirtyBitmap = _core.DirtyBitmap
+
+
+def uffd_problem(block: RamBlock) -> str | None:
+    """Why the kernel tracker cannot run here, or None if it can."""
+    try:
+        _core.UffdTracker(block).close()
+    except OSError as exc:
+        return f"userfaultfd write-protect + PAGEMAP_SCAN unavailable: {exc}"
+    return None
+
+
+def choose_tracker(requested: str, probe: Callable[[], str | None]) -> tuple[str, str]:
+    """The tracker to use and why; ``probe`` says why uffd fails (None: it works)."""
+    if requested not in ("auto", *TRACKERS):
+        raise ParameterError(
+            f"unknown dirty tracker {requested!r}: expected auto, {', '.join(TRACKERS)}"
+        )
+    if requested != "auto":
+        return requested, "requested"
+    problem = probe()
+    if problem is None:
+        return "uffd", "kernel dirty log available"
+    return "bitmap", f"{problem}; only the built-in workloads' writes are seen"
+
+
+class DirtyLog:
+    """Pages written since the previous :meth:`sync`, per RAM block.
+
+    Tracking is armed when the guest is created; each sync returns the pages
+    written since the previous one (or since creation) and re-arms them in
+    the same step, so no write falls between the read and the re-arm: a
+    write racing with a sync is reported by this sync or the next.
+    """
+
+    def __init__(self, blocks: Mapping[str, RamBlock], tracker: str = "auto") -> None:
+        first = next(iter(blocks.values()))
+        self._tracker, why = choose_tracker(tracker, lambda: uffd_problem(first))
+        log.info("dirty log: %s tracker (%s)", self._tracker, why)
+        self._blocks = dict(blocks)
+        self._lock = threading.Lock()
+        self._extra: dict[str, DirtyBitmap] = {}
+        self._trackers: dict[str, object] = {}
+        try:
+            for name, block in self._blocks.items():
+                self._trackers[name] = self._make(block)
+        except BaseException:
+            self.close()
+            raise
+
+    def _make(self, block: RamBlock) -> object:
+        if self._tracker == "uffd":
+            return _core.UffdTracker(block)
+        if self._tracker == "scan":
+            return _core.ScanTracker(block)
+        return _core.SoftTracker(block.npages)
+
+    @property
+    def tracker(self) -> str:
+        """``"uffd"``, ``"bitmap"`` or ``"scan"``."""
+        return self._tracker
+
+    def sync(self) -> dict[str, DirtyBitmap]:
+        """Pages written since the previous sync, per block, re-armed atomically."""
+        if not self._trackers:
+            raise ValueError("dirty log is closed")
+        result = {name: tracker.sync() for name, tracker in self._trackers.items()}
+        with self._lock:
+            extra, self._extra = self._extra, {}
+        for name, pages in extra.items():
+            result[name] |= pages
+        return result
+
+    def mark_all(self) -> None:
+        """Make the next sync report every page (a migration's first round)."""
+        with self._lock:
+            for name, block in self._blocks.items():
+                self._extra[name] = DirtyBitmap.full(block.npages)
+
+    def mark(self, block: str, first_page: int, count: int = 1) -> None:
+        """Report pages written by code no tracker sees (any tracker accepts it)."""
+        npages = self._blocks[block].npages
+        if first_page < 0 or count < 0 or first_page + count > npages:
+            raise ParameterError(f"pages {first_page}+{count} outside {block} ({npages} pages)")
+        with self._lock:
+            pages = self._extra.get(block)
+            if pages is None:
+                pages = self._extra[block] = DirtyBitmap(npages)
+            for page in range(first_page, first_page + count):
+                pages.add(page)
+
+    def soft_tracker(self, block: str) -> object | None:
+        """The bitmap a workload on ``block`` must set, or None if not needed."""
+        return self._trackers[block] if self._tracker == "bitmap" else None
+
+    def close(self) -> None:
+        """Stop tracking and let go of the RAM."""
+        for tracker in self._trackers.values():
+            tracker.close()
+        self._trackers = {}
+
+    def __repr__(self) -> str:
+        return f"<DirtyLog {self._tracker} over {', '.join(self._blocks)}>"

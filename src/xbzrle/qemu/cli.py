@@ -1,0 +1,99 @@
+"""The ``analyze``, ``extract`` and ``receive`` subcommands (argument wiring only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..errors import StreamError
+from ..migration.sizes import parse_size
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register the QEMU stream commands on the main parser's subparsers."""
+    analyze = subparsers.add_parser(
+        "analyze", help="show what a migration stream holds (QEMU's or ours)")
+    analyze.add_argument("stream", help="stream file, or - for standard input")
+    analyze.add_argument("--json", action="store_true", help="print the report as JSON")
+    analyze.set_defaults(run=_run_analyze)
+
+    extract = subparsers.add_parser(
+        "extract", help="rebuild every RAM block of a stream as a file, plus a manifest")
+    extract.add_argument("stream", help="stream file, or - for standard input")
+    _output_options(extract)
+    extract.set_defaults(run=_run_extract)
+
+    receive = subparsers.add_parser(
+        "receive", help="be the destination of a live QEMU migration and keep its RAM")
+    receive.add_argument("uri", help="where to listen: tcp:HOST:PORT (port 0 picks one), "
+                                     "unix:PATH or exec:COMMAND")
+    _output_options(receive)
+    receive.set_defaults(run=_run_receive)
+
+
+def _output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", required=True, help="output directory")
+    parser.add_argument("--max-ram", default="64G",
+                        help="refuse streams announcing more RAM than this (default 64G)")
+    parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from .analyze import analyze_file
+    from .render import render_report
+
+    report = analyze_file(args.stream)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        sys.stdout.write(render_report(report))
+    if report.error is not None:
+        raise StreamError(report.error)
+    if not report.complete:
+        raise StreamError("the stream is incomplete: its RAM section never ended")
+    return 0
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    from .extract import extract_file
+
+    return _print_manifest(args, lambda: extract_file(
+        args.stream, args.output, max_ram=parse_size(args.max_ram)))
+
+
+def _run_receive(args: argparse.Namespace) -> int:
+    from .receive import receive
+
+    def announce(address: str) -> None:
+        print(f"listening on {address}", file=sys.stderr, flush=True)
+
+    return _print_manifest(args, lambda: receive(
+        args.uri, args.output, max_ram=parse_size(args.max_ram), on_listening=announce))
+
+
+def _print_manifest(args: argparse.Namespace, run: Any) -> int:
+    from .extract import IncompleteStreamError
+
+    try:
+        manifest = run()
+    except IncompleteStreamError as exc:
+        _summary(exc.manifest, args)
+        raise
+    _summary(manifest, args)
+    return 0
+
+
+def _summary(manifest: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return
+    pages = manifest["pages"]
+    for block in manifest["blocks"]:
+        print(f"{block['file']:<32} {block['size']:>14}  {block['sha256']}  ({block['name']})")
+    if manifest["device_state"] is not None:
+        print(f"{manifest['device_state']['file']:<32} {manifest['device_state']['size']:>14}  "
+              "raw device state")
+    print(f"{pages['total']} pages: {pages['zero']} zero, {pages['normal']} normal, "
+          f"{pages['xbzrle']} XBZRLE; manifest in {args.output}/manifest.json")

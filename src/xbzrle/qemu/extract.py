@@ -1,0 +1,230 @@
+"""Rebuild a guest's RAM from a migration stream: one file per block plus a manifest.
+
+``StreamExtractor`` takes the stream as bytes in any chunks (a file for
+``extract``, a socket for ``receive``).  Pages go through the destination's
+:class:`~xbzrle.migration.destination.PageLoader` (and its compiled fast
+path) straight into mmaps of sparse files; device state we do not interpret
+is written raw to ``device-state.bin``, from its first section header on,
+exactly as it appeared in the stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ..errors import StreamError
+from ..migration.destination import PageLoader
+from ..stream import records as ev
+from ..stream.constants import DIGEST_IDSTR, VM_SECTION_FULL
+from ..stream.parser import NEED_DATA, StreamParser
+from .analyze import TailKeeper, device_list, read_chunks
+from .ramfiles import DEFAULT_MAX_RAM, DEVICE_STATE, MANIFEST, RamFiles, prepare_output_dir
+
+MANIFEST_FORMAT = "xbzrle-ram-extract/1"
+
+
+class IncompleteStreamError(StreamError):
+    """The stream broke off or went bad; ``manifest`` tells how much RAM was recovered."""
+
+    def __init__(self, message: str, offset: int, manifest: dict[str, Any]) -> None:
+        super().__init__(message, offset)
+        self.manifest = manifest
+
+
+def section_full_header(event: ev.SectionFull) -> bytes:
+    """The bytes of a FULL section header, as the parser read them."""
+    name = event.idstr.encode()
+    return (bytes([VM_SECTION_FULL]) + event.section_id.to_bytes(4, "big")
+            + bytes([len(name)]) + name + event.instance_id.to_bytes(4, "big")
+            + event.version_id.to_bytes(4, "big"))
+
+
+class StreamExtractor:
+    """Feeds one stream into RAM block files in ``out_dir``; ``finish()`` writes the manifest."""
+
+    def __init__(self, out_dir: str | os.PathLike[str], *, max_ram: int = DEFAULT_MAX_RAM,
+                 source: str = "") -> None:
+        self.out_dir = Path(out_dir)
+        prepare_output_dir(self.out_dir)
+        self.max_ram = max_ram
+        self.source = source
+        self.parser = StreamParser()
+        self.ram: RamFiles | None = None
+        self.loader: PageLoader | None = None
+        self.received = 0
+        self.machine: str | None = None
+        self._in_last_round = False
+        self.ram_ended = False
+        self.eof = False
+        self.digest: dict[str, dict[str, object]] | None = None
+        self.devices: list[dict[str, Any]] | None = None
+        self._device_file: BinaryIO | None = None
+        self._device_offset: int | None = None
+        self._device_bytes = 0
+        self._tail = TailKeeper()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Take the next bytes of the stream; raises StreamError on malformed input."""
+        self.received += len(data)
+        self.parser.feed(data)
+        self._drain()
+
+    def finish(self, failure: Exception | None = None) -> dict[str, Any]:
+        """Close files and write the manifest; raise IncompleteStreamError if RAM is partial.
+
+        ``failure`` is what stopped the input early (a StreamError from ``feed``,
+        a lost connection); without one the parser is closed and checked.
+        """
+        offset = self.parser.offset
+        if failure is None:
+            try:
+                self.parser.close()
+                self._drain()
+            except StreamError as exc:
+                failure = exc
+        error = None if failure is None else str(failure)
+        if isinstance(failure, StreamError) and failure.offset is not None:
+            offset = failure.offset
+            if not str(error).startswith("stream offset"):
+                error = f"stream offset {offset}: {error}"
+        if error is None and not self.ram_ended:
+            what = "the RAM section never ended" if self.ram is not None else \
+                "the stream holds no RAM section"
+            error = f"stream offset {offset}: {what}"
+        manifest = self._write_outputs(error)
+        if error is not None:
+            pages = manifest["pages"]
+            raise IncompleteStreamError(
+                f"{error}; recovered {pages['total']} pages ({pages['zero']} zero, "
+                f"{pages['normal']} normal, {pages['xbzrle']} XBZRLE) from the first "
+                f"{manifest['stream_bytes_parsed']} bytes of the stream into {self.out_dir}",
+                offset, manifest)
+        return manifest
+
+    def abort(self) -> None:
+        """Release files after a failure that skips ``finish``."""
+        self._close_files()
+
+    # -- events ------------------------------------------------------------
+
+    def _drain(self) -> None:
+        while (event := self.parser.next_event()) is not NEED_DATA:
+            self._handle(event)
+
+    def _handle(self, event: ev.Event) -> None:
+        if isinstance(event, ev.ZeroPage | ev.NormalPage | ev.XbzrlePage):
+            assert self.loader is not None  # the parser refuses pages before MEM_SIZE
+            self.loader.apply(event)
+        elif isinstance(event, ev.DeviceState):
+            self._write_device_state(event.data)
+        elif isinstance(event, ev.RamBlocks):
+            self.ram = RamFiles(self.out_dir, event.blocks, self.max_ram, event.stream_offset)
+            self.loader = PageLoader(self.ram.maps, xbzrle=True)
+            self.parser.page_sink = self._fast_path
+        elif isinstance(event, ev.SectionEnd):
+            self._in_last_round = True
+        elif isinstance(event, ev.EndOfSection):
+            self.ram_ended = self._in_last_round
+        elif isinstance(event, ev.SectionFull) and event.idstr != DIGEST_IDSTR:
+            self._device_offset = event.stream_offset
+            self._device_file = open(self.out_dir / DEVICE_STATE, "wb")  # noqa: SIM115
+            self._write_device_state(section_full_header(event))
+        elif isinstance(event, ev.Configuration):
+            self.machine = event.machine
+        elif isinstance(event, ev.Digest):
+            self.digest = {name: {"size": size, "digest": d.hex()}
+                           for name, (size, d) in event.blocks.items()}
+        elif isinstance(event, ev.Eof):
+            self.eof = True
+        elif isinstance(event, ev.VmDescription) and isinstance(event.json, dict):
+            self.devices = device_list(event.json)
+
+    def _fast_path(self, buf: bytearray, pos: int, base: int,
+                   last: str | None) -> tuple[int, str | None, tuple[int, ...]]:
+        assert self.loader is not None
+        try:
+            return self.loader.sink(buf, pos, base, last)
+        except StreamError:
+            # The compiled loop applied part of its batch before the bad record
+            # and cannot say how much: replay the batch record by record so the
+            # error names its record and the recovered counts are exact.
+            # Replaying is harmless: each page record sets its bytes absolutely.
+            self.parser.page_sink = None
+            return pos, last, ()
+
+    def _write_device_state(self, data: bytes) -> None:
+        assert self._device_file is not None
+        self._device_file.write(data)
+        self._device_bytes += len(data)
+        self._tail.add(data)
+
+    # -- outputs -----------------------------------------------------------
+
+    def _close_files(self) -> None:
+        if self.loader is not None:
+            self.loader.release()
+        if self.ram is not None:
+            self.ram.close()
+        if self._device_file is not None:
+            self._device_file.close()
+            self._device_file = None
+
+    def _write_outputs(self, error: str | None) -> dict[str, Any]:
+        blocks = self.ram.manifest_blocks() if self.ram is not None else []
+        counts = self.loader.counts if self.loader is not None else None
+        self._close_files()
+        if self.devices is None and self._device_offset is not None:
+            self.devices = self._tail.devices()
+        zero, normal, xbzrle = (counts.zero, counts.normal, counts.xbzrle) if counts else (0, 0, 0)
+        manifest: dict[str, Any] = {
+            "format": MANIFEST_FORMAT,
+            "source": self.source,
+            "complete": error is None,
+            "error": error,
+            "stream_bytes": self.received,
+            "stream_bytes_parsed": self.parser.offset,
+            "machine": self.machine,
+            "pages": {"total": zero + normal + xbzrle, "zero": zero, "normal": normal,
+                      "xbzrle": xbzrle},
+            "blocks": blocks,
+            "device_state": None if self._device_offset is None else {
+                "file": DEVICE_STATE, "stream_offset": self._device_offset,
+                "size": self._device_bytes},
+            "devices": self.devices,
+            "source_digest": self.digest,
+            "eof": self.eof,
+        }
+        tmp = self.out_dir / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, self.out_dir / MANIFEST)
+        return manifest
+
+
+def extract_chunks(chunks: Iterable[bytes], out_dir: str | os.PathLike[str], *,
+                   max_ram: int = DEFAULT_MAX_RAM, source: str = "") -> dict[str, Any]:
+    """Extract a stream given as byte chunks; returns the manifest."""
+    extractor = StreamExtractor(out_dir, max_ram=max_ram, source=source)
+    try:
+        for chunk in chunks:
+            extractor.feed(chunk)
+    except StreamError as exc:
+        return extractor.finish(exc)
+    except BaseException:
+        extractor.abort()
+        raise
+    return extractor.finish()
+
+
+def extract_file(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+                 max_ram: int = DEFAULT_MAX_RAM) -> dict[str, Any]:
+    """Extract the stream in ``path`` ("-" reads standard input) into ``out_dir``."""
+    if str(path) == "-":
+        return extract_chunks(read_chunks(sys.stdin.buffer), out_dir, max_ram=max_ram,
+                              source="-")
+    with open(path, "rb") as f:
+        return extract_chunks(read_chunks(f), out_dir, max_ram=max_ram, source=str(path))
