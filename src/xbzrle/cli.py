@@ -99,17 +99,6 @@ def _run_bench(args: argparse.Namespace) -> int:
     return bench_main(["--quick"] if args.quick else [])
 
 
-def _run_vm(args: argparse.Namespace) -> int:
-    if args.incoming:
-        from .incoming import run_incoming
-
-        return run_incoming(args.ram, args.workload, args.incoming, args.xbzrle,
-                            report_json=args.report_json)
-    from .guest.vm import run_vm
-
-    return run_vm(args.ram, args.workload, args.rate, args.tracker, args.seconds)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
