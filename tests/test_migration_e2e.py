@@ -115,8 +115,8 @@ def test_cancel_leaves_the_source_running_and_fails_the_destination():
 def test_destination_without_xbzrle_fails_both_sides_clearly():
     src, dst, src_m, dst_m, uri = make_pair("loadgen", True, dest_xbzrle=False)
     try:
-        src_m.set_parameters(max_bandwidth=0)
-        mig = src_m.migrate(uri, max_rounds=10)
+        src_m.set_parameters(max_bandwidth=0, downtime_limit=0)  # at least three rounds
+        mig = src_m.migrate(uri, max_rounds=5)
         assert mig.wait(60) == S.FAILED
         assert dst_m.wait(10) == S.FAILED
         assert "xbzrle capability is not enabled" in dst_m.current.error

@@ -121,34 +121,43 @@ class IncomingMigration:
             self._set_status(MigrationStatus.FAILED)
 
     def _receive(self) -> None:
+        loader = PageLoader(self.guest.blocks, self._xbzrle())
+        try:
+            digest = self._load(loader)
+        finally:
+            loader.release()
+        mine = self.guest.digest()
+        for name, (_size, want) in digest.items():
+            if name not in mine:
+                raise StreamError(f"digest names unknown RAM block {name!r}")
+            if bytes.fromhex(mine[name]) != want:
+                raise StreamError(
+                    f"RAM block {name!r} differs from the source after migration "
+                    "(digest mismatch): refusing to run a corrupt guest")
+
+    def _load(self, loader: PageLoader) -> dict[str, tuple[int, bytes]]:
+        """Read the stream to its EOF, applying pages; return the source's digest."""
         assert self._channel is not None
-        blocks = self.guest.blocks
         parser = StreamParser()
-        loader = PageLoader(blocks, self._xbzrle())
         parser.page_sink = loader.sink
-        buf = bytearray(READ_SIZE)
-        view = memoryview(buf)
+        view = memoryview(bytearray(READ_SIZE))
         digest: dict[str, tuple[int, bytes]] | None = None
-        seen_eof = False
         received = 0
-        while True:
+        while not parser.eof_seen:
             n = self._channel.readinto(view)
             if n == 0:
-                break
+                raise TransportError(
+                    f"the migration stream ended at offset {received} before its EOF record: "
+                    "the source cancelled or vanished")
             received += n
             parser.feed(view[:n])
-            while True:
-                event = parser.next_event()
-                if event is NEED_DATA:
-                    break
+            for event in parser.events():
                 if isinstance(event, ev.RamBlocks):
                     loader.check_layout(event)
                 elif isinstance(event, ev.ZeroPage | ev.NormalPage | ev.XbzrlePage):
                     loader.apply(event)
                 elif isinstance(event, ev.Digest):
                     digest = event.blocks
-                elif isinstance(event, ev.Eof):
-                    seen_eof = True
                 elif isinstance(event, ev.SectionFull) and event.idstr != K.DIGEST_IDSTR:
                     raise StreamError(
                         f"device section {event.idstr!r} is not supported by this destination",
@@ -157,21 +166,9 @@ class IncomingMigration:
                 loader.counts.wire_bytes = received
                 self.stats.totals = loader.counts
                 self.stats.add_batch(BatchCounts())  # rolls the rate window
-            if seen_eof:
-                break
-        parser.close()
-        if not seen_eof:
-            raise TransportError("the migration stream ended before its end (source vanished?)")
         if digest is None:
             raise StreamError("the migration stream carries no RAM digest")
-        mine = self.guest.digest()
-        for name, (size, want) in digest.items():
-            if name not in blocks:
-                raise StreamError(f"digest names unknown RAM block {name!r}")
-            if bytes.fromhex(mine[name]) != want:
-                raise StreamError(
-                    f"RAM block {name!r} differs from the source after migration "
-                    "(digest mismatch): refusing to run a corrupt guest")
+        return digest
 
 
 class PageLoader:

@@ -180,7 +180,8 @@ class SourceMigration:
 
     def _finish(self, status: MigrationStatus, error: str | None) -> None:
         if self._channel is not None:
-            self._channel.abort()
+            if status != MigrationStatus.COMPLETED:
+                self._channel.abort()
             try:
                 self._channel.close()
             except XbzrleError as exc:
