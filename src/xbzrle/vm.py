@@ -94,11 +94,10 @@ def _announce_incoming(control: VmControl, opts: VmOptions) -> None:
     mig = control.manager.current
     if mig is None or opts.incoming in (None, "defer"):
         return
-    where = str(mig.uri)
-    if mig.uri.scheme == "tcp":
-        where = f"tcp:{mig.uri.host}:{mig.port}"
-        if opts.exit_after_migration:
-            print(f"LISTENING {mig.port}", flush=True)  # the demo's handshake
+    if opts.exit_after_migration:  # the demo's handshake, on stdout and nothing else
+        print(f"LISTENING {mig.port if mig.uri.scheme == 'tcp' else 0}", flush=True)
+        return
+    where = f"tcp:{mig.uri.host}:{mig.port}" if mig.uri.scheme == "tcp" else str(mig.uri)
     _note(f"incoming migration on {where}")
 
 

@@ -222,6 +222,8 @@ class Listener:
     def close(self) -> None:
         if self.sock is not None:
             with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)  # wakes an accept() blocked elsewhere
+            with contextlib.suppress(OSError):
                 self.sock.close()
             if self.uri.scheme == "unix":
                 with contextlib.suppress(OSError):
