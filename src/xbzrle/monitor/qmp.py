@@ -19,7 +19,7 @@ from .qmp_commands import QmpCommandError, QmpCommands
 #: The QEMU release whose QMP we speak (greeting and ``query-version``).
 QEMU_VERSION = {"micro": 0, "minor": 2, "major": 7}
 
-_REQUEST_MEMBERS = frozenset({"execute", "exec-oob", "arguments", "id", "control"})
+_REQUEST_MEMBERS = frozenset({"execute", "exec-oob", "arguments", "id"})
 
 
 def encode(message: Mapping[str, object]) -> bytes:
