@@ -80,6 +80,7 @@ def run_vm(opts: VmOptions) -> int:
             _run_until_quit(control, show_rates=not any(e.kind == "stdio" for e, _ in endpoints))
             return 0
         finally:
+            server.settle()  # the reply to 'quit' goes out before SHUTDOWN, as in QEMU
             control.emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
             server.close()
             control.cancel()

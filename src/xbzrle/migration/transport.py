@@ -195,18 +195,20 @@ class Listener:
             if self.sock is not None:
                 self.sock.close()
             raise TransportError(f"cannot listen on {uri}: {exc}") from exc
+        # Kept after close: monitors still report where a migration came in.
+        self._port = self.sock.getsockname()[1] if uri.scheme == "tcp" and self.sock else 0
 
     @property
     def port(self) -> int:
         """The bound tcp port (useful with port 0)."""
-        assert self.sock is not None
-        return self.sock.getsockname()[1]
+        return self._port
 
     def accept(self) -> SocketChannel | FileChannel:
         uri = self.uri
+        sock = self.sock  # cancel() may close and clear it from another thread
         try:
-            if self.sock is not None:
-                conn, _ = self.sock.accept()
+            if sock is not None:
+                conn, _ = sock.accept()
                 self.close()
                 return SocketChannel(conn)
             if uri.scheme == "file":
@@ -220,12 +222,13 @@ class Listener:
             raise TransportError(f"incoming migration on {uri} failed: {exc}") from exc
 
     def close(self) -> None:
-        if self.sock is not None:
+        # Called from the migration thread and from cancel(): take the socket once.
+        sock, self.sock = self.sock, None
+        if sock is not None:
             with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)  # wakes an accept() blocked elsewhere
+                sock.shutdown(socket.SHUT_RDWR)  # wakes an accept() blocked elsewhere
             with contextlib.suppress(OSError):
-                self.sock.close()
+                sock.close()
             if self.uri.scheme == "unix":
                 with contextlib.suppress(OSError):
                     os.unlink(self.uri.path)
-            self.sock = None

@@ -40,6 +40,8 @@ class Connection:
         self._writer = threading.Thread(target=self._drain, name=f"{name}-writer", daemon=True)
         self._writer.start()
         self.closed = False
+        #: Held while one request is handled, so shutting down never cuts a reply off.
+        self.busy = threading.Lock()
 
     def send(self, data: bytes) -> None:
         if not self.closed:
@@ -168,10 +170,11 @@ class MonitorServer:
             pending += data
             while b"\n" in pending:
                 line, pending = pending.split(b"\n", 1)
-                session.execute(line.decode("utf-8", errors="replace").rstrip("\r"))
-                if self.control.quit_requested.is_set():
-                    return
-                conn.send(PROMPT.encode())
+                with conn.busy:
+                    session.execute(line.decode("utf-8", errors="replace").rstrip("\r"))
+                    if self.control.quit_requested.is_set():
+                        return
+                    conn.send(PROMPT.encode())
 
     def _serve_qmp(self, conn: Connection) -> None:
         commands = QmpCommands(self.control, hmp=lambda line: run_captured(self.control, line))
@@ -186,14 +189,23 @@ class MonitorServer:
         self.control.subscribe(on_event)
         try:
             while data := conn.read():
-                for reply in session.replies(data):
-                    conn.send(reply)
+                with conn.busy:
+                    for reply in session.replies(data):
+                        conn.send(reply)
                 if self.control.quit_requested.is_set():
                     return
         finally:
             self.control.unsubscribe(on_event)
 
     # -- tearing down ---------------------------------------------------------------------
+    def settle(self, timeout: float = 5.0) -> None:
+        """Let requests being handled (e.g. the ``quit`` itself) queue their replies."""
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            if conn.busy.acquire(timeout=timeout):
+                conn.busy.release()
+
     def close(self) -> None:
         """Stop listening and close every connection, sending what is queued first."""
         self._closing = True
