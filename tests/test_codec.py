@@ -14,9 +14,9 @@ from xbzrle.codec import implementations
 IMPLEMENTATIONS = implementations()
 
 # The example of the seed's docs/xbzrle.txt.
-SEED_OLD = bytes(1001) + bytes.fromhex("05060708090a0b0c0d0e0f10111213680000" "6b006d") + bytes(3074)
-SEED_NEW = bytes(1001) + bytes.fromhex("0102030405060708090a0b0c0d0e0f680000" "670069") + bytes(3074)
-SEED_DELTA = bytes.fromhex("e9070f0102030405060708090a0b0c0d0e0f0301670101" "69")
+SEED_OLD = bytes(1001) + bytes.fromhex("05060708090a0b0c0d0e0f101112136800006b006d") + bytes(3074)
+SEED_NEW = bytes(1001) + bytes.fromhex("0102030405060708090a0b0c0d0e0f680000670069") + bytes(3074)
+SEED_DELTA = bytes.fromhex("e9070f0102030405060708090a0b0c0d0e0f030167010169")
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))

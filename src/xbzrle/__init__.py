@@ -25,7 +25,6 @@ from .errors import (
     TransportError,
     XbzrleError,
 )
-from .guest import Guest
 
 __version__ = "0.1.0"
 
@@ -54,4 +53,8 @@ def __getattr__(name: str) -> object:
     # ``backend`` is computed on access: the SIMD path may change at run time.
     if name == "backend":
         return codec.current_backend()
+    if name == "Guest":  # loads the compiled core: only when asked for
+        from .guest import Guest
+
+        return Guest
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

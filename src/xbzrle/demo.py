@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -45,12 +46,18 @@ def _spawn_destination(opts: DemoOptions, xbzrle: bool) -> tuple[subprocess.Pope
            "--report-json"]
     if xbzrle:
         cmd.append("--xbzrle")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    # The destination's own log goes to a file: its verdict comes back as JSON.
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
+                            env=os.environ.copy())
+    proc.log = log  # type: ignore[attr-defined]
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("LISTENING "):
         proc.kill()
-        raise RuntimeError(f"destination did not start (said {line!r})")
+        proc.wait()
+        log.seek(0)
+        raise RuntimeError(f"the destination did not start: {log.read().strip() or line!r}")
     return proc, int(line.split()[1])
 
 
@@ -59,13 +66,23 @@ def _workload_progress(guest: Guest) -> int:
 
 
 def _run_one(opts: DemoOptions, guest: Guest, xbzrle: bool) -> dict[str, object]:
-    name = "xbzrle" if xbzrle else "plain"
-    proc, port = _spawn_destination(opts, xbzrle)
     manager = MigrationManager(guest)
     manager.set_capability("xbzrle", xbzrle)
     manager.set_parameters(max_bandwidth=opts.bandwidth, downtime_limit=opts.downtime_limit)
     if xbzrle:
-        manager.set_cache_size(opts.cache_size)
+        manager.set_cache_size(min(opts.cache_size, opts.ram))
+    proc, port = _spawn_destination(opts, xbzrle)
+    try:
+        return _migrate(opts, guest, manager, proc, port, xbzrle)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _migrate(opts: DemoOptions, guest: Guest, manager: MigrationManager,
+             proc: subprocess.Popen[str], port: int, xbzrle: bool) -> dict[str, object]:
+    name = "xbzrle" if xbzrle else "plain"
     _say(opts, f"\n== migration {'with' if xbzrle else 'without'} XBZRLE "
                f"(cap {format_size(opts.bandwidth)}/s, downtime limit {opts.downtime_limit} ms)")
     mig = manager.migrate(f"tcp:127.0.0.1:{port}")
@@ -76,7 +93,8 @@ def _run_one(opts: DemoOptions, guest: Guest, xbzrle: bool) -> dict[str, object]
         info = mig.query()
         ram = info["ram"]
         elapsed = time.monotonic() - started
-        _say(opts, f"  {elapsed:5.1f} s  {info['status']:<10} sent {ram['transferred'] / 2**20:7.1f}"
+        sent = ram["transferred"] / 2**20
+        _say(opts, f"  {elapsed:5.1f} s  {info['status']:<10} sent {sent:7.1f}"
                    f" MiB  remaining {ram['remaining'] / 2**20:6.1f} MiB  rounds"
                    f" {ram['dirty-sync-count']:3}  expected downtime"
                    f" {info.get('expected-downtime', 0)} ms")

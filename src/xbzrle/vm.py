@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -113,7 +114,9 @@ def _await_one_migration(control: VmControl, opts: VmOptions) -> int:
     if mig is None:
         return 1
     status = mig.status
-    report: dict[str, object] = {"status": str(status), "query": mig.query()}
+    report: dict[str, object] = {
+        "status": str(status), "query": mig.query(),
+        "peak-rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     completed = status == MigrationStatus.COMPLETED
     report["digest-verified"] = completed and opts.incoming is not None
     if completed and opts.incoming is not None and control.running:

@@ -12,6 +12,7 @@
 #include "codec_internal.h"
 #include "parts.h"
 
+
 /* ---- errors ---- */
 
 static PyObject *decode_error_type; /* xbzrle.errors.DecodeError, cached */
@@ -151,7 +152,9 @@ static PyObject *codec_encode(PyObject *self, PyObject *args, PyObject *kwargs)
         goto done;
 
     /* No canonical encoding exceeds 1.5 times the page, so a larger limit
-     * changes nothing and the scratch buffer stays small. */
+     * changes nothing and the buffer stays small.  This goes through the
+     * public xbz_encode on purpose: the tests then cover what the save loop
+     * calls. */
     size_t capacity = (size_t)old.len * 2 + 16;
     if (limit < capacity)
         capacity = limit;
@@ -280,7 +283,7 @@ static PyObject *codec_encode_pages(PyObject *self, PyObject *args, PyObject *kw
 
     size_t pages = (size_t)(old.len / page_size), size = (size_t)page_size;
     size_t capacity = ((size_t)old.len < ((size_t)1 << 20) ? (size_t)old.len : (size_t)1 << 20) +
-                      size;
+                      size + XBZ_ENCODE_SLACK;
     size_t used = 0;
     int out_of_memory = 0;
     page_lengths = PyMem_RawMalloc(pages ? pages * sizeof(int) : 1);
@@ -291,7 +294,7 @@ static PyObject *codec_encode_pages(PyObject *self, PyObject *args, PyObject *kw
     }
     Py_BEGIN_ALLOW_THREADS
     for (size_t p = 0; p < pages; p++) {
-        if (capacity - used < size) {
+        if (capacity - used < size + XBZ_ENCODE_SLACK) {
             uint8_t *bigger = PyMem_RawRealloc(out, capacity * 2);
             if (bigger == NULL) {
                 out_of_memory = 1;
@@ -302,7 +305,7 @@ static PyObject *codec_encode_pages(PyObject *self, PyObject *args, PyObject *kw
         }
         const uint8_t *a = (const uint8_t *)old.buf + p * size;
         const uint8_t *b = (const uint8_t *)new_page.buf + p * size;
-        ssize_t written = xbz_encode(a, b, size, out + used, size);
+        ssize_t written = xbz_encode_with_slack(a, b, size, out + used, size);
         page_lengths[p] = (int)written;
         if (written > 0)
             used += (size_t)written;

@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Number of paths compiled in, and the name of path i ("avx512bw", ...). */
 size_t xbz_simd_count(void);
@@ -20,6 +21,15 @@ int xbz_simd_select(const char *name);
 void xbz_simd_select_best(void);
 /* Name of the live path. */
 const char *xbz_simd_current(void);
+
+/* Bytes past dlen that the encoder may scribble on (it writes fixed-size
+ * blocks and trims afterwards). */
+#define XBZ_ENCODE_SLACK 128
+
+/* xbz_encode writing straight into dst, which must have dlen +
+ * XBZ_ENCODE_SLACK writable bytes; len must be at most XBZ_MAX_PAGE_SIZE. */
+ssize_t xbz_encode_with_slack(const uint8_t *old, const uint8_t *new_page, size_t len,
+                              uint8_t *dst, size_t dlen);
 
 /* Like xbz_decode_apply, but never writes outside page[0..page_len) nor
  * reads outside delta[0..dlen), even if another thread rewrites the delta

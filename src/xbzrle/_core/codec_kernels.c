@@ -15,26 +15,20 @@
 
 /* ---- helpers shared by every path (compiled for the baseline CPU) ---- */
 
-static inline size_t uleb_size(size_t n)
+/* Write a length of at most XBZ_MAX_RUN without branching on its size:
+ * always stores two bytes (the second is slack when one is enough). */
+static inline size_t uleb_put_sloppy(uint8_t *out, size_t n)
 {
-    return n < 0x80 ? 1 : 2;
-}
-
-/* Write a length of at most XBZ_MAX_RUN as one or two ULEB128 bytes. */
-static inline size_t uleb_put(uint8_t *out, size_t n)
-{
-    if (n < 0x80) {
-        out[0] = (uint8_t)n;
-        return 1;
-    }
-    out[0] = (uint8_t)((n & 0x7f) | 0x80);
+    size_t two = n > 0x7f;
+    out[0] = (uint8_t)((n & 0x7f) | (two << 7));
     out[1] = (uint8_t)(n >> 7);
-    return 2;
+    return 1 + two;
 }
 
 /* Read a length as QEMU does: one byte, or two when the first has bit 7 set;
  * a second byte with bit 7 set would make it longer than 14 bits (-1).  The
- * caller guarantees two readable bytes. */
+ * caller guarantees two readable bytes.  Branches, rather than arithmetic,
+ * let the CPU run ahead to the next length before this one is known. */
 static inline int uleb_get(const uint8_t *in, uint32_t *n)
 {
     if (!(in[0] & 0x80)) {
@@ -105,6 +99,19 @@ static inline int is_zero_tail(const uint8_t *p, size_t n)
 
 /* ---- portable path: 64-bit words ---- */
 
+static inline int popcount_portable(uint64_t x)
+{
+    x -= (x >> 1) & UINT64_C(0x5555555555555555);
+    x = (x & UINT64_C(0x3333333333333333)) + ((x >> 2) & UINT64_C(0x3333333333333333));
+    x = (x + (x >> 4)) & UINT64_C(0x0f0f0f0f0f0f0f0f);
+    return (int)((x * UINT64_C(0x0101010101010101)) >> 56);
+}
+
+static inline void copy_run_portable(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    copy_small(dst, src, n);
+}
+
 /* Bit k set when byte k of x is non-zero (SWAR, then gather the 8 flags). */
 static inline uint64_t nonzero_byte_flags(uint64_t x)
 {
@@ -138,7 +145,9 @@ static inline int zero256_portable(const uint8_t *p)
 }
 
 #define XBZ_PATH(name) name##_portable
+#define XBZ_GATHER gather_portable
 #include "codec_template.h"
+#undef XBZ_GATHER
 #undef XBZ_PATH
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -146,7 +155,17 @@ static inline int zero256_portable(const uint8_t *p)
 
 /* ---- AVX2 path: 32-byte compares ---- */
 #pragma GCC push_options
-#pragma GCC target("avx2,bmi,bmi2")
+#pragma GCC target("avx2,bmi,bmi2,popcnt")
+
+static inline int popcount_avx2(uint64_t x)
+{
+    return __builtin_popcountll(x);
+}
+
+static inline void copy_run_avx2(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    copy_small(dst, src, n);
+}
 
 static inline uint64_t diff64_avx2(const uint8_t *a, const uint8_t *b)
 {
@@ -177,14 +196,32 @@ static inline int zero256_avx2(const uint8_t *p)
 }
 
 #define XBZ_PATH(name) name##_avx2
+#define XBZ_GATHER gather_avx2
 #include "codec_template.h"
+#undef XBZ_GATHER
 #undef XBZ_PATH
 
 #pragma GCC pop_options
 
 /* ---- AVX-512BW path: 64-byte compares straight into a 64-bit mask ---- */
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx2,bmi,bmi2")
+#pragma GCC target("avx512f,avx512bw,avx2,bmi,bmi2,popcnt")
+
+static inline int popcount_avx512bw(uint64_t x)
+{
+    return __builtin_popcountll(x);
+}
+
+/* Exact copy of up to 64 bytes with one masked load and store. */
+static inline void copy_run_avx512bw(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    if (n <= 64) {
+        __mmask64 k = _bzhi_u64(~UINT64_C(0), (unsigned)n);
+        _mm512_mask_storeu_epi8(dst, k, _mm512_maskz_loadu_epi8(k, src));
+    } else {
+        memmove(dst, src, n);
+    }
+}
 
 static inline uint64_t diff64_avx512bw(const uint8_t *a, const uint8_t *b)
 {
@@ -209,9 +246,53 @@ static inline int zero256_avx512bw(const uint8_t *p)
     return _mm512_test_epi64_mask(acc, acc) == 0;
 }
 
+static size_t gather_vbmi2(const uint64_t *masks, const uint64_t *busy, size_t len,
+                           uint16_t *bounds);
+static int cpu_has_vbmi2; /* set at path selection; atomic, as encoders may run */
+
 #define XBZ_PATH(name) name##_avx512bw
+#define XBZ_GATHER(masks, busy, len, bounds)                                                      \
+    (__atomic_load_n(&cpu_has_vbmi2, __ATOMIC_RELAXED)                                            \
+         ? gather_vbmi2(masks, busy, len, bounds)                                                 \
+         : gather_avx512bw(masks, busy, len, bounds))
 #include "codec_template.h"
+#undef XBZ_GATHER
 #undef XBZ_PATH
+
+#pragma GCC pop_options
+
+/* Gather for CPUs with AVX512-VBMI2 (Ice Lake, Zen 4 and later): the flip
+ * positions of a word are packed into the list with two compress
+ * instructions, with no branch per position. */
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vbmi2,bmi,bmi2,popcnt")
+
+static size_t gather_vbmi2(const uint64_t *masks, const uint64_t *busy, size_t len,
+                           uint16_t *bounds)
+{
+    const __m512i lanes =
+        _mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14,
+                         13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    size_t count = 0, words = (len + 63) / 64;
+    for (size_t group = 0; group * 64 < words; group++) {
+        for (uint64_t todo = busy[group]; todo; todo &= todo - 1) {
+            size_t w = group * 64 + (size_t)__builtin_ctzll(todo);
+            uint64_t m = masks[w];
+            uint64_t carry = w > 0 ? masks[w - 1] >> 63 : 0;
+            uint64_t flips = m ^ ((m << 1) | carry);
+            __m512i low = _mm512_add_epi16(lanes, _mm512_set1_epi16((short)(w * 64)));
+            __m512i high = _mm512_add_epi16(low, _mm512_set1_epi16(32));
+            _mm512_storeu_si512(bounds + count, _mm512_maskz_compress_epi16((__mmask32)flips, low));
+            count += (size_t)__builtin_popcount((uint32_t)flips);
+            _mm512_storeu_si512(bounds + count,
+                                _mm512_maskz_compress_epi16((__mmask32)(flips >> 32), high));
+            count += (size_t)__builtin_popcount((uint32_t)(flips >> 32));
+            if ((m >> 63) && (w + 1 == words || masks[w + 1] == 0))
+                bounds[count++] = (uint16_t)((w + 1) * 64 < len ? (w + 1) * 64 : len);
+        }
+    }
+    return count;
+}
 
 #pragma GCC pop_options
 
@@ -219,13 +300,15 @@ static int cpu_has_avx512bw(void)
 {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
+           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2") &&
+           __builtin_cpu_supports("popcnt");
 }
 
 static int cpu_has_avx2(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2") &&
+           __builtin_cpu_supports("popcnt");
 }
 #endif /* x86 */
 
@@ -240,15 +323,16 @@ struct simd_path {
     const char *name;
     ssize_t (*encode)(const uint8_t *, const uint8_t *, size_t, uint8_t *, size_t);
     int (*is_zero)(const uint8_t *, size_t);
+    void (*apply)(const uint8_t *, size_t, uint8_t *, size_t);
     int (*cpu_has)(void);
 };
 
 static const struct simd_path simd_paths[] = {
 #ifdef XBZ_HAVE_X86
-    {"avx512bw", encode_avx512bw, is_zero_avx512bw, cpu_has_avx512bw},
-    {"avx2", encode_avx2, is_zero_avx2, cpu_has_avx2},
+    {"avx512bw", encode_avx512bw, is_zero_avx512bw, apply_avx512bw, cpu_has_avx512bw},
+    {"avx2", encode_avx2, is_zero_avx2, apply_avx2, cpu_has_avx2},
 #endif
-    {"portable", encode_portable, is_zero_portable, cpu_has_portable},
+    {"portable", encode_portable, is_zero_portable, apply_portable, cpu_has_portable},
 };
 
 #define SIMD_PATH_COUNT (sizeof simd_paths / sizeof simd_paths[0])
@@ -260,6 +344,15 @@ static const struct simd_path *live_path = &simd_paths[SIMD_PATH_COUNT - 1];
 static inline const struct simd_path *current_path(void)
 {
     return __atomic_load_n(&live_path, __ATOMIC_ACQUIRE);
+}
+
+static void detect_optional_features(void)
+{
+#ifdef XBZ_HAVE_X86
+    __builtin_cpu_init();
+    __atomic_store_n(&cpu_has_vbmi2, __builtin_cpu_supports("avx512vbmi2") != 0,
+                     __ATOMIC_RELAXED);
+#endif
 }
 
 size_t xbz_simd_count(void)
@@ -279,6 +372,7 @@ int xbz_simd_supported(size_t i)
 
 int xbz_simd_select(const char *name)
 {
+    detect_optional_features();
     for (size_t i = 0; i < SIMD_PATH_COUNT; i++) {
         if (strcmp(simd_paths[i].name, name) != 0)
             continue;
@@ -292,6 +386,7 @@ int xbz_simd_select(const char *name)
 
 void xbz_simd_select_best(void)
 {
+    detect_optional_features();
     for (size_t i = 0; i < SIMD_PATH_COUNT; i++) {
         if (simd_paths[i].cpu_has()) {
             __atomic_store_n(&live_path, &simd_paths[i], __ATOMIC_RELEASE);
@@ -307,12 +402,27 @@ const char *xbz_simd_current(void)
 
 /* ---- public kernels (codec.h) ---- */
 
-ssize_t xbz_encode(const uint8_t *old, const uint8_t *new_page, size_t len, uint8_t *dst,
-                   size_t dlen)
+ssize_t xbz_encode_with_slack(const uint8_t *old, const uint8_t *new_page, size_t len,
+                              uint8_t *dst, size_t dlen)
 {
     if (len == 0)
         return 0;
     return current_path()->encode(old, new_page, len, dst, dlen);
+}
+
+ssize_t xbz_encode(const uint8_t *old, const uint8_t *new_page, size_t len, uint8_t *dst,
+                   size_t dlen)
+{
+    /* No canonical encoding exceeds 1.5 times the page, so capping the
+     * scratch at twice the page changes no result. */
+    uint8_t scratch[2 * XBZ_MAX_PAGE_SIZE + 16 + XBZ_ENCODE_SLACK];
+    size_t capacity = dlen < 2 * len + 16 ? dlen : 2 * len + 16;
+    if (len > XBZ_MAX_PAGE_SIZE)
+        return -1;
+    ssize_t written = xbz_encode_with_slack(old, new_page, len, scratch, capacity);
+    if (written > 0)
+        memcpy(dst, scratch, (size_t)written);
+    return written;
 }
 
 int xbz_is_zero(const uint8_t *p, size_t len)
@@ -369,26 +479,7 @@ int xbz_decode_check(const uint8_t *delta, size_t dlen, size_t page_len, size_t 
 
 void xbz_decode_apply_within(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len)
 {
-    size_t i = 0, pos = 0;
-    uint32_t n;
-    int used;
-
-    while (dlen - i >= 2) {
-        used = uleb_get(delta + i, &n);
-        if (used < 0 || n > page_len - pos)
-            return;
-        pos += n;
-        i += (size_t)used;
-        if (dlen - i < 2)
-            return;
-        used = uleb_get(delta + i, &n);
-        if (used < 0 || n > page_len - pos || n > dlen - i - (size_t)used)
-            return;
-        i += (size_t)used;
-        copy_small(page + pos, delta + i, n);
-        pos += n;
-        i += n;
-    }
+    current_path()->apply(delta, dlen, page, page_len);
 }
 
 void xbz_decode_apply(const uint8_t *delta, size_t dlen, uint8_t *page)

@@ -1,73 +1,133 @@
 /* One SIMD path of the XBZRLE encoder and the zero-page check.
  *
- * codec_simd.c includes this file once per path, after defining:
- *   XBZ_PATH(name)        pastes the path suffix onto a function name;
+ * codec_kernels.c includes this file once per path, after defining:
+ *   XBZ_PATH(name)          pastes the path suffix onto a function name;
  *   XBZ_PATH(diff64)(a, b)  64-bit mask, bit i set when a[i] != b[i] (64 bytes);
  *   XBZ_PATH(same256)(a, b) 1 when the 256 bytes at a and b are equal;
- *   XBZ_PATH(zero256)(p)    1 when the 256 bytes at p are all zero.
+ *   XBZ_PATH(zero256)(p)    1 when the 256 bytes at p are all zero;
+ *   XBZ_PATH(popcount)(x)   number of set bits of x;
+ *   XBZ_PATH(copy_run)(d, s, n)  exact copy of n bytes (ranges may overlap);
+ *   XBZ_GATHER              the gather function to use (normally XBZ_PATH(gather)).
  * Everything here is compiled with that path's target options.
  *
- * The encoder walks the page in 64-byte blocks, each summarised as a mask of
- * differing bytes; run ends are found with count-trailing-zeros on the mask,
- * so the cost per run is a few instructions whatever its position.  Unchanged
- * stretches are skipped 256 bytes at a time, which keeps unchanged pages at
- * the speed of memcmp. */
+ * The encoder works in three passes, so that its cost does not depend on
+ * where the changes are (no branch that guesses run positions):
+ *   1. scan: one streaming pass turns the page into a mask of differing
+ *      bytes (a bit per byte); counting bits of the mask refuses most pages
+ *      that cannot fit before any output;
+ *   2. gather: run boundaries (bit flips of the mask) become a list of
+ *      positions, with count-trailing-zeros;
+ *   3. emit: each (start, end) pair becomes two lengths and the new bytes,
+ *      written with fixed-size stores into a destination with slack. */
 
-static inline uint64_t XBZ_PATH(block_diff)(const uint8_t *old, const uint8_t *new_page,
-                                            size_t blk, size_t len)
+/* Masks of differing bytes, one 64-bit word per 64 bytes (bits past the
+ * page end are 0), with a bit per non-zero word in busy.  Returns the number
+ * of differing bytes. */
+static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page, size_t len,
+                                    uint64_t *masks, uint64_t *busy)
 {
-    if (blk + 64 <= len)
-        return XBZ_PATH(diff64)(old + blk, new_page + blk);
-    return diff_tail(old + blk, new_page + blk, len - blk);
+    size_t blk = 0, w = 0, ndiff = 0;
+
+    for (; blk + 256 <= len; blk += 256, w += 4) {
+        if (XBZ_PATH(same256)(old + blk, new_page + blk)) {
+            masks[w] = masks[w + 1] = masks[w + 2] = masks[w + 3] = 0;
+            continue;
+        }
+        for (size_t k = 0; k < 4; k++) {
+            uint64_t m = XBZ_PATH(diff64)(old + blk + 64 * k, new_page + blk + 64 * k);
+            masks[w + k] = m;
+            busy[(w + k) / 64] |= (uint64_t)(m != 0) << ((w + k) % 64);
+            ndiff += (size_t)XBZ_PATH(popcount)(m);
+        }
+    }
+    for (; blk < len; blk += 64, w++) {
+        uint64_t m = blk + 64 <= len ? XBZ_PATH(diff64)(old + blk, new_page + blk)
+                                     : diff_tail(old + blk, new_page + blk, len - blk);
+        masks[w] = m;
+        busy[w / 64] |= (uint64_t)(m != 0) << (w % 64);
+        ndiff += (size_t)XBZ_PATH(popcount)(m);
+    }
+    return ndiff;
 }
 
+/* A lower bound of the encoded length: every run costs its bytes plus at
+ * least one byte for each of its two lengths.  Runs are only counted when
+ * the bytes alone leave the answer open (dense pages). */
+static inline size_t XBZ_PATH(least_size)(const uint64_t *masks, size_t words, size_t differing,
+                                          size_t dlen)
+{
+    if (differing > dlen || 3 * differing <= dlen)
+        return differing;
+    size_t runs = 0;
+    uint64_t carry = 0;
+    for (size_t w = 0; w < words; w++) {
+        uint64_t m = masks[w];
+        runs += (size_t)XBZ_PATH(popcount)(m & ~((m << 1) | carry));
+        carry = m >> 63;
+    }
+    return differing + 2 * runs;
+}
+
+/* Positions where the mask flips: run starts and ends, alternating, the
+ * first being a start; a run reaching the page end ends at len.  Only words
+ * marked busy (non-zero) are visited. */
+static inline size_t XBZ_PATH(gather)(const uint64_t *masks, const uint64_t *busy, size_t len,
+                                      uint16_t *bounds)
+{
+    size_t count = 0, words = (len + 63) / 64;
+    for (size_t group = 0; group * 64 < words; group++) {
+        for (uint64_t todo = busy[group]; todo; todo &= todo - 1) {
+            size_t w = group * 64 + (size_t)__builtin_ctzll(todo);
+            uint64_t m = masks[w];
+            uint64_t carry = w > 0 ? masks[w - 1] >> 63 : 0;
+            uint64_t flips = m ^ ((m << 1) | carry);
+            while (flips) {
+                bounds[count++] = (uint16_t)(w * 64 + (size_t)__builtin_ctzll(flips));
+                flips &= flips - 1;
+            }
+            /* A run reaching the end of this word ends at the next word's
+             * start, unless that word is busy and reports it itself. */
+            if ((m >> 63) && (w + 1 == words || masks[w + 1] == 0))
+                bounds[count++] = (uint16_t)((w + 1) * 64 < len ? (w + 1) * 64 : len);
+        }
+    }
+    return count;
+}
+
+/* dst must have dlen + XBZ_ENCODE_SLACK writable bytes. */
 static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, size_t len,
                                 uint8_t *dst, size_t dlen)
 {
-    size_t blk = 0, run_start = 0, d = 0;
-    uint64_t diff = XBZ_PATH(block_diff)(old, new_page, 0, len);
+    uint64_t masks[XBZ_MAX_PAGE_SIZE / 64];
+    uint64_t busy[XBZ_MAX_PAGE_SIZE / 64 / 64] = {0};
+    uint16_t bounds[XBZ_MAX_PAGE_SIZE + 2 + 32]; /* 32: slack for vector stores */
 
-    for (;;) {
-        /* In a zero run: find the next byte that differs. */
-        while (diff == 0) {
-            blk += 64;
-            while (blk + 256 <= len && XBZ_PATH(same256)(old + blk, new_page + blk))
-                blk += 256;
-            if (blk >= len)
-                return (ssize_t)d; /* no trailing zero run; 0 when identical */
-            diff = XBZ_PATH(block_diff)(old, new_page, blk, len);
-        }
-        size_t start = blk + (size_t)__builtin_ctzll(diff);
-        size_t zrun = start - run_start;
-        if (zrun > XBZ_MAX_RUN || d + uleb_size(zrun) > dlen)
-            return -1;
-        d += uleb_put(dst + d, zrun);
+    size_t differing = XBZ_PATH(scan)(old, new_page, len, masks, busy);
+    if (differing == 0)
+        return 0;
+    if (XBZ_PATH(least_size)(masks, (len + 63) / 64, differing, dlen) > dlen)
+        return -1; /* the overflow fast path: nothing written */
+    size_t count = XBZ_GATHER(masks, busy, len, bounds);
 
-        /* In a non-zero run: find the next byte that is equal. */
-        uint64_t same = ~diff & (~UINT64_C(0) << (start - blk));
-        while (same == 0) {
-            blk += 64;
-            if (blk >= len)
-                break;
-            /* The run already holds blk - start bytes: give up as soon as it
-             * cannot fit (the overflow fast path). */
-            if (d + 1 + (blk - start) > dlen)
-                return -1;
-            diff = XBZ_PATH(block_diff)(old, new_page, blk, len);
-            same = ~diff;
-        }
-        size_t end = same ? blk + (size_t)__builtin_ctzll(same) : len;
-        size_t nzrun = end - start;
-        if (nzrun > XBZ_MAX_RUN || d + uleb_size(nzrun) + nzrun > dlen)
+    size_t d = 0, prev_end = 0;
+    for (size_t k = 0; k < count; k += 2) {
+        size_t start = bounds[k], end = bounds[k + 1], nzrun = end - start;
+        if (nzrun > XBZ_MAX_RUN)
             return -1;
-        d += uleb_put(dst + d, nzrun);
-        copy_small(dst + d, new_page + start, nzrun);
+        d += uleb_put_sloppy(dst + d, start - prev_end);
+        d += uleb_put_sloppy(dst + d, nzrun);
+        if (d + nzrun > dlen)
+            return -1;
+        if (nzrun <= 16 && start + 16 <= len)
+            memcpy(dst + d, new_page + start, 16); /* fixed stores; extra bytes are slack */
+        else if (nzrun <= 64 && start + 64 <= len)
+            memcpy(dst + d, new_page + start, 64);
+        else
+            memcpy(dst + d, new_page + start, nzrun);
         d += nzrun;
-        if (end >= len)
-            return (ssize_t)d;
-        run_start = end;
-        diff &= ~UINT64_C(0) << (end - blk);
+        prev_end = end;
     }
+    return (ssize_t)d;
 }
 
 static int XBZ_PATH(is_zero)(const uint8_t *p, size_t len)
@@ -77,4 +137,29 @@ static int XBZ_PATH(is_zero)(const uint8_t *p, size_t len)
         if (!XBZ_PATH(zero256)(p + i))
             return 0;
     return is_zero_tail(p + i, len - i);
+}
+
+/* The apply step of the decoder (see xbz_decode_apply_within). */
+static void XBZ_PATH(apply)(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len)
+{
+    size_t i = 0, pos = 0;
+    uint32_t n;
+    int used;
+
+    while (dlen - i >= 2) {
+        used = uleb_get(delta + i, &n);
+        if (used < 0 || n > page_len - pos)
+            return;
+        pos += n;
+        i += (size_t)used;
+        if (dlen - i < 2)
+            return;
+        used = uleb_get(delta + i, &n);
+        if (used < 0 || n > page_len - pos || n > dlen - i - (size_t)used)
+            return;
+        i += (size_t)used;
+        XBZ_PATH(copy_run)(page + pos, delta + i, n);
+        pos += n;
+        i += n;
+    }
 }

@@ -16,7 +16,7 @@ int xbz_ram_pin(PyObject *ram)
         return -1;
     }
     XbzGuestRam *self = (XbzGuestRam *)ram;
-    if (self->base == NULL) {
+    if (self->base == NULL || self->closing) {
         PyErr_SetString(PyExc_ValueError, "guest RAM is closed");
         return -1;
     }
@@ -24,9 +24,18 @@ int xbz_ram_pin(PyObject *ram)
     return 0;
 }
 
+static void ram_unmap(XbzGuestRam *self);
+
+static void ram_unmap_if_unused(XbzGuestRam *self)
+{
+    if (self->closing && self->exports == 0 && self->users == 0)
+        ram_unmap(self);
+}
+
 void xbz_ram_unpin(PyObject *ram)
 {
     ((XbzGuestRam *)ram)->users--;
+    ram_unmap_if_unused((XbzGuestRam *)ram);
 }
 
 static PyObject *ram_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -88,7 +97,7 @@ static void ram_dealloc(XbzGuestRam *self)
 
 static int ram_getbuffer(XbzGuestRam *self, Py_buffer *view, int flags)
 {
-    if (self->base == NULL) {
+    if (self->base == NULL || self->closing) {
         PyErr_SetString(PyExc_ValueError, "guest RAM is closed");
         view->obj = NULL;
         return -1;
@@ -103,6 +112,7 @@ static int ram_getbuffer(XbzGuestRam *self, Py_buffer *view, int flags)
 static void ram_releasebuffer(XbzGuestRam *self, Py_buffer *view)
 {
     self->exports--;
+    ram_unmap_if_unused(self);
 }
 
 static PyBufferProcs ram_as_buffer = {
@@ -112,16 +122,8 @@ static PyBufferProcs ram_as_buffer = {
 
 static PyObject *ram_close(XbzGuestRam *self, PyObject *unused)
 {
-    if (self->base == NULL)
-        Py_RETURN_NONE;
-    if (self->exports > 0 || self->users > 0) {
-        PyErr_Format(PyExc_BufferError,
-                     "cannot close guest RAM: %zd buffer view(s) and %zd tracker/workload "
-                     "user(s) still hold it",
-                     self->exports, self->users);
-        return NULL;
-    }
-    ram_unmap(self);
+    self->closing = 1;
+    ram_unmap_if_unused(self);
     Py_RETURN_NONE;
 }
 
@@ -137,7 +139,7 @@ static PyObject *ram_get_npages(XbzGuestRam *self, void *closure)
 
 static PyObject *ram_get_address(XbzGuestRam *self, void *closure)
 {
-    if (self->base == NULL) {
+    if (self->base == NULL || self->closing) {
         PyErr_SetString(PyExc_ValueError, "guest RAM is closed");
         return NULL;
     }
@@ -146,12 +148,12 @@ static PyObject *ram_get_address(XbzGuestRam *self, void *closure)
 
 static PyObject *ram_get_closed(XbzGuestRam *self, void *closure)
 {
-    return PyBool_FromLong(self->base == NULL);
+    return PyBool_FromLong(self->base == NULL || self->closing);
 }
 
 static PyMethodDef ram_methods[] = {
     {"close", (PyCFunction)ram_close, METH_NOARGS,
-     "Unmap the memory; refused while views, trackers or workloads hold it."},
+     "Unmap the memory now, or when the last view, tracker or workload lets go."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -25,6 +25,7 @@ typedef struct {
     size_t size;
     Py_ssize_t exports;   /* live buffer views */
     Py_ssize_t users;     /* trackers and workloads holding raw pointers */
+    int closing;          /* close() asked: unmap once exports and users are gone */
     PyObject *dict;       /* lets Python subclasses add attributes */
 } XbzGuestRam;
 

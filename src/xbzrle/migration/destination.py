@@ -18,7 +18,7 @@ from .._backend import load_core
 from ..errors import DecodeError, StreamError, TransportError, XbzrleError
 from ..stream import constants as K
 from ..stream import records as ev
-from ..stream.parser import NEED_DATA, StreamParser
+from ..stream.parser import StreamParser
 from .stats import BatchCounts, MigrationStats
 from .status import MigrationStatus
 from .transport import FileChannel, Listener, SocketChannel

@@ -48,30 +48,36 @@ class SourceConfig:
 
 
 class _RateLimiter:
-    """Keeps the average send rate at or under ``limit`` bytes/s (0 = unlimited)."""
+    """At most ``limit`` bytes/s, enforced per 100 ms window as QEMU does (0 = unlimited).
+
+    Unused allowance is not carried over: a round slowed down by CPU work
+    must not send a burst afterwards, or the measured bandwidth (and with it
+    the expected downtime) would be better than the link really is.
+    """
+
+    WINDOW = 0.1
 
     def __init__(self, limit: int, cancelled: threading.Event) -> None:
         self.limit = limit
         self.cancelled = cancelled
-        self.start = time.monotonic()
-        self.sent = 0
+        self.window_start = time.monotonic()
+        self.window_bytes = 0
 
     def set_limit(self, limit: int) -> None:
         self.limit = limit
-        self.start = time.monotonic()
-        self.sent = 0
 
     def account(self, nbytes: int) -> None:
-        self.sent += nbytes
         if not self.limit:
             return
-        due = self.start + self.sent / self.limit
-        delay = due - time.monotonic()
-        if delay > 0:
-            self.cancelled.wait(delay)
-        elif delay < -1.0:  # do not save up a burst after a stall
-            self.start = time.monotonic()
-            self.sent = 0
+        now = time.monotonic()
+        if now - self.window_start >= self.WINDOW:
+            self.window_start, self.window_bytes = now, 0
+        self.window_bytes += nbytes
+        if self.window_bytes >= self.limit * self.WINDOW:
+            # Sleep out this window, and longer if one chunk overdrew it.
+            due = self.window_start + self.window_bytes / self.limit
+            self.cancelled.wait(max(0.0, due - now))
+            self.window_start, self.window_bytes = time.monotonic(), 0
 
 
 class SourceMigration:
@@ -106,6 +112,7 @@ class SourceMigration:
         self._channel: SocketChannel | FileChannel | None = None
         self._stopped_guest = False
         self.cache = None  # _core.PageCache once setup allocated it
+        self.cpu_seconds = 0.0  # CPU time of the migration thread, when it ended
         self.thread = threading.Thread(target=self._run, name="migration-source", daemon=True)
 
     # -- control (any thread) --------------------------------------------------
@@ -165,6 +172,7 @@ class SourceMigration:
             self._set_status(status)
 
     def _run(self) -> None:
+        started_cpu = time.thread_time()
         try:
             self._migrate()
         except Cancelled:
@@ -177,6 +185,8 @@ class SourceMigration:
         except Exception as exc:  # a bug: still leave the guest running
             log.exception("migration thread crashed")
             self._finish(MigrationStatus.FAILED, f"internal error: {exc!r}")
+        finally:
+            self.cpu_seconds = time.thread_time() - started_cpu
 
     def _finish(self, status: MigrationStatus, error: str | None) -> None:
         if self._channel is not None:
@@ -261,13 +271,11 @@ class SourceMigration:
             dirty_rate = dirty_pages / record.duration if record.duration > 0 else 0.0
             if cfg.xbzrle:
                 mode = _core.SAVE_XBZRLE  # XBZRLE starts with the second round
-            handled = record.counts.scanned * PAGE_SIZE
-            ram_rate = handled / record.duration if record.duration > 0 else float("inf")
-            expected_s = dirty_pages * PAGE_SIZE / ram_rate if ram_rate else float("inf")
+            expected_s = self._expected_downtime(record, dirty_pages, first=round_index == 1)
             with self._lock:
                 self.stats.remaining = dirty_pages * PAGE_SIZE
                 self.stats.dirty_pages_rate = dirty_rate
-                self.stats.expected_downtime_ms = int(expected_s * 1000)
+                self.stats.expected_downtime_ms = int(min(expected_s, 1e9) * 1000)
             self.on_pass(self.stats.dirty_sync_count)
             if expected_s * 1000 <= cfg.downtime_limit_ms:
                 break
@@ -301,6 +309,23 @@ class SourceMigration:
         with self._lock:
             self.stats.downtime_ms = int((time.monotonic() - stop_time) * 1000)
         self._finish(MigrationStatus.COMPLETED, None)
+
+    @staticmethod
+    def _expected_downtime(record: RoundRecord, dirty_pages: int, first: bool) -> float:
+        """Seconds to send ``dirty_pages`` with the guest stopped, judged by the last round.
+
+        The wire rate is what the last round achieved; the cost of a page is
+        what a page of the last round cost on the wire (an XBZRLE round's
+        pages cost tens of bytes, a plain round's a whole page).  The first
+        round is mostly never-touched zero pages, so it says nothing about the
+        cost of a dirty page: assume a whole page, as QEMU always does.
+        """
+        c = record.counts
+        if record.duration <= 0 or c.wire_bytes == 0:
+            return 0.0 if dirty_pages == 0 else float("inf")
+        wire_rate = c.wire_bytes / record.duration
+        cost = PAGE_SIZE + 8 if first or c.scanned == 0 else c.wire_bytes / c.scanned
+        return dirty_pages * cost / wire_rate
 
     def _sync(self) -> dict[str, bytearray]:
         synced = self.guest.dirty_log.sync()
@@ -365,7 +390,7 @@ class SourceMigration:
 
     def _chunk_size(self) -> int:
         bw = self.config.max_bandwidth
-        size = 1 << 20 if not bw else max(64 << 10, min(1 << 20, bw // 16))
+        size = 1 << 20 if not bw else max(64 << 10, min(1 << 20, bw // 40))
         return max(size, 2 * _core.SAVE_MAX_RECORD + 64)
 
 

@@ -1,0 +1,195 @@
+"""Codec speed next to memcmp of the same pages (``xbzrle bench``).
+
+Every figure is the median of several runs over one large set of 4 KiB
+pages, timed in the same process and the same round as its baseline:
+libc ``memcmp`` over two equal copies of the set, which reads exactly the
+bytes the encoder must read.  Rates are GB/s of page input (one side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+from .codec import implementations
+
+PAGE_SIZE = 4096
+
+
+def _xor(data: bytes | bytearray, mask: bytes | bytearray) -> bytearray:
+    value = int.from_bytes(data, "little") ^ int.from_bytes(mask, "little")
+    return bytearray(value.to_bytes(len(data), "little"))
+
+
+def _unchanged(old: bytes, rng: random.Random) -> bytearray:
+    return bytearray(old)
+
+
+def _seed_pattern(old: bytes, rng: random.Random) -> bytearray:
+    """The seed's load generator: one byte incremented every 1024 bytes."""
+    new = bytearray(old)
+    new[::1024] = bytes((b + 1) & 0xFF for b in old[::1024])
+    return new
+
+
+def _random_bytes(fraction: float) -> Callable[[bytes, random.Random], bytearray]:
+    def build(old: bytes, rng: random.Random) -> bytearray:
+        new = bytearray(old)
+        for pos in rng.sample(range(len(old)), int(len(old) * fraction)):
+            new[pos] ^= rng.randrange(1, 256)
+        return new
+
+    return build
+
+
+def _sixteen_runs(old: bytes, rng: random.Random) -> bytearray:
+    """16 runs of 8 to 64 changed bytes at random places in every page."""
+    mask = bytearray(len(old))
+    noise = bytes(rng.randrange(1, 256) for _ in range(PAGE_SIZE))
+    for page in range(0, len(old), PAGE_SIZE):
+        for _ in range(16):
+            length = rng.randint(8, 64)
+            start = page + rng.randrange(PAGE_SIZE - length)
+            mask[start : start + length] = noise[start - page : start - page + length]
+    return _xor(old, mask)
+
+
+def _half_random(old: bytes, rng: random.Random) -> bytearray:
+    keep_high_half = bytes(0 if b < 128 else b for b in range(256))
+    return _xor(old, rng.randbytes(len(old)).translate(keep_high_half))
+
+
+def _every_second_byte(old: bytes, rng: random.Random) -> bytearray:
+    return _xor(old, b"\x00\x5a" * (len(old) // 2))
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    build: Callable[[bytes, random.Random], bytearray]
+    goal: float | None  # encode speed as a fraction of memcmp's, from the issue
+
+
+CASES = [
+    Case("unchanged", _unchanged, 0.95),
+    Case("seed 4 bytes/page", _seed_pattern, 0.95),
+    Case("1% random bytes", _random_bytes(0.01), 0.35),
+    Case("16 runs of 8-64", _sixteen_runs, 0.6),
+    Case("50% random", _half_random, None),
+    Case("every second byte", _every_second_byte, None),
+]
+
+
+@dataclass
+class Result:
+    case: str
+    path: str
+    encode_gbps: float
+    encode_ns_per_page: float
+    encode_vs_memcmp: float
+    decode_gbps: float
+    decode_ns_per_page: float
+    decode_vs_encode: float
+    memcmp_gbps: float
+    delta_bytes_per_page: float
+    overflow_pages: float
+    goal: float | None
+
+
+def _elapsed_ns(run: Callable[[], object]) -> int:
+    start = time.perf_counter_ns()
+    run()
+    return time.perf_counter_ns() - start
+
+
+def measure(core, case: Case, old: bytes, new: bytearray, path: str, repeats: int) -> Result:
+    """Time memcmp, encode and decode of one page set, round by round.
+
+    Ratios are medians of per-round ratios, so that a load change on the
+    machine between rounds moves both sides of a ratio alike.
+    """
+    core.select_simd(path)
+    twin = bytearray(old)
+    deltas, lengths = core.encode_pages(old, new)
+    pages = bytearray(old)
+    base, enc, dec = [], [], []
+    for _ in range(repeats):
+        base.append(_elapsed_ns(lambda: core.memcmp_pages(old, twin)))
+        enc.append(_elapsed_ns(lambda: core.encode_pages(old, new)))
+        dec.append(max(1, _elapsed_ns(lambda: core.decode_pages(deltas, lengths, pages))))
+    base_ns, enc_ns, dec_ns = (statistics.median(t) for t in (base, enc, dec))
+    page_count = len(old) // PAGE_SIZE
+    return Result(
+        case=case.name,
+        path=path,
+        encode_gbps=len(old) / enc_ns,
+        encode_ns_per_page=enc_ns / page_count,
+        encode_vs_memcmp=statistics.median(b / e for b, e in zip(base, enc, strict=True)),
+        decode_gbps=len(old) / dec_ns,
+        decode_ns_per_page=dec_ns / page_count,
+        decode_vs_encode=statistics.median(e / d for e, d in zip(enc, dec, strict=True)),
+        memcmp_gbps=len(old) / base_ns,
+        delta_bytes_per_page=len(deltas) / page_count,
+        overflow_pages=sum(1 for n in lengths if n < 0) / page_count,
+        goal=case.goal,
+    )
+
+
+def format_table(results: Sequence[Result]) -> str:
+    header = (
+        f"{'case':<20}{'path':<10}{'enc GB/s':>9}{'ns/page':>9}{'/memcmp':>9}{'goal':>6}"
+        f"{'dec GB/s':>10}{'ns/page':>9}{'dec/enc':>9}{'memcmp':>8}{'delta B':>9}{'ovf':>6}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in results:
+        goal = f"{r.goal:.2f}" if r.goal is not None else "-"
+        lines.append(
+            f"{r.case:<20}{r.path:<10}{r.encode_gbps:>9.2f}{r.encode_ns_per_page:>9.0f}"
+            f"{r.encode_vs_memcmp:>9.2f}{goal:>6}{r.decode_gbps:>10.2f}"
+            f"{r.decode_ns_per_page:>9.0f}{r.decode_vs_encode:>9.1f}{r.memcmp_gbps:>8.2f}"
+            f"{r.delta_bytes_per_page:>9.0f}{r.overflow_pages:>6.0%}"
+        )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xbzrle bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="8 MiB and 3 runs per figure")
+    parser.add_argument("--size-mib", type=int, default=64, help="page set size (default 64)")
+    parser.add_argument("--repeats", type=int, default=7, help="runs per figure (median)")
+    parser.add_argument("--path", action="append", help="SIMD path(s); default: all supported")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    core = implementations().get("c")
+    if core is None:
+        print("xbzrle bench: needs the compiled core (xbzrle._core)")
+        return 1
+    size_mib, repeats = (8, 3) if args.quick else (args.size_mib, args.repeats)
+    paths = args.path or core.simd_paths()
+    live = core.simd_path()
+    rng = random.Random(2012)
+    old = rng.randbytes(size_mib << 20)
+    results = []
+    try:
+        for case in CASES:
+            new = case.build(old, rng)
+            for path in paths:
+                results.append(measure(core, case, old, new, path, repeats))
+    finally:
+        core.select_simd(live)
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=2))
+    else:
+        print(f"{size_mib} MiB of {PAGE_SIZE}-byte pages, median of {repeats} runs; "
+              "/memcmp = encode speed over memcmp of two equal copies, same rounds")
+        print(format_table(results))
+    return 0

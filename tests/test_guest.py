@@ -1,0 +1,143 @@
+"""Guest RAM: sizes, named blocks, zero-copy views, digests, the vm command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import xbzrle
+from xbzrle import ParameterError
+from xbzrle.guest import PAGE_SIZE, Guest, parse_size
+from xbzrle.guest.dirtylog import choose_tracker
+
+SRC = str(Path(xbzrle.__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("256M", 256 << 20), ("1g", 1 << 30), ("1.5G", 3 << 29), ("512KiB", 512 << 10),
+     ("4096", 4096), (1 << 20, 1 << 20), ("16G", 16 << 30)],
+)
+def test_sizes_parse_with_binary_suffixes(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    "bad", ["1023K", "17G", 0, -4096, "1M1", "abc", "1.0000001M", (1 << 20) + 1, 2.5, True]
+)
+def test_bad_ram_sizes_raise_parameter_error(bad):
+    with pytest.raises(ParameterError) as info:
+        Guest(bad)
+    assert isinstance(info.value, ValueError)
+
+
+def test_default_guest_has_one_pc_ram_block():
+    with Guest("1M") as guest:
+        assert list(guest.blocks) == ["pc.ram"]
+        block = guest.blocks["pc.ram"]
+        assert (block.name, block.size, block.npages) == ("pc.ram", 1 << 20, 256)
+        assert block.address % PAGE_SIZE == 0
+        assert guest.ram_size == 1 << 20 and guest.running
+
+
+def test_blocks_are_named_ordered_and_writable_in_place():
+    layout = {"pc.ram": "2M", "vga.vram": "1M", "pc.bios": 1 << 20}
+    with Guest(blocks=layout) as guest:
+        assert list(guest.blocks) == list(layout)
+        vram = guest.blocks["vga.vram"]
+        with memoryview(vram) as view:
+            assert not view.readonly and len(view) == 1 << 20
+            view[4096:4100] = b"abcd"
+        assert bytes(vram.page(1)[:4]) == b"abcd"
+        with pytest.raises(ParameterError, match="block name"):
+            Guest(blocks={"": "1M"})
+        with pytest.raises(ParameterError, match="at least one"):
+            Guest(blocks={})
+
+
+def test_numpy_sees_the_same_memory():
+    np = pytest.importorskip("numpy")
+    with Guest("1M") as guest:
+        array = np.frombuffer(guest.blocks["pc.ram"], dtype=np.uint8)
+        array[10] = 42
+        assert guest.blocks["pc.ram"].page(0)[10] == 42
+        del array
+
+
+def test_digest_tells_equal_ram_from_different_ram():
+    with Guest(blocks={"a": "1M", "b": "1M"}) as guest:
+        digests = guest.digest()
+        assert digests["a"] == digests["b"] and len(digests["a"]) == 64
+        guest.blocks["b"].page(255)[-1] = 1
+        assert guest.digest()["a"] != guest.digest()["b"]
+
+
+def test_close_releases_ram_even_with_views_alive():
+    guest = Guest("1M")
+    block = guest.blocks["pc.ram"]
+    view = memoryview(block)
+    guest.close()
+    assert block.closed
+    view[0] = 1  # still mapped until the last view goes
+    view.release()
+    with pytest.raises(ValueError):
+        memoryview(block)
+    with pytest.raises(ValueError):
+        guest.dirty_log.sync()
+
+
+def test_auto_tracker_prefers_uffd_and_falls_back_to_bitmap():
+    assert choose_tracker("auto", lambda: None)[0] == "uffd"
+    assert choose_tracker("auto", lambda: "no uffd")[0] == "bitmap"
+    assert choose_tracker("scan", lambda: None)[0] == "scan"
+    with pytest.raises(ParameterError, match="unknown dirty tracker"):
+        choose_tracker("soft-dirty", lambda: None)
+
+
+def test_the_chosen_tracker_is_logged(caplog):
+    with caplog.at_level(logging.INFO, logger="xbzrle.guest"):
+        with Guest("1M") as guest:
+            chosen = guest.dirty_log.tracker
+    assert chosen in ("uffd", "bitmap")
+    assert f"dirty log: {chosen} tracker" in caplog.text
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    return subprocess.Popen(
+        [sys.executable, "-m", "xbzrle.cli", *args], env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs,
+    )
+
+
+def test_vm_command_prints_dirty_rates_for_n_seconds():
+    proc = run_cli("vm", "--ram", "64M", "--workload", "sparse", "--rate", "5000",
+                   "--seconds", "1.5")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("guest: 64 MiB, workload sparse")
+    rates = [line for line in lines[1:] if "dirty" in line and "MB/s" in line]
+    assert len(rates) >= 1
+
+
+def test_vm_command_exits_zero_on_ctrl_c():
+    proc = run_cli("vm", "--ram", "32M", "--workload", "loadgen")
+    assert proc.stdout.readline().startswith("guest:")
+    assert "pages/s" in proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+
+
+def test_vm_command_rejects_bad_sizes():
+    proc = run_cli("vm", "--ram", "12Q", "--seconds", "1")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "12Q" in err
