@@ -142,6 +142,8 @@ def test_deferred_incoming_without_xbzrle_fails_on_both_sides(spawn):
     async def scenario() -> None:
         src = await connect("src", src_sock)
         dst = await connect("dst", dst_sock)
+        src_events = qmp.EventListener()
+        src.register_listener(src_events)
         assert await dst.execute("query-migrate") == {}
         await dst.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
         with pytest.raises(qmp.ExecuteError, match="already been started"):
@@ -161,6 +163,8 @@ def test_deferred_incoming_without_xbzrle_fails_on_both_sides(spawn):
         text = await src.execute("human-monitor-command",
                                  {"command-line": "info migrate"})
         assert "Migration status: failed" in text
+        names = {e["event"] for e in src_events.history}
+        assert not names & {"MIGRATION", "MIGRATION_PASS"}  # 'events' capability is off
         for side in (src, dst):
             await side.disconnect()
 
