@@ -11,6 +11,14 @@ def format_capabilities(caps: Sequence[Mapping[str, object]]) -> str:
         f"{c['capability']}: {'on' if c['state'] else 'off'}" for c in caps)
 
 
+def _socket_uri(address: Mapping[str, object]) -> str:
+    if address.get("type") == "inet":
+        host = str(address.get("host", ""))
+        host = f"[{host}]" if ":" in host else host
+        return f"tcp:{host}:{address.get('port')}"
+    return f"{address.get('type')}:{address.get('path', '')}"
+
+
 def format_info_migrate(info: Mapping[str, object],
                         caps: Sequence[Mapping[str, object]] | None = None) -> str:
     """``info migrate`` as QEMU's HMP prints it (values in the same units)."""
@@ -30,6 +38,11 @@ def format_info_migrate(info: Mapping[str, object],
         lines.append(f"downtime: {info['downtime']} ms")
     if "setup-time" in info:
         lines.append(f"setup: {info['setup-time']} ms")
+    sockets = info.get("socket-address")
+    if isinstance(sockets, Sequence) and sockets:
+        lines.append("socket address: [")
+        lines += [f"\t{_socket_uri(a)}" for a in sockets if isinstance(a, Mapping)]
+        lines.append("]")
     ram = info.get("ram")
     if isinstance(ram, Mapping):
         lines += [

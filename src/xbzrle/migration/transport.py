@@ -42,7 +42,24 @@ class SocketChannel:
         try:
             self.sock.sendall(data)
         except OSError as exc:
+            verdict = self._salvage_verdict()
+            if verdict is not None:
+                raise TransportError(
+                    f"the destination refused the migration: {verdict}") from exc
             raise TransportError(f"lost the migration peer while sending: {exc}") from exc
+
+    def _salvage_verdict(self) -> str | None:
+        """A destination that gave up said why before closing: read it if it is here."""
+        data = b""
+        with contextlib.suppress(OSError):
+            while len(data) < VERDICT_MAX:
+                chunk = self.sock.recv(VERDICT_MAX, socket.MSG_DONTWAIT)
+                if not chunk:
+                    break
+                data += chunk
+        if data.startswith(VERDICT_ERROR):
+            return data[len(VERDICT_ERROR):].split(b"\n", 1)[0].decode(errors="replace")
+        return None
 
     def readinto(self, buf: memoryview) -> int:
         try:
@@ -178,18 +195,20 @@ class Listener:
             if self.sock is not None:
                 self.sock.close()
             raise TransportError(f"cannot listen on {uri}: {exc}") from exc
+        # Kept after close: monitors still report where a migration came in.
+        self._port = self.sock.getsockname()[1] if uri.scheme == "tcp" and self.sock else 0
 
     @property
     def port(self) -> int:
         """The bound tcp port (useful with port 0)."""
-        assert self.sock is not None
-        return self.sock.getsockname()[1]
+        return self._port
 
     def accept(self) -> SocketChannel | FileChannel:
         uri = self.uri
+        sock = self.sock  # cancel() may close and clear it from another thread
         try:
-            if self.sock is not None:
-                conn, _ = self.sock.accept()
+            if sock is not None:
+                conn, _ = sock.accept()
                 self.close()
                 return SocketChannel(conn)
             if uri.scheme == "file":
@@ -203,10 +222,13 @@ class Listener:
             raise TransportError(f"incoming migration on {uri} failed: {exc}") from exc
 
     def close(self) -> None:
-        if self.sock is not None:
+        # Called from the migration thread and from cancel(): take the socket once.
+        sock, self.sock = self.sock, None
+        if sock is not None:
             with contextlib.suppress(OSError):
-                self.sock.close()
+                sock.shutdown(socket.SHUT_RDWR)  # wakes an accept() blocked elsewhere
+            with contextlib.suppress(OSError):
+                sock.close()
             if self.uri.scheme == "unix":
                 with contextlib.suppress(OSError):
                     os.unlink(self.uri.path)
-            self.sock = None

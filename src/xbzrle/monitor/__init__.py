@@ -1,0 +1,7 @@
+"""The monitors of ``xbzrle vm``: QEMU's human console (HMP) and QMP.
+
+:mod:`.control` is the VM as both monitors see it; :mod:`.hmp` and
+:mod:`.qmp` (with :mod:`.qmp_commands`) are the two protocols without I/O;
+:mod:`.server` reads and writes stdio and sockets; :mod:`.endpoint` parses
+where a monitor listens.
+"""

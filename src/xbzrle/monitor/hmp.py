@@ -1,0 +1,299 @@
+"""The human monitor (HMP): QEMU's console commands over one VM.
+
+A :class:`HmpSession` turns one typed line into text written through
+``out``; the server owns the terminal or socket and prints the prompt.
+Commands are looked up in one table that also feeds ``help``, so the
+listing can never drift from what the console accepts.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import ParameterError, XbzrleError
+from ..migration.report import format_info_migrate
+from ..migration.sizes import parse_size
+from ..migration.status import MigrationStatus
+
+log = logging.getLogger(__name__)
+
+PROMPT = "(xbzrle) "
+PROGRESS_INTERVAL = 1.0  # seconds between the lines of a foreground ``migrate``
+
+Output = Callable[[str], None]
+
+
+class HmpUsageError(Exception):
+    """A line the console cannot run as typed (printed, never fatal)."""
+
+
+@dataclass(frozen=True)
+class HmpCommand:
+    name: str
+    params: str  # as shown by help, e.g. "[-d] uri"
+    help: str
+    handler: Callable[[list[str]], None]
+    nargs: tuple[int, int]  # min, max positional arguments
+
+
+def parse_bool(text: str) -> bool:
+    if text == "on":
+        return True
+    if text == "off":
+        return False
+    raise HmpUsageError(f"Expected 'on' or 'off', got '{text}'")
+
+
+def parse_number(text: str) -> int:
+    """Addresses and sizes as typed: ``4096``, ``0x1000``, ``16M``."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        return parse_size(text)
+
+
+def format_migrate_parameters(params: dict[str, int]) -> str:
+    """``info migrate_parameters`` lines, in QEMU's units."""
+    return "\n".join([
+        f"downtime-limit: {params['downtime-limit']} ms",
+        f"max-bandwidth: {params['max-bandwidth']} bytes/second",
+        f"xbzrle-cache-size: {params['xbzrle-cache-size']} bytes",
+    ])
+
+
+def format_progress(info: dict[str, object]) -> str:
+    ram = info.get("ram")
+    if not isinstance(ram, dict):
+        return f"migration {info.get('status', 'setup')}"
+    return (f"migration {info['status']}: {ram['transferred'] >> 10} kbytes sent, "
+            f"{ram['remaining'] >> 10} kbytes remaining, "
+            f"dirty sync count {ram['dirty-sync-count']}")
+
+
+class HmpSession:
+    """One console: ``execute(line)`` runs a command, writing through ``out``."""
+
+    def __init__(self, control, out: Output) -> None:
+        self.control = control
+        self.manager = control.manager
+        self.out = out
+        self.commands: dict[str, HmpCommand] = {}
+        self.aliases: dict[str, str] = {"?": "help", "migrate_set_cachesize":
+                                        "migrate_set_cache_size", "q": "quit", "c": "cont",
+                                        "s": "stop"}
+        self.info: dict[str, tuple[str, Callable[[], None]]] = {
+            "status": ("show the current VM status (running|paused)", self._info_status),
+            "migrate": ("show migration status", self._info_migrate),
+            "migrate_capabilities": ("show current migration capabilities",
+                                     self._info_capabilities),
+            "migrate_parameters": ("show current migration parameters",
+                                   self._info_parameters),
+            "migrate_cache_size": ("show current migration xbzrle cache size",
+                                   self._info_cache_size),
+            "version": ("show the version of QEMU this monitor speaks like", self._info_version),
+        }
+        self.info_aliases = {"migrate-cache-size": "migrate_cache_size"}
+        for name, params, text, handler, nargs in [
+            ("help", "[cmd]", "show the help", self._help, (0, 1)),
+            ("info", "[subcommand]", "show various information about the system state",
+             self._info, (0, 1)),
+            ("stop", "", "stop emulation", lambda a: self.control.stop(), (0, 0)),
+            ("cont", "", "resume emulation", lambda a: self.control.cont(), (0, 0)),
+            ("quit", "", "quit the emulator", lambda a: self.control.request_quit(), (0, 0)),
+            ("migrate", "[-d] uri",
+             "migrate to URI (using -d to not wait for completion)", self._migrate, (1, 2)),
+            ("migrate_incoming", "uri",
+             "continue an incoming migration from an -incoming defer", self._incoming, (1, 1)),
+            ("migrate_cancel", "", "cancel the current VM migration",
+             lambda a: self.control.cancel(), (0, 0)),
+            ("migrate_set_capability", "capability state",
+             "enable/disable the usage of a capability for migration",
+             self._set_capability, (2, 2)),
+            ("migrate_set_parameter", "parameter value",
+             "set a parameter for migration (xbzrle-cache-size, max-bandwidth, "
+             "downtime-limit)", self._set_parameter, (2, 2)),
+            ("migrate_set_cache_size", "value",
+             "set cache size (in bytes, k/m/g/t suffixes) for XBZRLE migrations, rounded "
+             "down to a power of 2 (alias: migrate_set_cachesize)", self._set_cache_size,
+             (1, 1)),
+            ("migrate_set_speed", "value",
+             "set maximum speed (in bytes/s) for migrations; MB/s if no size suffix",
+             self._set_speed, (1, 1)),
+            ("migrate_set_downtime", "value",
+             "set maximum tolerated downtime (in seconds) for migrations",
+             self._set_downtime, (1, 1)),
+            ("pmemsave", "addr size file",
+             "save to disk physical memory dump starting at 'addr' of size 'size'",
+             self._pmemsave, (3, 3)),
+        ]:
+            self.commands[name] = HmpCommand(name, params, text, handler, nargs)
+
+    def write(self, text: str) -> None:
+        if text:
+            self.out(text if text.endswith("\n") else text + "\n")
+
+    # -- one line -------------------------------------------------------------------
+    def execute(self, line: str) -> None:
+        try:
+            words = shlex.split(line, comments=False)
+        except ValueError as exc:
+            self.write(f"Error: {exc}")
+            return
+        if not words:
+            return
+        name = self.aliases.get(words[0], words[0])
+        command = self.commands.get(name)
+        if command is None:
+            self.write(f"unknown command: '{words[0]}'")
+            return
+        args = words[1:]
+        lo, hi = command.nargs
+        if not lo <= len(args) <= hi:
+            usage = f"{command.name} {command.params}".rstrip()
+            self.write(f"Error: wrong number of arguments, usage: {usage}")
+            return
+        try:
+            command.handler(args)
+        except (HmpUsageError, XbzrleError, OSError) as exc:
+            self.write(f"Error: {exc}")
+        except Exception as exc:  # a bug: keep the console alive, tell the user
+            log.exception("HMP command %r failed", line)
+            self.write(f"Error: internal error: {exc!r}")
+
+    # -- help and info --------------------------------------------------------------
+    def _help(self, args: list[str]) -> None:
+        if args and args[0] == "info":
+            self._info([])
+            return
+        names = sorted(self.commands)
+        if args:
+            name = self.aliases.get(args[0], args[0])
+            if name not in self.commands:
+                self.write(f"unknown command: '{args[0]}'")
+                return
+            names = [name]
+        for name in names:
+            c = self.commands[name]
+            self.write(f"{c.name} {c.params} -- {c.help}".replace("  ", " "))
+
+    def _info(self, args: list[str]) -> None:
+        if not args:
+            for name in sorted(self.info):
+                self.write(f"info {name} -- {self.info[name][0]}")
+            return
+        name = self.info_aliases.get(args[0], args[0])
+        entry = self.info.get(name)
+        if entry is None:
+            self.write(f"unknown info subcommand: '{args[0]}' (try 'info')")
+            return
+        entry[1]()
+
+    def _info_status(self) -> None:
+        state = self.control.runstate
+        if self.control.running:
+            self.write("VM status: running")
+        elif state == "paused":
+            self.write("VM status: paused")
+        else:
+            self.write(f"VM status: paused ({state})")
+
+    def _info_migrate(self) -> None:
+        self.write(format_info_migrate(self.control.query_migrate(),
+                                       self.manager.settings.query_capabilities()))
+
+    def _info_capabilities(self) -> None:
+        for cap in self.manager.settings.query_capabilities():
+            self.write(f"{cap['capability']}: {'on' if cap['state'] else 'off'}")
+
+    def _info_parameters(self) -> None:
+        self.write(format_migrate_parameters(self.manager.settings.parameters.to_qmp()))
+
+    def _info_cache_size(self) -> None:
+        size = self.manager.settings.parameters.xbzrle_cache_size
+        self.write(f"xbzrle cache size: {size >> 10} kbytes")
+
+    def _info_version(self) -> None:
+        from .. import __version__
+        from .qmp import QEMU_VERSION
+
+        v = QEMU_VERSION
+        self.write(f"{v['major']}.{v['minor']}.{v['micro']} (xbzrle {__version__})")
+
+    # -- settings -------------------------------------------------------------------
+    def _set_capability(self, args: list[str]) -> None:
+        self.manager.set_capability(args[0], parse_bool(args[1]))
+
+    def _set_parameter(self, args: list[str]) -> None:
+        name, text = args[0].replace("_", "-"), args[1]
+        if name == "xbzrle-cache-size":
+            value = parse_size(text)
+        elif name == "max-bandwidth":
+            value = parse_size(text, default_unit="m")
+        elif name == "downtime-limit":
+            try:
+                value = int(text, 10)
+            except ValueError:
+                raise ParameterError(
+                    f"Parameter 'downtime-limit' expects an integer (ms), got '{text}'"
+                ) from None
+        else:
+            raise ParameterError(
+                f"Parameter '{args[0]}' is unexpected (known: xbzrle-cache-size, "
+                "max-bandwidth, downtime-limit)")
+        self.manager.set_parameters(**{name: value})
+
+    def _set_cache_size(self, args: list[str]) -> None:
+        self.manager.set_cache_size(parse_size(args[0]))
+
+    def _set_speed(self, args: list[str]) -> None:
+        self.manager.set_parameters(max_bandwidth=parse_size(args[0], default_unit="m"))
+
+    def _set_downtime(self, args: list[str]) -> None:
+        try:
+            seconds = float(args[0])
+        except ValueError:
+            raise ParameterError(f"invalid downtime '{args[0]}': expected seconds") from None
+        if not 0 <= seconds <= 2000:
+            raise ParameterError("Parameter 'downtime_limit' expects an integer in the range "
+                                 "of 0 to 2000 seconds")
+        self.manager.set_parameters(downtime_limit=int(seconds * 1000))
+
+    # -- migration --------------------------------------------------------------------
+    def _migrate(self, args: list[str]) -> None:
+        detach = False
+        if args[0].startswith("-"):
+            if args[0] != "-d" or len(args) != 2:
+                raise HmpUsageError("usage: migrate [-d] uri")
+            detach, args = True, args[1:]
+        elif len(args) != 1:
+            raise HmpUsageError("usage: migrate [-d] uri")
+        mig = self.control.migrate(args[0])
+        if detach:
+            return
+        while mig.wait(PROGRESS_INTERVAL).is_running:
+            self.write(format_progress(mig.query()))
+        info = mig.query()
+        status = info.get("status")
+        if status == str(MigrationStatus.COMPLETED):
+            self.write(f"migration completed: total time {info.get('total-time', 0)} ms, "
+                       f"downtime {info.get('downtime', 0)} ms")
+        elif status == str(MigrationStatus.FAILED):
+            self.write(f"Error: migration failed: {info.get('error-desc', 'unknown error')}")
+        else:
+            self.write(f"migration {status}")
+
+    def _incoming(self, args: list[str]) -> None:
+        self.control.migrate_incoming(args[0])
+
+    def _pmemsave(self, args: list[str]) -> None:
+        self.control.pmemsave(parse_number(args[0]), parse_number(args[1]), args[2])
+
+
+def run_captured(control, line: str) -> str:
+    """Run one line and return what it printed (QMP's ``human-monitor-command``)."""
+    chunks: list[str] = []
+    HmpSession(control, chunks.append).execute(line)
+    return "".join(chunks)

@@ -1,0 +1,156 @@
+"""QEMU Machine Protocol, sans I/O: bytes in, reply lines and event lines out.
+
+A :class:`QmpSession` is one client connection's protocol state: the
+greeting, capabilities negotiation (nothing but ``qmp_capabilities`` is
+accepted before it, and no event is sent), then ``execute`` requests whose
+replies echo the request's ``id``.  Which commands exist and what they do is
+:mod:`.qmp_commands`' business; the server does the reading and writing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping
+
+from .jsonstream import Invalid, JsonSplitter
+from .qmp_commands import QmpCommandError, QmpCommands
+
+#: The QEMU release whose QMP we speak (greeting and ``query-version``).
+QEMU_VERSION = {"micro": 0, "minor": 2, "major": 7}
+
+_REQUEST_MEMBERS = frozenset({"execute", "exec-oob", "arguments", "id"})
+
+
+def encode(message: Mapping[str, object]) -> bytes:
+    """One message per line, ``\\r\\n``-terminated as QEMU's monitor writes it."""
+    return json.dumps(message, separators=(", ", ": ")).encode() + b"\r\n"
+
+
+def error_reply(cls: str, desc: str, msg_id: object = None,
+                has_id: bool = False) -> dict[str, object]:
+    reply: dict[str, object] = {"error": {"class": cls, "desc": desc}}
+    if has_id:
+        reply["id"] = msg_id
+    return reply
+
+
+def event_message(name: str, data: Mapping[str, object] | None,
+                  now: float | None = None) -> dict[str, object]:
+    """An event as QEMU sends it; ``data`` is left out for events that carry none."""
+    now = time.time() if now is None else now
+    seconds = int(now)
+    message: dict[str, object] = {
+        "timestamp": {"seconds": seconds, "microseconds": int((now - seconds) * 1_000_000)},
+        "event": name,
+    }
+    if data is not None:
+        message["data"] = dict(data)
+    return message
+
+
+class QmpSession:
+    """Protocol state of one QMP connection."""
+
+    def __init__(self, commands: QmpCommands, package: str) -> None:
+        self.commands = commands
+        self.package = package
+        self.negotiated = False
+        self.oob = False
+        self._splitter = JsonSplitter()
+
+    def greeting(self) -> bytes:
+        return encode({"QMP": {"version": {"qemu": dict(QEMU_VERSION), "package": self.package},
+                               "capabilities": ["oob"]}})
+
+    def receive(self, data: bytes) -> list[bytes]:
+        """Feed bytes from the client; returns the replies to send, in order."""
+        return list(self.replies(data))
+
+    def replies(self, data: bytes) -> Iterator[bytes]:
+        """Like :meth:`receive`, but yields each reply as soon as it is ready."""
+        for item in self._splitter.feed(data):
+            yield encode(self.handle(item))
+
+    def event(self, name: str, data: Mapping[str, object] | None) -> bytes | None:
+        """The bytes to send for an event, or None while still negotiating."""
+        if not self.negotiated:
+            return None
+        return encode(event_message(name, data))
+
+    # -- one request ---------------------------------------------------------------
+    def handle(self, text: str | Invalid) -> dict[str, object]:
+        if isinstance(text, Invalid):
+            return error_reply("GenericError", f"JSON parse error, {text.reason}")
+        try:
+            request = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nesting too deep"
+            return error_reply("GenericError", f"JSON parse error, {reason.lower()}")
+        if not isinstance(request, dict):
+            return error_reply("GenericError", "QMP input must be a JSON object")
+        has_id = "id" in request
+        msg_id = request.get("id")
+
+        def fail(cls: str, desc: str) -> dict[str, object]:
+            return error_reply(cls, desc, msg_id, has_id)
+
+        for member in request:
+            if member not in _REQUEST_MEMBERS:
+                return fail("GenericError", f"QMP input member '{member}' is unexpected")
+        if "execute" in request and "exec-oob" in request:
+            return fail("GenericError",
+                        "QMP input must have either 'execute' or 'exec-oob', not both")
+        oob = "exec-oob" in request
+        name = request.get("exec-oob" if oob else "execute")
+        if name is None:
+            return fail("GenericError", "QMP input lacks member 'execute'")
+        if not isinstance(name, str):
+            return fail("GenericError",
+                        f"QMP input member '{'exec-oob' if oob else 'execute'}' must be a string")
+        arguments = request.get("arguments", {})
+        if not isinstance(arguments, dict):
+            return fail("GenericError", "QMP input member 'arguments' must be an object")
+
+        try:
+            result = self._dispatch(name, arguments, oob)
+        except QmpCommandError as exc:
+            return fail(exc.error_class, str(exc))
+        reply: dict[str, object] = {"return": result}
+        if has_id:
+            reply["id"] = msg_id
+        return reply
+
+    def _dispatch(self, name: str, arguments: dict[str, object], oob: bool) -> object:
+        if not self.negotiated:
+            if name != "qmp_capabilities":
+                raise QmpCommandError(
+                    "Expecting capabilities negotiation with 'qmp_capabilities'",
+                    "CommandNotFound")
+            self._negotiate(arguments)
+            return {}
+        if name == "qmp_capabilities":
+            raise QmpCommandError(
+                "Capabilities negotiation is already complete, command ignored",
+                "CommandNotFound")
+        if oob:
+            if not self.oob:
+                raise QmpCommandError("Please enable out-of-band first for the session "
+                                      "during capabilities negotiation")
+            self.commands.lookup(name)  # unknown beats "no OOB"
+            raise QmpCommandError(f"The command {name} does not support OOB")
+        return self.commands.execute(name, arguments)
+
+    def _negotiate(self, arguments: dict[str, object]) -> None:
+        for key in arguments:
+            if key != "enable":
+                raise QmpCommandError(f"Parameter '{key}' is unexpected")
+        enable = arguments.get("enable", [])
+        if not isinstance(enable, list) or not all(isinstance(c, str) for c in enable):
+            raise QmpCommandError("Invalid parameter type for 'enable', expected: array")
+        for capability in enable:
+            if capability != "oob":
+                raise QmpCommandError(
+                    f"Parameter 'enable' does not accept value '{capability}'")
+        self.oob = "oob" in enable
+        self.negotiated = True

@@ -1,0 +1,220 @@
+"""The QMP commands: argument checking as QEMU's QAPI does it, then a call
+into :class:`~.control.VmControl` or the migration manager.
+
+Every error a user can cause comes back as a :class:`QmpCommandError` with
+QEMU's error class: ``CommandNotFound`` for unknown commands, otherwise
+``GenericError`` with a message that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from ..errors import XbzrleError
+
+log = logging.getLogger(__name__)
+
+_TYPE_NAMES = {"str": "string", "int": "integer", "bool": "boolean", "number": "number",
+               "array": "array", "object": "object"}
+
+
+class QmpCommandError(Exception):
+    """A command that failed; ``error_class`` is QMP's error class."""
+
+    def __init__(self, desc: str, error_class: str = "GenericError") -> None:
+        super().__init__(desc)
+        self.error_class = error_class
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str  # one of _TYPE_NAMES
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    handler: Callable[[dict[str, object]], object]
+    params: tuple[Param, ...] = field(default=())
+
+
+def _type_ok(kind: str, value: object) -> bool:
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "array":
+        return isinstance(value, list)
+    return isinstance(value, dict)
+
+
+def check_arguments(params: tuple[Param, ...], arguments: Mapping[str, object]) -> None:
+    """QAPI's checks, in its order: unexpected members, types, then missing ones."""
+    known = {p.name: p for p in params}
+    for key, value in arguments.items():
+        param = known.get(key)
+        if param is None:
+            raise QmpCommandError(f"Parameter '{key}' is unexpected")
+        if not _type_ok(param.type, value):
+            raise QmpCommandError(
+                f"Invalid parameter type for '{key}', expected: {_TYPE_NAMES[param.type]}")
+    for param in params:
+        if param.required and param.name not in arguments:
+            raise QmpCommandError(f"Parameter '{param.name}' is missing")
+
+
+class QmpCommands:
+    """Command table over one VM; ``hmp`` runs ``human-monitor-command`` lines."""
+
+    def __init__(self, control, hmp: Callable[[str], str] | None = None) -> None:
+        self.control = control
+        self.manager = control.manager
+        self.hmp = hmp
+        self.table: dict[str, Command] = {}
+        P = Param
+        for name, handler, params in [
+            ("qmp_capabilities", None, (P("enable", "array", False),)),
+            ("query-commands", self._query_commands, ()),
+            ("query-version", self._query_version, ()),
+            ("query-status", lambda a: self.control.query_status(), ()),
+            ("query-migrate", lambda a: self.control.query_migrate(), ()),
+            ("query-migrate-capabilities",
+             lambda a: self.manager.settings.query_capabilities(), ()),
+            ("migrate-set-capabilities", self._set_capabilities,
+             (P("capabilities", "array"),)),
+            ("query-migrate-parameters",
+             lambda a: self.manager.settings.parameters.to_qmp(), ()),
+            ("migrate-set-parameters", self._set_parameters,
+             (P("xbzrle-cache-size", "int", False), P("max-bandwidth", "int", False),
+              P("downtime-limit", "int", False))),
+            ("migrate-set-cache-size", self._set_cache_size, (P("value", "int"),)),
+            ("query-migrate-cache-size",
+             lambda a: self.manager.settings.parameters.xbzrle_cache_size, ()),
+            ("migrate_set_speed", self._set_speed, (P("value", "int"),)),
+            ("migrate_set_downtime", self._set_downtime, (P("value", "number"),)),
+            ("migrate", self._migrate,
+             (P("uri", "str"), P("blk", "bool", False), P("inc", "bool", False),
+              P("detach", "bool", False), P("resume", "bool", False))),
+            ("migrate-incoming", self._migrate_incoming, (P("uri", "str"),)),
+            ("migrate_cancel", self._migrate_cancel, ()),
+            ("stop", self._stop, ()),
+            ("cont", self._cont, ()),
+            ("quit", self._quit, ()),
+            ("pmemsave", self._pmemsave,
+             (P("val", "int"), P("size", "int"), P("filename", "str"),
+              P("cpu-index", "int", False))),
+            ("human-monitor-command", self._human_monitor_command,
+             (P("command-line", "str"), P("cpu-index", "int", False))),
+        ]:
+            self.table[name] = Command(name, handler or (lambda a: {}), params)
+
+    def lookup(self, name: str) -> Command:
+        command = self.table.get(name)
+        if command is None:
+            raise QmpCommandError(f"The command {name} has not been found", "CommandNotFound")
+        return command
+
+    def execute(self, name: str, arguments: Mapping[str, object]) -> object:
+        command = self.lookup(name)
+        check_arguments(command.params, arguments)
+        try:
+            return command.handler(dict(arguments))
+        except QmpCommandError:
+            raise
+        except (XbzrleError, OSError) as exc:
+            raise QmpCommandError(str(exc)) from None
+        except Exception as exc:  # a bug: tell the client instead of dropping it
+            log.exception("QMP command %s failed", name)
+            raise QmpCommandError(f"internal error in {name}: {exc!r}") from None
+
+    # -- handlers -------------------------------------------------------------------
+    def _query_commands(self, args: dict[str, object]) -> list[dict[str, str]]:
+        return [{"name": name} for name in self.table]
+
+    def _query_version(self, args: dict[str, object]) -> dict[str, object]:
+        from .. import __version__
+        from .qmp import QEMU_VERSION
+
+        return {"qemu": dict(QEMU_VERSION), "package": f"xbzrle {__version__}"}
+
+    def _set_capabilities(self, args: dict[str, object]) -> dict[str, object]:
+        wanted: list[tuple[str, bool]] = []
+        for item in args["capabilities"]:  # type: ignore[union-attr]
+            if not isinstance(item, dict):
+                raise QmpCommandError(
+                    "Invalid parameter type for 'capabilities[0]', expected: object")
+            check_arguments((Param("capability", "str"), Param("state", "bool")), item)
+            wanted.append((item["capability"], item["state"]))
+        known = self.manager.settings.capabilities
+        for name, _ in wanted:  # all or nothing: check every name first
+            if name not in known:
+                raise QmpCommandError(
+                    f"Parameter 'capability' does not accept value '{name}'")
+        for name, state in wanted:
+            self.manager.set_capability(name, state)
+        return {}
+
+    def _set_parameters(self, args: dict[str, object]) -> dict[str, object]:
+        self.manager.set_parameters(**args)
+        return {}
+
+    def _set_cache_size(self, args: dict[str, object]) -> dict[str, object]:
+        self.manager.set_cache_size(args["value"])
+        return {}
+
+    def _set_speed(self, args: dict[str, object]) -> dict[str, object]:
+        self.manager.set_parameters(max_bandwidth=args["value"])
+        return {}
+
+    def _set_downtime(self, args: dict[str, object]) -> dict[str, object]:
+        seconds = float(args["value"])  # type: ignore[arg-type]
+        if not 0 <= seconds <= 2000:
+            raise QmpCommandError(
+                "Parameter 'downtime_limit' expects an integer in the range of 0 to 2000 seconds")
+        self.manager.set_parameters(downtime_limit=int(seconds * 1000))
+        return {}
+
+    def _migrate(self, args: dict[str, object]) -> dict[str, object]:
+        if args.get("blk") or args.get("inc"):
+            raise QmpCommandError("Block migration is not supported: this VM has no disks")
+        if args.get("resume"):
+            raise QmpCommandError("Postcopy recovery is not supported")
+        self.control.migrate(args["uri"])
+        return {}
+
+    def _migrate_incoming(self, args: dict[str, object]) -> dict[str, object]:
+        self.control.migrate_incoming(args["uri"])
+        return {}
+
+    def _migrate_cancel(self, args: dict[str, object]) -> dict[str, object]:
+        self.control.cancel()
+        return {}
+
+    def _stop(self, args: dict[str, object]) -> dict[str, object]:
+        self.control.stop()
+        return {}
+
+    def _cont(self, args: dict[str, object]) -> dict[str, object]:
+        self.control.cont()
+        return {}
+
+    def _quit(self, args: dict[str, object]) -> dict[str, object]:
+        self.control.request_quit()
+        return {}
+
+    def _pmemsave(self, args: dict[str, object]) -> dict[str, object]:
+        self.control.pmemsave(args["val"], args["size"], args["filename"])
+        return {}
+
+    def _human_monitor_command(self, args: dict[str, object]) -> str:
+        if self.hmp is None:
+            raise QmpCommandError("The human monitor is not available here")
+        return self.hmp(args["command-line"])  # type: ignore[arg-type]

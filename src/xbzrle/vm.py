@@ -1,0 +1,147 @@
+"""The ``xbzrle vm`` process: a guest, its migration manager and its monitors.
+
+It behaves like a QEMU process for everything migration needs: monitors on
+stdio, unix sockets or TCP (``--monitor`` for the human console, ``--qmp``
+for QMP, each repeatable), ``--incoming URI|defer`` for a destination and
+``-S`` to start paused.  The process runs until ``quit`` (or end of input on
+a stdio monitor).  ``--exit-after-migration`` is the demo's mode: wait for
+one migration, print a JSON report and exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+
+from . import __version__
+from .guest import Guest
+from .migration.manager import MigrationManager
+from .migration.status import MigrationStatus
+from .monitor.control import VmControl
+from .monitor.endpoint import parse_endpoint
+from .monitor.server import MonitorServer
+
+PACKAGE = f"xbzrle {__version__}"
+SHUTDOWN_WAIT = 10.0  # seconds allowed for a cancelled migration to unwind
+
+
+@dataclass
+class VmOptions:
+    ram: int | str = "256M"
+    workload: str | None = None
+    rate: float = 0.0
+    tracker: str = "auto"
+    monitors: list[str] = field(default_factory=list)
+    qmp: list[str] = field(default_factory=list)
+    incoming: str | None = None
+    start_stopped: bool = False
+    xbzrle: bool = False
+    exit_after_migration: bool = False
+    report_json: bool = False
+
+
+def _note(text: str) -> None:
+    print(f"xbzrle vm: {text}", file=sys.stderr, flush=True)
+
+
+def _progress(guest: Guest) -> int:
+    return sum(int(w.stats().get("pages_written", 0)) for w in guest.workloads)
+
+
+def run_vm(opts: VmOptions) -> int:
+    # Parse every endpoint first: a typo must fail before any RAM is allocated.
+    endpoints = [(parse_endpoint(s), "hmp") for s in opts.monitors]
+    endpoints += [(parse_endpoint(s), "qmp") for s in opts.qmp]
+    if sum(e.kind == "stdio" for e, _ in endpoints) > 1:
+        from .errors import ParameterError
+
+        raise ParameterError("only one monitor can use stdio")
+    with Guest(ram=opts.ram, tracker=opts.tracker) as guest:
+        if opts.incoming is not None or opts.start_stopped:
+            guest.stop()  # nothing may run before the migrated state (or 'cont') arrives
+        if opts.workload and opts.workload != "idle":
+            guest.start_workload(opts.workload, rate=opts.rate)
+        manager = MigrationManager(guest)
+        if opts.xbzrle:
+            manager.set_capability("xbzrle", True)
+        control = VmControl(guest, manager, autostart=not opts.start_stopped,
+                            incoming=opts.incoming)
+        server = MonitorServer(control, PACKAGE)
+        try:
+            for endpoint, protocol in endpoints:
+                actual = server.listen(endpoint, protocol)
+                _note(f"{'monitor' if protocol == 'hmp' else 'qmp'} on {actual}")
+            _announce_incoming(control, opts)
+            if opts.exit_after_migration:
+                return _await_one_migration(control, opts)
+            _run_until_quit(control, show_rates=not any(e.kind == "stdio" for e, _ in endpoints))
+            return 0
+        finally:
+            server.settle()  # the reply to 'quit' goes out before SHUTDOWN, as in QEMU
+            control.emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
+            server.close()
+            control.cancel()
+            mig = manager.current
+            if mig is not None and mig.wait(SHUTDOWN_WAIT).is_running:
+                _note("migration did not stop in time; exiting without releasing guest RAM")
+                sys.stdout.flush()
+                os._exit(1)  # never unmap RAM under a migration thread
+
+
+def _announce_incoming(control: VmControl, opts: VmOptions) -> None:
+    mig = control.manager.current
+    if mig is None or opts.incoming in (None, "defer"):
+        return
+    if opts.exit_after_migration:  # the demo's handshake, on stdout and nothing else
+        print(f"LISTENING {mig.port if mig.uri.scheme == 'tcp' else 0}", flush=True)
+        return
+    where = f"tcp:{mig.uri.host}:{mig.port}" if mig.uri.scheme == "tcp" else str(mig.uri)
+    _note(f"incoming migration on {where}")
+
+
+def _await_one_migration(control: VmControl, opts: VmOptions) -> int:
+    manager = control.manager
+    while not control.quit_requested.is_set():
+        mig = manager.current
+        if mig is not None and not mig.status.is_running and not mig.thread.is_alive():
+            break
+        time.sleep(0.05)
+    mig = manager.current
+    if mig is None:
+        return 1
+    status = mig.status
+    report: dict[str, object] = {
+        "status": str(status), "query": mig.query(),
+        "peak-rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    completed = status == MigrationStatus.COMPLETED
+    report["digest-verified"] = completed and opts.incoming is not None
+    if completed and opts.incoming is not None and control.running:
+        before = _progress(control.guest)
+        time.sleep(0.3)
+        report["workload-resumed"] = (_progress(control.guest) > before
+                                      if opts.workload else None)
+    elif not completed:
+        report["error"] = mig.error
+    if opts.report_json:
+        print(json.dumps(report), flush=True)
+    else:
+        print(f"migration {status}" + (f": {mig.error}" if mig.error else ""), flush=True)
+    return 0 if completed else 1
+
+
+def _run_until_quit(control: VmControl, show_rates: bool) -> None:
+    """Wait for ``quit``; without a console on stdio, print the dirty rate each second."""
+    guest = control.guest
+    last, last_time = _progress(guest), time.monotonic()
+    while not control.quit_requested.wait(1.0):
+        if not show_rates or not guest.workloads:
+            continue
+        now, pages = time.monotonic(), _progress(guest)
+        rate = (pages - last) / (now - last_time)
+        last, last_time = pages, now
+        print(f"{control.runstate:>8}  dirty rate {rate:12.0f} pages/s "
+              f"({rate * 4096 / (1 << 20):8.1f} MiB/s)", flush=True)
