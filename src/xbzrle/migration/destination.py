@@ -111,6 +111,8 @@ class IncomingMigration:
         self.listener.close()
         with self._lock:
             self.error = error
+            if error is None:
+                self.stats.remaining = 0
             self.stats.finish()
         if error is None:
             self._set_status(MigrationStatus.COMPLETED)

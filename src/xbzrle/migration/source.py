@@ -284,8 +284,9 @@ class SourceMigration:
 
         # Switch-over: stop the guest, send what is left and a digest of all RAM.
         stop_time = time.monotonic()
+        # Resume on failure only what we paused: an operator may have stopped it.
+        self._stopped_guest = self.guest.running
         self.guest.stop()
-        self._stopped_guest = True
         self._move(MigrationStatus.DEVICE)
         last = self._sync()
         for name, bm in last.items():
