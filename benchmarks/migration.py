@@ -20,7 +20,7 @@ import time
 
 from xbzrle import Guest
 from xbzrle.migration.manager import MigrationManager
-from xbzrle.migration.sizes import parse_size
+from xbzrle.sizes import parse_size
 
 WORKLOADS = ("loadgen", "sparse", "dense", "hotcold", "idle")
 

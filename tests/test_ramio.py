@@ -206,3 +206,29 @@ def test_load_loop_stops_at_incomplete_and_non_page_records():
     assert (pos, status) == (0, 0) and dest == bytes(PAGE)
     pos, last, status, _ = _core.load_pages(rec + w.eos(), 0, [(NAME, dest)], -1, True, 0)
     assert pos == len(rec) and status == 2 and last == 0
+
+
+def test_known_zero_pages_are_skipped_and_written_pages_are_still_zeroed():
+    """The destination's map of pages that may hold data (from the kernel's page
+    tables) lets ZERO records skip never-touched memory; it must never skip a
+    page that holds data."""
+    from xbzrle import Guest
+
+    with Guest(ram=1 << 20) as guest:
+        guest.stop()
+        ram = guest.blocks["pc.ram"]
+        view = memoryview(ram)
+        view[3 * PAGE:3 * PAGE + 5] = b"hello"  # a page with data before the migration
+        data = _core.data_map(ram, False)
+        assert data[3] == 1 and data[7] == 0
+        w = StreamWriter()
+        w.ram_blocks([("pc.ram", ram.size)])
+        records = (w.zero_page("pc.ram", 3 * PAGE) + w.zero_page("pc.ram", 7 * PAGE)
+                   + w.normal_page("pc.ram", 9 * PAGE, b"\x09" * PAGE)
+                   + w.zero_page("pc.ram", 9 * PAGE))
+        pos, _, _, counts = _core.load_pages(records, 0, [(NAME, view, data)], -1, True, 0)
+        assert pos == len(records) and counts[1] == 3
+        assert bytes(view[3 * PAGE:4 * PAGE]) == bytes(PAGE)  # zeroed although it had data
+        assert bytes(view[9 * PAGE:10 * PAGE]) == bytes(PAGE)  # written, then zeroed
+        assert data[9] == 1
+        view.release()

@@ -85,7 +85,7 @@ def _run_vm(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import DemoOptions, run_demo
-    from .migration.sizes import parse_size
+    from .sizes import parse_size
 
     return run_demo(DemoOptions(
         ram=parse_size(args.ram), workload=args.workload, bandwidth=parse_size(args.bandwidth),

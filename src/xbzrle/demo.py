@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from .guest import Guest
 from .migration.manager import MigrationManager
 from .migration.report import format_comparison, format_info_migrate
-from .migration.sizes import format_size
+from .sizes import format_size
 
 
 @dataclass

@@ -19,6 +19,7 @@
 #include <Python.h>
 #include <pthread.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -305,6 +306,7 @@ typedef struct {
     size_t name_len;
     uint8_t *host;
     size_t size;
+    uint8_t *maybe_data; /* optional: 0 for a page known to be zero, else 1 */
 } load_block_t;
 
 typedef struct {
@@ -368,18 +370,26 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
             return -1;
         }
         uint8_t *host = b->host + offset;
+        uint8_t *maybe = b->maybe_data ? b->maybe_data + offset / PAGE : NULL;
         if (kind == F_ZERO) {
             if (end - p < 1)
                 break;
             uint8_t fill = buf[p];
             p += 1;
-            if (fill != 0 || !xbz_is_zero(host, PAGE))
+            /* A page known to be zero is not even read: reading never-touched
+             * memory faults, and would populate nothing but cost time. */
+            if (fill != 0 || ((maybe == NULL || *maybe) && !xbz_is_zero(host, PAGE))) {
                 memset(host, fill, PAGE);
+                if (maybe)
+                    *maybe = 1;
+            }
             c[C_ZERO]++;
         } else if (kind == F_PAGE) {
             if (end - p < PAGE)
                 break;
             memcpy(host, buf + p, PAGE);
+            if (maybe)
+                *maybe = 1;
             p += PAGE;
             c[C_NORMAL]++;
         } else {
@@ -412,6 +422,8 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
                 return -1;
             }
             xbz_decode_apply(buf + p + 3, len, host);
+            if (maybe)
+                *maybe = 1;
             p += 3 + len;
             c[C_XBZRLE]++;
         }
@@ -427,7 +439,8 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
 PyDoc_STRVAR(load_pages_doc,
 "load_pages(buf, pos, blocks, last, xbzrle_ok, base_offset) -> (pos, last, status, counts)\n\n"
 "Apply page records from buf[pos:] to the destination's RAM.  blocks: a\n"
-"sequence of (name: bytes, ram: writable buffer).  last: index of the block\n"
+"sequence of (name: bytes, ram: writable buffer[, maybe_data: writable buffer\n"
+"of one byte per page, 0 = known zero, kept up to date]).  last: index of the block\n"
 "CONTINUE refers to, or -1.  status: 0 need more data, 2 a record that is\n"
 "not a page (EOS, MEM_SIZE...: left for the stream parser).\n"
 "Raises StreamError with the stream offset (base_offset + position) on a\n"
@@ -453,17 +466,27 @@ static PyObject *load_pages(PyObject *self, PyObject *args)
     load_block_t *blocks = PyMem_Calloc((size_t)n + 1, sizeof(*blocks));
     Py_buffer *names = PyMem_Calloc((size_t)n + 1, sizeof(Py_buffer));
     Py_buffer *rams = PyMem_Calloc((size_t)n + 1, sizeof(Py_buffer));
+    Py_buffer *maps = PyMem_Calloc((size_t)n + 1, sizeof(Py_buffer));
     Py_ssize_t got = 0;
-    if (blocks == NULL || names == NULL || rams == NULL) {
+    if (blocks == NULL || names == NULL || rams == NULL || maps == NULL) {
         PyErr_NoMemory();
         goto done;
     }
     for (; got < n; got++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, got);
-        if (!PyArg_ParseTuple(item, "y*w*", &names[got], &rams[got]))
+        maps[got].obj = NULL;
+        if (!PyArg_ParseTuple(item, "y*w*|w*", &names[got], &rams[got], &maps[got]))
             goto done;
         blocks[got] = (load_block_t){names[got].buf, (size_t)names[got].len, rams[got].buf,
-                                     (size_t)rams[got].len};
+                                     (size_t)rams[got].len, NULL};
+        if (maps[got].obj != NULL) {
+            if ((size_t)maps[got].len < (size_t)rams[got].len / PAGE) {
+                PyErr_SetString(PyExc_ValueError, "load_pages: maybe_data map shorter than the block");
+                got++;
+                goto done;
+            }
+            blocks[got].maybe_data = maps[got].buf;
+        }
     }
     if (pos < 0 || pos > buf.len || last >= n) {
         PyErr_SetString(PyExc_ValueError, "load_pages: position or last block out of range");
@@ -490,7 +513,10 @@ done:
     for (Py_ssize_t i = 0; i < got; i++) {
         PyBuffer_Release(&names[i]);
         PyBuffer_Release(&rams[i]);
+        if (maps[i].obj != NULL)
+            PyBuffer_Release(&maps[i]);
     }
+    PyMem_Free(maps);
     PyMem_Free(blocks);
     PyMem_Free(names);
     PyMem_Free(rams);
@@ -626,7 +652,62 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------ data map -- */
+
+PyDoc_STRVAR(data_map_doc,
+"data_map(ram, swap) -> bytearray\n\n"
+"One byte per 4 KiB page of an anonymous private mapping: 0 when the page\n"
+"is not present (and, if swap is true, not swapped out either), so it reads\n"
+"as zero; 1 otherwise.  From /proc/self/pagemap, without touching the pages.\n"
+"Pass swap=True whenever swap is configured: userfaultfd's markers on\n"
+"never-touched pages look like swap entries, so without swap they are told\n"
+"apart from data only by the absence of swap.  When pagemap cannot be read,\n"
+"every byte is 1 (no page is assumed zero).");
+
+static PyObject *data_map(PyObject *self, PyObject *args)
+{
+    Py_buffer ram;
+    int swap;
+    if (!PyArg_ParseTuple(args, "y*p", &ram, &swap))
+        return NULL;
+    size_t npages = (size_t)ram.len / PAGE;
+    PyObject *out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)npages);
+    if (out == NULL) {
+        PyBuffer_Release(&ram);
+        return NULL;
+    }
+    uint8_t *map = (uint8_t *)PyByteArray_AS_STRING(out);
+    memset(map, 1, npages);
+    int ok = 0;
+    if (sysconf(_SC_PAGESIZE) == (long)PAGE && ((uintptr_t)ram.buf % PAGE) == 0 && npages) {
+        Py_BEGIN_ALLOW_THREADS
+        int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            enum { CHUNK = 4096 };
+            uint64_t entries[CHUNK];
+            ok = 1;
+            for (size_t first = 0; first < npages && ok; first += CHUNK) {
+                size_t n = npages - first < CHUNK ? npages - first : CHUNK;
+                off_t where = (off_t)(((uintptr_t)ram.buf / PAGE + first) * 8);
+                if (pread(fd, entries, n * 8, where) != (ssize_t)(n * 8)) {
+                    ok = 0;
+                    break;
+                }
+                for (size_t i = 0; i < n; i++)
+                    map[first + i] = (entries[i] >> 63) || (swap && ((entries[i] >> 62) & 1));
+            }
+            close(fd);
+        }
+        if (!ok)
+            memset(map, 1, npages);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&ram);
+    return out;
+}
+
 static PyMethodDef ramio_methods[] = {
+    {"data_map", data_map, METH_VARARGS, data_map_doc},
     {"page_hashes", page_hashes, METH_O, page_hashes_doc},
     {"save_pages", save_pages, METH_VARARGS, save_pages_doc},
     {"load_pages", load_pages, METH_VARARGS, load_pages_doc},

@@ -1,44 +1,15 @@
-"""Sizes of guest RAM: parsing ``"256M"``-style strings and the limits.
-
-Suffixes are binary, as in QEMU (``1G`` is 2**30 bytes).
-"""
+"""Sizes of guest RAM: the limits of a block (parsing is :mod:`xbzrle.sizes`)."""
 
 from __future__ import annotations
 
-import re
-
 from ..errors import ParameterError
+from ..sizes import parse_size
 
 PAGE_SIZE = 4096
 MIN_BLOCK_SIZE = 1 << 20
 MAX_BLOCK_SIZE = 16 << 30
 
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
-
-
-def parse_size(value: int | str) -> int:
-    """Bytes in ``value``: an int, or a string like ``"64M"``, ``"1.5G"``, ``"4096"``."""
-    if isinstance(value, bool):
-        raise ParameterError(f"size {value!r} is not a number of bytes")
-    if isinstance(value, int):
-        return value
-    if not isinstance(value, str):
-        raise ParameterError(f"size {value!r} is neither an int nor a string like '256M'")
-    match = _SIZE.fullmatch(value)
-    if match is None:
-        raise ParameterError(f"size {value!r} is not a number with an optional k/M/G/T suffix")
-    number, unit = match.groups()
-    scale = _UNITS[unit.lower()]
-    if "." in number:
-        whole, fraction = number.split(".")
-        numerator = int(whole + fraction) * scale
-        denominator = 10 ** len(fraction)
-        if numerator % denominator:
-            raise ParameterError(f"size {value!r} is not a whole number of bytes")
-        return numerator // denominator
-    return int(number) * scale
-
+__all__ = ["MAX_BLOCK_SIZE", "MIN_BLOCK_SIZE", "PAGE_SIZE", "block_size", "parse_size"]
 
 def block_size(value: int | str, name: str = "RAM block") -> int:
     """A RAM block size in bytes, checked: 1 MiB..16 GiB and a whole number of pages."""

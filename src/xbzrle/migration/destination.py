@@ -123,7 +123,7 @@ class IncomingMigration:
             self._set_status(MigrationStatus.FAILED)
 
     def _receive(self) -> None:
-        loader = PageLoader(self.guest.blocks, self._xbzrle())
+        loader = PageLoader(self.guest.blocks, self._xbzrle(), anonymous=True)
         try:
             digest = self._load(loader)
         finally:
@@ -173,6 +173,15 @@ class IncomingMigration:
         return digest
 
 
+def _swap_configured() -> bool:
+    """True when the machine has swap (or we cannot tell): see ``_core.data_map``."""
+    try:
+        with open("/proc/swaps") as f:
+            return len(f.read().splitlines()) > 1
+    except OSError:
+        return True
+
+
 class PageLoader:
     """Applies page records to named RAM blocks, with bounds checks.
 
@@ -180,12 +189,18 @@ class PageLoader:
     mmaps of files, bytearrays): the loader only needs their bytes.
     """
 
-    def __init__(self, blocks, xbzrle: bool) -> None:
+    def __init__(self, blocks, xbzrle: bool, anonymous: bool = False) -> None:
         self.blocks = blocks
         self.xbzrle = xbzrle  # read when the stream arrives: the operator may enable it late
         self.counts = BatchCounts()
         self._views = {name: memoryview(block).cast("B") for name, block in blocks.items()}
-        self._table = [(name.encode(), self._views[name]) for name in blocks]
+        # For anonymous memory (a guest's RAM) the kernel tells which pages were never
+        # populated: ZERO records for those are skipped without reading them.
+        swap = _swap_configured()
+        self._maps = ({name: _core.data_map(view, swap) for name, view in self._views.items()}
+                      if anonymous else {})
+        self._table = [(name.encode(), self._views[name], *((self._maps[name],)
+                        if anonymous else ())) for name in blocks]
         self._index = {name: i for i, name in enumerate(blocks)}
 
     def check_layout(self, event: ev.RamBlocks) -> None:
@@ -220,6 +235,9 @@ class PageLoader:
 
     def _apply_to(self, event, page: memoryview) -> None:
         c = self.counts
+        data_map = self._maps.get(event.block)
+        if data_map is not None:
+            data_map[event.offset // K.PAGE_SIZE] = 1  # any page applied may hold data
         if isinstance(event, ev.ZeroPage):
             if event.fill or not _core.is_zero(page):
                 page[:] = bytes([event.fill]) * K.PAGE_SIZE

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from ..errors import ParameterError, XbzrleError
 from ..migration.report import format_info_migrate
-from ..migration.sizes import parse_size
 from ..migration.status import MigrationStatus
+from ..sizes import parse_size
 
 log = logging.getLogger(__name__)
 

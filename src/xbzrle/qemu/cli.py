@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..errors import StreamError
-from ..migration.sizes import parse_size
+from ..sizes import parse_size
 
 
 def add_commands(subparsers: Any) -> None:

@@ -1,0 +1,53 @@
+"""Sizes as operators type them: ``256m``, ``1G``, ``1.5k``, ``4096``.
+
+Suffixes are binary, as in QEMU (``1G`` is 2**30 bytes); one parser serves
+the command line, the monitors and the guest.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import ParameterError
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
+
+
+def parse_size(value: int | str, default_unit: str = "") -> int:
+    """Bytes in ``value``: an int, or a string like ``"64M"``, ``"1.5G"``, ``"4096"``.
+
+    A bare number is in ``default_unit`` (bytes unless told otherwise, the way
+    ``migrate_set_speed`` reads megabytes).
+    """
+    if isinstance(value, bool):
+        raise ParameterError(f"size {value!r} is not a number of bytes")
+    if isinstance(value, int):
+        if value < 0:
+            raise ParameterError(f"size {value} must not be negative")
+        return value
+    if not isinstance(value, str):
+        raise ParameterError(f"size {value!r} is neither an int nor a string like '256M'")
+    match = _SIZE.fullmatch(value)
+    if match is None:
+        raise ParameterError(f"size {value!r} is not a number with an optional k/M/G/T suffix")
+    number, unit = match.groups()
+    scale = _UNITS[(unit or default_unit).lower()]
+    if "." in number:
+        whole, fraction = number.split(".")
+        numerator = int(whole + fraction) * scale
+        denominator = 10 ** len(fraction)
+        if numerator % denominator:
+            raise ParameterError(f"size {value!r} is not a whole number of bytes")
+        return numerator // denominator
+    return int(number) * scale
+
+
+def format_size(n: int) -> str:
+    """Short human form: ``268435456`` -> ``256 MiB``."""
+    for unit, name in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n >= unit and n % unit == 0:
+            return f"{n // unit} {name}"
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.1f} MiB"
+    return f"{n} B"
