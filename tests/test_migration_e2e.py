@@ -279,3 +279,60 @@ def test_a_failed_migration_leaves_a_guest_paused_by_the_operator_paused():
         t.join(10)
         server.close()
         src.close()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.002, 0.02, 0.2])
+def test_cancel_works_at_any_moment(delay):
+    src, dst, src_m, dst_m, uri = make_pair("dense", True)
+    try:
+        src_m.set_parameters(max_bandwidth=4 << 20)
+        mig = src_m.migrate(uri)
+        time.sleep(delay)
+        src_m.cancel()
+        assert mig.wait(10) == S.CANCELLED
+        assert src_m.query()["status"] == "cancelled"
+        assert running_and_progressing(src)
+        assert dst_m.wait(10) == S.FAILED
+        # The next migration starts from zeroed counters and completes.
+        dst2 = Guest(ram=RAM)
+        try:
+            dst2.stop()
+            dm2 = MigrationManager(dst2)
+            dm2.set_capability("xbzrle", True)
+            inc = dm2.incoming("tcp:127.0.0.1:0", resume=False)
+            src_m.set_parameters(max_bandwidth=0)
+            mig2 = src_m.migrate(f"tcp:127.0.0.1:{inc.port}", max_rounds=5)
+            assert mig2.wait(60) == S.COMPLETED, mig2.error
+            assert dm2.wait(30) == S.COMPLETED
+        finally:
+            dst2.close()
+    finally:
+        close(src, dst)
+
+
+def test_counters_start_from_zero_with_every_migration():
+    src = Guest(ram=RAM)
+    try:
+        src.start_workload("idle")
+        m = MigrationManager(src)
+        m.set_capability("xbzrle", True)
+        results = []
+        for _ in range(2):
+            dst = Guest(ram=RAM)
+            try:
+                dm = MigrationManager(dst)
+                dm.set_capability("xbzrle", True)
+                inc = dm.incoming("tcp:127.0.0.1:0", resume=False)
+                mig = m.migrate(f"tcp:127.0.0.1:{inc.port}")
+                assert mig.wait(30) == S.COMPLETED, mig.error
+                assert dm.wait(30) == S.COMPLETED
+                results.append(m.query())
+            finally:
+                dst.close()
+            src.cont()
+        first, second = (r["ram"] for r in results)
+        assert second["transferred"] == first["transferred"]  # same guest, same stream
+        assert second["dirty-sync-count"] == first["dirty-sync-count"]
+        assert second["duplicate"] == first["duplicate"] == RAM // 4096 - 1
+    finally:
+        src.close()
