@@ -212,10 +212,15 @@ static inline int popcount_avx512bw(uint64_t x)
     return __builtin_popcountll(x);
 }
 
-/* Exact copy of up to 64 bytes with one masked load and store. */
+/* Runs of up to 16 bytes (the common case of sparse deltas) with two plain
+ * overlapping stores, longer ones with one masked load and store: masked
+ * stores are slow on some CPUs (Zen 4), so they are kept for the runs where
+ * they replace a loop. */
 static inline void copy_run_avx512bw(uint8_t *dst, const uint8_t *src, size_t n)
 {
-    if (n <= 64) {
+    if (n <= 16) {
+        copy_small(dst, src, n);
+    } else if (n <= 64) {
         __mmask64 k = _bzhi_u64(~UINT64_C(0), (unsigned)n);
         _mm512_mask_storeu_epi8(dst, k, _mm512_maskz_loadu_epi8(k, src));
     } else {
