@@ -19,6 +19,7 @@ from ..errors import DecodeError, StreamError, TransportError, XbzrleError
 from ..stream import constants as K
 from ..stream import records as ev
 from ..stream.parser import StreamParser
+from .common import MigrationThread
 from .stats import BatchCounts, MigrationStats
 from .status import MigrationStatus
 from .transport import FileChannel, Listener, SocketChannel
@@ -30,7 +31,7 @@ _core = load_core()
 READ_SIZE = 1 << 20
 
 
-class IncomingMigration:
+class IncomingMigration(MigrationThread):
     """Listens on ``uri`` for one migration into ``guest``."""
 
     def __init__(
@@ -69,17 +70,6 @@ class IncomingMigration:
         self.listener.close()
         if self._channel is not None:
             self._channel.abort()
-
-    def wait(self, timeout: float | None = None) -> MigrationStatus:
-        self.thread.join(timeout)
-        return self.status
-
-    def query(self) -> dict[str, object]:
-        with self._lock:
-            info = self.stats.to_qmp(str(self.status))
-        if self.error is not None:
-            info["error-desc"] = self.error
-        return info
 
     def _set_status(self, status: MigrationStatus) -> None:
         with self._lock:

@@ -19,6 +19,7 @@ from .._backend import load_core
 from ..errors import MigrationStateError, TransportError, XbzrleError
 from ..stream import constants as K
 from ..stream.writer import StreamWriter
+from .common import MigrationThread
 from .stats import BatchCounts, MigrationStats, RoundRecord
 from .status import MigrationStatus
 from .transport import FileChannel, SocketChannel, connect
@@ -80,7 +81,7 @@ class _RateLimiter:
             self.window_start, self.window_bytes = time.monotonic(), 0
 
 
-class SourceMigration:
+class SourceMigration(MigrationThread):
     """Migrates ``guest`` to ``uri``; ``on_status`` hears every status change."""
 
     def __init__(
@@ -141,21 +142,10 @@ class SourceMigration:
     def set_downtime_limit(self, ms: int) -> None:
         self._pending_downtime = ms
 
-    def wait(self, timeout: float | None = None) -> MigrationStatus:
-        self.thread.join(timeout)
-        return self.status
-
     @property
     def finished(self) -> bool:
         return not self.thread.is_alive() and self.status in (
             MigrationStatus.COMPLETED, MigrationStatus.FAILED, MigrationStatus.CANCELLED)
-
-    def query(self) -> dict[str, object]:
-        with self._lock:
-            info = self.stats.to_qmp(str(self.status))
-        if self.error is not None:
-            info["error-desc"] = self.error
-        return info
 
     # -- the migration thread ----------------------------------------------------
     def _set_status(self, status: MigrationStatus) -> None:
