@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._backend import load_core
-from ..errors import MigrationStateError, TransportError, XbzrleError
+from ..errors import TransportError, XbzrleError
+from ..guest.dirtylog import DirtyBitmap
 from ..stream import constants as K
 from ..stream.writer import StreamWriter
 from .common import MigrationThread
@@ -236,7 +237,7 @@ class SourceMigration(MigrationThread):
                 + writer.eos() + writer.footer(K.RAM_SECTION_ID))
         # Setup: every page is dirty; writes from now on show up in the next sync.
         self.guest.dirty_log.sync()
-        bitmaps = {n: bytearray(b"\xff" * (((blocks[n].npages + 63) // 64) * 8)) for n in names}
+        bitmaps = {n: DirtyBitmap.full(blocks[n].npages) for n in names}
         if cfg.xbzrle:
             self.cache = _core.PageCache(cfg.cache_size)  # the save loop needs the C one
             with self._lock:
@@ -257,7 +258,7 @@ class SourceMigration(MigrationThread):
                                  final=False)
             round_index += 1
             bitmaps = self._sync()
-            dirty_pages = sum(_core_bitmap_count(bm) for bm in bitmaps.values())
+            dirty_pages = sum(bm.count() for bm in bitmaps.values())
             dirty_rate = dirty_pages / record.duration if record.duration > 0 else 0.0
             if cfg.xbzrle:
                 mode = _core.SAVE_XBZRLE  # XBZRLE starts with the second round
@@ -280,8 +281,8 @@ class SourceMigration(MigrationThread):
         self._move(MigrationStatus.DEVICE)
         last = self._sync()
         for name, bm in last.items():
-            _or_into(bitmaps[name], bm)
-        final_pages = sum(_core_bitmap_count(bm) for bm in bitmaps.values())
+            bitmaps[name] |= bm
+        final_pages = sum(bm.count() for bm in bitmaps.values())
         last_mode = _core.SAVE_LAST if cfg.xbzrle else _core.SAVE_PLAIN
         self._limiter.set_limit(0)  # the guest is stopped: no reason to hold back
         self._round(round_index, bitmaps, last_mode, final_pages, dirty_rate, final=True)
@@ -318,15 +319,15 @@ class SourceMigration(MigrationThread):
         cost = PAGE_SIZE + 8 if first or c.scanned == 0 else c.wire_bytes / c.scanned
         return dirty_pages * cost / wire_rate
 
-    def _sync(self) -> dict[str, bytearray]:
+    def _sync(self) -> dict[str, DirtyBitmap]:
         synced = self.guest.dirty_log.sync()
         with self._lock:
             self.stats.dirty_sync_count += 1
         if self.cache is not None:
             self.cache.generation = self.stats.dirty_sync_count
-        return {name: bytearray(memoryview(bm).cast("B")) for name, bm in synced.items()}
+        return dict(synced)
 
-    def _round(self, index: int, bitmaps: dict[str, bytearray], mode: int, dirty_pages: int,
+    def _round(self, index: int, bitmaps: dict[str, DirtyBitmap], mode: int, dirty_pages: int,
                dirty_rate: float, final: bool) -> RoundRecord:
         """Send every page set in ``bitmaps``.
 
@@ -384,17 +385,3 @@ class SourceMigration(MigrationThread):
         size = 1 << 20 if not bw else max(64 << 10, min(1 << 20, bw // 40))
         return max(size, 2 * _core.SAVE_MAX_RECORD + 64)
 
-
-def _or_into(target: bytearray, other: bytearray) -> None:
-    a = int.from_bytes(target, "little") | int.from_bytes(other, "little")
-    target[:] = a.to_bytes(len(target), "little")
-
-
-def _core_bitmap_count(bm: bytearray) -> int:
-    return int.from_bytes(bm, "little").bit_count()
-
-
-def running_error() -> MigrationStateError:
-    from .status import IN_PROGRESS_MESSAGE
-
-    return MigrationStateError(IN_PROGRESS_MESSAGE)
