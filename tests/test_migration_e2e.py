@@ -80,8 +80,10 @@ def test_destination_resumes_the_workload_where_the_source_stopped():
 def test_xbzrle_pages_are_used_and_counted():
     src, dst, src_m, dst_m, uri = make_pair("loadgen", True)
     try:
-        src_m.set_parameters(max_bandwidth=64 << 20, downtime_limit=50)
-        mig = src_m.migrate(uri, max_rounds=20)
+        # Downtime limit 0: it iterates until the round cap, so XBZRLE rounds happen
+        # however the workload thread was scheduled.
+        src_m.set_parameters(max_bandwidth=64 << 20, downtime_limit=0)
+        mig = src_m.migrate(uri, max_rounds=4)
         assert mig.wait(60) == S.COMPLETED, mig.error
         info = src_m.query()
         x = info["xbzrle-cache"]

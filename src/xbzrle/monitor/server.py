@@ -55,7 +55,7 @@ class Connection:
                 self.closed = True
                 return
 
-    def flush(self, timeout: float = 2.0) -> None:
+    def flush(self, timeout: float = 5.0) -> None:
         """Send what is queued, then stop the writer."""
         self._queue.put(None)
         self._writer.join(timeout)
@@ -153,10 +153,12 @@ class MonitorServer:
         except Exception:
             log.exception("monitor %s crashed", conn.name)
         finally:
+            # Close (and so flush) before leaving the list: close() must find and wait
+            # for a connection whose last reply, e.g. to 'quit', is still being sent.
+            conn.close()
             with self._lock:
                 if conn in self._connections:
                     self._connections.remove(conn)
-            conn.close()
             if eof_quits and not self._closing:
                 self.control.request_quit()  # stdin closed: nobody can drive us any more
 
