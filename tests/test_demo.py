@@ -8,7 +8,7 @@ import sys
 def test_demo_shows_the_seeds_claim_and_prints_json():
     r = subprocess.run(
         [sys.executable, "-m", "xbzrle", "demo", "--ram", "64M", "--bandwidth", "16M",
-         "--time-cap", "6", "--json"],
+         "--time-cap", "10", "--json"],
         capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
@@ -30,7 +30,7 @@ def test_demo_shows_the_seeds_claim_and_prints_json():
 def test_demo_human_output_has_info_migrate_and_the_comparison():
     r = subprocess.run(
         [sys.executable, "-m", "xbzrle", "demo", "--ram", "32M", "--bandwidth", "16M",
-         "--time-cap", "3"],
+         "--time-cap", "8"],
         capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
     out = r.stdout
