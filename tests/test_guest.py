@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,17 @@ def test_vm_command_rejects_bad_sizes():
     proc = run_cli("vm", "--ram", "12Q", "--seconds", "1")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1 and "12Q" in err
+
+
+def test_pages_written_grows_exactly_while_the_guest_runs():
+    with Guest(ram="4M") as guest:
+        guest.start_workload("sparse")
+        time.sleep(0.05)
+        guest.stop()
+        stopped_at = guest.pages_written
+        assert stopped_at > 0
+        time.sleep(0.05)
+        assert guest.pages_written == stopped_at
+        guest.cont()
+        time.sleep(0.05)
+        assert guest.pages_written > stopped_at

@@ -17,14 +17,11 @@ RAM = 16 << 20
 S = MigrationStatus
 
 
-def progress(guest: Guest) -> int:
-    return sum(int(w.stats().get("pages_written", 0)) for w in guest.workloads)
-
 
 def running_and_progressing(guest: Guest) -> bool:
-    before = progress(guest)
+    before = guest.pages_written
     time.sleep(0.2)
-    return guest.running and progress(guest) > before
+    return guest.running and guest.pages_written > before
 
 
 def make_pair(workload: str | None = "loadgen", xbzrle: bool = True, ram: int = RAM,

@@ -61,9 +61,6 @@ def _spawn_destination(opts: DemoOptions, xbzrle: bool) -> tuple[subprocess.Pope
     return proc, int(line.split()[1])
 
 
-def _workload_progress(guest: Guest) -> int:
-    return sum(int(w.stats().get("pages_written", 0)) for w in guest.workloads)
-
 
 def _run_one(opts: DemoOptions, guest: Guest, xbzrle: bool) -> dict[str, object]:
     manager = MigrationManager(guest)
@@ -115,9 +112,9 @@ def _migrate(opts: DemoOptions, guest: Guest, manager: MigrationManager,
             dest = json.loads(line)
     info["destination"] = dest
     if xbzrle is False or info["status"] != "completed":
-        before = _workload_progress(guest)
+        before = guest.pages_written
         time.sleep(0.3)
-        info["source-guest-running"] = guest.running and _workload_progress(guest) > before
+        info["source-guest-running"] = guest.running and guest.pages_written > before
         _say(opts, f"  source guest still running after the {info['status']} migration: "
                    f"{info['source-guest-running']}")
     else:

@@ -48,9 +48,6 @@ def _note(text: str) -> None:
     print(f"xbzrle vm: {text}", file=sys.stderr, flush=True)
 
 
-def _progress(guest: Guest) -> int:
-    return sum(int(w.stats().get("pages_written", 0)) for w in guest.workloads)
-
 
 def run_vm(opts: VmOptions) -> int:
     # Parse every endpoint first: a typo must fail before any RAM is allocated.
@@ -120,9 +117,9 @@ def _await_one_migration(control: VmControl, opts: VmOptions) -> int:
     completed = status == MigrationStatus.COMPLETED
     report["digest-verified"] = completed and opts.incoming is not None
     if completed and opts.incoming is not None and control.running:
-        before = _progress(control.guest)
+        before = control.guest.pages_written
         time.sleep(0.3)
-        report["workload-resumed"] = (_progress(control.guest) > before
+        report["workload-resumed"] = (control.guest.pages_written > before
                                       if opts.workload else None)
     elif not completed:
         report["error"] = mig.error
@@ -136,11 +133,11 @@ def _await_one_migration(control: VmControl, opts: VmOptions) -> int:
 def _run_until_quit(control: VmControl, show_rates: bool) -> None:
     """Wait for ``quit``; without a console on stdio, print the dirty rate each second."""
     guest = control.guest
-    last, last_time = _progress(guest), time.monotonic()
+    last, last_time = guest.pages_written, time.monotonic()
     while not control.quit_requested.wait(1.0):
         if not show_rates or not guest.workloads:
             continue
-        now, pages = time.monotonic(), _progress(guest)
+        now, pages = time.monotonic(), guest.pages_written
         rate = (pages - last) / (now - last_time)
         last, last_time = pages, now
         print(f"{control.runstate:>8}  dirty rate {rate:12.0f} pages/s "

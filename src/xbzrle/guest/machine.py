@@ -78,6 +78,11 @@ class Guest:
     def workloads(self) -> tuple[Workload, ...]:
         return tuple(self._workloads)
 
+    @property
+    def pages_written(self) -> int:
+        """Page writes of all workloads so far: it grows exactly while the guest runs."""
+        return sum(w.ops for w in self._workloads)
+
     def start_workload(
         self,
         kind: str,
