@@ -19,9 +19,9 @@ MiB = 1 << 20
 LINK = 32 * MiB  # bytes the link carries per one-second period
 
 
-def run(rule: TriggerRule, periods: list[tuple[int, float]], settings=ThrottleSettings()):
+def run(rule: TriggerRule, periods: list[tuple[int, float]], settings=None):
     """Feed one sync per 1.5 s period: (dirty pages, wire cost of a page); throttle after each."""
-    ac = AutoConverge(settings, rule, now=0.0)
+    ac = AutoConverge(settings or ThrottleSettings(), rule, now=0.0)
     seen, total = [], 0
     for i, (pages, cost) in enumerate(periods, start=1):
         total += LINK

@@ -16,7 +16,7 @@ from ..sizes import PAGE_SIZE
 MiB = 1 << 20
 
 #: Capabilities this implementation supports, in QEMU's spelling.
-CAPABILITIES = ("xbzrle", "events")
+CAPABILITIES = ("xbzrle", "events", "auto-converge")
 
 #: QEMU's defaults: 64 MiB cache, 128 MiB/s, 300 ms.
 DEFAULT_CACHE_SIZE = 64 * MiB
@@ -41,6 +41,44 @@ def _as_int(name: str, value: object) -> int:
     return value
 
 
+def _as_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ParameterError(f"Parameter '{name}' expects a boolean, got {value!r}")
+    return value
+
+
+# -- auto-converge (QEMU's parameters, QEMU's defaults, ranges and texts) -----
+#: name -> (type, default); the checks below run on the merged values, as
+#: QEMU's migrate_params_check does, so max-cpu-throttle is judged against
+#: the cpu-throttle-initial it will be used with.
+THROTTLE_PARAMETERS: dict[str, tuple[type, object]] = {
+    "throttle_trigger_threshold": (int, 50),
+    "cpu_throttle_initial": (int, 20),
+    "cpu_throttle_increment": (int, 10),
+    "cpu_throttle_tailslow": (bool, False),
+    "max_cpu_throttle": (int, 99),
+    # Ours: with XBZRLE on, trigger on raw dirty bytes as QEMU does instead
+    # of on what the dirty pages cost on the wire (for comparisons).
+    "x_throttle_raw_bytes": (bool, False),
+}
+
+
+def check_throttle_parameters(p: Parameters) -> None:
+    """QEMU's range checks and texts (``Parameter '%s' expects %s``), in QEMU's order."""
+    if not 1 <= p.throttle_trigger_threshold <= 100:
+        raise ParameterError("Parameter 'throttle_trigger_threshold' expects "
+                             "an integer in the range of 1 to 100")
+    if not 1 <= p.cpu_throttle_initial <= 99:
+        raise ParameterError("Parameter 'cpu_throttle_initial' expects "
+                             "an integer in the range of 1 to 99")
+    if not 1 <= p.cpu_throttle_increment <= 99:
+        raise ParameterError("Parameter 'cpu_throttle_increment' expects "
+                             "an integer in the range of 1 to 99")
+    if not p.cpu_throttle_initial <= p.max_cpu_throttle <= 99:
+        raise ParameterError("Parameter 'max_cpu_throttle' expects "
+                             "an integer in the range of cpu_throttle_initial to 99")
+
+
 @dataclass
 class Parameters:
     """``query-migrate-parameters`` values we implement (units as QEMU's)."""
@@ -48,8 +86,15 @@ class Parameters:
     xbzrle_cache_size: int = DEFAULT_CACHE_SIZE  # bytes
     max_bandwidth: int = DEFAULT_MAX_BANDWIDTH  # bytes per second, 0 = unlimited
     downtime_limit: int = DEFAULT_DOWNTIME_LIMIT_MS  # milliseconds
+    # auto-converge (see THROTTLE_PARAMETERS)
+    throttle_trigger_threshold: int = 50  # percent of the bytes transferred
+    cpu_throttle_initial: int = 20  # percent
+    cpu_throttle_increment: int = 10  # percent
+    cpu_throttle_tailslow: bool = False
+    max_cpu_throttle: int = 99  # percent
+    x_throttle_raw_bytes: bool = False
 
-    def to_qmp(self) -> dict[str, int]:
+    def to_qmp(self) -> dict[str, int | bool]:
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
 
 
@@ -130,6 +175,11 @@ class Settings:
                         f"{MAX_DOWNTIME_LIMIT_MS // 1000} seconds"
                     )
                 updated.downtime_limit = ms
+            elif name in THROTTLE_PARAMETERS:
+                kind = THROTTLE_PARAMETERS[name][0]
+                check = _as_bool if kind is bool else _as_int
+                setattr(updated, name, check(key.replace("_", "-"), value))
             else:
                 raise ParameterError(f"Parameter '{key}' is unexpected")
+        check_throttle_parameters(updated)
         self.parameters = updated

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ParameterError, XbzrleError
+from ..migration.params import THROTTLE_PARAMETERS
 from ..migration.status import MigrationStatus
 from ..sizes import parse_size
 from .info import format_info_migrate
@@ -55,13 +56,31 @@ def parse_number(text: str) -> int:
         return parse_size(text)
 
 
-def format_migrate_parameters(params: dict[str, int]) -> str:
+def format_migrate_parameters(params: dict[str, int | bool]) -> str:
     """``info migrate_parameters`` lines, in QEMU's units."""
-    return "\n".join([
+    lines = [
         f"downtime-limit: {params['downtime-limit']} ms",
         f"max-bandwidth: {params['max-bandwidth']} bytes/second",
         f"xbzrle-cache-size: {params['xbzrle-cache-size']} bytes",
-    ])
+    ]
+    for name in THROTTLE_HMP_NAMES:  # QEMU prints percentages bare and bools on/off
+        value = params[name]
+        lines.append(f"{name}: {('on' if value else 'off') if isinstance(value, bool) else value}")
+    return "\n".join(lines)
+
+
+#: auto-converge parameters as HMP spells them (migrate_set_parameter, info).
+THROTTLE_HMP_NAMES = tuple(name.replace("_", "-") for name in THROTTLE_PARAMETERS)
+
+
+def parse_throttle_parameter(name: str, text: str) -> int | bool:
+    """A typed auto-converge value: ``on``/``off`` for switches, a decimal otherwise."""
+    if THROTTLE_PARAMETERS[name.replace("-", "_")][0] is bool:
+        return parse_bool(text)
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise ParameterError(f"Parameter '{name}' expects an integer, got '{text}'") from None
 
 
 def format_progress(info: dict[str, object]) -> str:
@@ -114,7 +133,9 @@ class HmpSession:
              self._set_capability, (2, 2)),
             ("migrate_set_parameter", "parameter value",
              "set a parameter for migration (xbzrle-cache-size, max-bandwidth, "
-             "downtime-limit)", self._set_parameter, (2, 2)),
+             "downtime-limit, throttle-trigger-threshold, cpu-throttle-initial, "
+             "cpu-throttle-increment, cpu-throttle-tailslow, max-cpu-throttle, "
+             "x-throttle-raw-bytes)", self._set_parameter, (2, 2)),
             ("migrate_set_cache_size", "value",
              "set cache size (in bytes, k/m/g/t suffixes) for XBZRLE migrations, rounded "
              "down to a power of 2 (alias: migrate_set_cachesize)", self._set_cache_size,
@@ -239,10 +260,12 @@ class HmpSession:
                 raise ParameterError(
                     f"Parameter 'downtime-limit' expects an integer (ms), got '{text}'"
                 ) from None
+        elif name in THROTTLE_HMP_NAMES:
+            value = parse_throttle_parameter(name, text)
         else:
             raise ParameterError(
                 f"Parameter '{args[0]}' is unexpected (known: xbzrle-cache-size, "
-                "max-bandwidth, downtime-limit)")
+                f"max-bandwidth, downtime-limit, {', '.join(THROTTLE_HMP_NAMES)})")
         self.manager.set_parameters(**{name: value})
 
     def _set_cache_size(self, args: list[str]) -> None:
