@@ -14,9 +14,10 @@ from collections.abc import Callable
 from ..errors import MigrationStateError
 from ..transport.uri import parse_uri
 from .destination import IncomingMigration
-from .params import Settings
+from .params import Parameters, Settings
 from .source import SourceConfig, SourceMigration
 from .status import IN_PROGRESS_MESSAGE, MigrationStatus
+from .throttle import ThrottleSettings
 
 StatusListener = Callable[[MigrationStatus], None]
 
@@ -85,6 +86,7 @@ class MigrationManager:
                 mig.set_cache_size(p.xbzrle_cache_size)
             mig.set_bandwidth(p.max_bandwidth)
             mig.set_downtime_limit(p.downtime_limit)
+            mig.set_throttle_settings(throttle_settings(p))
 
     # -- migrations ----------------------------------------------------------------
     def migrate(self, uri: str, max_rounds: int = 0) -> SourceMigration:
@@ -97,6 +99,9 @@ class MigrationManager:
                 max_bandwidth=p.max_bandwidth,
                 downtime_limit_ms=p.downtime_limit,
                 max_rounds=max_rounds,
+                auto_converge=self.settings.capability("auto-converge"),
+                throttle=throttle_settings(p),
+                throttle_raw_bytes=p.x_throttle_raw_bytes,
             )
             mig = SourceMigration(self.guest, parse_uri(uri), config, self._notify,
                                   self._notify_pass)
@@ -133,3 +138,12 @@ class MigrationManager:
         if mig is None:
             return MigrationStatus.NONE
         return mig.wait(timeout)
+
+
+def throttle_settings(p: Parameters) -> ThrottleSettings:
+    """The auto-converge parameters as the trigger reads them."""
+    return ThrottleSettings(threshold=p.throttle_trigger_threshold,
+                            initial=p.cpu_throttle_initial,
+                            increment=p.cpu_throttle_increment,
+                            tailslow=p.cpu_throttle_tailslow,
+                            max_throttle=p.max_cpu_throttle)

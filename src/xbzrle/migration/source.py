@@ -27,6 +27,7 @@ from ..transport.uri import MigrationURI
 from .common import MigrationThread
 from .stats import MigrationStats, RoundRecord
 from .status import MigrationStatus
+from .throttle import AutoConverge, ThrottleSettings, TriggerRule, page_wire_cost
 
 log = logging.getLogger(__name__)
 _core = load_core()
@@ -48,6 +49,16 @@ class SourceConfig:
     max_bandwidth: int  # bytes/s, 0 = unlimited
     downtime_limit_ms: int
     max_rounds: int = 0  # 0 = no cap; a cap forces the switch-over (tests)
+    auto_converge: bool = False  # throttle the guest when it dirties faster than the link
+    throttle: ThrottleSettings = ThrottleSettings()
+    throttle_raw_bytes: bool = False  # with XBZRLE: QEMU's raw-bytes trigger, not ours
+
+    @property
+    def trigger_rule(self) -> TriggerRule:
+        """XBZRLE-aware unless XBZRLE is off or QEMU's rule is asked for."""
+        if self.xbzrle and not self.throttle_raw_bytes:
+            return TriggerRule.XBZRLE
+        return TriggerRule.RAW
 
 
 class _RateLimiter:
@@ -106,12 +117,15 @@ class SourceMigration(MigrationThread):
             total_ram=sum(b.size for b in blocks.values()),
             xbzrle=config.xbzrle,
             cache_size=config.cache_size if config.xbzrle else 0,
+            auto_converge=config.auto_converge,
         )
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._pending_cache_size: int | None = None
         self._pending_bandwidth: int | None = None
         self._pending_downtime: int | None = None
+        self._pending_throttle: ThrottleSettings | None = None
+        self._converge: AutoConverge | None = None
         self._channel: SocketChannel | FileChannel | None = None
         self._stopped_guest = False
         self.cache = None  # _core.PageCache once setup allocated it
@@ -143,6 +157,10 @@ class SourceMigration(MigrationThread):
 
     def set_downtime_limit(self, ms: int) -> None:
         self._pending_downtime = ms
+
+    def set_throttle_settings(self, settings: ThrottleSettings) -> None:
+        """New auto-converge parameters, used from the next trigger period (as QEMU)."""
+        self._pending_throttle = settings
 
     @property
     def finished(self) -> bool:
@@ -189,6 +207,13 @@ class SourceMigration(MigrationThread):
             except XbzrleError as exc:
                 error = error or str(exc)
                 status = MigrationStatus.FAILED if status == MigrationStatus.COMPLETED else status
+        if self.stats.guest_work_start is not None and self.stats.guest_work_end is None:
+            with self._lock:
+                self.stats.end_guest_work(time.monotonic())
+        if self._converge is not None:
+            self.guest.set_throttle(0)  # auto-converge ends with the migration, however it ends
+            with self._lock:
+                self.stats.cpu_throttle_percentage = 0
         if status != MigrationStatus.COMPLETED and self._stopped_guest:
             self.guest.cont()  # the source guest runs on as before
         with self._lock:
@@ -217,6 +242,11 @@ class SourceMigration(MigrationThread):
         ms, self._pending_downtime = self._pending_downtime, None
         if ms is not None:
             self.config.downtime_limit_ms = ms
+        throttle, self._pending_throttle = self._pending_throttle, None
+        if throttle is not None:
+            self.config.throttle = throttle
+            if self._converge is not None:
+                self._converge.settings = throttle
 
     def _migrate(self) -> None:
         cfg = self.config
@@ -248,6 +278,13 @@ class SourceMigration(MigrationThread):
             self.stats.add_wire_bytes(len(head))
             self.stats.setup_time_ms = int((time.monotonic() - self.stats.start_time) * 1000)
         self._move(MigrationStatus.ACTIVE)
+        now = time.monotonic()
+        if cfg.auto_converge:
+            self._converge = AutoConverge(cfg.throttle, cfg.trigger_rule, now,
+                                          self.stats.totals.wire_bytes)
+        with self._lock:
+            self.stats.start_guest_work(now, lambda: self.guest.pages_written,
+                                        _fixed_guest_rate(self.guest))
 
         self._last_block: str | None = None
         mode = _core.SAVE_PLAIN
@@ -263,6 +300,8 @@ class SourceMigration(MigrationThread):
             dirty_rate = dirty_pages / record.duration if record.duration > 0 else 0.0
             if cfg.xbzrle:
                 mode = _core.SAVE_XBZRLE  # XBZRLE starts with the second round
+            plain = round_index == 1 or not cfg.xbzrle
+            self._maybe_throttle(record, dirty_pages, plain_round=plain)
             expected_s = self._expected_downtime(record, dirty_pages, first=round_index == 1)
             with self._lock:
                 self.stats.remaining = dirty_pages * PAGE_SIZE
@@ -276,6 +315,8 @@ class SourceMigration(MigrationThread):
 
         # Switch-over: stop the guest, send what is left and a digest of all RAM.
         stop_time = time.monotonic()
+        with self._lock:
+            self.stats.end_guest_work(stop_time)
         # Resume on failure only what we paused: an operator may have stopped it.
         self._stopped_guest = self.guest.running
         self.guest.stop()
@@ -303,6 +344,25 @@ class SourceMigration(MigrationThread):
             self.stats.downtime_ms = int((time.monotonic() - stop_time) * 1000)
         self._finish(MigrationStatus.COMPLETED, None)
 
+    def _maybe_throttle(self, record: RoundRecord, dirty_pages: int, plain_round: bool) -> None:
+        """Auto-converge: feed the sync to the trigger, and throttle the guest as it says."""
+        if self._converge is None:
+            return
+        c = record.counts
+        before = self._converge.throttle
+        decision = self._converge.sync(time.monotonic(), dirty_pages,
+                                       self.stats.totals.wire_bytes,
+                                       page_wire_cost(c.wire_bytes, c.scanned, plain_round))
+        after = self._converge.throttle
+        if after != before:
+            self.guest.set_throttle(after)
+            log.info("auto-converge: guest throttled to %d%% (%s rule: %d dirty bytes > %d)",
+                     after, self._converge.rule, decision.dirty_bytes if decision else 0,
+                     decision.threshold_bytes if decision else 0)
+        with self._lock:
+            self.stats.cpu_throttle_percentage = after
+            self.stats.peak_throttle = max(self.stats.peak_throttle, after)
+
     @staticmethod
     def _expected_downtime(record: RoundRecord, dirty_pages: int, first: bool) -> float:
         """Seconds to send ``dirty_pages`` with the guest stopped, judged by the last round.
@@ -317,8 +377,7 @@ class SourceMigration(MigrationThread):
         if record.duration <= 0 or c.wire_bytes == 0:
             return 0.0 if dirty_pages == 0 else float("inf")
         wire_rate = c.wire_bytes / record.duration
-        cost = PAGE_SIZE + 8 if first or c.scanned == 0 else c.wire_bytes / c.scanned
-        return dirty_pages * cost / wire_rate
+        return dirty_pages * page_wire_cost(c.wire_bytes, c.scanned, first) / wire_rate
 
     def _sync(self) -> dict[str, DirtyBitmap]:
         synced = self.guest.dirty_log.sync()
@@ -339,6 +398,8 @@ class SourceMigration(MigrationThread):
         tail = w.eos() + w.footer(K.RAM_SECTION_ID)
         prefix = w.section_end(K.RAM_SECTION_ID) if final else w.section_part(K.RAM_SECTION_ID)
         started = time.monotonic()
+        ops_before = self.guest.pages_written
+        throttle = self.guest.throttle if self._converge is not None else 0
         total = BatchCounts()
         buf = bytearray(self._chunk_size())
         for name, block in self.guest.blocks.items():
@@ -376,7 +437,8 @@ class SourceMigration(MigrationThread):
             with self._lock:
                 self.stats.add_wire_bytes(len(closing))
         record = RoundRecord(index, dirty_pages, total, time.monotonic() - started, dirty_rate,
-                             final)
+                             final, guest_ops=self.guest.pages_written - ops_before,
+                             throttle=throttle)
         with self._lock:
             self.stats.history.append(record)
         return record
@@ -386,3 +448,17 @@ class SourceMigration(MigrationThread):
         size = 1 << 20 if not bw else max(64 << 10, min(1 << 20, bw // 40))
         return max(size, 2 * _core.SAVE_MAX_RECORD + 64)
 
+
+
+def _fixed_guest_rate(guest) -> float | None:
+    """Page writes per second the guest does unthrottled, if every workload has a fixed rate.
+
+    A workload's rate counts time its thread runs (a throttle sleep is not
+    made up for later), so the sum is what the guest would do without any
+    migration.  None if a workload runs flat out: then the statistics take
+    the first round's measured rate (no throttle yet) as the reference.
+    """
+    rates = [w.rate for w in guest.workloads if w.kind != "idle" and w.running]
+    if not rates or any(rate <= 0 for rate in rates):
+        return None
+    return float(sum(rates))

@@ -75,4 +75,8 @@ def format_info_migrate(info: Mapping[str, object],
             f"xbzrle encoding rate: {x['encoding-rate']:.2f}",
             f"xbzrle overflow: {x['overflow']}",
         ]
+    if "cpu-throttle-percentage" in info:
+        lines.append(f"cpu throttle percentage: {info['cpu-throttle-percentage']}")
+    if "x-guest-work-percent" in info:
+        lines.append(f"guest work: {info['x-guest-work-percent']:.1f} % of unthrottled")
     return "\n".join(lines)
