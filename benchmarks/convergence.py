@@ -1,0 +1,163 @@
+"""Convergence benchmark: auto-converge with QEMU's trigger and with the XBZRLE-aware one.
+
+A 256 MiB guest whose workload writes pages at a fixed rate the link cannot
+absorb (32 MiB/s carry 8192 pages/s), migrated to a child ``xbzrle vm
+--incoming`` on loopback with downtime-limit 300 ms and a 64 MiB cache, for
+
+* ``plain/qemu``:  XBZRLE off, auto-converge (QEMU's rule: raw dirty bytes);
+* ``xbzrle/qemu``: XBZRLE on, auto-converge, ``x-throttle-raw-bytes`` on;
+* ``xbzrle/aware``: XBZRLE on, auto-converge with the XBZRLE-aware rule.
+
+Columns: completed, total time, downtime, bytes sent, peak throttle, guest
+work during the live phase as a percentage of the same workload unthrottled
+(its fixed rate; the rate is checked once without migration and printed),
+and the migration thread's CPU seconds.  Figures are from one run per case
+(the shared machine is noisy: read them as such; ``--repeat`` gives medians).
+
+    python benchmarks/convergence.py [--workloads sparse,hotcold,dense,loadgen]
+                                     [--modes plain/qemu,xbzrle/qemu,xbzrle/aware]
+                                     [--time-cap 60] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+from xbzrle import Guest
+from xbzrle.migration.manager import MigrationManager
+
+MiB = 1 << 20
+RAM = 256 * MiB
+LINK = 32 * MiB  # 8192 pages/s
+CACHE = 64 * MiB
+DOWNTIME_MS = 300
+#: Page writes per second, each above what the link carries as whole pages.
+RATES = {"sparse": 16_000, "hotcold": 16_000, "dense": 12_000, "loadgen": 16_000}
+MODES = ("plain/qemu", "xbzrle/qemu", "xbzrle/aware")
+
+
+def spawn_destination(workload: str, xbzrle: bool) -> tuple[subprocess.Popen, int]:
+    cmd = [sys.executable, "-m", "xbzrle", "vm", "--ram", str(RAM), "--workload", workload,
+           "-S", "--incoming", "tcp:127.0.0.1:0", "--exit-after-migration", "--report-json"]
+    if xbzrle:
+        cmd.append("--xbzrle")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    return proc, int(line.split()[1])
+
+
+def warm_guest(workload: str) -> Guest:
+    """The guest with its workload's region written several times over: no free zero pages."""
+    guest = Guest(ram=RAM)
+    guest.stop()
+    work = guest.start_workload(workload, rate=RATES[workload])
+    work.step(3 * work.spec.pages)
+    guest.cont()
+    return guest
+
+
+def unmigrated_rate(guest: Guest, seconds: float = 2.0) -> float:
+    before, t0 = guest.pages_written, time.monotonic()
+    time.sleep(seconds)
+    return (guest.pages_written - before) / (time.monotonic() - t0)
+
+
+def run(workload: str, mode: str, time_cap: float) -> dict:
+    xbzrle = mode.startswith("xbzrle")
+    with warm_guest(workload) as guest:
+        free_rate = unmigrated_rate(guest)
+        proc, port = spawn_destination(workload, xbzrle)
+        m = MigrationManager(guest)
+        m.set_capability("xbzrle", xbzrle)
+        m.set_capability("auto-converge", True)
+        m.set_parameters(max_bandwidth=LINK, downtime_limit=DOWNTIME_MS,
+                         xbzrle_cache_size=CACHE, x_throttle_raw_bytes=mode.endswith("qemu"))
+        mig = m.migrate(f"tcp:127.0.0.1:{port}")
+        deadline = time.monotonic() + time_cap
+        while mig.thread.is_alive():
+            mig.wait(0.2)
+            if time.monotonic() > deadline:
+                m.cancel()
+                mig.wait()
+        info = m.query()
+        try:
+            out, _ = proc.communicate(timeout=60)
+            dest = json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])
+        except (subprocess.TimeoutExpired, IndexError, ValueError):
+            proc.kill()
+            dest = {}
+        digest_ok = bool(dest.get("digest-verified"))  # the destination checked the RAM digest
+        x = info.get("xbzrle-cache", {})
+        return {
+            "workload": workload, "mode": mode, "status": info["status"],
+            "total_s": info["total-time"] / 1000, "downtime_ms": info.get("downtime"),
+            "sent_mib": info["ram"]["transferred"] / MiB,
+            "peak": mig.stats.peak_throttle, "work": info.get("x-guest-work-percent"),
+            "cpu_s": mig.cpu_seconds, "rounds": info["ram"]["dirty-sync-count"],
+            "overflow": x.get("overflow", 0), "skipped": x.get("skipped-overflow", 0),
+            "free_rate": free_rate, "rate": RATES[workload], "digest_ok": digest_ok,
+        }
+
+
+def median_row(rows: list[dict]) -> dict:
+    out = dict(rows[0])
+    for key in ("total_s", "sent_mib", "peak", "cpu_s", "rounds", "overflow", "skipped",
+                "free_rate"):
+        out[key] = statistics.median(r[key] for r in rows)
+    works = [r["work"] for r in rows if r["work"] is not None]
+    out["work"] = statistics.median(works) if works else None
+    downs = [r["downtime_ms"] for r in rows if r["downtime_ms"] is not None]
+    out["downtime_ms"] = statistics.median(downs) if downs else None
+    out["status"] = "/".join(sorted({r["status"] for r in rows}))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workloads", default=",".join(RATES))
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--time-cap", type=float, default=60.0)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    args = ap.parse_args(argv)
+    print(f"guest {RAM >> 20} MiB, link {LINK >> 20} MiB/s ({LINK // 4096} pages/s), "
+          f"downtime-limit {DOWNTIME_MS} ms, cache {CACHE >> 20} MiB, auto-converge on "
+          f"(QEMU's defaults: threshold 50, initial 20, increment 10)\n", flush=True)
+    hdr = ("| workload | rate p/s | mode | completed | time s | downtime ms | sent MiB "
+           "| peak throttle % | guest work % | rounds | cpu s | overflow | skipped |")
+    print(hdr)
+    print("|" + "---|" * (hdr.count("|") - 1))
+    results: dict[tuple[str, str], dict] = {}
+    for workload in args.workloads.split(","):
+        for mode in args.modes.split(","):
+            row = median_row([run(workload, mode, args.time_cap) for _ in range(args.repeat)])
+            results[(workload, mode)] = row
+            down = "-" if row["downtime_ms"] is None else f"{row['downtime_ms']:.0f}"
+            work = "-" if row["work"] is None else f"{row['work']:.1f}"
+            done = ("yes" if row["digest_ok"] else "yes (digest?)") \
+                if row["status"] == "completed" else f"no ({row['status']})"
+            print(f"| {workload} | {row['rate']} | {mode} | {done} | {row['total_s']:.1f} | "
+                  f"{down} | {row['sent_mib']:.0f} | {row['peak']:.0f} | {work} | "
+                  f"{row['rounds']:.0f} | {row['cpu_s']:.2f} | {row['overflow']:.0f} | "
+                  f"{row['skipped']:.0f} |", flush=True)
+            if row["free_rate"] < 0.9 * row["rate"]:
+                print(f"  (note: unmigrated rate measured {row['free_rate']:.0f} p/s, below "
+                      f"the set rate: the machine is busy)", flush=True)
+    print()
+    for workload in args.workloads.split(","):
+        qemu = results.get((workload, "xbzrle/qemu"))
+        aware = results.get((workload, "xbzrle/aware"))
+        if qemu and aware and qemu["work"] and aware["work"]:
+            print(f"{workload}: aware/QEMU rule with XBZRLE: peak throttle {aware['peak']:.0f}% "
+                  f"vs {qemu['peak']:.0f}%, guest work {aware['work']:.1f}% vs "
+                  f"{qemu['work']:.1f}% (x{aware['work'] / qemu['work']:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
