@@ -107,6 +107,9 @@ def command_name(cmd: int) -> str:
 # mapped-ram (QEMU 9.0+, file: migrations): after each block of the MEM_SIZE
 # list comes a header, then the page bitmap, then the pages at fixed offsets.
 CAPABILITY_MAPPED_RAM = "mapped-ram"
+# With x-ignore-shared, blocks in shared memory are left out of the stream and
+# every MEM_SIZE entry carries the block's guest address: refused.
+CAPABILITY_X_IGNORE_SHARED = "x-ignore-shared"
 MAPPED_RAM_HEADER_VERSION = 1
 MAPPED_RAM_HEADER_SIZE = 28  # be32 version, be64 page_size, bitmap_offset, pages_offset
 MAPPED_RAM_FILE_OFFSET_ALIGNMENT = 0x100000  # what QEMU pads pages_offset to (1 MiB)

@@ -649,6 +649,12 @@ class StreamParser:
         if not self._mem_size_allowed:
             where = "a second MEM_SIZE record" if self._mem_list or self._blocks else "MEM_SIZE"
             raise _fail(start, f"{where} outside the setup (START) of the 'ram' section")
+        if c.CAPABILITY_X_IGNORE_SHARED in self._capabilities:
+            raise _fail(
+                start,
+                f"capability {c.CAPABILITY_X_IGNORE_SHARED} is not supported: RAM in shared "
+                "memory is left out of the stream, and its block list carries addresses",
+            )
         self._commit(cur)
         self._mem_size_allowed = False
         self._mem_offset = start
