@@ -226,7 +226,8 @@ class StreamAnalyzer:
             self._sections[event.section_id].parts += 1
         elif isinstance(event, ev.SectionEnd):
             self._sections[event.section_id].ended = True
-            self._new_round(event.stream_offset, final=True)
+            if r.mapped_ram is None:  # mapped-ram sends no page records, hence no rounds
+                self._new_round(event.stream_offset, final=True)
         elif isinstance(event, ev.RamBlocks):
             r.ram_total, r.blocks = event.total, event.blocks
             self._block_order = {name: i for i, (name, _) in enumerate(event.blocks)}
