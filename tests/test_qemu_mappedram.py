@@ -19,6 +19,8 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mappedram_samples as M
 from xbzrle import StreamError
@@ -420,3 +422,30 @@ def test_jump_is_only_allowed_to_the_offset_the_parser_waits_for(tmp_path):
     list(parser.events())
     parser.close()
     assert parser.offset == len(raw)
+
+
+@settings(max_examples=150, deadline=None)
+@given(edits=st.lists(st.tuples(st.one_of(st.integers(0, 400),  # up to the first header
+                                          st.integers(0x102000, 0x102040),  # the second one
+                                          st.integers(0x201000, 0x2014a0)),  # the stream after them
+                                st.integers(0, 255)), min_size=1, max_size=6),
+       cut=st.one_of(st.none(), st.integers(0, 3 << 20)))
+def test_damaged_files_give_a_stream_error_or_a_whole_result(tmp_path_factory, edits, cut):
+    """Bytes of the header area changed, or the file cut anywhere: never another exception."""
+    d = tmp_path_factory.mktemp("fuzz")
+    path = d / "save.bin"
+    M.write_file(path, {"pc.ram": b"\x01" * PAGE + bytes(PAGE), "vga.vram": b"\x02" * PAGE})
+    with open(path, "r+b") as f:
+        for at, value in edits:
+            f.seek(at)
+            f.write(bytes([value]))
+        if cut is not None:
+            f.truncate(cut)
+    report = analyze_file(path)
+    assert report.error is None or report.error.startswith("stream offset ")
+    try:
+        manifest = extract_file(path, d / "out", max_ram=1 << 30)
+    except StreamError as exc:
+        assert str(exc).startswith("stream offset ")
+    else:
+        assert manifest["complete"]
