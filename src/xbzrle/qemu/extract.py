@@ -2,7 +2,7 @@
 
 ``StreamExtractor`` takes the stream as bytes in any chunks (a file for
 ``extract``, a socket for ``receive``).  Pages go through the destination's
-:class:`~xbzrle.migration.destination.PageLoader` (and its compiled fast
+:class:`~xbzrle.stream.load.PageLoader` (and its compiled fast
 path) straight into mmaps of sparse files; device state we do not interpret
 is written raw to ``device-state.bin``, from its first section header on,
 exactly as it appeared in the stream.
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import StreamError
-from ..migration.destination import PageLoader
 from ..stream import records as ev
 from ..stream.constants import DIGEST_IDSTR, VM_SECTION_FULL
+from ..stream.load import PageLoader
 from ..stream.parser import NEED_DATA, StreamParser
 from .analyze import READ_SIZE, TailKeeper, device_list
 from .mappedram import LoadedBlock, RandomAccessFile, file_chunks, load_block, stream_size

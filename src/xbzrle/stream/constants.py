@@ -6,6 +6,8 @@ mirrors them, and the tests cross-check both against this module.
 
 from __future__ import annotations
 
+from ..sizes import PAGE_SIZE
+
 # File header.
 MAGIC = 0x5145564D  # "QEVM"
 VERSION = 3
@@ -24,7 +26,6 @@ VM_COMMAND = 0x08
 VM_SECTION_FOOTER = 0x7E
 
 # RAM page records: the low 12 bits of the be64 word.
-PAGE_SIZE = 4096
 PAGE_BITS = 12
 FLAGS_MASK = PAGE_SIZE - 1
 RAM_SAVE_FLAG_FULL = 0x01  # obsolete, refused

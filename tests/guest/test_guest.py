@@ -112,7 +112,7 @@ def test_the_chosen_tracker_is_logged(caplog):
 def run_cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": SRC}
     return subprocess.Popen(
-        [sys.executable, "-m", "xbzrle.cli", *args], env=env, text=True,
+        [sys.executable, "-m", "xbzrle", *args], env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs,
     )
@@ -125,7 +125,7 @@ def test_vm_command_prints_dirty_rates_for_n_seconds():
     assert proc.returncode == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("guest: 64 MiB, workload sparse")
-    rates = [line for line in lines[1:] if "dirty" in line and "MB/s" in line]
+    rates = [line for line in lines[1:] if "dirty" in line and "MiB/s" in line]
     assert len(rates) >= 1
 
 
