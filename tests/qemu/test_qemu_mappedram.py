@@ -31,7 +31,7 @@ from xbzrle.stream import MappedRamBlock, StreamParser, parse_bytes
 from xbzrle.stream import records as ev
 
 PAGE = M.PAGE
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def guest_ram(seed: int, blocks: list[tuple[str, int]]) -> dict[str, bytearray]:
