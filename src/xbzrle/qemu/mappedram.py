@@ -241,8 +241,7 @@ def file_chunks(f: BinaryIO, parser: StreamParser, size: int = 1 << 20) -> Itera
     A region that ends past the end of the file is not jumped to, so the
     parser reports the stream as ending inside it.
     """
-    seekable = f.seekable()
-    file_size = os.fstat(f.fileno()).st_size if seekable else None
+    file_size = stream_size(f)
     while True:
         target = parser.skip_target
         if target is not None and file_size is not None and target <= file_size:
