@@ -449,3 +449,15 @@ def test_damaged_files_give_a_stream_error_or_a_whole_result(tmp_path_factory, e
         assert str(exc).startswith("stream offset ")
     else:
         assert manifest["complete"]
+
+
+def test_extract_summary_names_the_present_pages_hash(tmp_path, capsys):
+    """The text summary shows what was hashed for a mapped-ram block, never 'None'."""
+    path = tmp_path / "save.bin"
+    live_save(path, 5)
+    assert main(["extract", str(path), "-o", str(tmp_path / "out")]) == 0
+    manifest = extract_file(path, tmp_path / "again")
+    out = capsys.readouterr().out
+    assert "None" not in out
+    for entry in manifest["blocks"]:
+        assert f"{entry['present_sha256']} ({entry['pages_present']} pages present)" in out
