@@ -17,7 +17,7 @@ RAM = "16M"
 MiB = 1 << 20
 DEFAULTS = {"throttle-trigger-threshold": 50, "cpu-throttle-initial": 20,
             "cpu-throttle-increment": 10, "cpu-throttle-tailslow": False,
-            "max-cpu-throttle": 99, "x-throttle-raw-bytes": False}
+            "max-cpu-throttle": 99, "x-throttle-raw-bytes": False, "x-overflow-backoff": True}
 
 
 @pytest.fixture
@@ -119,7 +119,8 @@ def test_hmp_parameters_and_info_migrate(spawn):
     shown = src.type("info migrate_parameters")
     for line in ["throttle-trigger-threshold: 50", "cpu-throttle-initial: 20",
                  "cpu-throttle-increment: 10", "cpu-throttle-tailslow: off",
-                 "max-cpu-throttle: 99", "x-throttle-raw-bytes: off"]:
+                 "max-cpu-throttle: 99", "x-throttle-raw-bytes: off",
+                 "x-overflow-backoff: on"]:
         assert line in shown.splitlines()
     assert src.type("migrate_set_parameter cpu-throttle-initial 0") == (
         "Error: Parameter 'cpu_throttle_initial' expects an integer in the range of 1 to 99\n")

@@ -42,7 +42,7 @@ def test_defaults_match_qemu():
         "xbzrle-cache-size": 64 * MiB, "max-bandwidth": 128 * MiB, "downtime-limit": 300,
         "throttle-trigger-threshold": 50, "cpu-throttle-initial": 20,
         "cpu-throttle-increment": 10, "cpu-throttle-tailslow": False, "max-cpu-throttle": 99,
-        "x-throttle-raw-bytes": False}
+        "x-throttle-raw-bytes": False, "x-overflow-backoff": True}
     assert s.query_capabilities()[0] == {"capability": "xbzrle", "state": False}
     assert {"capability": "auto-converge", "state": False} in s.query_capabilities()
 
@@ -153,11 +153,14 @@ def test_max_cpu_throttle_is_judged_against_the_initial_it_comes_with():
     assert (s.parameters.cpu_throttle_initial, s.parameters.max_cpu_throttle) == (50, 60)
 
 
-@pytest.mark.parametrize("name", ["cpu-throttle-tailslow", "x-throttle-raw-bytes"])
+@pytest.mark.parametrize("name", ["cpu-throttle-tailslow", "x-throttle-raw-bytes",
+                                  "x-overflow-backoff"])
 def test_throttle_switches_are_booleans(name):
     s = Settings(ram_size=1 << 30)
     s.set_parameters(**{name: True})
     assert s.parameters.to_qmp()[name] is True
+    s.set_parameters(**{name: False})
+    assert s.parameters.to_qmp()[name] is False
     with pytest.raises(ParameterError, match="expects a boolean"):
         s.set_parameters(**{name: 1})
 

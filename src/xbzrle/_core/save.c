@@ -59,9 +59,27 @@ static inline void emit_normal(writer_t *w, uint64_t offset, const uint8_t *data
     c[XBZ_C_NORMAL]++;
 }
 
-/* One dirty page of the save loop. */
+/* Overflow back-off, one byte per page of the block (owned by the caller):
+ * the high nibble is the back-off level, the low nibble the number of times
+ * the page is still to be sent whole without running the encoder.  A page
+ * whose delta overflows (rewritten wholesale) climbs a level and skips the
+ * encoder the next 1, 2, 4, then 8 times it is dirty; a page that encodes
+ * (or is unchanged) drops back to level 0.  Encoding a page that overflows
+ * costs the whole encoder pass for nothing: the page goes out whole anyway. */
+#define BACKOFF_MAX_LEVEL 4
+
+static inline void backoff_overflowed(uint8_t *b)
+{
+    unsigned level = (unsigned)(*b >> 4) + 1;
+    if (level > BACKOFF_MAX_LEVEL)
+        level = BACKOFF_MAX_LEVEL;
+    *b = (uint8_t)(level << 4 | (1u << (level - 1)));
+}
+
+/* One dirty page of the save loop; backoff: this page's back-off byte or NULL. */
 static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, uint64_t addr,
-                            int mode, xbz_cache *cache, uint8_t *scratch, uint64_t *c)
+                            int mode, xbz_cache *cache, uint8_t *scratch, uint8_t *backoff,
+                            uint64_t *c)
 {
     if (mode == MODE_PLAIN || cache == NULL) {
         if (xbz_is_zero(page, XBZ_PAGE))
@@ -87,9 +105,21 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
         emit_normal(w, offset, scratch, c);
         return;
     }
+    if (backoff != NULL && (*backoff & 0x0f) != 0) {
+        /* Backing off: send it whole, keep the cached copy current for the
+         * day the encoder is tried again. */
+        *backoff -= 1;
+        if (mode == MODE_XBZRLE)
+            memcpy(cached, scratch, XBZ_PAGE);
+        c[XBZ_C_SKIPPED]++;
+        emit_normal(w, offset, scratch, c);
+        return;
+    }
     size_t h = put_header(w, offset, XBZ_F_XBZRLE);
     uint8_t *rec = w->out + w->pos;
     ssize_t n = xbz_encode(cached, scratch, XBZ_PAGE, rec + h + 3, XBZ_PAGE);
+    if (backoff != NULL && n >= 0)
+        *backoff = 0; /* it encodes again: back to trying every time */
     if (n == 0) {
         c[XBZ_C_UNCHANGED]++;
         return; /* nothing to send: the destination already holds these bytes */
@@ -97,6 +127,8 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
     if (mode == MODE_XBZRLE)
         memcpy(cached, scratch, XBZ_PAGE);
     if (n < 0) {
+        if (backoff != NULL)
+            backoff_overflowed(backoff);
         c[XBZ_C_OVERFLOW]++;
         c[XBZ_C_XBZRLE_BYTES] += XBZ_PAGE;
         emit_normal(w, offset, scratch, c);
@@ -112,26 +144,39 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
 }
 
 PyDoc_STRVAR(save_pages_doc,
-"save_pages(out, pos, ram, bitmap, start_page, name, addr_base, mode, cache, cont)\n"
-"    -> (pos, next_page, cont, counts)\n\n"
+"save_pages(out, pos, ram, bitmap, start_page, name, addr_base, mode, cache, cont,\n"
+"           backoff=None) -> (pos, next_page, cont, counts)\n\n"
 "Write page records for the dirty pages of one RAM block into out[pos:],\n"
 "clearing their bits, until out has no room for another record or the\n"
 "bitmap is exhausted.  mode: 0 plain, 1 XBZRLE, 2 XBZRLE last stage (cache\n"
 "left alone).  cache: PageCache or None.  cont: the previous record was in\n"
-"this block (CONTINUE).  counts: a LoopCounts.");
+"this block (CONTINUE).  backoff: None, or a writable buffer of one byte per\n"
+"page of the block for the overflow back-off (all zero at the start of a\n"
+"migration; the loop keeps it).  counts: a LoopCounts.");
 
 static PyObject *save_pages(PyObject *self, PyObject *args)
 {
-    Py_buffer out, ram, bitmap, name;
+    Py_buffer out, ram, bitmap, name, backoff_buf = {0};
     Py_ssize_t pos, start_page;
     unsigned long long addr_base;
     int mode, cont;
-    PyObject *cache_obj, *result = NULL;
+    PyObject *cache_obj, *backoff_obj = Py_None, *result = NULL;
     uint64_t c[XBZ_C_COUNT] = {0};
 
-    if (!PyArg_ParseTuple(args, "w*ny*w*ny*KiOp", &out, &pos, &ram, &bitmap, &start_page,
-                          &name, &addr_base, &mode, &cache_obj, &cont))
+    if (!PyArg_ParseTuple(args, "w*ny*w*ny*KiOp|O", &out, &pos, &ram, &bitmap, &start_page,
+                          &name, &addr_base, &mode, &cache_obj, &cont, &backoff_obj))
         return NULL;
+    uint8_t *backoff = NULL;
+    if (backoff_obj != Py_None) {
+        if (PyObject_GetBuffer(backoff_obj, &backoff_buf, PyBUF_WRITABLE) < 0) {
+            PyBuffer_Release(&out);
+            PyBuffer_Release(&ram);
+            PyBuffer_Release(&bitmap);
+            PyBuffer_Release(&name);
+            return NULL;
+        }
+        backoff = backoff_buf.buf;
+    }
 
     XbzPageCacheObject *cache_owner = NULL;
     xbz_cache *cache = NULL;
@@ -156,10 +201,12 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
         }
     }
     if (ram.len % XBZ_PAGE != 0 || (size_t)bitmap.len < nwords * 8 || name.len > 255 ||
-        mode < MODE_PLAIN || mode > MODE_LAST || pos < 0 || pos > out.len || start_page < 0) {
+        mode < MODE_PLAIN || mode > MODE_LAST || pos < 0 || pos > out.len || start_page < 0 ||
+        (backoff != NULL && (size_t)backoff_buf.len < npages)) {
         PyErr_SetString(PyExc_ValueError,
                         "save_pages: bad arguments (ram not whole pages, bitmap too short, "
-                        "name over 255 bytes, bad mode or position)");
+                        "name over 255 bytes, bad mode or position, backoff shorter than "
+                        "the block's pages)");
         goto done;
     }
 
@@ -198,7 +245,8 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
         }
         words[wi] &= ~(1ULL << (p % 64));
         uint64_t offset = (uint64_t)p * XBZ_PAGE;
-        save_one(&w, base + offset, offset, addr_base + offset, mode, cache, scratch, c);
+        save_one(&w, base + offset, offset, addr_base + offset, mode, cache, scratch,
+                 backoff != NULL ? backoff + p : NULL, c);
         c[XBZ_C_SCANNED]++;
         page = p + 1;
         if (page % 64 == 0)
@@ -221,6 +269,8 @@ done:
     PyBuffer_Release(&ram);
     PyBuffer_Release(&bitmap);
     PyBuffer_Release(&name);
+    if (backoff != NULL)
+        PyBuffer_Release(&backoff_buf);
     return result;
 }
 

@@ -102,6 +102,7 @@ class MigrationManager:
                 auto_converge=self.settings.capability("auto-converge"),
                 throttle=throttle_settings(p),
                 throttle_raw_bytes=p.x_throttle_raw_bytes,
+                overflow_backoff=p.x_overflow_backoff,
             )
             mig = SourceMigration(self.guest, parse_uri(uri), config, self._notify,
                                   self._notify_pass)

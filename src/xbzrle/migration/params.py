@@ -47,11 +47,12 @@ def _as_bool(name: str, value: object) -> bool:
     return value
 
 
-# -- auto-converge (QEMU's parameters, QEMU's defaults, ranges and texts) -----
+# -- convergence: auto-converge (QEMU's parameters, defaults, ranges and texts)
+# -- and our x- parameters --------------------------------------------------
 #: name -> (type, default); the checks below run on the merged values, as
 #: QEMU's migrate_params_check does, so max-cpu-throttle is judged against
 #: the cpu-throttle-initial it will be used with.
-THROTTLE_PARAMETERS: dict[str, tuple[type, object]] = {
+CONVERGE_PARAMETERS: dict[str, tuple[type, object]] = {
     "throttle_trigger_threshold": (int, 50),
     "cpu_throttle_initial": (int, 20),
     "cpu_throttle_increment": (int, 10),
@@ -60,10 +61,12 @@ THROTTLE_PARAMETERS: dict[str, tuple[type, object]] = {
     # Ours: with XBZRLE on, trigger on raw dirty bytes as QEMU does instead
     # of on what the dirty pages cost on the wire (for comparisons).
     "x_throttle_raw_bytes": (bool, False),
+    # Ours: a page whose delta overflowed skips the encoder for a while.
+    "x_overflow_backoff": (bool, True),
 }
 
 
-def check_throttle_parameters(p: Parameters) -> None:
+def check_converge_parameters(p: Parameters) -> None:
     """QEMU's range checks and texts (``Parameter '%s' expects %s``), in QEMU's order."""
     if not 1 <= p.throttle_trigger_threshold <= 100:
         raise ParameterError("Parameter 'throttle_trigger_threshold' expects "
@@ -86,13 +89,14 @@ class Parameters:
     xbzrle_cache_size: int = DEFAULT_CACHE_SIZE  # bytes
     max_bandwidth: int = DEFAULT_MAX_BANDWIDTH  # bytes per second, 0 = unlimited
     downtime_limit: int = DEFAULT_DOWNTIME_LIMIT_MS  # milliseconds
-    # auto-converge (see THROTTLE_PARAMETERS)
+    # auto-converge (see CONVERGE_PARAMETERS)
     throttle_trigger_threshold: int = 50  # percent of the bytes transferred
     cpu_throttle_initial: int = 20  # percent
     cpu_throttle_increment: int = 10  # percent
     cpu_throttle_tailslow: bool = False
     max_cpu_throttle: int = 99  # percent
     x_throttle_raw_bytes: bool = False
+    x_overflow_backoff: bool = True
 
     def to_qmp(self) -> dict[str, int | bool]:
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
@@ -175,11 +179,11 @@ class Settings:
                         f"{MAX_DOWNTIME_LIMIT_MS // 1000} seconds"
                     )
                 updated.downtime_limit = ms
-            elif name in THROTTLE_PARAMETERS:
-                kind = THROTTLE_PARAMETERS[name][0]
+            elif name in CONVERGE_PARAMETERS:
+                kind = CONVERGE_PARAMETERS[name][0]
                 check = _as_bool if kind is bool else _as_int
                 setattr(updated, name, check(key.replace("_", "-"), value))
             else:
                 raise ParameterError(f"Parameter '{key}' is unexpected")
-        check_throttle_parameters(updated)
+        check_converge_parameters(updated)
         self.parameters = updated

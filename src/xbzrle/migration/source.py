@@ -52,6 +52,7 @@ class SourceConfig:
     auto_converge: bool = False  # throttle the guest when it dirties faster than the link
     throttle: ThrottleSettings = ThrottleSettings()
     throttle_raw_bytes: bool = False  # with XBZRLE: QEMU's raw-bytes trigger, not ours
+    overflow_backoff: bool = True  # pages that overflowed skip the encoder for a while
 
     @property
     def trigger_rule(self) -> TriggerRule:
@@ -269,6 +270,9 @@ class SourceMigration(MigrationThread):
         # Setup: every page is dirty; writes from now on show up in the next sync.
         self.guest.dirty_log.sync()
         bitmaps = {n: DirtyBitmap.full(blocks[n].npages) for n in names}
+        # Overflow back-off: one byte per page, kept by the save loop (see save.c).
+        self._backoff = {n: bytearray(blocks[n].npages) for n in names} \
+            if cfg.xbzrle and cfg.overflow_backoff else {}
         if cfg.xbzrle:
             self.cache = _core.PageCache(cfg.cache_size)  # the save loop needs the C one
             with self._lock:
@@ -414,7 +418,7 @@ class SourceMigration(MigrationThread):
                 pos, page, _, raw = _core.save_pages(
                     buf, len(prefix), block, bitmap, page, encoded_name,
                     self._addr_base[name], mode, self.cache if mode else None,
-                    self._last_block == name)
+                    self._last_block == name, self._backoff.get(name))
                 counts = BatchCounts.from_loop(raw)
                 if counts.wire_bytes:
                     self._last_block = name

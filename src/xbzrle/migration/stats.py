@@ -193,6 +193,8 @@ class MigrationStats:
             "cache-miss-rate": round(self.cache_miss_rate, 6),
             "encoding-rate": round(self.encoding_rate, 6),
             "overflow": t.overflow,
+            # ours: cache hits sent whole without running the encoder (overflow back-off)
+            "skipped-overflow": t.skipped_overflow,
         }
 
     def to_qmp(self, status: str) -> dict[str, object]:

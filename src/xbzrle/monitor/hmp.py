@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ParameterError, XbzrleError
-from ..migration.params import THROTTLE_PARAMETERS
+from ..migration.params import CONVERGE_PARAMETERS
 from ..migration.status import MigrationStatus
 from ..sizes import parse_size
 from .info import format_info_migrate
@@ -63,19 +63,19 @@ def format_migrate_parameters(params: dict[str, int | bool]) -> str:
         f"max-bandwidth: {params['max-bandwidth']} bytes/second",
         f"xbzrle-cache-size: {params['xbzrle-cache-size']} bytes",
     ]
-    for name in THROTTLE_HMP_NAMES:  # QEMU prints percentages bare and bools on/off
+    for name in CONVERGE_HMP_NAMES:  # QEMU prints percentages bare and bools on/off
         value = params[name]
         lines.append(f"{name}: {('on' if value else 'off') if isinstance(value, bool) else value}")
     return "\n".join(lines)
 
 
 #: auto-converge parameters as HMP spells them (migrate_set_parameter, info).
-THROTTLE_HMP_NAMES = tuple(name.replace("_", "-") for name in THROTTLE_PARAMETERS)
+CONVERGE_HMP_NAMES = tuple(name.replace("_", "-") for name in CONVERGE_PARAMETERS)
 
 
-def parse_throttle_parameter(name: str, text: str) -> int | bool:
+def parse_converge_parameter(name: str, text: str) -> int | bool:
     """A typed auto-converge value: ``on``/``off`` for switches, a decimal otherwise."""
-    if THROTTLE_PARAMETERS[name.replace("-", "_")][0] is bool:
+    if CONVERGE_PARAMETERS[name.replace("-", "_")][0] is bool:
         return parse_bool(text)
     try:
         return int(text, 10)
@@ -260,12 +260,12 @@ class HmpSession:
                 raise ParameterError(
                     f"Parameter 'downtime-limit' expects an integer (ms), got '{text}'"
                 ) from None
-        elif name in THROTTLE_HMP_NAMES:
-            value = parse_throttle_parameter(name, text)
+        elif name in CONVERGE_HMP_NAMES:
+            value = parse_converge_parameter(name, text)
         else:
             raise ParameterError(
                 f"Parameter '{args[0]}' is unexpected (known: xbzrle-cache-size, "
-                f"max-bandwidth, downtime-limit, {', '.join(THROTTLE_HMP_NAMES)})")
+                f"max-bandwidth, downtime-limit, {', '.join(CONVERGE_HMP_NAMES)})")
         self.manager.set_parameters(**{name: value})
 
     def _set_cache_size(self, args: list[str]) -> None:

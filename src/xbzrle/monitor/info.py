@@ -75,6 +75,8 @@ def format_info_migrate(info: Mapping[str, object],
             f"xbzrle encoding rate: {x['encoding-rate']:.2f}",
             f"xbzrle overflow: {x['overflow']}",
         ]
+        if "skipped-overflow" in x:
+            lines.append(f"xbzrle skipped overflow: {x['skipped-overflow']}")
     if "cpu-throttle-percentage" in info:
         lines.append(f"cpu throttle percentage: {info['cpu-throttle-percentage']}")
     if "x-guest-work-percent" in info:

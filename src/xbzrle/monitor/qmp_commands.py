@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..errors import XbzrleError
-from ..migration.params import THROTTLE_PARAMETERS
+from ..migration.params import CONVERGE_PARAMETERS
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class QmpCommands:
              (P("xbzrle-cache-size", "int", False), P("max-bandwidth", "int", False),
               P("downtime-limit", "int", False),
               *(P(name.replace("_", "-"), "bool" if kind is bool else "int", False)
-                for name, (kind, _) in THROTTLE_PARAMETERS.items()))),
+                for name, (kind, _) in CONVERGE_PARAMETERS.items()))),
             ("migrate-set-cache-size", self._set_cache_size, (P("value", "int"),)),
             ("query-migrate-cache-size",
              lambda a: self.manager.settings.parameters.xbzrle_cache_size, ()),
