@@ -135,7 +135,7 @@ class HmpSession:
              "set a parameter for migration (xbzrle-cache-size, max-bandwidth, "
              "downtime-limit, throttle-trigger-threshold, cpu-throttle-initial, "
              "cpu-throttle-increment, cpu-throttle-tailslow, max-cpu-throttle, "
-             "x-throttle-raw-bytes)", self._set_parameter, (2, 2)),
+             "x-throttle-raw-bytes, x-overflow-backoff)", self._set_parameter, (2, 2)),
             ("migrate_set_cache_size", "value",
              "set cache size (in bytes, k/m/g/t suffixes) for XBZRLE migrations, rounded "
              "down to a power of 2 (alias: migrate_set_cachesize)", self._set_cache_size,
