@@ -115,3 +115,22 @@ def test_a_period_that_carried_nothing_counts_any_dirty_page():
     ac = AutoConverge(ThrottleSettings(), TriggerRule.XBZRLE, now=0.0)
     assert ac.sync(2.0, 1, 0, 10.0).over
     assert not ac.sync(4.0, 0, 0, 10.0).over
+
+
+def test_the_cache_warm_up_round_gets_no_verdict_from_the_aware_rule():
+    """The first XBZRLE round only fills the cache: the aware rule waits for a real figure."""
+    aware = AutoConverge(ThrottleSettings(), TriggerRule.XBZRLE, now=0.0)
+    raw = AutoConverge(ThrottleSettings(), TriggerRule.RAW, now=0.0)
+    figures = [(8192, PLAIN_PAGE_COST), (8192, None), (8192, 64.0), (8192, 64.0)]
+    for i, (pages, cost) in enumerate(figures, start=1):
+        a = aware.sync(1.5 * i, pages, i * LINK, cost)
+        r = raw.sync(1.5 * i, pages, i * LINK, cost)
+        assert r.judged and r.over
+        assert a.judged == (cost is not None)
+    assert aware.throttle == 0 and aware.high_count == 1  # only the plain round counted
+    assert raw.throttle == 30
+    # A warm-up that costs whole pages afterwards too is judged from the next period on.
+    ac = AutoConverge(ThrottleSettings(), TriggerRule.XBZRLE, now=0.0)
+    for i, cost in enumerate([PLAIN_PAGE_COST, None, 3000.0], start=1):
+        ac.sync(1.5 * i, 8192, i * LINK, cost)
+    assert ac.throttle == 20

@@ -305,7 +305,8 @@ class SourceMigration(MigrationThread):
             if cfg.xbzrle:
                 mode = _core.SAVE_XBZRLE  # XBZRLE starts with the second round
             plain = round_index == 1 or not cfg.xbzrle
-            self._maybe_throttle(record, dirty_pages, plain_round=plain)
+            self._maybe_throttle(record, dirty_pages, plain_round=plain,
+                                 cache_warmup=cfg.xbzrle and round_index == 2)
             expected_s = self._expected_downtime(record, dirty_pages, first=round_index == 1)
             with self._lock:
                 self.stats.remaining = dirty_pages * PAGE_SIZE
@@ -348,15 +349,20 @@ class SourceMigration(MigrationThread):
             self.stats.downtime_ms = int((time.monotonic() - stop_time) * 1000)
         self._finish(MigrationStatus.COMPLETED, None)
 
-    def _maybe_throttle(self, record: RoundRecord, dirty_pages: int, plain_round: bool) -> None:
-        """Auto-converge: feed the sync to the trigger, and throttle the guest as it says."""
+    def _maybe_throttle(self, record: RoundRecord, dirty_pages: int, plain_round: bool,
+                        cache_warmup: bool) -> None:
+        """Auto-converge: feed the sync to the trigger, and throttle the guest as it says.
+
+        ``cache_warmup``: the round was the first XBZRLE round, whose pages
+        all missed the empty cache; its cost is no measure of XBZRLE's.
+        """
         if self._converge is None:
             return
         c = record.counts
         before = self._converge.throttle
+        cost = None if cache_warmup else page_wire_cost(c.wire_bytes, c.scanned, plain_round)
         decision = self._converge.sync(time.monotonic(), dirty_pages,
-                                       self.stats.totals.wire_bytes,
-                                       page_wire_cost(c.wire_bytes, c.scanned, plain_round))
+                                       self.stats.totals.wire_bytes, cost)
         after = self._converge.throttle
         if after != before:
             self.guest.set_throttle(after)

@@ -19,6 +19,15 @@ rules share one throttle ladder:
   pages; a guest whose pages overflow the encoder costs a whole page either
   way, and both rules treat it alike.
 
+One round is not judged by the aware rule: the first XBZRLE round.  The
+first round leaves the cache empty, so the first XBZRLE round finds every
+page missing and sends it whole; the pages dirtied meanwhile will be cache
+hits in the next round, and that round's cost says nothing about theirs
+(as the plain first round says nothing about a dirty page's cost).  A
+period ending on that round is closed without a verdict: the count neither
+rises nor falls.  Only that one round: a guest whose pages keep missing the
+cache is judged by the whole pages it really costs.
+
 The ladder (QEMU's ``mig_throttle_guest_down``): the first step sets
 ``cpu-throttle-initial``; later steps add ``cpu-throttle-increment``, capped
 at ``max-cpu-throttle``.  With ``cpu-throttle-tailslow`` a later step adds
@@ -107,6 +116,7 @@ class Decision:
     threshold_bytes: int
     over: bool
     throttle: int  # percent after this period
+    judged: bool = True  # False: the XBZRLE rule's warm-up period, no verdict
 
 
 class AutoConverge:
@@ -132,13 +142,16 @@ class AutoConverge:
         self._transferred_prev = transferred
 
     def sync(self, now: float, dirty_pages: int, transferred_total: int,
-             page_cost: float) -> Decision | None:
+             page_cost: float | None) -> Decision | None:
         self._period_pages += dirty_pages
         if now - self._period_start <= PERIOD_SECONDS:
             return None
         transferred = transferred_total - self._transferred_prev
-        dirty = dirty_cost(self._period_pages, self.rule, page_cost)
         limit = dirty_threshold(transferred, self.settings.threshold)
+        if page_cost is None and self.rule is TriggerRule.XBZRLE:
+            self._close_period(now, transferred_total)
+            return Decision(0, limit, False, self.throttle, judged=False)
+        dirty = dirty_cost(self._period_pages, self.rule, page_cost or PLAIN_PAGE_COST)
         over = dirty > limit
         if over:
             self.high_count += 1
@@ -146,7 +159,10 @@ class AutoConverge:
                 self.high_count = 0
                 self.throttle = next_throttle(self.throttle, dirty, limit, self.settings)
                 self.peak = max(self.peak, self.throttle)
+        self._close_period(now, transferred_total)
+        return Decision(dirty, limit, over, self.throttle)
+
+    def _close_period(self, now: float, transferred_total: int) -> None:
         self._period_start = now
         self._period_pages = 0
         self._transferred_prev = transferred_total
-        return Decision(dirty, limit, over, self.throttle)
