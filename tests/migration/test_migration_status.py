@@ -77,7 +77,7 @@ def test_the_tables_cover_what_each_side_can_be():
     for table in (OUTGOING_TRANSITIONS, INCOMING_TRANSITIONS):
         for status in (S.COMPLETED, S.FAILED, S.CANCELLED):
             assert table[status] == frozenset() and status.is_final
-        for status, nexts in table.items():
+        for nexts in table.values():
             assert all(n in table for n in nexts)
 
 
