@@ -35,10 +35,15 @@ def test_destination_reports_one_migration_and_exits(tmp_path, dest_xbzrle):
             assert status == MigrationStatus.COMPLETED
             assert dst.proc.returncode == 0
             assert report["status"] == "completed" and report["digest-verified"] is True
+            digests = report["digests"]  # what the source sent, what the destination holds
+            assert set(digests["source"]) == {"pc.ram"}
+            assert digests["source"] == digests["destination"]
+            assert all(bytes.fromhex(d) for d in digests["source"].values())
             assert report["workload-resumed"] is True
         else:
             assert status == MigrationStatus.FAILED
             assert dst.proc.returncode == 1
             assert report["status"] == "failed" and "xbzrle" in report["error"]
+            assert report["digest-verified"] is False
     finally:
         dst.kill()

@@ -1,8 +1,11 @@
-"""The VM as its monitors see it: run state, stop/cont, events, migrations.
+"""The VM as its monitors see it: run state, stop/cont, settings, events, migrations.
 
 Both monitors (HMP and QMP) call this object and nothing below it, so the
-two always agree.  It owns QEMU's run state (``running``, ``paused``,
-``inmigrate``, ``postmigrate``, ``finish-migrate``), turns the migration's
+two always agree.  It owns QEMU's run state (:class:`RunState`: ``running``,
+``paused``, ``inmigrate``, ``finish-migrate``, ``postmigrate``,
+``shutdown``), changed only through a checked transition table, with
+commands guarded by :func:`require` as qemu.qmp guards its methods.  It asks
+the migration which side it is (``mig.outgoing``), turns the migration's
 status changes into the ``MIGRATION``/``MIGRATION_PASS``/``STOP``/``RESUME``
 events, and resumes an incoming guest itself so that ``RESUME`` and the run
 state never disagree.
@@ -307,6 +310,11 @@ class VmControl:
 
     def cancel(self) -> None:
         self.manager.cancel()
+
+    @property
+    def migration(self) -> Migration | None:
+        """The current (or last) migration of either direction, for the CLI's report."""
+        return self.manager.current
 
     def wait_migration(self, timeout: float | None = None) -> MigrationStatus:
         """Wait up to ``timeout`` seconds for the current migration; its status."""
