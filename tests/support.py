@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 
 
@@ -33,3 +36,29 @@ def progresses(guest, timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+@contextlib.contextmanager
+def refusing_destination(reason: str = "refused by the test"):
+    """A destination that reads a whole stream, then refuses it; yields its URI.
+
+    The source gets as far as its verdict (past the switch-over), then fails.
+    """
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while conn.recv(1 << 16):
+                pass
+            conn.sendall(f"XBZRLE-ERROR {reason}\n".encode())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"tcp:127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        thread.join(10)
+        server.close()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from support import progresses, wait_until
+from support import progresses, refusing_destination, wait_until
 from xbzrle import Guest
 from xbzrle.migration.manager import MigrationManager
 from xbzrle.migration.status import MigrationStatus
@@ -245,33 +245,16 @@ def test_garbage_stream_fails_the_destination_without_touching_ram():
 
 def test_a_failed_migration_leaves_a_guest_paused_by_the_operator_paused():
     """The source resumes only what it paused itself."""
-    import threading
-
     src = Guest(ram=RAM)
     src.start_workload("sparse")
     src.stop()  # the operator paused the guest before migrating
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-
-    def refusing_destination() -> None:
-        conn, _ = server.accept()
-        with conn:
-            while conn.recv(1 << 16):
-                pass
-            conn.sendall(b"XBZRLE-ERROR refused by the test\n")
-
-    t = threading.Thread(target=refusing_destination)
-    t.start()
     try:
-        m = MigrationManager(src)
-        mig = m.migrate(f"tcp:127.0.0.1:{server.getsockname()[1]}")
-        assert mig.wait(30) == S.FAILED
+        with refusing_destination() as uri:
+            mig = MigrationManager(src).migrate(uri)
+            assert mig.wait(30) == S.FAILED
         assert "refused by the test" in mig.error
         assert not src.running
     finally:
-        t.join(10)
-        server.close()
         src.close()
 
 

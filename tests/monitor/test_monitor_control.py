@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from support import refusing_destination
 from xbzrle import Guest
 from xbzrle.errors import MigrationStateError, ParameterError
 from xbzrle.monitor.control import RUNSTATE_TRANSITIONS, RunState, VmControl
@@ -117,31 +118,13 @@ def test_quit_shuts_down_and_then_refuses_cont(guest):
 
 def test_a_paused_guest_whose_migration_fails_is_paused_again(guest):
     """QEMU restores the state the guest had before finish-migrate."""
-    import socket
-    import threading
-
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-
-    def refusing_destination() -> None:
-        conn, _ = server.accept()
-        with conn:
-            while conn.recv(1 << 16):
-                pass
-            conn.sendall(b"XBZRLE-ERROR refused by the test\n")
-
-    t = threading.Thread(target=refusing_destination)
-    t.start()
-    try:
-        control = VmControl(guest, autostart=False)
-        mig = control.migrate(f"tcp:127.0.0.1:{server.getsockname()[1]}")
+    control = VmControl(guest, autostart=False)
+    with refusing_destination() as uri:
+        mig = control.migrate(uri)
         assert mig.wait(30) == "failed"
-        assert control.runstate == "paused" and not guest.running
-        assert control.query_status()["status"] == "paused"
-    finally:
-        t.join(10)
-        server.close()
+    assert mig.status.is_final and "refused by the test" in mig.error
+    assert control.runstate == "paused" and not guest.running
+    assert control.query_status()["status"] == "paused"
 
 
 def test_settings_go_through_control_with_params_rules(guest):
