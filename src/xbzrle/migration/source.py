@@ -119,6 +119,7 @@ class SourceMigration(Migration):
         self._pending_downtime: int | None = None
         self._pending_throttle: ThrottleSettings | None = None
         self._converge: AutoConverge | None = None
+        self._backoff: dict[str, bytearray] = {}  # overflow back-off state per block
         self._channel: SocketChannel | FileChannel | None = None
         self._stopped_guest = False
         self.cache = None  # _core.PageCache once setup allocated it
@@ -416,7 +417,6 @@ class SourceMigration(Migration):
         bw = self.config.max_bandwidth
         size = 1 << 20 if not bw else max(64 << 10, min(1 << 20, bw // 40))
         return max(size, 2 * _core.SAVE_MAX_RECORD + 64)
-
 
 
 def _fixed_guest_rate(guest) -> float | None:
