@@ -269,14 +269,48 @@ class StreamParser:
         return self._state is _State.RAW
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Append input; any bytes-like object, copied into the parser's buffer."""
+        """Append input; any bytes-like object.
+
+        Page records that a ``page_sink`` can apply where they lie in ``data``
+        are applied at once (the bytes of RAM are not copied into the parser's
+        buffer); the rest is copied into the buffer and parsed by
+        :meth:`events`.  The caller may reuse ``data`` once this returns.
+        """
         if self._closed:
             raise RuntimeError("feed() after close()")
+        if (self.page_sink is not None and self._state is _State.RAM and self._blocks
+                and self._pos == len(self._buf) and self._error is None):
+            data = self._sink_in_place(data)
         if self._pos >= _COMPACT_AT and self._pos * 2 >= len(self._buf):
             del self._buf[: self._pos]
             self._base += self._pos
             self._pos = 0
         self._buf += data
+
+    def _sink_in_place(self, data: bytes | bytearray | memoryview) -> memoryview:
+        """Run the page sink on ``data`` itself; return what it left for the buffer.
+
+        Only called with every buffered byte consumed, so ``data`` starts at
+        the stream offset where parsing stands.  A sink that raises is not
+        trusted here: the bytes go to the buffer and the sink runs again from
+        :meth:`events`, which reports the error at its place in the event order
+        (applying a page record twice writes the same bytes).
+        """
+        view = memoryview(data).cast("B")
+        start = self._base + self._pos
+        assert self.page_sink is not None
+        try:
+            pos, last, counts = self.page_sink(view, 0, start, self._last_block)
+        except StreamError:
+            return view
+        if pos == 0:
+            return view
+        self._last_block = last
+        self._pending.append(PagesLoaded(counts[0], tuple(counts), stream_offset=start))
+        del self._buf[:]
+        self._base = start + pos
+        self._pos = 0
+        return view[pos:]
 
     def next_event(self) -> Event | _Sentinel:
         """The next event, or ``NEED_DATA`` (after ``close()``: no more events)."""
