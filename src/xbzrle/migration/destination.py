@@ -22,6 +22,7 @@ from ..stream.load import PageLoader
 from ..stream.parser import StreamParser
 from ..transport import FileChannel, Listener, SocketChannel
 from ..transport.uri import MigrationURI
+from ..transport.writebehind import ReadAhead
 from .common import MigrationThread
 from .stats import MigrationStats
 from .status import MigrationStatus
@@ -133,17 +134,26 @@ class IncomingMigration(MigrationThread):
         assert self._channel is not None
         parser = StreamParser()
         parser.page_sink = loader.sink
-        view = memoryview(bytearray(READ_SIZE))
+        # A reader thread receives the next buffers while this one loads pages.
+        reader = ReadAhead(self._channel, READ_SIZE)
+        try:
+            return self._load_from(reader, parser, loader)
+        finally:
+            reader.stop()
+
+    def _load_from(self, reader: ReadAhead, parser: StreamParser,
+                   loader: PageLoader) -> dict[str, tuple[int, bytes]]:
         digest: dict[str, tuple[int, bytes]] | None = None
         received = 0
         while not parser.eof_seen:
-            n = self._channel.readinto(view)
+            view = reader.next()
+            n = len(view)
             if n == 0:
                 raise TransportError(
                     f"the migration stream ended at offset {received} before its EOF record: "
                     "the source cancelled or vanished")
             received += n
-            parser.feed(view[:n])
+            parser.feed(view)
             for event in parser.events():
                 if isinstance(event, ev.RamBlocks):
                     loader.check_layout(event)

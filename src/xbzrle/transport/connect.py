@@ -7,6 +7,7 @@ sockets or spawns commands for a migration stream.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import subprocess
@@ -14,6 +15,22 @@ import subprocess
 from ..errors import TransportError
 from .channels import FileChannel, SocketChannel
 from .uri import MigrationURI
+
+PIPE_SIZE = 1 << 20
+"""Pipe capacity asked for exec: channels (the kernel caps it at fs.pipe-max-size).
+
+A default pipe holds 64 KiB: every 64 KiB the writer stops until the reader
+has drained it, and each side makes sixteen system calls (and, on the
+destination, sixteen trips through the parser) per MiB of RAM."""
+
+
+def widen_pipe(fd: int) -> None:
+    """Ask for a PIPE_SIZE pipe buffer; a smaller limit or a non-pipe is fine."""
+    limit = PIPE_SIZE
+    with contextlib.suppress(OSError, ValueError), open("/proc/sys/fs/pipe-max-size") as f:
+        limit = min(limit, int(f.read()))
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, limit)
 
 
 def connect(uri: MigrationURI, timeout: float = 10.0) -> SocketChannel | FileChannel:
@@ -35,6 +52,7 @@ def connect(uri: MigrationURI, timeout: float = 10.0) -> SocketChannel | FileCha
             return FileChannel(fd)
         proc = subprocess.Popen(["/bin/sh", "-c", uri.command], stdin=subprocess.PIPE)
         assert proc.stdin is not None
+        widen_pipe(proc.stdin.fileno())
         fd = os.dup(proc.stdin.fileno())
         proc.stdin.close()
         return FileChannel(fd, proc)
@@ -88,6 +106,7 @@ class Listener:
                 return FileChannel(os.open(uri.path, os.O_RDONLY))
             proc = subprocess.Popen(["/bin/sh", "-c", uri.command], stdout=subprocess.PIPE)
             assert proc.stdout is not None
+            widen_pipe(proc.stdout.fileno())
             fd = os.dup(proc.stdout.fileno())
             proc.stdout.close()
             return FileChannel(fd, proc)
