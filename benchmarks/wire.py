@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -43,6 +44,20 @@ from xbzrle.sizes import parse_size
 QEMU = "qemu-system-x86_64"
 TMPFS = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
 POLL = 0.005
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU seconds of the children reaped so far (our destination, exec:'s cat)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds of a running process (QEMU), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def random_file(path: Path, size: int) -> Path:
@@ -104,8 +119,9 @@ def qemu_process(work: Path, name: str, size: int, backend: str, *extra: str):
     return proc, QMP(path, proc)
 
 
-def qemu_run(ram_file: Path, size: int, work: Path) -> float:
-    """Seconds for QEMU 7.2 to migrate the paused guest until both sides completed."""
+def qemu_run(ram_file: Path, size: int, work: Path) -> tuple[float, float, float]:
+    """Seconds for QEMU 7.2 to migrate the paused guest until both sides completed,
+    and the CPU seconds of the source and destination processes meanwhile."""
     port = free_port()
     src, qs = qemu_process(work, "src", size, f"memory-backend-file,id=mem,size={size},"
                            f"mem-path={ram_file},share=on")
@@ -113,6 +129,7 @@ def qemu_run(ram_file: Path, size: int, work: Path) -> float:
                            "-incoming", f"tcp:127.0.0.1:{port}")
     try:
         qs.cmd("migrate-set-parameters", **{"max-bandwidth": 0, "downtime-limit": 300})
+        cpu0 = process_cpu(src.pid), process_cpu(dst.pid)
         started = time.monotonic()
         qs.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
         done = {"src": None, "dst": None}
@@ -125,7 +142,8 @@ def qemu_run(ram_file: Path, size: int, work: Path) -> float:
                     elif status in ("failed", "cancelled"):
                         raise RuntimeError(f"QEMU {side}: migration {status}")
             time.sleep(POLL)
-        return max(done.values()) - started
+        return (max(done.values()) - started, process_cpu(src.pid) - cpu0[0],
+                process_cpu(dst.pid) - cpu0[1])
     finally:
         for proc, q in ((src, qs), (dst, qd)):
             with contextlib.suppress(Exception):
@@ -154,29 +172,34 @@ def our_destination(size: int) -> tuple[subprocess.Popen, int]:
     return proc, int(line.split()[1])
 
 
-def our_migration(guest: Guest, uri: str) -> float:
-    """Seconds from ``migrate`` to ``completed`` (fails loudly otherwise)."""
+def our_migration(guest: Guest, uri: str) -> tuple[float, float, float]:
+    """Seconds from ``migrate`` to ``completed`` (fails loudly otherwise), the CPU
+    seconds of this process (the source) and of the children reaped meanwhile."""
     manager = MigrationManager(guest)
     manager.set_parameters(max_bandwidth=0)
+    cpu0, child0 = time.process_time(), children_cpu()
     started = time.monotonic()
     mig = manager.migrate(uri)
     mig.wait()
     elapsed = time.monotonic() - started
+    cpu, child = time.process_time() - cpu0, children_cpu() - child0
     info = manager.query()
     if info["status"] != "completed":
         raise RuntimeError(f"our migration to {uri}: {info['status']}: {mig.error}")
-    return elapsed
+    return elapsed, cpu, child
 
 
-def our_run(guest: Guest, size: int) -> float:
+def our_run(guest: Guest, size: int) -> tuple[float, float, float]:
+    """Seconds, source CPU and destination CPU (from the migration's start to its exit)."""
     proc, port = our_destination(size)
     try:
-        elapsed = our_migration(guest, f"tcp:127.0.0.1:{port}")
+        child0 = children_cpu() + process_cpu(proc.pid)  # its start-up is not migration work
+        elapsed, cpu, _ = our_migration(guest, f"tcp:127.0.0.1:{port}")
         out, _ = proc.communicate(timeout=60)
         report = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
         if not report.get("digest-verified"):
             raise RuntimeError(f"destination: {report}")
-        return elapsed
+        return elapsed, cpu, children_cpu() - child0
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -187,8 +210,13 @@ def gbps(size: int, seconds: float) -> float:
     return size / seconds / 1e9
 
 
-def line(what: str, seconds: float, size: int, extra: str = "") -> None:
-    print(f"{what:<44} {seconds:7.3f} s  {gbps(size, seconds):6.2f} GB/s  {extra}", flush=True)
+def line(what: str, runs: list[tuple[float, ...]], size: int, extra: str = "") -> float:
+    """Print the medians of (seconds, source CPU, destination CPU); return the seconds."""
+    seconds, *cpus = (statistics.median(r[i] for r in runs) for i in range(len(runs[0])))
+    cpu = "  ".join(f"{c:5.2f}" for c in cpus)
+    print(f"{what:<42} {seconds:6.3f} s {gbps(size, seconds):5.2f} GB/s  cpu {cpu:<12} {extra}",
+          flush=True)
+    return seconds
 
 
 def main() -> int:
@@ -204,7 +232,8 @@ def main() -> int:
     ram_file = random_file(TMPFS / f"xbzrle-wire-{size}.bin", size)
     with_qemu = not args.no_qemu and shutil.which(QEMU) is not None
     print(f"{size / 2**30:.2f} GiB of random bytes, paused guests, median of {args.runs} runs"
-          f"{', against QEMU 7.2' if with_qemu else ' (no QEMU here: ours alone)'}")
+          f"{', against QEMU 7.2' if with_qemu else ' (no QEMU here: ours alone)'}; "
+          "cpu: CPU seconds of the source, then of the destination")
     guest = our_guest(ram_file, size)
     try:
         if "wire" in parts:
@@ -213,37 +242,38 @@ def main() -> int:
                 ours.append(our_run(guest, size))
                 if with_qemu:
                     theirs.append(qemu_run(ram_file, size, work))
-            mine = statistics.median(ours)
             if with_qemu:
-                qemu = statistics.median(theirs)
-                line("QEMU 7.2 -> QEMU 7.2, tcp loopback", qemu, size)
-                line("xbzrle -> xbzrle, tcp loopback", mine, size,
-                     f"ratio to QEMU {qemu / mine:.2f}x")
+                qemu = line("QEMU 7.2 -> QEMU 7.2, tcp loopback", theirs, size)
+                mine = line("xbzrle -> xbzrle, tcp loopback", ours, size)
+                ratio = statistics.median(t[0] / o[0] for t, o in zip(theirs, ours, strict=True))
+                print(f"  rate ratio to QEMU 7.2 (median of per-run ratios): {ratio:.2f}x "
+                      f"(medians {qemu / mine:.2f}x)")
             else:
-                line("xbzrle -> xbzrle, tcp loopback", mine, size)
+                line("xbzrle -> xbzrle, tcp loopback", ours, size)
         if "exec" in parts:
-            times = [our_migration(guest, "exec:cat > /dev/null") for _ in range(args.runs)]
-            line("xbzrle source -> exec:cat > /dev/null", statistics.median(times), size)
+            runs = [our_migration(guest, "exec:cat > /dev/null") for _ in range(args.runs)]
+            line("xbzrle source -> exec:cat > /dev/null", runs, size, "(cpu: source, cat)")
         stream = work / "stream"
         if "file" in parts or "extract" in parts:
-            times = []
+            runs = []
             for _ in range(args.runs if "file" in parts else 1):
                 with contextlib.suppress(FileNotFoundError):
                     stream.unlink()
-                times.append(our_migration(guest, f"file:{stream}"))
+                runs.append(our_migration(guest, f"file:{stream}")[:2])
             if "file" in parts:
-                line("xbzrle source -> file: on tmpfs", statistics.median(times), size)
+                line("xbzrle source -> file: on tmpfs", runs, size)
         if "extract" in parts:
-            times = []
+            runs = []
             for i in range(args.runs):
                 out = work / f"extract-{i}"
+                child0 = children_cpu()
                 started = time.monotonic()
                 subprocess.run([sys.executable, "-m", "xbzrle", "extract", str(stream), "-o",
                                 str(out)], check=True, stdout=subprocess.DEVNULL)
-                times.append(time.monotonic() - started)
+                runs.append((time.monotonic() - started, children_cpu() - child0))
                 shutil.rmtree(out)
-            line("xbzrle extract (file on tmpfs -> tmpfs)", statistics.median(times), size,
-                 "(includes the interpreter's start)")
+            line("xbzrle extract (file on tmpfs -> tmpfs)", runs, size,
+                 "(with the interpreter's start)")
     finally:
         guest.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -22,7 +22,6 @@ from ..stream.load import PageLoader
 from ..stream.parser import StreamParser
 from ..transport import FileChannel, Listener, SocketChannel
 from ..transport.uri import MigrationURI
-from ..transport.writebehind import ReadAhead
 from .common import MigrationThread
 from .stats import MigrationStats
 from .status import MigrationStatus
@@ -134,26 +133,17 @@ class IncomingMigration(MigrationThread):
         assert self._channel is not None
         parser = StreamParser()
         parser.page_sink = loader.sink
-        # A reader thread receives the next buffers while this one loads pages.
-        reader = ReadAhead(self._channel, READ_SIZE)
-        try:
-            return self._load_from(reader, parser, loader)
-        finally:
-            reader.stop()
-
-    def _load_from(self, reader: ReadAhead, parser: StreamParser,
-                   loader: PageLoader) -> dict[str, tuple[int, bytes]]:
+        view = memoryview(bytearray(READ_SIZE))
         digest: dict[str, tuple[int, bytes]] | None = None
         received = 0
         while not parser.eof_seen:
-            view = reader.next()
-            n = len(view)
+            n = self._channel.readinto(view)
             if n == 0:
                 raise TransportError(
                     f"the migration stream ended at offset {received} before its EOF record: "
                     "the source cancelled or vanished")
             received += n
-            parser.feed(view)
+            parser.feed(view[:n])
             for event in parser.events():
                 if isinstance(event, ev.RamBlocks):
                     loader.check_layout(event)

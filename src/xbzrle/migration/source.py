@@ -24,7 +24,6 @@ from ..stream.counts import BatchCounts
 from ..stream.writer import StreamWriter
 from ..transport import FileChannel, SocketChannel, connect
 from ..transport.uri import MigrationURI
-from ..transport.writebehind import WriteBehind
 from .common import MigrationThread
 from .stats import MigrationStats, RoundRecord
 from .status import MigrationStatus
@@ -114,7 +113,6 @@ class SourceMigration(MigrationThread):
         self._pending_bandwidth: int | None = None
         self._pending_downtime: int | None = None
         self._channel: SocketChannel | FileChannel | None = None
-        self._out: WriteBehind | None = None
         self._stopped_guest = False
         self.cache = None  # _core.PageCache once setup allocated it
         self.cpu_seconds = 0.0  # CPU time of the migration thread, when it ended
@@ -186,8 +184,6 @@ class SourceMigration(MigrationThread):
         if self._channel is not None:
             if status != MigrationStatus.COMPLETED:
                 self._channel.abort()
-            if self._out is not None:
-                self._out.close()  # after abort: a write blocked in the kernel fails at once
             try:
                 self._channel.close()
             except XbzrleError as exc:
@@ -202,12 +198,11 @@ class SourceMigration(MigrationThread):
         if error:
             log.warning("migration %s: %s", status, error)
 
-    def _send(self, data: bytes | memoryview, from_buffer: bool = False) -> None:
-        """Queue ``data`` for the writer thread (``from_buffer``: a view of ``_out.buffer()``)."""
+    def _send(self, data: bytes | memoryview) -> None:
         if self._cancel.is_set():
             raise Cancelled()
-        assert self._out is not None
-        self._out.submit(data, from_buffer=from_buffer)
+        assert self._channel is not None
+        self._channel.write(data)
 
     def _apply_live_changes(self) -> None:
         size, self._pending_cache_size = self._pending_cache_size, None
@@ -228,9 +223,6 @@ class SourceMigration(MigrationThread):
         self.on_status(MigrationStatus.SETUP)
         self._limiter = _RateLimiter(cfg.max_bandwidth, self._cancel)
         self._channel = connect(self.uri)
-        # The writer thread copies one buffer into the channel while the save loop
-        # fills the other: both run without the GIL, on two cores.
-        self._out = WriteBehind(self._channel, self._chunk_size(0))
         writer = self._writer = StreamWriter()
         blocks = self.guest.blocks
         names = list(blocks)
@@ -299,7 +291,6 @@ class SourceMigration(MigrationThread):
                    for n, d in self.guest.digest().items()}
         tail = writer.digest(digests, section_id=K.DIGEST_SECTION_ID) + writer.eof()
         self._send(tail)
-        self._out.flush()
         with self._lock:
             self.stats.add_wire_bytes(len(tail))
             self.stats.remaining = 0
@@ -349,7 +340,7 @@ class SourceMigration(MigrationThread):
         prefix = w.section_end(K.RAM_SECTION_ID) if final else w.section_part(K.RAM_SECTION_ID)
         started = time.monotonic()
         total = BatchCounts()
-        chunk = self._chunk_size()
+        buf = bytearray(self._chunk_size())
         for name, block in self.guest.blocks.items():
             bitmap = bitmaps[name]
             encoded_name = name.encode()
@@ -358,7 +349,6 @@ class SourceMigration(MigrationThread):
                 self._apply_live_changes()
                 if self._cancel.is_set():
                     raise Cancelled()
-                buf = memoryview(self._out.buffer())[:chunk]
                 buf[: len(prefix)] = prefix
                 pos, page, _, raw = _core.save_pages(
                     buf, len(prefix), block, bitmap, page, encoded_name,
@@ -371,7 +361,7 @@ class SourceMigration(MigrationThread):
                     if not final:
                         buf[pos:pos + len(tail)] = tail
                         end += len(tail)
-                    self._send(buf[:end], from_buffer=True)
+                    self._send(memoryview(buf)[:end])
                     self._limiter.account(end)
                     counts.wire_bytes = end
                     if final:
@@ -385,18 +375,14 @@ class SourceMigration(MigrationThread):
             total.wire_bytes += len(closing)
             with self._lock:
                 self.stats.add_wire_bytes(len(closing))
-        # The round ends when its bytes are in the channel: its duration gives the
-        # wire rate that the downtime estimate relies on.
-        self._out.flush()
         record = RoundRecord(index, dirty_pages, total, time.monotonic() - started, dirty_rate,
                              final)
         with self._lock:
             self.stats.history.append(record)
         return record
 
-    def _chunk_size(self, bw: int | None = None) -> int:
-        """Bytes of records per write: 1 MiB, less under a low bandwidth cap (smoother)."""
-        bw = self.config.max_bandwidth if bw is None else bw
+    def _chunk_size(self) -> int:
+        bw = self.config.max_bandwidth
         size = 1 << 20 if not bw else max(64 << 10, min(1 << 20, bw // 40))
         return max(size, 2 * _core.SAVE_MAX_RECORD + 64)
 
