@@ -195,6 +195,9 @@ def test_xbzrle_vm_machine_none_into_qemu_through_qmp(destination, tmp_path):
         assert_several_xbzrle_rounds(info)
         assert dest.wait_completed()["status"] == "completed", dest.errors()
         assert source.execute("query-status")["status"] == "postmigrate"
+        dump = tmp_path / "source-ram"
+        source.execute("pmemsave", val=0, size=RAM, filename=str(dump))
+        assert dump.read_bytes() == dest.ram_bytes()
         source.execute("quit")
         assert proc.wait(30) == 0
     finally:
