@@ -109,6 +109,24 @@ def test_digest_tells_equal_ram_from_different_ram():
         assert guest.digest()["a"] != guest.digest()["b"]
 
 
+def test_digest_and_scan_tracker_hash_pages_alike():
+    """One page hash serves the RAM digest and the scan tracker: the digest's
+    pairs are (page index, guest_page_hash(page)) for every non-zero page."""
+    from xbzrle._backend import load_core
+
+    core = load_core()
+    with Guest(ram="1M") as guest:
+        ram = guest.blocks["pc.ram"]
+        for index in (0, 17, 255):
+            ram.page(index)[index] = 1 + index % 200
+        pairs = core.page_hashes(ram)
+        expected = b"".join(
+            index.to_bytes(8, "little")
+            + core.guest_page_hash(bytes(ram.page(index))).to_bytes(8, "little")
+            for index in (0, 17, 255))
+        assert pairs == expected
+
+
 def test_close_releases_ram_even_with_views_alive():
     guest = Guest("1M")
     block = guest.blocks["pc.ram"]

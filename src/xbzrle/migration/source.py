@@ -377,7 +377,7 @@ class SourceMigration(MigrationThread):
                     buf, len(prefix), block, bitmap, page, encoded_name,
                     self._addr_base[name], mode, self.cache if mode else None,
                     self._last_block == name)
-                counts = BatchCounts.from_tuple(raw)
+                counts = BatchCounts.from_loop(raw)
                 if counts.wire_bytes:
                     self._last_block = name
                     end = pos
