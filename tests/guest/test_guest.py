@@ -192,6 +192,15 @@ def test_vm_command_rejects_bad_sizes():
     assert proc.returncode == 1 and "12Q" in err
 
 
+def test_vm_command_rejects_an_unknown_machine_in_one_line():
+    for extra in ((), ("--qmp", "tcp:127.0.0.1:0")):  # the dirty-rate printer and a VM
+        proc = run_cli("vm", "--machine", "q35", "--ram", "32M", "--seconds", "1", *extra)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 1
+        assert err == ("xbzrle: error: machine type 'q35' is not supported: "
+                       "expected one of xbzrle-vm, none, pc\n")
+
+
 def test_pages_written_grows_exactly_while_the_guest_runs():
     with Guest(ram="4M") as guest:
         guest.start_workload("sparse")
