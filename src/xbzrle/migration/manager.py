@@ -104,6 +104,7 @@ class MigrationManager:
                 max_bandwidth=p.max_bandwidth,
                 downtime_limit_ms=p.downtime_limit,
                 max_rounds=max_rounds,
+                ram_digest=self.settings.capability("x-ram-digest"),
                 auto_converge=self.settings.capability("auto-converge"),
                 throttle=throttle_settings(p),
                 throttle_raw_bytes=p.x_throttle_raw_bytes,
@@ -122,7 +123,8 @@ class MigrationManager:
                 raise MigrationStateError(IN_PROGRESS_MESSAGE)
             mig = IncomingMigration(self.guest, parse_uri(uri),
                                     lambda: self.settings.capability("xbzrle"),
-                                    self._notify, resume=resume)
+                                    self._notify, resume=resume,
+                                    ram_digest=lambda: self.settings.capability("x-ram-digest"))
             self.current = mig
             mig.start()
         return mig
