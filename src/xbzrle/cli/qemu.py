@@ -5,23 +5,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
-from ..errors import StreamError
-from ..sizes import parse_size
+from ..errors import ParameterError, StreamError
+from . import options
 
 
 def add_commands(subparsers: Any) -> None:
     """Register the QEMU stream commands on the main parser's subparsers."""
     analyze = subparsers.add_parser(
         "analyze", help="show what a migration stream holds (QEMU's or ours)")
-    analyze.add_argument("stream", help="stream file, or - for standard input")
+    analyze.add_argument("stream", help="stream file (raw, gzip, xz or zstd), "
+                                        "or - for standard input")
     analyze.add_argument("--json", action="store_true", help="print the report as JSON")
     analyze.set_defaults(run=_run_analyze)
 
     extract = subparsers.add_parser(
         "extract", help="rebuild every RAM block of a stream as a file, plus a manifest")
-    extract.add_argument("stream", help="stream file, or - for standard input")
+    extract.add_argument("stream", help="stream file (raw, gzip, xz or zstd), "
+                                        "or - for standard input")
     _output_options(extract)
     extract.set_defaults(run=_run_extract)
 
@@ -35,16 +38,30 @@ def add_commands(subparsers: Any) -> None:
 
 def _output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="output directory")
-    parser.add_argument("--max-ram", default="64G",
+    parser.add_argument("--max-ram", type=options.size, default="64G",
                         help="refuse streams announcing more RAM than this (default 64G)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
 
+def prepare_output(path: str) -> None:
+    """Create the ``-o`` directory up front, so a bad one fails before any work."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ParameterError(f"-o {path}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create the output directory ({exc.strerror})",
+                      f"-o {path}") from None
+
+
 def _run_analyze(args: argparse.Namespace) -> int:
-    from ..qemu.analyze import analyze_file
+    from ..qemu.analyze import analyze_chunks
+    from ..qemu.compressed import open_stream, read_chunks
     from ..qemu.render import render_report
 
-    report = analyze_file(args.stream)
+    with open_stream(args.stream) as opened:
+        report = analyze_chunks(read_chunks(opened), str(args.stream))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -57,10 +74,13 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    from ..qemu.extract import extract_file
+    from ..qemu.compressed import open_stream, read_chunks
+    from ..qemu.extract import extract_chunks
 
-    return _print_manifest(args, lambda: extract_file(
-        args.stream, args.output, max_ram=parse_size(args.max_ram)))
+    with open_stream(args.stream) as opened:
+        prepare_output(args.output)
+        return _print_manifest(args, lambda: extract_chunks(
+            read_chunks(opened), args.output, max_ram=args.max_ram, source=str(args.stream)))
 
 
 def _run_receive(args: argparse.Namespace) -> int:
@@ -69,8 +89,9 @@ def _run_receive(args: argparse.Namespace) -> int:
     def announce(address: str) -> None:
         print(f"listening on {address}", file=sys.stderr, flush=True)
 
+    prepare_output(args.output)
     return _print_manifest(args, lambda: receive(
-        args.uri, args.output, max_ram=parse_size(args.max_ram), on_listening=announce))
+        args.uri, args.output, max_ram=args.max_ram, on_listening=announce))
 
 
 def _print_manifest(args: argparse.Namespace, run: Any) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from .. import __version__
+from ..errors import TransportError
 from ..guest import Guest
 from ..migration.manager import MigrationManager
 from ..migration.status import MigrationStatus
@@ -72,7 +73,12 @@ def run_vm(opts: VmOptions) -> int:
         server = MonitorServer(control, PACKAGE)
         try:
             for endpoint, protocol in endpoints:
-                actual = server.listen(endpoint, protocol)
+                option = "--monitor" if protocol == "hmp" else "--qmp"
+                try:
+                    actual = server.listen(endpoint, protocol)
+                except OSError as exc:  # port taken, directory missing, no permission
+                    raise TransportError(
+                        f"{option} {endpoint}: cannot listen: {exc.strerror or exc}") from None
                 _note(f"{'monitor' if protocol == 'hmp' else 'qmp'} on {actual}")
             _announce_incoming(control, opts)
             if opts.exit_after_migration:
