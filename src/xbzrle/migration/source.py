@@ -265,8 +265,7 @@ class SourceMigration(MigrationThread):
                 mode = _core.SAVE_XBZRLE  # XBZRLE starts with the second round
             expected_s = self._expected_downtime(record, dirty_pages, first=round_index == 1)
             with self._lock:
-                self.stats.remaining = dirty_pages * PAGE_SIZE
-                self.stats.dirty_pages_rate = dirty_rate
+                self.stats.start_pass(dirty_pages)
                 self.stats.expected_downtime_ms = int(min(expected_s, 1e9) * 1000)
             self.on_pass(self.stats.dirty_sync_count)
             if expected_s * 1000 <= cfg.downtime_limit_ms:
