@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="ms (default 300)")
     demo.add_argument("--time-cap", type=options.seconds, default=20.0,
                       help="seconds before a migration that does not converge is cancelled")
+    demo.add_argument("--rate", type=options.rate, default=0,
+                      help="page writes per second of the workload (default: twice what "
+                           "--bandwidth carries, so a plain migration cannot keep up)")
+    demo.add_argument("--plot", metavar="FILE.png",
+                      help="draw both migrations round by round (needs matplotlib: "
+                           "pip install 'xbzrle[plot]')")
     demo.add_argument("--json", action="store_true",
                       help="print both final query-migrate results as one JSON object")
     demo.set_defaults(run=_run_demo)
@@ -130,7 +136,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(DemoOptions(
         ram=args.ram, workload=args.workload, bandwidth=args.bandwidth,
         cache_size=args.cache_size, time_cap=args.time_cap,
-        downtime_limit=args.downtime_limit, as_json=args.json))
+        downtime_limit=args.downtime_limit, as_json=args.json, rate=args.rate,
+        plot=args.plot))
 
 
 def _run_bench(args: argparse.Namespace) -> int:

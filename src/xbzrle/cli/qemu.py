@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import ParameterError, StreamError
 from . import options
+from .progress import ReadDisplay
 
 
 def add_commands(subparsers: Any) -> None:
@@ -19,6 +21,9 @@ def add_commands(subparsers: Any) -> None:
     analyze.add_argument("stream", help="stream file (raw, gzip, xz or zstd), "
                                         "or - for standard input")
     analyze.add_argument("--json", action="store_true", help="print the report as JSON")
+    analyze.add_argument("--plot", metavar="FILE.png",
+                         help="draw the stream round by round (needs matplotlib: "
+                              "pip install 'xbzrle[plot]')")
     analyze.set_defaults(run=_run_analyze)
 
     extract = subparsers.add_parser(
@@ -59,13 +64,27 @@ def _run_analyze(args: argparse.Namespace) -> int:
     from ..qemu.analyze import analyze_chunks
     from ..qemu.compressed import open_stream, read_chunks
     from ..qemu.render import render_report
+    from ..qemu.savings import render_savings, xbzrle_savings
 
+    if args.plot:
+        from .plot import require_matplotlib
+
+        require_matplotlib()  # fail before reading a large stream
     with open_stream(args.stream) as opened:
         report = analyze_chunks(read_chunks(opened), str(args.stream))
+    data = report.to_dict()
+    data["xbzrle_savings"] = xbzrle_savings(data["rounds"])
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps(data, indent=2))
     else:
         sys.stdout.write(render_report(report))
+        sys.stdout.write(render_savings(data["xbzrle_savings"]))
+    if args.plot and report.rounds:
+        from .plot import plot_stream
+
+        plot_stream(data, args.plot)
+        if not args.json:
+            print(f"plot: {args.plot}")
     if report.error is not None:
         raise StreamError(report.error)
     if not report.complete:
@@ -79,8 +98,23 @@ def _run_extract(args: argparse.Namespace) -> int:
 
     with open_stream(args.stream) as opened:
         prepare_output(args.output)
-        return _print_manifest(args, lambda: extract_chunks(
-            read_chunks(opened), args.output, max_ram=args.max_ram, source=str(args.stream)))
+        with ReadDisplay(f"extract {args.stream}", opened.size) as display:
+            return _print_manifest(args, lambda: extract_chunks(
+                _showing(read_chunks(opened), opened, display), args.output,
+                max_ram=args.max_ram, source=str(args.stream)))
+
+
+def _showing(chunks: Iterator[bytes], opened: Any, display: ReadDisplay) -> Iterator[bytes]:
+    """Pass the chunks on, showing how far into the input (compressed bytes) we are."""
+    done = 0
+    for chunk in chunks:
+        done += len(chunk)
+        try:
+            position = opened.raw.tell() if opened.size else done
+        except OSError:
+            position = done
+        display.update(position)
+        yield chunk
 
 
 def _run_receive(args: argparse.Namespace) -> int:
@@ -90,8 +124,10 @@ def _run_receive(args: argparse.Namespace) -> int:
         print(f"listening on {address}", file=sys.stderr, flush=True)
 
     prepare_output(args.output)
-    return _print_manifest(args, lambda: receive(
-        args.uri, args.output, max_ram=args.max_ram, on_listening=announce))
+    with ReadDisplay(f"receive {args.uri}", None) as display:
+        return _print_manifest(args, lambda: receive(
+            args.uri, args.output, max_ram=args.max_ram, on_listening=announce,
+            on_progress=display.update))
 
 
 def _print_manifest(args: argparse.Namespace, run: Any) -> int:
