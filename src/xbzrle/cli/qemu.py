@@ -148,7 +148,11 @@ def _summary(manifest: dict[str, Any], args: argparse.Namespace) -> None:
         return
     pages = manifest["pages"]
     for block in manifest["blocks"]:
-        print(f"{block['file']:<32} {block['size']:>14}  {block['sha256']}  ({block['name']})")
+        if block.get("sha256") is None:  # mapped-ram: only the present pages are hashed
+            digest = f"{block['present_sha256']} ({block['pages_present']} pages present)"
+        else:
+            digest = block["sha256"]
+        print(f"{block['file']:<32} {block['size']:>14}  {digest}  ({block['name']})")
     if manifest["device_state"] is not None:
         print(f"{manifest['device_state']['file']:<32} {manifest['device_state']['size']:>14}  "
               "raw device state")
