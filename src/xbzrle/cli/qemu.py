@@ -61,7 +61,7 @@ def prepare_output(path: str) -> None:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from ..qemu.analyze import analyze_chunks
+    from ..qemu.analyze import analyze_chunks, analyze_file
     from ..qemu.compressed import open_stream, read_chunks
     from ..qemu.render import render_report
     from ..qemu.savings import render_savings, xbzrle_savings
@@ -71,7 +71,10 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
         require_matplotlib()  # fail before reading a large stream
     with open_stream(args.stream) as opened:
-        report = analyze_chunks(read_chunks(opened), str(args.stream))
+        if opened.compression is None:  # a seekable file: mapped-ram regions are jumped
+            report = analyze_file(args.stream)
+        else:
+            report = analyze_chunks(read_chunks(opened), str(args.stream))
     data = report.to_dict()
     data["xbzrle_savings"] = xbzrle_savings(data["rounds"])
     if args.json:
@@ -94,11 +97,15 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 def _run_extract(args: argparse.Namespace) -> int:
     from ..qemu.compressed import open_stream, read_chunks
-    from ..qemu.extract import extract_chunks
+    from ..qemu.extract import extract_chunks, extract_file
 
     with open_stream(args.stream) as opened:
         prepare_output(args.output)
         with ReadDisplay(f"extract {args.stream}", opened.size) as display:
+            if opened.compression is None:  # seekable: mapped-ram regions are read at offsets
+                return _print_manifest(args, lambda: extract_file(
+                    args.stream, args.output, max_ram=args.max_ram,
+                    on_progress=display.update))
             return _print_manifest(args, lambda: extract_chunks(
                 _showing(read_chunks(opened), opened, display), args.output,
                 max_ram=args.max_ram, source=str(args.stream)))

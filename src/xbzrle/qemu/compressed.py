@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..errors import StreamError
 
@@ -98,3 +98,23 @@ def read_chunks(opened: OpenedStream, size: int = 1 << 20) -> Iterator[bytes]:
         if not chunk:
             return
         yield chunk
+
+
+class ProgressReader:
+    """A file that reports its read position after each read (for progress displays).
+
+    Seeks, ``fileno`` and the rest go to the file itself, so readers that jump
+    (mapped-ram regions) or read at offsets keep working.
+    """
+
+    def __init__(self, f: BinaryIO, on_progress: Callable[[int], None]) -> None:
+        self._f = f
+        self._on_progress = on_progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self._on_progress(self._f.tell())
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
