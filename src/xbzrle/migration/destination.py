@@ -32,6 +32,20 @@ _core = load_core()
 READ_SIZE = 1 << 20
 
 
+def check_capabilities(source_caps: tuple[str, ...], *, xbzrle: bool) -> None:
+    """Refuse, before any page, a stream announcing XBZRLE when the capability is off here.
+
+    The seed's rule (both ends enable ``xbzrle``) is kept, but checked where
+    QEMU checks the capabilities it validates: in the configuration section.
+    QEMU 7.2 itself accepts XBZRLE pages with the capability off.
+    """
+    if "xbzrle" in source_caps and not xbzrle:
+        raise StreamError(
+            "Capability xbzrle is off, but received capability is on: enable it on the "
+            "destination with 'migrate_set_capability xbzrle on' (QMP: "
+            "migrate-set-capabilities) before migrating")
+
+
 class IncomingMigration(MigrationThread):
     """Listens on ``uri`` for one migration into ``guest``."""
 
@@ -145,7 +159,9 @@ class IncomingMigration(MigrationThread):
             received += n
             parser.feed(view[:n])
             for event in parser.events():
-                if isinstance(event, ev.RamBlocks):
+                if isinstance(event, ev.Configuration):
+                    check_capabilities(event.capabilities, xbzrle=self._xbzrle())
+                elif isinstance(event, ev.RamBlocks):
                     loader.check_layout(event)
                 elif isinstance(event, ev.ZeroPage | ev.NormalPage | ev.XbzrlePage):
                     loader.apply(event)

@@ -232,7 +232,7 @@ class SourceMigration(MigrationThread):
             self._addr_base[name] = base
             base += blocks[name].size
 
-        head = (writer.header() + writer.configuration(MACHINE_TYPE)
+        head = (writer.header() + writer.configuration(MACHINE_TYPE, self._capabilities())
                 + writer.section_start(K.RAM_SECTION_ID, K.RAM_IDSTR, 0, K.RAM_SECTION_VERSION)
                 + writer.ram_blocks([(n, blocks[n].size) for n in names])
                 + writer.eos() + writer.footer(K.RAM_SECTION_ID))
@@ -301,6 +301,16 @@ class SourceMigration(MigrationThread):
         with self._lock:
             self.stats.downtime_ms = int((time.monotonic() - stop_time) * 1000)
         self._finish(MigrationStatus.COMPLETED, None)
+
+    def _capabilities(self) -> list[str]:
+        """Capabilities named in the configuration section, for the destination to check.
+
+        QEMU (4.0+) sends the capabilities both ends must agree on in the
+        ``configuration/capabilities`` subsection and skips names it does not
+        validate; listing ``xbzrle`` lets our destination refuse a missing
+        capability before any page moves, instead of at the first XBZRLE page.
+        """
+        return ["xbzrle"] if self.config.xbzrle else []
 
     @staticmethod
     def _expected_downtime(record: RoundRecord, dirty_pages: int, first: bool) -> float:
