@@ -60,6 +60,12 @@ def run_vm(opts: VmOptions) -> int:
         from ..errors import ParameterError
 
         raise ParameterError("only one monitor can use stdio")
+    # A human console on a terminal gets line editing, history, Tab and Ctrl-C.
+    terminal = (any(e.kind == "stdio" and p == "hmp" for e, p in endpoints)
+                and not opts.exit_after_migration and sys.stdin.isatty()
+                and sys.stdout.isatty())
+    if terminal:
+        endpoints = [(e, p) for e, p in endpoints if e.kind != "stdio"]
     with Guest(ram=opts.ram, tracker=opts.tracker) as guest:
         if opts.incoming is not None or opts.start_stopped:
             guest.stop()  # nothing may run before the migrated state (or 'cont') arrives
@@ -83,6 +89,12 @@ def run_vm(opts: VmOptions) -> int:
             _announce_incoming(control, opts)
             if opts.exit_after_migration:
                 return _await_one_migration(control, opts)
+            if terminal:
+                from ..monitor.console import TerminalConsole
+
+                TerminalConsole(control, f"{PACKAGE} monitor - type 'help' for more "
+                                         "information").run()
+                return 0
             _run_until_quit(control, show_rates=not any(e.kind == "stdio" for e, _ in endpoints))
             return 0
         finally:

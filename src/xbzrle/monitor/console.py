@@ -1,0 +1,166 @@
+"""The human monitor on a terminal: line editing, history, Tab, Ctrl-C.
+
+When ``--monitor stdio`` runs on a terminal, this console reads the lines
+instead of the plain stdio connection: GNU readline (Python's ``readline``
+module) gives the editing keys, Up/Down history kept in
+``~/.xbzrle_history`` (``$HOME`` is honoured) and Tab completion of commands,
+``info`` subcommands, capability and parameter names.  readline rather than
+prompt_toolkit: it is in the standard library, it is what QEMU's own
+monitor and most shells feel like, and its line buffer is all we need to
+redraw the typed line under an asynchronous message.
+
+It runs in the main thread, so Ctrl-C lands here: during a foreground
+``migrate`` it cancels the migration (as ``virsh migrate`` does), waits for
+``cancelled`` and gives the prompt back with the source guest running; at
+the prompt it just starts a fresh line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from typing import Any
+
+from ..migration.params import CAPABILITIES
+from ..migration.status import MigrationStatus
+from .completion import Vocabulary, complete
+from .hmp import PROMPT, HmpSession
+
+HISTORY_FILE = ".xbzrle_history"
+HISTORY_LENGTH = 1000
+CANCEL_WAIT = 30.0  # seconds a cancelled migration may take to unwind
+
+
+def is_incoming(mig: Any) -> bool:
+    from ..migration.destination import IncomingMigration
+
+    return bool(getattr(mig, "incoming", False)) or isinstance(mig, IncomingMigration)
+
+
+def history_path() -> str:
+    """``~/.xbzrle_history``, following ``$HOME``."""
+    return os.path.join(os.path.expanduser("~"), HISTORY_FILE)
+
+
+class TerminalConsole:
+    """One HMP console on the process's terminal (stdin and stdout are a tty)."""
+
+    def __init__(self, control: Any, banner: str, history: str | None = None) -> None:
+        self.control = control
+        self.banner = banner
+        self.history = history or history_path()
+        self._out_lock = threading.Lock()
+        self._at_prompt = False
+        self.session = HmpSession(control, self._write)
+        self._readline: Any = None
+
+    # -- output -------------------------------------------------------------
+    def _write(self, text: str) -> None:
+        with self._out_lock:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    def notify(self, text: str) -> None:
+        """Print a message from another thread; redraw the prompt and what was typed."""
+        with self._out_lock:
+            if self._at_prompt and self._readline is not None:
+                typed = self._readline.get_line_buffer()
+                sys.stdout.write(f"\r\x1b[K{text}\n{PROMPT}{typed}")
+            else:
+                sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+
+    def _on_status(self, status: MigrationStatus) -> None:
+        mig = self.control.manager.current
+        if status == MigrationStatus.FAILED and self._at_prompt and mig is not None:
+            self.notify(f"Error: migration failed: {mig.error or 'unknown error'}")
+
+    # -- readline -----------------------------------------------------------
+    def vocabulary(self) -> Vocabulary:
+        s = self.session
+        legacy = getattr(s, "legacy", frozenset())
+        return Vocabulary(
+            commands=[n for n in s.commands if n not in legacy],
+            info=[n for n in s.info if n not in getattr(s, "legacy_info", frozenset())],
+            capabilities=list(CAPABILITIES),
+            parameters=list(self.control.manager.settings.parameters.to_qmp()))
+
+    def _setup_readline(self) -> None:
+        import readline
+
+        self._readline = readline
+        readline.set_history_length(HISTORY_LENGTH)
+        with contextlib.suppress(OSError):
+            readline.read_history_file(self.history)
+        vocabulary = self.vocabulary()
+        matches: list[str] = []
+
+        def completer(text: str, state: int) -> str | None:
+            nonlocal matches
+            if state == 0:
+                line = readline.get_line_buffer()[:readline.get_endidx()]
+                matches = complete(line, vocabulary)
+            return matches[state] if state < len(matches) else None
+
+        readline.set_completer_delims(" \t")
+        readline.set_completer(completer)
+        if "libedit" in (readline.__doc__ or ""):
+            readline.parse_and_bind("bind ^I rl_complete")
+        else:
+            readline.parse_and_bind("tab: complete")
+            # One Tab completes the common part and lists the candidates, as QEMU's
+            # monitor does (and a second Tab is not needed to see them).
+            readline.parse_and_bind("set show-all-if-ambiguous on")
+
+    def _remember(self, line: str) -> None:
+        """Keep the line in the history file now: a killed process loses nothing."""
+        if not line.strip() or self._readline is None:
+            return
+        with contextlib.suppress(OSError):
+            if not os.path.exists(self.history):
+                self._readline.write_history_file(self.history)
+            else:
+                self._readline.append_history_file(1, self.history)
+
+    # -- the loop -------------------------------------------------------------
+    def run(self) -> None:
+        """Read and run lines until ``quit`` or end of input (Ctrl-D)."""
+        self._setup_readline()
+        self.control.manager.add_status_listener(self._on_status)
+        self._write(self.banner + "\n")
+        while not self.control.quit_requested.is_set():
+            try:
+                self._at_prompt = True
+                line = input(PROMPT)
+            except EOFError:
+                self._write("\n")
+                self.control.request_quit()
+                break
+            except KeyboardInterrupt:
+                self._write("\n")  # Ctrl-C at the prompt: a fresh line, as a shell
+                continue
+            finally:
+                self._at_prompt = False
+            self._remember(line)
+            try:
+                self.session.execute(line)
+            except KeyboardInterrupt:
+                self._interrupted()
+
+    def _interrupted(self) -> None:
+        """Ctrl-C during a command: a foreground migration is cancelled, and waited for."""
+        mig = self.control.manager.current
+        if mig is None or is_incoming(mig) or not mig.status.is_running:
+            self._write("\n")
+            return
+        self._write("\ncancelling the migration (Ctrl-C)\n")
+        self.control.cancel()
+        while True:
+            try:
+                status = mig.wait(CANCEL_WAIT)
+                break
+            except KeyboardInterrupt:  # a second Ctrl-C: still waiting for the unwind
+                continue
+        self._write(f"migration {status}\n")
