@@ -141,7 +141,7 @@ def test_vm_command_exits_zero_on_ctrl_c():
 def test_vm_command_rejects_bad_sizes():
     proc = run_cli("vm", "--ram", "12Q", "--seconds", "1")
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 1 and "12Q" in err
+    assert proc.returncode == 2 and "12Q" in err
 
 
 def test_pages_written_grows_exactly_while_the_guest_runs():
