@@ -25,11 +25,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..errors import TransportError
 from ..guest import Guest
 from ..migration.manager import MigrationManager
 from ..monitor.info import format_info_migrate
 from ..sizes import PAGE_SIZE, format_size
 from .progress import MigrationDisplay
+from .vm import guest_progresses
 
 #: The workload's page writes per second, per byte/s of bandwidth: twice the link.
 WRITE_RATE_PER_BANDWIDTH = 2 / PAGE_SIZE
@@ -76,7 +78,7 @@ def _spawn_destination(opts: DemoOptions, xbzrle: bool) -> tuple[subprocess.Pope
         proc.kill()
         proc.wait()
         log.seek(0)
-        raise RuntimeError(f"the destination did not start: {log.read().strip() or line!r}")
+        raise TransportError(f"the destination did not start: {log.read().strip() or line!r}")
     return proc, int(line.split()[1])
 
 
@@ -131,9 +133,7 @@ def _migrate(opts: DemoOptions, guest: Guest, manager: MigrationManager,
             dest = json.loads(line)
     info["destination"] = dest
     if xbzrle is False or info["status"] != "completed":
-        before = guest.pages_written
-        time.sleep(0.3)
-        info["source-guest-running"] = guest.running and guest.pages_written > before
+        info["source-guest-running"] = guest_progresses(guest)
         _say(opts, f"  source guest still running after the {info['status']} migration: "
                    f"{info['source-guest-running']}")
     else:
@@ -141,7 +141,8 @@ def _migrate(opts: DemoOptions, guest: Guest, manager: MigrationManager,
                    f"{dest.get('digest-verified')}, workload resumed there: "
                    f"{dest.get('workload-resumed')}")
     _say(opts, "\n(xbzrle) info migrate  [" + name + "]")
-    _say(opts, format_info_migrate(info, manager.settings.query_capabilities()))
+    _say(opts, format_info_migrate(info, manager.settings.query_capabilities(),
+                                   show_globals=False))
     return info
 
 
