@@ -113,3 +113,26 @@ def test_ctrl_c_cancels_a_foreground_migrate_and_the_guest_runs_on(home, destina
     child.expect("Migration status: cancelled")
     child.expect(PROMPT)
     quit_console(child)
+
+
+def test_an_async_failure_reprints_the_prompt_and_the_typed_line(home):
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        child = console(home, "--ram", "32M", "--workload", "sparse")
+        child.sendline(f"migrate -d tcp:127.0.0.1:{port}")
+        child.expect(PROMPT)
+        peer, _ = server.accept()
+        child.send("info sta")  # typed, not entered, when the migration fails
+        child.expect("info sta")
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        peer.close()  # a reset: the source's next write fails
+        child.expect("Error: migration failed: ")
+        child.expect(PROMPT + "info sta")  # the prompt and the line are back
+        child.send("tus\r")
+        child.expect("VM status: running")
+        child.expect(PROMPT)
+        quit_console(child)

@@ -30,14 +30,8 @@ def live_allowed(stream: TextIO) -> bool:
 
 
 def describe_migration(p: PassProgress, status: str) -> str:
-    """``round 3: 45% of 12.0 MiB, 7.9 MiB/s, 6.6 MiB remaining, expected downtime 120 ms``."""
-    rate = p.mbps * 1e6 / 8 / MiB
-    text = (f"{status:<10} round {p.round}: {p.fraction * 100:3.0f}% of "
-            f"{p.pass_bytes / MiB:.1f} MiB, {rate:.1f} MiB/s, "
-            f"{p.remaining / MiB:.1f} MiB remaining, sent {p.transferred / MiB:.1f} MiB")
-    if p.round > 1 and status == "active":
-        text += f", expected downtime {p.expected_downtime_ms} ms"
-    return text
+    """``active     round 3: 45% of 12.0 MiB, 7.9 MiB/s, 6.6 MiB remaining, ...``."""
+    return f"{status:<10} {p.describe()}"
 
 
 def describe_bytes(done: int, total: int | None, elapsed: float) -> str:

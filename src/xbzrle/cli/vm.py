@@ -91,9 +91,13 @@ def run_vm(opts: VmOptions) -> int:
                 return _await_one_migration(control, opts)
             if terminal:
                 from ..monitor.console import TerminalConsole
+                from .progress import MigrationDisplay, live_allowed
 
+                bar = live_allowed(sys.stdout)  # NO_COLOR: the plain progress lines
                 TerminalConsole(control, f"{PACKAGE} monitor - type 'help' for more "
-                                         "information").run()
+                                         "information",
+                                display=(lambda: MigrationDisplay("migrate", sys.stdout))
+                                if bar else None).run()
                 return 0
             _run_until_quit(control, show_rates=not any(e.kind == "stdio" for e, _ in endpoints))
             return 0

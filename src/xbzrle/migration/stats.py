@@ -64,6 +64,16 @@ class PassProgress:
             return 1.0
         return min(1.0, max(0.0, 1 - self.remaining / self.pass_bytes))
 
+    def describe(self) -> str:
+        """``round 3: 45% of 16.0 MiB, 7.9 MiB/s, 8.8 MiB remaining, sent 40.2 MiB, ...``."""
+        mib = 1 << 20
+        text = (f"round {self.round}: {self.fraction * 100:3.0f}% of "
+                f"{self.pass_bytes / mib:.1f} MiB, {self.mbps * 1e6 / 8 / mib:.1f} MiB/s, "
+                f"{self.remaining / mib:.1f} MiB remaining, sent {self.transferred / mib:.1f} MiB")
+        if self.round > 1:
+            text += f", expected downtime {self.expected_downtime_ms} ms"
+        return text
+
 
 @dataclass
 class _RateWindow:

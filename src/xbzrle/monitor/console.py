@@ -21,22 +21,17 @@ import contextlib
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..migration.params import CAPABILITIES
 from ..migration.status import MigrationStatus
 from .completion import Vocabulary, complete
-from .hmp import PROMPT, HmpSession
+from .hmp import PROMPT, HmpSession, ProgressDisplay
 
 HISTORY_FILE = ".xbzrle_history"
 HISTORY_LENGTH = 1000
 CANCEL_WAIT = 30.0  # seconds a cancelled migration may take to unwind
-
-
-def is_incoming(mig: Any) -> bool:
-    from ..migration.destination import IncomingMigration
-
-    return bool(getattr(mig, "incoming", False)) or isinstance(mig, IncomingMigration)
 
 
 def history_path() -> str:
@@ -47,13 +42,14 @@ def history_path() -> str:
 class TerminalConsole:
     """One HMP console on the process's terminal (stdin and stdout are a tty)."""
 
-    def __init__(self, control: Any, banner: str, history: str | None = None) -> None:
+    def __init__(self, control: Any, banner: str, history: str | None = None,
+                 display: Callable[[], ProgressDisplay] | None = None) -> None:
         self.control = control
         self.banner = banner
         self.history = history or history_path()
         self._out_lock = threading.Lock()
         self._at_prompt = False
-        self.session = HmpSession(control, self._write)
+        self.session = HmpSession(control, self._write, display)
         self._readline: Any = None
 
     # -- output -------------------------------------------------------------
@@ -73,19 +69,18 @@ class TerminalConsole:
             sys.stdout.flush()
 
     def _on_status(self, status: MigrationStatus) -> None:
-        mig = self.control.manager.current
+        mig = self.control.migration
         if status == MigrationStatus.FAILED and self._at_prompt and mig is not None:
             self.notify(f"Error: migration failed: {mig.error or 'unknown error'}")
 
     # -- readline -----------------------------------------------------------
     def vocabulary(self) -> Vocabulary:
         s = self.session
-        legacy = getattr(s, "legacy", frozenset())
         return Vocabulary(
-            commands=[n for n in s.commands if n not in legacy],
-            info=[n for n in s.info if n not in getattr(s, "legacy_info", frozenset())],
+            commands=[n for n in s.commands if n not in s.legacy],
+            info=[n for n in s.info if n not in s.legacy_info],
             capabilities=list(CAPABILITIES),
-            parameters=list(self.control.manager.settings.parameters.to_qmp()))
+            parameters=list(self.control.query_parameters()))
 
     def _setup_readline(self) -> None:
         import readline
@@ -102,6 +97,8 @@ class TerminalConsole:
             if state == 0:
                 line = readline.get_line_buffer()[:readline.get_endidx()]
                 matches = complete(line, vocabulary)
+                if len(matches) == 1:  # a whole word: go on to the next one
+                    matches = [matches[0] + " "]
             return matches[state] if state < len(matches) else None
 
         readline.set_completer_delims(" \t")
@@ -151,8 +148,8 @@ class TerminalConsole:
 
     def _interrupted(self) -> None:
         """Ctrl-C during a command: a foreground migration is cancelled, and waited for."""
-        mig = self.control.manager.current
-        if mig is None or is_incoming(mig) or not mig.status.is_running:
+        mig = self.control.migration
+        if mig is None or mig.incoming or not mig.status.is_running:
             self._write("\n")
             return
         self._write("\ncancelling the migration (Ctrl-C)\n")
