@@ -42,3 +42,16 @@ def test_the_package_ships_its_type_information():
     for name in ("def encode(", "def decode(", "def decode_into(", "def encode_pages(",
                  "def decode_pages(", "class PageCache", "class GuestRam"):
         assert name in stub
+
+
+def test_every_public_method_of_the_manager_says_what_it_does():
+    import inspect
+
+    from xbzrle.migration.manager import MigrationManager
+
+    assert MigrationManager.__doc__
+    for name, member in inspect.getmembers(MigrationManager):
+        if name.startswith("_") and name != "__init__":
+            continue
+        if inspect.isfunction(member) or isinstance(member, property):
+            assert (member.__doc__ or "").strip(), name
