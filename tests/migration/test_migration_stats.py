@@ -91,3 +91,12 @@ def test_dirty_pages_rate_spans_at_least_one_second():
     clock.t += 0.98
     stats.start_pass(500)
     assert stats.to_qmp("active")["ram"]["dirty-pages-rate"] == 1500  # 1500 pages in 1 s
+
+
+def test_progress_rate_is_the_average_until_the_first_period_ends():
+    clock = Clock()
+    stats = MigrationStats(total_ram=1 << 30, xbzrle=False, clock=clock)
+    clock.t += 0.5
+    stats.add_batch(BatchCounts(scanned=1024, normal=1024, wire_bytes=4 << 20))
+    assert abs(stats.progress().mbps - (4 << 20) * 8 / 0.5 / 1e6) < 1e-6
+    assert "round 1:" in stats.progress().describe()

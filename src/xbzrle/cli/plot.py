@@ -26,6 +26,8 @@ from ..sizes import PAGE_SIZE
 #: Bytes of a page record's header: the 8-byte address and flags word.
 RECORD_HEADER = 8
 WIDTH_IN, HEIGHT_IN, DPI = 12, 10, 100
+MAX_TICKS = 12  # round numbers on an axis, at most
+MAX_LABELLED_BARS = 12  # above this, totals on the bars would overlap
 MiB = 1 << 20
 
 
@@ -119,9 +121,10 @@ def _draw(axes: Sequence[Any], s: RoundSeries) -> None:
     top = wire.bar(x, zero, bottom=[a + b for a, b in zip(normal, xbz, strict=True)],
                    color="#8c8c8c", label=s.zero_label)
     totals = [a + b + c for a, b, c in zip(normal, xbz, zero, strict=True)]
-    # The total on each bar: an XBZRLE round is too thin to read off the axis.
-    wire.bar_label(top, labels=[f"{t:.2f}" if t < 10 else f"{t:.0f}" for t in totals],
-                   fontsize="x-small", padding=1)
+    if len(x) <= MAX_LABELLED_BARS:
+        # The total on each bar: an XBZRLE round is too thin to read off the axis.
+        wire.bar_label(top, labels=[f"{t:.2f}" if t < 10 else f"{t:.0f}" for t in totals],
+                       fontsize="x-small", padding=1)
     wire.set_ylabel("MiB on the wire")
     wire.legend(fontsize="small")
     if any(v is not None for v in s.miss_rate):
@@ -146,8 +149,10 @@ def _draw(axes: Sequence[Any], s: RoundSeries) -> None:
     over.set_ylabel("overflows")
     over.set_xlabel("round")
     wire.set_ylim(top=max(totals, default=0) * 1.15 or 1)
+    step = max(1, -(-len(x) // MAX_TICKS))  # a readable number of round numbers
+    shown = sorted(set(x[::step]) | ({x[-1]} if x else set()))
     for ax in axes:
-        ax.set_xticks(x, s.labels)
+        ax.set_xticks(shown, [s.labels[i] for i in shown])
         ax.set_xlim(-0.6, len(x) - 0.4)
         ax.grid(axis="y", alpha=0.3)
 

@@ -139,9 +139,13 @@ class MigrationStats:
 
     def progress(self) -> PassProgress:
         """The current pass's progress, for displays."""
+        mbps = self.mbps
+        elapsed = self.clock() - self.start_time
+        if not mbps and elapsed > 0:  # the first period is not over: the average so far
+            mbps = self.totals.wire_bytes * 8 / elapsed / 1e6
         return PassProgress(self.dirty_sync_count + 1 if self.end_time is None
                             else self.dirty_sync_count, self.pass_bytes, self.remaining,
-                            self.totals.wire_bytes, self.mbps, self.expected_downtime_ms)
+                            self.totals.wire_bytes, mbps, self.expected_downtime_ms)
 
     def add_wire_bytes(self, n: int) -> None:
         """Bytes outside page records (section headers, EOS, digest)."""
