@@ -62,3 +62,15 @@ def refusing_destination(reason: str = "refused by the test"):
     finally:
         thread.join(10)
         server.close()
+
+
+def rewrite_between_rounds(manager, guest, block: str = "pc.ram") -> None:
+    """Hold each round until the workload has gone over every page twice more.
+
+    Called from the migration thread after each dirty sync, so every later
+    round finds the pages dirty again and resends cached ones as XBZRLE
+    records, however a loaded machine schedules the workload thread.
+    """
+    lap = 2 * guest.blocks[block].npages
+    manager.add_pass_listener(lambda count: wait_until(
+        lambda seen=guest.pages_written: guest.pages_written >= seen + lap))

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from support import progresses, refusing_destination, wait_until
+from support import progresses, refusing_destination, rewrite_between_rounds, wait_until
 from xbzrle import Guest
 from xbzrle.migration.manager import MigrationManager
 from xbzrle.migration.status import MigrationStatus
@@ -79,6 +79,7 @@ def test_xbzrle_pages_are_used_and_counted():
         # Downtime limit 0: it iterates until the round cap, so XBZRLE rounds happen
         # however the workload thread was scheduled.
         src_m.set_parameters(max_bandwidth=64 << 20, downtime_limit=0)
+        rewrite_between_rounds(src_m, src)  # XBZRLE pages by design, not luck
         mig = src_m.migrate(uri, max_rounds=4)
         assert mig.wait(60) == S.COMPLETED, mig.error
         info = src_m.query()
