@@ -10,15 +10,16 @@ monitor and most shells feel like, and its line buffer is all we need to
 redraw the typed line under an asynchronous message.
 
 It runs in the main thread, so Ctrl-C lands here: during a foreground
-``migrate`` it cancels the migration (as ``virsh migrate`` does), waits for
-``cancelled`` and gives the prompt back with the source guest running; at
-the prompt it just starts a fresh line.
+``migrate`` it cancels the migration (as ``virsh migrate`` does); the
+command waits for ``cancelled`` and gives the prompt back with the source
+guest running.  At the prompt Ctrl-C just starts a fresh line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -31,7 +32,6 @@ from .hmp import PROMPT, HmpSession, ProgressDisplay
 
 HISTORY_FILE = ".xbzrle_history"
 HISTORY_LENGTH = 1000
-CANCEL_WAIT = 30.0  # seconds a cancelled migration may take to unwind
 
 
 def history_path() -> str:
@@ -47,8 +47,9 @@ class TerminalConsole:
         self.control = control
         self.banner = banner
         self.history = history or history_path()
-        self._out_lock = threading.Lock()
+        self._out_lock = threading.RLock()  # the Ctrl-C handler may write mid-write
         self._at_prompt = False
+        self._cancelling = False
         self.session = HmpSession(control, self._write, display)
         self._readline: Any = None
 
@@ -141,23 +142,32 @@ class TerminalConsole:
             finally:
                 self._at_prompt = False
             self._remember(line)
+            previous = signal.signal(signal.SIGINT, self._on_interrupt)
             try:
                 self.session.execute(line)
-            except KeyboardInterrupt:
-                self._interrupted()
+            finally:
+                signal.signal(signal.SIGINT, previous)
 
-    def _interrupted(self) -> None:
-        """Ctrl-C during a command: a foreground migration is cancelled, and waited for."""
+    def _on_interrupt(self, signum: int, frame: object) -> None:
+        """Ctrl-C while a command runs: a foreground migration is cancelled.
+
+        A handler that returns instead of raising KeyboardInterrupt: the
+        command goes on waiting and reports ``migration cancelled`` itself.
+        Raising would interrupt ``Thread.join`` mid-wait, which on Python 3.11
+        marks the migration thread as finished while it still runs.  The
+        cancel itself runs in a thread of its own: the handler may have
+        interrupted this thread inside a lock the cancel needs.
+        """
         mig = self.control.migration
-        if mig is None or mig.incoming or not mig.status.is_running:
-            self._write("\n")
+        if mig is None or mig.incoming or not mig.status.is_running or self._cancelling:
             return
+        self._cancelling = True
         self._write("\ncancelling the migration (Ctrl-C)\n")
-        self.control.cancel()
-        while True:
+
+        def cancel() -> None:
             try:
-                status = mig.wait(CANCEL_WAIT)
-                break
-            except KeyboardInterrupt:  # a second Ctrl-C: still waiting for the unwind
-                continue
-        self._write(f"migration {status}\n")
+                self.control.cancel()
+            finally:
+                self._cancelling = False
+
+        threading.Thread(target=cancel, name="console-cancel", daemon=True).start()
