@@ -20,8 +20,10 @@ def home(tmp_path):
     return tmp_path
 
 
-def console(home: Path, *args: str) -> pexpect.spawn:
+def console(home: Path, *args: str, color: bool = False) -> pexpect.spawn:
     env = dict(os.environ, HOME=str(home), PYTHONPATH=SRC, TERM="xterm", NO_COLOR="1")
+    if color:  # rich draws its progress bar
+        del env["NO_COLOR"]
     child = pexpect.spawn(sys.executable, ["-m", "xbzrle", "vm", "--monitor", "stdio", *args],
                           env=env, encoding="utf-8", timeout=30, dimensions=(40, 200))
     child.expect("type 'help' for more information")
@@ -96,12 +98,15 @@ def destination():
     proc.wait()
 
 
-def test_ctrl_c_cancels_a_foreground_migrate_and_the_guest_runs_on(home, destination):
-    child = console(home, "--ram", "64M", "--workload", "dense")
+@pytest.mark.parametrize("color", [False, True], ids=["plain-lines", "rich-bar"])
+def test_ctrl_c_cancels_a_foreground_migrate_and_the_guest_runs_on(home, destination, color):
+    child = console(home, "--ram", "64M", "--workload", "dense", color=color)
     child.sendline("migrate_set_parameter max-bandwidth 1m")  # a minute at least
     child.expect(PROMPT)
     child.sendline(f"migrate {destination}")
-    child.expect(r"round 1:")  # progress of the first pass
+    child.expect(r"round 1:\s+\d+% of 64.0 MiB")  # progress of the first pass
+    if color:
+        child.expect("━")  # rich's bar, redrawn in place
     child.sendintr()
     child.expect("cancelling the migration")
     child.expect("migration cancelled")
