@@ -105,10 +105,10 @@ def _run_extract(args: argparse.Namespace) -> int:
             if opened.compression is None:  # seekable: mapped-ram regions are read at offsets
                 return _print_manifest(args, lambda: extract_file(
                     args.stream, args.output, max_ram=args.max_ram,
-                    on_progress=display.update))
+                    on_progress=display.update), display)
             return _print_manifest(args, lambda: extract_chunks(
                 _showing(read_chunks(opened), opened, display), args.output,
-                max_ram=args.max_ram, source=str(args.stream)))
+                max_ram=args.max_ram, source=str(args.stream)), display)
 
 
 def _showing(chunks: Iterator[bytes], opened: Any, display: ReadDisplay) -> Iterator[bytes]:
@@ -134,14 +134,19 @@ def _run_receive(args: argparse.Namespace) -> int:
     with ReadDisplay(f"receive {args.uri}", None) as display:
         return _print_manifest(args, lambda: receive(
             args.uri, args.output, max_ram=args.max_ram, on_listening=announce,
-            on_progress=display.update))
+            on_progress=display.update), display)
 
 
-def _print_manifest(args: argparse.Namespace, run: Any) -> int:
+def _print_manifest(args: argparse.Namespace, run: Any,
+                    display: ReadDisplay | None = None) -> int:
     from ..qemu.extract import IncompleteStreamError
 
     try:
-        manifest = run()
+        try:
+            manifest = run()
+        finally:
+            if display is not None:
+                display.close()  # the bar goes before the summary is printed
     except IncompleteStreamError as exc:
         _summary(exc.manifest, args)
         raise
