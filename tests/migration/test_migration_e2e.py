@@ -124,6 +124,53 @@ def test_destination_without_xbzrle_fails_both_sides_clearly():
         close(src, dst)
 
 
+@pytest.mark.parametrize("source_digest", [True, False])
+def test_ram_digest_settings_must_agree(source_digest):
+    src, dst, src_m, dst_m, uri = make_pair("loadgen", True)
+    try:
+        src_m.set_capability("x-ram-digest", source_digest)
+        dst_m.set_capability("x-ram-digest", not source_digest)
+        mig = src_m.migrate(uri, max_rounds=3)
+        assert mig.wait(60) == S.FAILED
+        assert dst_m.wait(10) == S.FAILED
+        wanted = ("the source sent a RAM digest" if source_digest
+                  else "the migration stream carries no RAM digest")
+        assert wanted in dst_m.current.error
+        assert "set it the same on both sides" in dst_m.current.error
+        assert wanted in mig.error  # the destination's verdict reaches the source
+        assert running_and_progressing(src)
+    finally:
+        close(src, dst)
+
+
+def test_without_ram_digest_on_both_sides_the_migration_completes():
+    src, dst, src_m, dst_m, uri = make_pair("loadgen", True)
+    try:
+        src_m.set_capability("x-ram-digest", False)
+        dst_m.set_capability("x-ram-digest", False)
+        mig = src_m.migrate(uri, max_rounds=3)
+        assert mig.wait(60) == S.COMPLETED, mig.error
+        assert dst_m.wait(10) == S.COMPLETED, dst_m.current.error
+        assert src.digest() == dst.digest()
+    finally:
+        close(src, dst)
+
+
+def test_destination_refuses_another_machine_type_in_qemus_words():
+    src = Guest(ram=RAM, machine="none")
+    dst = Guest(ram=RAM)
+    try:
+        dst.stop()
+        dst_m = MigrationManager(dst)
+        inc = dst_m.incoming("tcp:127.0.0.1:0", resume=False)
+        mig = MigrationManager(src).migrate(f"tcp:127.0.0.1:{inc.port}")
+        assert mig.wait(60) == S.FAILED
+        assert dst_m.wait(10) == S.FAILED
+        assert "Machine type received is 'none' and local is 'xbzrle-vm'" in dst_m.current.error
+    finally:
+        close(src, dst)
+
+
 def test_peer_vanishing_mid_migration_fails_the_source_which_keeps_running():
     src = Guest(ram=RAM)
     src.start_workload("dense")
