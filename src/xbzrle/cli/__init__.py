@@ -69,7 +69,7 @@ def _add_vm_parser(sub) -> None:
                    "source or destination, without them it prints its dirty rate")
     vm.add_argument("--ram", type=options.size, default="1G",
                     help="guest RAM size, e.g. 256M or 1G (default 1G)")
-    vm.add_argument("--machine", default="xbzrle-vm",
+    vm.add_argument("--machine", type=options.machine, default="xbzrle-vm",
                     help="machine type shaping the RAM blocks and named in the stream: "
                          "xbzrle-vm (default, one block pc.ram), none (QEMU's -machine none: "
                          "one block ram), pc (QEMU 7.2's pc with -nodefaults)")

@@ -79,3 +79,14 @@ def fail(prog: str, message: str, status: int = EXIT_USAGE) -> NoReturn:
     """Refuse an option combination the same way argparse refuses a value."""
     sys.stderr.write(f"{prog}: {message} (see '{prog} --help')\n")
     sys.exit(status)
+
+
+def machine(text: str) -> str:
+    """A machine type this implementation knows (``xbzrle-vm``, ``none``, ``pc``)."""
+    from ..guest.machines import machine_type
+
+    try:
+        machine_type(text)
+    except ParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text

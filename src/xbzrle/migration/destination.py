@@ -161,14 +161,13 @@ class IncomingMigration(Migration):
             received += n
             parser.feed(view[:n])
             for event in parser.events():
-                if isinstance(event, ev.Configuration):
+                if isinstance(event, ev.Configuration):  # in QEMU's order: machine, caps
+                    self._check_machine(event)
                     check_capabilities(event.capabilities, xbzrle=self._xbzrle())
                 elif isinstance(event, ev.RamBlocks):
                     loader.check_layout(event)
                 elif isinstance(event, ev.ZeroPage | ev.NormalPage | ev.XbzrlePage):
                     loader.apply(event)
-                elif isinstance(event, ev.Configuration):
-                    self._check_machine(event)
                 elif isinstance(event, ev.SectionFull) and event.idstr == K.DIGEST_IDSTR:
                     if not expect_digest:
                         raise StreamError(
