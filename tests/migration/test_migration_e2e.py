@@ -114,6 +114,7 @@ def test_destination_without_xbzrle_fails_both_sides_clearly():
     src, dst, src_m, dst_m, uri = make_pair("loadgen", True, dest_xbzrle=False)
     try:
         src_m.set_parameters(max_bandwidth=0, downtime_limit=0)  # at least three rounds
+        rewrite_between_rounds(src_m, src)  # XBZRLE records are sent: the refusal is certain
         mig = src_m.migrate(uri, max_rounds=5)
         assert mig.wait(60) == S.FAILED
         assert dst_m.wait(10) == S.FAILED
@@ -310,6 +311,10 @@ def test_a_failed_migration_leaves_a_guest_paused_by_the_operator_paused():
 def test_cancel_works_at_any_moment(delay):
     src, dst, src_m, dst_m, uri = make_pair("dense", True)
     try:
+        # Every page written before the start: 16 MiB of data at 4 MiB/s cannot
+        # complete before the cancel, however the workload thread was scheduled.
+        lap = 2 * src.blocks["pc.ram"].npages
+        assert wait_until(lambda: src.pages_written >= lap)
         src_m.set_parameters(max_bandwidth=4 << 20)
         mig = src_m.migrate(uri)
         time.sleep(delay)
