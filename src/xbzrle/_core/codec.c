@@ -106,6 +106,77 @@ static int check_no_overlap(const Py_buffer *a, const Py_buffer *b)
     return 0;
 }
 
+/* A buffer argument, read in place.  Any exporter is accepted as long as its
+ * bytes are one C-contiguous block; a strided view or a read-only buffer
+ * where a writable one is needed is a TypeError that names the argument
+ * (the pure-Python twin raises TypeError too), never a BufferError. */
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *func,
+                      const char *arg)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_FULL_RO) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_BufferError) || PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s(): %s must be a bytes-like object, not %.200s",
+                         func, arg, Py_TYPE(obj)->tp_name);
+        }
+        return -1;
+    }
+    if (!PyBuffer_IsContiguous(view, 'C')) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s(): %s must be a C-contiguous buffer, not a strided %.200s", func, arg,
+                     Py_TYPE(obj)->tp_name);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    if (writable && view->readonly) {
+        PyErr_Format(PyExc_TypeError, "%s(): %s must be a writable buffer, not read-only %.200s",
+                     func, arg, Py_TYPE(obj)->tp_name);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* Read up to four buffer arguments; on failure none stays held. */
+static int get_buffers(const char *func, int count, PyObject **objs, Py_buffer **views,
+                       const int *writable, const char *const *names)
+{
+    for (int i = 0; i < count; i++) {
+        if (get_buffer(objs[i], views[i], writable[i], func, names[i]) < 0) {
+            while (i-- > 0)
+                PyBuffer_Release(views[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* An integer argument held in a Py_ssize_t (page_size, pos).  A value too
+ * large for it gets the caller's ValueError (what_fmt, formatted with the
+ * value), the same as any other value out of range, never OverflowError. */
+static int get_ssize(PyObject *obj, Py_ssize_t *value, const char *what_fmt)
+{
+    PyObject *index = PyNumber_Index(obj);
+    if (index == NULL)
+        return -1;
+    Py_ssize_t v = PyLong_AsSsize_t(index);
+    if (v == -1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            Py_DECREF(index);
+            return -1;
+        }
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, what_fmt, index);
+        Py_DECREF(index);
+        return -1;
+    }
+    Py_DECREF(index);
+    *value = v;
+    return 0;
+}
+
+#define PAGE_SIZE_RANGE_FMT "page_size of %R bytes: XBZRLE pages hold 1 to 16384 bytes"
+
 /* limit=None means the page length; a huge int means no limit. */
 static int parse_limit(PyObject *obj, size_t page_len, size_t *limit)
 {
@@ -139,12 +210,15 @@ PyDoc_STRVAR(encode_doc,
 static PyObject *codec_encode(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"old", "new", "limit", NULL};
+    static const char *const names[] = {"old", "new"};
+    static const int writable[] = {0, 0};
     Py_buffer old, new_page;
-    PyObject *limit_obj = Py_None, *result = NULL;
+    PyObject *objs[2], *limit_obj = Py_None, *result = NULL;
     size_t limit;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*|O:encode", keywords, &old, &new_page,
-                                     &limit_obj))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O:encode", keywords, &objs[0], &objs[1],
+                                     &limit_obj) ||
+        get_buffers("encode", 2, objs, (Py_buffer *[]){&old, &new_page}, writable, names) < 0)
         return NULL;
     if (check_same_length(&old, &new_page, "old and new pages") < 0 ||
         check_page_size(old.len, "page") < 0 ||
@@ -190,10 +264,13 @@ PyDoc_STRVAR(decode_doc,
 static PyObject *codec_decode(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"delta", "old", NULL};
+    static const char *const names[] = {"delta", "old"};
+    static const int writable[] = {0, 0};
     Py_buffer delta, old;
-    PyObject *result = NULL;
+    PyObject *objs[2], *result = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*:decode", keywords, &delta, &old))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO:decode", keywords, &objs[0], &objs[1]) ||
+        get_buffers("decode", 2, objs, (Py_buffer *[]){&delta, &old}, writable, names) < 0)
         return NULL;
     if (check_page_size(old.len, "page") < 0)
         goto done;
@@ -229,10 +306,14 @@ PyDoc_STRVAR(decode_into_doc,
 static PyObject *codec_decode_into(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"delta", "page", NULL};
+    static const char *const names[] = {"delta", "page"};
+    static const int writable[] = {0, 1};
     Py_buffer delta, page;
-    PyObject *result = NULL;
+    PyObject *objs[2], *result = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*w*:decode_into", keywords, &delta, &page))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO:decode_into", keywords, &objs[0],
+                                     &objs[1]) ||
+        get_buffers("decode_into", 2, objs, (Py_buffer *[]){&delta, &page}, writable, names) < 0)
         return NULL;
     if (check_page_size(page.len, "page") < 0 || check_no_overlap(&delta, &page) < 0)
         goto done;
@@ -266,14 +347,19 @@ PyDoc_STRVAR(encode_pages_doc,
 static PyObject *codec_encode_pages(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"old", "new", "page_size", NULL};
+    static const char *const names[] = {"old", "new"};
+    static const int writable[] = {0, 0};
     Py_buffer old, new_page;
     Py_ssize_t page_size = 4096;
-    PyObject *result = NULL, *deltas = NULL, *lengths = NULL;
+    PyObject *objs[2], *size_obj = NULL, *result = NULL, *deltas = NULL, *lengths = NULL;
     int *page_lengths = NULL;
     uint8_t *out = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*|n:encode_pages", keywords, &old,
-                                     &new_page, &page_size))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O:encode_pages", keywords, &objs[0],
+                                     &objs[1], &size_obj) ||
+        (size_obj != NULL && get_ssize(size_obj, &page_size, PAGE_SIZE_RANGE_FMT) < 0) ||
+        get_buffers("encode_pages", 2, objs, (Py_buffer *[]){&old, &new_page}, writable,
+                    names) < 0)
         return NULL;
     if (check_same_length(&old, &new_page, "old and new buffers") < 0 ||
         check_whole_pages(old.len, page_size) < 0)
@@ -370,16 +456,25 @@ static int read_buffer_int(const char *item, Py_ssize_t itemsize, int is_signed,
     return -1;
 }
 
-/* lengths as a C array: from a buffer of native-order integers (array,
- * numpy, memoryview) without Python objects, else from any sequence. */
+/* lengths as a C array: from a one-dimensional buffer of native-order
+ * integers (array, numpy, memoryview; strided views too) without Python
+ * objects, else from any sequence.  Values a long long cannot hold are a
+ * ValueError (like any other impossible length), never OverflowError. */
 static long long *read_lengths(PyObject *obj, Py_ssize_t *count)
 {
     long long *values = NULL;
 
     if (PyObject_CheckBuffer(obj)) {
         Py_buffer view;
-        if (PyObject_GetBuffer(obj, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        if (PyObject_GetBuffer(obj, &view, PyBUF_RECORDS_RO) < 0)
             return NULL;
+        if (view.ndim != 1) {
+            PyErr_Format(PyExc_TypeError,
+                         "lengths must be one-dimensional, got a buffer of %d dimensions",
+                         view.ndim);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
         const char *format = view.format ? view.format : "B";
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
         if (*format == '@' || *format == '=' || *format == '<')
@@ -396,7 +491,8 @@ static long long *read_lengths(PyObject *obj, Py_ssize_t *count)
             PyBuffer_Release(&view);
             return NULL;
         }
-        Py_ssize_t n = view.len / view.itemsize;
+        Py_ssize_t n = view.shape[0];
+        Py_ssize_t stride = view.strides != NULL ? view.strides[0] : view.itemsize;
         values = PyMem_Malloc(n ? (size_t)n * sizeof *values : 1);
         if (values == NULL) {
             PyBuffer_Release(&view);
@@ -404,8 +500,8 @@ static long long *read_lengths(PyObject *obj, Py_ssize_t *count)
             return NULL;
         }
         for (Py_ssize_t i = 0; i < n; i++) {
-            if (read_buffer_int((const char *)view.buf + i * view.itemsize, view.itemsize,
-                                is_signed, &values[i]) < 0) {
+            if (read_buffer_int((const char *)view.buf + i * stride, view.itemsize, is_signed,
+                                &values[i]) < 0) {
                 PyErr_Format(PyExc_ValueError, "lengths[%zd] is out of range", i);
                 PyMem_Free(values);
                 PyBuffer_Release(&view);
@@ -431,9 +527,12 @@ static long long *read_lengths(PyObject *obj, Py_ssize_t *count)
         PyObject *index = PyNumber_Index(PySequence_Fast_GET_ITEM(seq, i));
         if (index == NULL)
             goto fail;
-        values[i] = PyLong_AsLongLong(index);
+        int overflow;
+        values[i] = PyLong_AsLongLongAndOverflow(index, &overflow);
+        if (overflow != 0)
+            PyErr_Format(PyExc_ValueError, "lengths[%zd] is %R: out of range", i, index);
         Py_DECREF(index);
-        if (values[i] == -1 && PyErr_Occurred())
+        if (overflow != 0 || (values[i] == -1 && PyErr_Occurred()))
             goto fail;
     }
     Py_DECREF(seq);
@@ -454,13 +553,18 @@ PyDoc_STRVAR(decode_pages_doc,
 static PyObject *codec_decode_pages(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"deltas", "lengths", "pages", "page_size", NULL};
+    static const char *const names[] = {"deltas", "pages"};
+    static const int writable[] = {0, 1};
     Py_buffer deltas, pages;
-    PyObject *lengths_obj, *result = NULL;
+    PyObject *objs[2], *lengths_obj, *size_obj = NULL, *result = NULL;
     Py_ssize_t page_size = 4096, count = 0;
     long long *lengths = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*Ow*|n:decode_pages", keywords, &deltas,
-                                     &lengths_obj, &pages, &page_size))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O:decode_pages", keywords, &objs[0],
+                                     &lengths_obj, &objs[1], &size_obj) ||
+        (size_obj != NULL && get_ssize(size_obj, &page_size, PAGE_SIZE_RANGE_FMT) < 0) ||
+        get_buffers("decode_pages", 2, objs, (Py_buffer *[]){&deltas, &pages}, writable,
+                    names) < 0)
         return NULL;
     if (check_whole_pages(pages.len, page_size) < 0 || check_no_overlap(&deltas, &pages) < 0)
         goto done;
@@ -472,7 +576,10 @@ static PyObject *codec_decode_pages(PyObject *self, PyObject *args, PyObject *kw
         PyErr_Format(PyExc_ValueError, "%zd lengths for %zd pages", count, page_count);
         goto done;
     }
-    unsigned long long total = 0;
+    /* Each length is checked against the bytes that remain, never summed
+     * first: a sum can wrap (2**63 - 1 twice, then 5) and let the checker
+     * walk past the delta buffer. */
+    size_t remaining = (size_t)deltas.len;
     for (Py_ssize_t p = 0; p < count; p++) {
         if (lengths[p] < -1) {
             PyErr_Format(PyExc_ValueError,
@@ -481,12 +588,18 @@ static PyObject *codec_decode_pages(PyObject *self, PyObject *args, PyObject *kw
                          p, lengths[p]);
             goto done;
         }
+        if (lengths[p] > 0 && (unsigned long long)lengths[p] > remaining) {
+            PyErr_Format(PyExc_ValueError,
+                         "lengths[%zd] is %lld but only %zu bytes of deltas remain", p,
+                         lengths[p], remaining);
+            goto done;
+        }
         if (lengths[p] > 0)
-            total += (unsigned long long)lengths[p];
+            remaining -= (size_t)lengths[p];
     }
-    if (total != (unsigned long long)deltas.len) {
-        PyErr_Format(PyExc_ValueError, "lengths add up to %llu bytes but deltas holds %zd", total,
-                     deltas.len);
+    if (remaining != 0) {
+        PyErr_Format(PyExc_ValueError, "lengths add up to %zd bytes but deltas holds %zd",
+                     deltas.len - (Py_ssize_t)remaining, deltas.len);
         goto done;
     }
 
@@ -578,9 +691,11 @@ static PyObject *codec_uleb128_decode(PyObject *self, PyObject *args)
 {
     Py_buffer buf;
     Py_ssize_t pos = 0;
-    PyObject *result = NULL;
+    PyObject *buf_obj, *pos_obj = NULL, *result = NULL;
 
-    if (!PyArg_ParseTuple(args, "y*|n:uleb128_decode", &buf, &pos))
+    if (!PyArg_ParseTuple(args, "O|O:uleb128_decode", &buf_obj, &pos_obj) ||
+        (pos_obj != NULL && get_ssize(pos_obj, &pos, "pos %R is outside the buffer") < 0) ||
+        get_buffer(buf_obj, &buf, 0, "uleb128_decode", "buf") < 0)
         return NULL;
     if (pos < 0 || pos > buf.len) {
         PyErr_Format(PyExc_ValueError, "pos %zd is outside the buffer of %zd bytes", pos, buf.len);
@@ -621,7 +736,7 @@ PyDoc_STRVAR(is_zero_doc, "is_zero($module, buf, /)\n--\n\nTrue when every byte 
 static PyObject *codec_is_zero(PyObject *self, PyObject *arg)
 {
     Py_buffer buf;
-    if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0)
+    if (get_buffer(arg, &buf, 0, "is_zero", "buf") < 0)
         return NULL;
     int zero;
     Py_BEGIN_ALLOW_THREADS
@@ -638,12 +753,16 @@ PyDoc_STRVAR(memcmp_pages_doc,
 static PyObject *codec_memcmp_pages(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"a", "b", "page_size", NULL};
+    static const char *const names[] = {"a", "b"};
+    static const int writable[] = {0, 0};
     Py_buffer a, b;
     Py_ssize_t page_size = 4096;
-    PyObject *result = NULL;
+    PyObject *objs[2], *size_obj = NULL, *result = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*|n:memcmp_pages", keywords, &a, &b,
-                                     &page_size))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O:memcmp_pages", keywords, &objs[0],
+                                     &objs[1], &size_obj) ||
+        (size_obj != NULL && get_ssize(size_obj, &page_size, PAGE_SIZE_RANGE_FMT) < 0) ||
+        get_buffers("memcmp_pages", 2, objs, (Py_buffer *[]){&a, &b}, writable, names) < 0)
         return NULL;
     if (check_same_length(&a, &b, "buffers") == 0 && check_whole_pages(a.len, page_size) == 0) {
         Py_ssize_t equal = 0;
