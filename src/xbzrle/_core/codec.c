@@ -344,7 +344,18 @@ PyDoc_STRVAR(encode_pages_doc,
              "lengths): lengths is array('i'), per page 0 unchanged, -1 overflow, else\n"
              "the length of its delta; deltas are concatenated in page order.");
 
-static PyObject *codec_encode_pages(PyObject *self, PyObject *args, PyObject *kwargs)
+/* A page encoder with encode_pages' contract: len bytes, at most dlen bytes
+ * of output (written with up to XBZ_ENCODE_SLACK bytes past it), 0 when
+ * equal, -1 on overflow. */
+typedef ssize_t (*page_encoder)(const uint8_t *, const uint8_t *, size_t, uint8_t *, size_t);
+
+/* encode_pages with a given page encoder (ours, or the model of QEMU's for
+ * the benchmark).  The deltas are written straight into the bytes object
+ * that is returned: it is allocated for the worst case (every page just
+ * under the limit), which only reserves address space, and shrunk in place
+ * at the end, so no delta byte is copied after the encoder wrote it. */
+static PyObject *encode_batch(PyObject *args, PyObject *kwargs, const char *format,
+                              const char *func, page_encoder encoder)
 {
     static char *keywords[] = {"old", "new", "page_size", NULL};
     static const char *const names[] = {"old", "new"};
@@ -352,14 +363,11 @@ static PyObject *codec_encode_pages(PyObject *self, PyObject *args, PyObject *kw
     Py_buffer old, new_page;
     Py_ssize_t page_size = 4096;
     PyObject *objs[2], *size_obj = NULL, *result = NULL, *deltas = NULL, *lengths = NULL;
-    int *page_lengths = NULL;
-    uint8_t *out = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O:encode_pages", keywords, &objs[0],
-                                     &objs[1], &size_obj) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, format, keywords, &objs[0], &objs[1],
+                                     &size_obj) ||
         (size_obj != NULL && get_ssize(size_obj, &page_size, PAGE_SIZE_RANGE_FMT) < 0) ||
-        get_buffers("encode_pages", 2, objs, (Py_buffer *[]){&old, &new_page}, writable,
-                    names) < 0)
+        get_buffers(func, 2, objs, (Py_buffer *[]){&old, &new_page}, writable, names) < 0)
         return NULL;
     if (check_same_length(&old, &new_page, "old and new buffers") < 0 ||
         check_whole_pages(old.len, page_size) < 0)
@@ -368,55 +376,55 @@ static PyObject *codec_encode_pages(PyObject *self, PyObject *args, PyObject *kw
         goto done;
 
     size_t pages = (size_t)(old.len / page_size), size = (size_t)page_size;
-    size_t capacity = ((size_t)old.len < ((size_t)1 << 20) ? (size_t)old.len : (size_t)1 << 20) +
-                      size + XBZ_ENCODE_SLACK;
-    size_t used = 0;
-    int out_of_memory = 0;
-    page_lengths = PyMem_RawMalloc(pages ? pages * sizeof(int) : 1);
-    out = PyMem_RawMalloc(capacity);
-    if (page_lengths == NULL || out == NULL) {
+    if ((size_t)old.len > (size_t)PY_SSIZE_T_MAX - XBZ_ENCODE_SLACK) {
         PyErr_NoMemory();
         goto done;
     }
+    lengths = PyObject_CallFunction(array_type, "s", "i");
+    deltas = PyBytes_FromStringAndSize(NULL, old.len + XBZ_ENCODE_SLACK);
+    if (lengths == NULL || deltas == NULL)
+        goto done;
+    if (pages > 0) {
+        /* array('i', bytes(n)) would copy; growing it in place does not. */
+        PyObject *zeros = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(pages * sizeof(int)));
+        if (zeros == NULL)
+            goto done;
+        memset(PyBytes_AS_STRING(zeros), 0, pages * sizeof(int));
+        PyObject *grown = PyObject_CallMethod(lengths, "frombytes", "O", zeros);
+        Py_DECREF(zeros);
+        if (grown == NULL)
+            goto done;
+        Py_DECREF(grown);
+    }
+    Py_buffer lengths_view;
+    if (PyObject_GetBuffer(lengths, &lengths_view, PyBUF_WRITABLE) < 0)
+        goto done;
+    int *page_lengths = lengths_view.buf;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(deltas);
+    size_t used = 0;
     Py_BEGIN_ALLOW_THREADS
-    for (size_t p = 0; p < pages; p++) {
-        if (capacity - used < size + XBZ_ENCODE_SLACK) {
-            uint8_t *bigger = PyMem_RawRealloc(out, capacity * 2);
-            if (bigger == NULL) {
-                out_of_memory = 1;
-                break;
-            }
-            out = bigger;
-            capacity *= 2;
-        }
-        const uint8_t *a = (const uint8_t *)old.buf + p * size;
-        const uint8_t *b = (const uint8_t *)new_page.buf + p * size;
-        ssize_t written = xbz_encode_with_slack(a, b, size, out + used, size);
+    const uint8_t *a = old.buf, *b = new_page.buf;
+    for (size_t p = 0; p < pages; p++, a += size, b += size) {
+        ssize_t written = encoder(a, b, size, out + used, size);
         page_lengths[p] = (int)written;
-        if (written > 0)
-            used += (size_t)written;
+        used += written > 0 ? (size_t)written : 0;
     }
     Py_END_ALLOW_THREADS
-    if (out_of_memory) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    deltas = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)used);
-    if (deltas == NULL)
-        goto done;
-    lengths = PyObject_CallFunction(array_type, "sy#", "i", (const char *)page_lengths,
-                                    (Py_ssize_t)(pages * sizeof(int)));
-    if (lengths == NULL)
+    PyBuffer_Release(&lengths_view);
+    if (_PyBytes_Resize(&deltas, (Py_ssize_t)used) < 0)
         goto done;
     result = PyTuple_Pack(2, deltas, lengths);
 done:
     Py_XDECREF(deltas);
     Py_XDECREF(lengths);
-    PyMem_RawFree(page_lengths);
-    PyMem_RawFree(out);
     PyBuffer_Release(&old);
     PyBuffer_Release(&new_page);
     return result;
+}
+
+static PyObject *codec_encode_pages(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    return encode_batch(args, kwargs, "OO|O:encode_pages", "encode_pages", xbz_encode_with_slack);
 }
 
 /* One integer of a buffer item, signed or not, of 1, 2, 4 or 8 bytes. */
