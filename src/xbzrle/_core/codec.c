@@ -10,6 +10,7 @@
 
 #include "codec.h"
 #include "codec_internal.h"
+#include "codec_qemu.h"
 #include "parts.h"
 
 
@@ -558,7 +559,10 @@ PyDoc_STRVAR(decode_pages_doc,
              "Every delta is validated before any page is written; DecodeError names\n"
              "the page (also as .page) and the offset within its delta.");
 
-static PyObject *codec_decode_pages(PyObject *self, PyObject *args, PyObject *kwargs)
+/* decode_pages, or with qemu_model set the benchmark's model of QEMU's
+ * decoder (one pass per page, no validation of the batch first). */
+static PyObject *decode_batch(PyObject *args, PyObject *kwargs, const char *format,
+                              const char *func, int qemu_model)
 {
     static char *keywords[] = {"deltas", "lengths", "pages", "page_size", NULL};
     static const char *const names[] = {"deltas", "pages"};
@@ -568,10 +572,10 @@ static PyObject *codec_decode_pages(PyObject *self, PyObject *args, PyObject *kw
     Py_ssize_t page_size = 4096, count = 0;
     long long *lengths = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O:decode_pages", keywords, &objs[0],
-                                     &lengths_obj, &objs[1], &size_obj) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, format, keywords, &objs[0], &lengths_obj,
+                                     &objs[1], &size_obj) ||
         (size_obj != NULL && get_ssize(size_obj, &page_size, PAGE_SIZE_RANGE_FMT) < 0) ||
-        get_buffers("decode_pages", 2, objs, (Py_buffer *[]){&deltas, &pages}, writable,
+        get_buffers(func, 2, objs, (Py_buffer *[]){&deltas, &pages}, writable,
                     names) < 0)
         return NULL;
     if (check_whole_pages(pages.len, page_size) < 0 || check_no_overlap(&deltas, &pages) < 0)
@@ -614,6 +618,27 @@ static PyObject *codec_decode_pages(PyObject *self, PyObject *args, PyObject *kw
     Py_ssize_t bad_page = -1;
     size_t err_offset = 0;
     const char *err_reason = NULL;
+    if (qemu_model) {
+        Py_BEGIN_ALLOW_THREADS
+        const uint8_t *delta = deltas.buf;
+        for (Py_ssize_t p = 0; p < count && bad_page < 0; p++) {
+            if (lengths[p] <= 0)
+                continue;
+            if (xbz_qemu_plain_decode(delta, (size_t)lengths[p],
+                                      (uint8_t *)pages.buf + p * page_size,
+                                      (size_t)page_size) < 0)
+                bad_page = p;
+            delta += lengths[p];
+        }
+        Py_END_ALLOW_THREADS
+        if (bad_page >= 0)
+            raise_decode_error(
+                PyUnicode_FromFormat("QEMU's decoder refuses the delta of page %zd", bad_page),
+                0, bad_page);
+        else
+            result = Py_NewRef(Py_None);
+        goto done;
+    }
     Py_BEGIN_ALLOW_THREADS
     const uint8_t *delta = deltas.buf;
     for (Py_ssize_t p = 0; p < count; p++) {
@@ -648,6 +673,36 @@ done:
     PyBuffer_Release(&deltas);
     PyBuffer_Release(&pages);
     return result;
+}
+
+static PyObject *codec_decode_pages(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    return decode_batch(args, kwargs, "OOO|O:decode_pages", "decode_pages", 0);
+}
+
+/* ---- the benchmark's model of QEMU's plain codec (codec_qemu.c) ---- */
+
+PyDoc_STRVAR(qemu_plain_encode_pages_doc,
+             "qemu_plain_encode_pages($module, /, old, new, page_size=4096)\n--\n\n"
+             "encode_pages with a model of QEMU's plain encoder, for benchmarks.");
+
+static PyObject *codec_qemu_plain_encode_pages(PyObject *self, PyObject *args,
+                                               PyObject *kwargs)
+{
+    return encode_batch(args, kwargs, "OO|O:qemu_plain_encode_pages", "qemu_plain_encode_pages",
+                        xbz_qemu_plain_encode);
+}
+
+PyDoc_STRVAR(qemu_plain_decode_pages_doc,
+             "qemu_plain_decode_pages($module, /, deltas, lengths, pages, page_size=4096)\n--\n\n"
+             "decode_pages with a model of QEMU's plain decoder (one pass per page, a\n"
+             "refused delta may leave its page half written), for benchmarks.");
+
+static PyObject *codec_qemu_plain_decode_pages(PyObject *self, PyObject *args,
+                                               PyObject *kwargs)
+{
+    return decode_batch(args, kwargs, "OOO|O:qemu_plain_decode_pages", "qemu_plain_decode_pages",
+                        1);
 }
 
 /* ---- ULEB128, general (up to 64 bits) ---- */
@@ -855,6 +910,10 @@ static PyMethodDef codec_methods[] = {
      METH_VARARGS | METH_KEYWORDS, encode_pages_doc},
     {"decode_pages", (PyCFunction)(void (*)(void))codec_decode_pages,
      METH_VARARGS | METH_KEYWORDS, decode_pages_doc},
+    {"qemu_plain_encode_pages", (PyCFunction)(void (*)(void))codec_qemu_plain_encode_pages,
+     METH_VARARGS | METH_KEYWORDS, qemu_plain_encode_pages_doc},
+    {"qemu_plain_decode_pages", (PyCFunction)(void (*)(void))codec_qemu_plain_decode_pages,
+     METH_VARARGS | METH_KEYWORDS, qemu_plain_decode_pages_doc},
     {"uleb128_encode", codec_uleb128_encode, METH_O, uleb128_encode_doc},
     {"uleb128_decode", codec_uleb128_decode, METH_VARARGS, uleb128_decode_doc},
     {"is_zero", codec_is_zero, METH_O, is_zero_doc},
