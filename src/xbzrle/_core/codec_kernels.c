@@ -15,14 +15,20 @@
 
 /* ---- helpers shared by every path (compiled for the baseline CPU) ---- */
 
-/* Write a length of at most XBZ_MAX_RUN without branching on its size:
- * always stores two bytes (the second is slack when one is enough). */
-static inline size_t uleb_put_sloppy(uint8_t *out, size_t n)
+/* Both lengths of a run (each at most XBZ_MAX_RUN) with one 4-byte store and
+ * no branch on their sizes; returns the bytes they take (2 to 4).  The
+ * bytes after them are slack. */
+static inline size_t put_lengths(uint8_t *out, uint32_t zrun, uint32_t nzrun)
 {
-    size_t two = n > 0x7f;
-    out[0] = (uint8_t)((n & 0x7f) | (two << 7));
-    out[1] = (uint8_t)(n >> 7);
-    return 1 + two;
+    uint32_t z2 = zrun > 0x7f, n2 = nzrun > 0x7f;
+    uint32_t zenc = (zrun & 0x7f) | (z2 << 7) | ((zrun >> 7) << 8);
+    uint32_t nenc = (nzrun & 0x7f) | (n2 << 7) | ((nzrun >> 7) << 8);
+    uint32_t both = zenc | (nenc << (8 + 8 * z2));
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    both = __builtin_bswap32(both);
+#endif
+    memcpy(out, &both, 4);
+    return 2 + z2 + n2;
 }
 
 /* Read a length as QEMU does: one byte, or two when the first has bit 7 set;
