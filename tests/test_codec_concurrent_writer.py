@@ -25,7 +25,7 @@ core = implementations().get("c")
 pytestmark = pytest.mark.skipif(core is None, reason="no compiled core")
 
 PAGE = 4096
-PAGES = 64
+PAGES = 32
 ROUNDS = 2000
 
 

@@ -103,7 +103,9 @@ static inline int is_zero_tail(const uint8_t *p, size_t n)
     return acc == 0;
 }
 
-/* ---- portable path: 64-bit words ---- */
+/* ---- portable path: 64-bit words ----
+ * Same encoder template, same one-read-per-byte invariant (codec_template.h):
+ * diff64_portable and diff_tail read each byte pair exactly once. */
 
 static inline int popcount_portable(uint64_t x)
 {

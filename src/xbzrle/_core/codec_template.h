@@ -13,12 +13,31 @@
  * The encoder works in three passes, so that its cost does not depend on
  * where the changes are (no branch that guesses run positions):
  *   1. scan: one streaming pass turns the page into a mask of differing
- *      bytes (a bit per byte); counting bits of the mask refuses most pages
- *      that cannot fit before any output;
+ *      bytes (a bit per byte); counting bits of the mask refuses a page that
+ *      cannot fit as soon as the bytes read say so, before any output;
  *   2. gather: run boundaries (bit flips of the mask) become a list of
- *      positions, with count-trailing-zeros;
+ *      positions, with count-trailing-zeros (or VBMI2 compress);
  *   3. emit: each (start, end) pair becomes two lengths and the new bytes,
- *      written with fixed-size stores into a destination with slack. */
+ *      written with fixed-size stores into a destination with slack.
+ *
+ * INVARIANT (one read per byte), on every path including the portable one:
+ * the new page may be written by other threads while it is encoded (the
+ * save loop encodes straight from live guest RAM).  Every structural
+ * decision (where runs start and end, their lengths, whether the page
+ * overflows, whether it is unchanged) comes from the mask, and each bit of
+ * the mask comes from exactly one read of its byte pair: a 256-byte block
+ * found equal by same256 gets zero masks without being read again, a block
+ * found different is read once more by diff64 and only that second read
+ * counts.  Nothing after the scan reads old or new to decide anything.
+ * The emit pass copies the run's bytes from new again; those may differ
+ * from what the scan saw (the delta then carries a byte the writer just
+ * wrote, or an unchanged byte inside a run), which is still a well-formed
+ * delta: the lengths agree with the copied bytes, zero runs after the
+ * first are never empty, non-zero runs never are, and decoding it changes
+ * only bytes the scan saw differ.  Keep it so: never re-derive a boundary
+ * or a length from a second look at the page.  Tested by
+ * tests/test_codec_concurrent_writer.py (a thread rewrites the pages under
+ * encode on every SIMD path). */
 
 /* Number of runs (of set bits) in masks[0..words), the word before the
  * first counting as zero. */
