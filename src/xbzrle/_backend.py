@@ -1,8 +1,13 @@
-"""Which implementation of the codec and cache is live.
+"""Which implementation of each component is live.
 
-``XBZRLE_BACKEND`` picks it: ``c`` (default, the compiled core) or
-``python`` (the pure-Python reference, about a hundred times slower).  A
-missing compiled core is an import error, never a silent slowdown.
+``XBZRLE_BACKEND`` picks the codec's and the page cache's: ``c`` (default,
+the compiled core) or ``python`` (their pure-Python twins, about a hundred
+times slower).  Everything else that touches guest RAM (the guest, its dirty
+logs and workloads, the save and load loops, the RAM digest) is compiled
+only: threads writing RAM and kernel dirty logs need C, and a Python page
+loop would be a silent thousandfold slowdown.  :func:`components` says which
+is which; a missing compiled core is an import error on first use, never a
+silent slowdown.
 """
 
 from __future__ import annotations
@@ -27,3 +32,27 @@ def load_core() -> ModuleType:
             "pure-Python reference on purpose"
         ) from exc
     return _core
+
+
+SWITCHABLE = ("codec", "cache")
+"""The components ``XBZRLE_BACKEND`` switches; the rest are always compiled."""
+COMPILED_ONLY = ("guest", "save-loop", "load-loop", "digest")
+
+
+def components() -> dict[str, str]:
+    """Each component's live implementation, e.g. ``{"codec": "c/avx2", ...}``.
+
+    ``codec`` names the SIMD path the compiled encoder took.  Loads the core
+    for every compiled-only component (they have no twin).
+    """
+    codec = describe()
+    live = {"codec": codec, "cache": NAME}
+    live.update({name: "c" for name in COMPILED_ONLY})
+    return live
+
+
+def describe() -> str:
+    """The codec's live implementation: ``"c/avx2"`` (with its SIMD path) or ``"python"``."""
+    if NAME == "python":
+        return "python"
+    return f"c/{load_core().simd_path()}"

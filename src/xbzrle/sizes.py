@@ -1,7 +1,10 @@
-"""Sizes as operators type them: ``256m``, ``1G``, ``1.5k``, ``4096``.
+"""Sizes: the page size, RAM block limits, and sizes as operators type them.
 
-Suffixes are binary, as in QEMU (``1G`` is 2**30 bytes); one parser serves
-the command line, the monitors and the guest.
+``PAGE_SIZE`` is the one page size of the package (QEMU's x86 target page,
+which its stream format and our compiled core assume).  Sizes are typed as
+``256m``, ``1G``, ``1.5k``, ``4096``; suffixes are binary, as in QEMU (``1G``
+is 2**30 bytes); one parser serves the command line, the monitors and the
+guest.
 """
 
 from __future__ import annotations
@@ -9,6 +12,11 @@ from __future__ import annotations
 import re
 
 from .errors import ParameterError
+
+PAGE_SIZE = 4096
+"""Bytes per guest page: QEMU's TARGET_PAGE_SIZE on x86."""
+MIN_BLOCK_SIZE = 1 << 20
+MAX_BLOCK_SIZE = 16 << 30
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
@@ -51,3 +59,15 @@ def format_size(n: int) -> str:
     if n >= 1 << 20:
         return f"{n / (1 << 20):.1f} MiB"
     return f"{n} B"
+
+
+def block_size(value: int | str, name: str = "RAM block") -> int:
+    """A RAM block size in bytes, checked: 1 MiB..16 GiB and a whole number of pages."""
+    size = parse_size(value)
+    if not MIN_BLOCK_SIZE <= size <= MAX_BLOCK_SIZE:
+        raise ParameterError(
+            f"{name}: size {size} bytes is outside 1 MiB..16 GiB ({value!r})"
+        )
+    if size % PAGE_SIZE:
+        raise ParameterError(f"{name}: size {size} is not a multiple of the {PAGE_SIZE} B page")
+    return size

@@ -6,10 +6,10 @@ pure-Python twin: threads writing RAM and kernel dirty logs need C).
 
 from __future__ import annotations
 
+from ..sizes import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, PAGE_SIZE, block_size, parse_size
 from .dirtylog import TRACKERS, DirtyBitmap, DirtyLog
 from .machine import DEFAULT_BLOCK, Guest
 from .ram import RamBlock
-from .sizes import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, PAGE_SIZE, block_size, parse_size
 from .workloads import KINDS, Workload
 
 __all__ = [

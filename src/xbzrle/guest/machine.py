@@ -9,9 +9,9 @@ from typing import Any
 
 from .._backend import load_core
 from ..errors import ParameterError
+from ..sizes import PAGE_SIZE, block_size
 from .dirtylog import DirtyLog
 from .ram import RamBlock, check_block_name
-from .sizes import PAGE_SIZE, block_size
 from .workloads import Workload, make_spec, prepare_state
 
 _core = load_core()

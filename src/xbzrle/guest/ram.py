@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from .._backend import load_core
-from ..digest import ram_digest
 from ..errors import ParameterError
-from .sizes import PAGE_SIZE
+from ..sizes import PAGE_SIZE
+from .digest import ram_digest
 
 _core = load_core()
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from .._backend import load_core
 from ..errors import ParameterError, XbzrleError
-from .sizes import PAGE_SIZE, parse_size
+from ..sizes import PAGE_SIZE, parse_size
 
 _core = load_core()
 

@@ -4,9 +4,9 @@ The pure modules (params, status, stats, uri, sizes) import without the
 compiled core; the I/O ones (source, destination, manager) load it.
 """
 
+from ..transport.uri import MigrationURI, parse_uri
 from .params import CAPABILITIES, Parameters, Settings
 from .status import MigrationStatus
-from .uri import MigrationURI, parse_uri
 
 __all__ = [
     "CAPABILITIES",

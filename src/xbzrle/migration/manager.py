@@ -12,11 +12,11 @@ import threading
 from collections.abc import Callable
 
 from ..errors import MigrationStateError
+from ..transport.uri import parse_uri
 from .destination import IncomingMigration
 from .params import Settings
 from .source import SourceConfig, SourceMigration
 from .status import IN_PROGRESS_MESSAGE, MigrationStatus
-from .uri import parse_uri
 
 StatusListener = Callable[[MigrationStatus], None]
 

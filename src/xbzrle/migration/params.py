@@ -11,8 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..errors import ParameterError
+from ..sizes import PAGE_SIZE
 
-PAGE_SIZE = 4096
 MiB = 1 << 20
 
 #: Capabilities this implementation supports, in QEMU's spelling.

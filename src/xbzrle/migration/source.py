@@ -18,18 +18,19 @@ from dataclasses import dataclass
 from .._backend import load_core
 from ..errors import TransportError, XbzrleError
 from ..guest.dirtylog import DirtyBitmap
+from ..sizes import PAGE_SIZE
 from ..stream import constants as K
+from ..stream.counts import BatchCounts
 from ..stream.writer import StreamWriter
+from ..transport import FileChannel, SocketChannel, connect
+from ..transport.uri import MigrationURI
 from .common import MigrationThread
-from .stats import BatchCounts, MigrationStats, RoundRecord
+from .stats import MigrationStats, RoundRecord
 from .status import MigrationStatus
-from .transport import FileChannel, SocketChannel, connect
-from .uri import MigrationURI
 
 log = logging.getLogger(__name__)
 _core = load_core()
 
-PAGE_SIZE = 4096
 MACHINE_TYPE = "xbzrle-vm"
 VERDICT_TIMEOUT = 60.0
 
@@ -353,7 +354,7 @@ class SourceMigration(MigrationThread):
                     buf, len(prefix), block, bitmap, page, encoded_name,
                     self._addr_base[name], mode, self.cache if mode else None,
                     self._last_block == name)
-                counts = BatchCounts.from_tuple(raw)
+                counts = BatchCounts.from_loop(raw)
                 if counts.wire_bytes:
                     self._last_block = name
                     end = pos

@@ -12,38 +12,10 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-PAGE_SIZE = 4096
+from ..sizes import PAGE_SIZE
+from ..stream.counts import BatchCounts
+
 RATE_PERIOD = 1.0  # seconds, as QEMU
-
-
-@dataclass
-class BatchCounts:
-    """What one call of the save loop did (fields match the C loop's tuple)."""
-
-    scanned: int = 0  # dirty pages handled
-    zero: int = 0  # pages sent as ZERO records
-    normal: int = 0  # pages sent whole (incl. cache misses and overflows)
-    xbzrle: int = 0  # pages sent as XBZRLE records
-    unchanged: int = 0  # cache hits with an empty delta: nothing sent
-    overflow: int = 0  # cache hits whose delta overflowed: sent whole
-    cache_miss: int = 0  # pages not in the cache (inserted when allowed)
-    xbzrle_bytes: int = 0  # XBZRLE records (delta + 3 header bytes) + a page per overflow
-    wire_bytes: int = 0  # bytes produced for the stream
-
-    FIELDS = ("scanned", "zero", "normal", "xbzrle", "unchanged", "overflow", "cache_miss",
-              "xbzrle_bytes", "wire_bytes")
-
-    @classmethod
-    def from_tuple(cls, values: tuple[int, ...]) -> BatchCounts:
-        return cls(*values)
-
-    def add(self, other: BatchCounts) -> None:
-        for name in self.FIELDS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    @property
-    def cache_hits(self) -> int:
-        return self.xbzrle + self.unchanged + self.overflow
 
 
 @dataclass

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ParameterError, XbzrleError
-from ..migration.report import format_info_migrate
 from ..migration.status import MigrationStatus
 from ..sizes import parse_size
+from .info import format_info_migrate
 
 log = logging.getLogger(__name__)
 

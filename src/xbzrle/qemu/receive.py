@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ParameterError, StreamError, TransportError
-from ..migration.transport import Listener
-from ..migration.uri import MigrationURI, parse_uri
+from ..transport import Listener
+from ..transport.uri import MigrationURI, parse_uri
 from .extract import StreamExtractor
 from .ramfiles import DEFAULT_MAX_RAM
 

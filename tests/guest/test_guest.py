@@ -79,6 +79,24 @@ def test_digest_tells_equal_ram_from_different_ram():
         assert guest.digest()["a"] != guest.digest()["b"]
 
 
+def test_digest_and_scan_tracker_hash_pages_alike():
+    """One page hash serves the RAM digest and the scan tracker: the digest's
+    pairs are (page index, guest_page_hash(page)) for every non-zero page."""
+    from xbzrle._backend import load_core
+
+    core = load_core()
+    with Guest(ram="1M") as guest:
+        ram = guest.blocks["pc.ram"]
+        for index in (0, 17, 255):
+            ram.page(index)[index] = 1 + index % 200
+        pairs = core.page_hashes(ram)
+        expected = b"".join(
+            index.to_bytes(8, "little")
+            + core.guest_page_hash(bytes(ram.page(index))).to_bytes(8, "little")
+            for index in (0, 17, 255))
+        assert pairs == expected
+
+
 def test_close_releases_ram_even_with_views_alive():
     guest = Guest("1M")
     block = guest.blocks["pc.ram"]
@@ -112,7 +130,7 @@ def test_the_chosen_tracker_is_logged(caplog):
 def run_cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": SRC}
     return subprocess.Popen(
-        [sys.executable, "-m", "xbzrle.cli", *args], env=env, text=True,
+        [sys.executable, "-m", "xbzrle", *args], env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs,
     )
@@ -125,7 +143,7 @@ def test_vm_command_prints_dirty_rates_for_n_seconds():
     assert proc.returncode == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("guest: 64 MiB, workload sparse")
-    rates = [line for line in lines[1:] if "dirty" in line and "MB/s" in line]
+    rates = [line for line in lines[1:] if "dirty" in line and "MiB/s" in line]
     assert len(rates) >= 1
 
 

@@ -1,5 +1,8 @@
-"""Human-readable migration reports: QEMU's ``info migrate`` layout, and the
-demo's side-by-side comparison.  Pure formatting over query-migrate dicts."""
+"""The text of HMP's ``info migrate``, in QEMU's layout.
+
+Pure formatting over ``query-migrate`` dicts; the HMP console and the
+demo's report print it.
+"""
 
 from __future__ import annotations
 
@@ -73,39 +76,3 @@ def format_info_migrate(info: Mapping[str, object],
             f"xbzrle overflow: {x['overflow']}",
         ]
     return "\n".join(lines)
-
-
-def format_comparison(results: Mapping[str, Mapping[str, object]]) -> str:
-    """One screen: each run's outcome side by side."""
-    names = list(results)
-    rows: list[tuple[str, list[str]]] = []
-
-    def ram(r: Mapping[str, object], key: str) -> object:
-        value = r.get("ram")
-        return value.get(key, "-") if isinstance(value, Mapping) else "-"
-
-    def mib(n: object) -> str:
-        return f"{n / (1 << 20):.1f} MiB" if isinstance(n, int) else "-"
-
-    rows.append(("status", [str(results[n].get("status", "-")) for n in names]))
-    rows.append(("total time", [f"{results[n].get('total-time', 0) / 1000:.1f} s" for n in names]))
-    rows.append(("downtime", [f"{results[n]['downtime']} ms" if "downtime" in results[n]
-                              else "-" for n in names]))
-    rows.append(("sent", [mib(ram(results[n], "transferred")) for n in names]))
-    rows.append(("rounds (dirty syncs)", [str(ram(results[n], "dirty-sync-count"))
-                                          for n in names]))
-    rows.append(("zero pages", [str(ram(results[n], "duplicate")) for n in names]))
-    rows.append(("normal pages", [str(ram(results[n], "normal")) for n in names]))
-    rows.append(("xbzrle pages", [str(results[n].get("xbzrle-cache", {}).get("pages", "-"))
-                                  for n in names]))
-    rows.append(("cache misses", [str(results[n].get("xbzrle-cache", {}).get("cache-miss", "-"))
-                                  for n in names]))
-    rows.append(("overflows", [str(results[n].get("xbzrle-cache", {}).get("overflow", "-"))
-                               for n in names]))
-    width = max(len(r[0]) for r in rows) + 2
-    cols = [max(len(n), *(len(r[1][i]) for r in rows)) + 2 for i, n in enumerate(names)]
-    out = ["".ljust(width) + "".join(n.rjust(c) for n, c in zip(names, cols, strict=True))]
-    for label, values in rows:
-        out.append(label.ljust(width) + "".join(v.rjust(c) for v, c in zip(values, cols,
-                                                                            strict=True)))
-    return "\n".join(out)

@@ -13,7 +13,8 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from . import _backend, reference
+from .. import _backend
+from . import reference
 
 MAX_PAGE_SIZE = reference.MAX_PAGE_SIZE
 
@@ -35,9 +36,7 @@ _live: ModuleType = _backend.load_core() if _backend.NAME == "c" else reference
 
 def current_backend() -> str:
     """The live implementation and SIMD path, e.g. "c/avx512bw" or "python"."""
-    if _live is reference:
-        return "python"
-    return f"c/{_live.simd_path()}"
+    return _backend.describe()
 
 
 if TYPE_CHECKING:  # type checkers see the reference's annotated signatures

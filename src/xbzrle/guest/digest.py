@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from ._backend import load_core
+from .._backend import load_core
 
 _core = load_core()
 

@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .errors import XbzrleError
-from .qemu import cli as qemu_commands
+from ..errors import XbzrleError
+from . import qemu as qemu_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +71,7 @@ def _run_vm(args: argparse.Namespace) -> int:
     plain = not (args.monitor or args.qmp or args.incoming or args.start_stopped
                  or args.exit_after_migration)
     if plain:  # the guest issue's dirty-rate printer, unchanged
-        from .guest.vm import run_vm as run_dirty_rate
+        from .vm import run_dirty_rate
 
         return run_dirty_rate(args.ram, args.workload, args.rate, args.tracker, args.seconds)
     from .vm import VmOptions, run_vm
@@ -84,8 +84,8 @@ def _run_vm(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from ..sizes import parse_size
     from .demo import DemoOptions, run_demo
-    from .sizes import parse_size
 
     return run_demo(DemoOptions(
         ram=parse_size(args.ram), workload=args.workload, bandwidth=parse_size(args.bandwidth),
@@ -94,7 +94,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from .benchmark import main as bench_main
+    from ..benchmark import main as bench_main
 
     return bench_main(["--quick"] if args.quick else [])
 

@@ -41,8 +41,8 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from .analyze import analyze_file
-    from .render import render_report
+    from ..qemu.analyze import analyze_file
+    from ..qemu.render import render_report
 
     report = analyze_file(args.stream)
     if args.json:
@@ -57,14 +57,14 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    from .extract import extract_file
+    from ..qemu.extract import extract_file
 
     return _print_manifest(args, lambda: extract_file(
         args.stream, args.output, max_ram=parse_size(args.max_ram)))
 
 
 def _run_receive(args: argparse.Namespace) -> int:
-    from .receive import receive
+    from ..qemu.receive import receive
 
     def announce(address: str) -> None:
         print(f"listening on {address}", file=sys.stderr, flush=True)
@@ -74,7 +74,7 @@ def _run_receive(args: argparse.Namespace) -> int:
 
 
 def _print_manifest(args: argparse.Namespace, run: Any) -> int:
-    from .extract import IncompleteStreamError
+    from ..qemu.extract import IncompleteStreamError
 
     try:
         manifest = run()
@@ -91,7 +91,11 @@ def _summary(manifest: dict[str, Any], args: argparse.Namespace) -> None:
         return
     pages = manifest["pages"]
     for block in manifest["blocks"]:
-        print(f"{block['file']:<32} {block['size']:>14}  {block['sha256']}  ({block['name']})")
+        if block.get("sha256") is None:  # mapped-ram: only the present pages are hashed
+            digest = f"{block['present_sha256']} ({block['pages_present']} pages present)"
+        else:
+            digest = block["sha256"]
+        print(f"{block['file']:<32} {block['size']:>14}  {digest}  ({block['name']})")
     if manifest["device_state"] is not None:
         print(f"{manifest['device_state']['file']:<32} {manifest['device_state']['size']:>14}  "
               "raw device state")

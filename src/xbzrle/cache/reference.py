@@ -1,15 +1,9 @@
-"""The XBZRLE page cache: the previous copy of each page, to delta against.
+"""The readable pure-Python twin of the compiled page cache.
 
-A page's slot is its page number modulo the slot count (a power of two), so
-pages ``slots * page_size`` bytes apart compete for one slot.  Every entry
-remembers the dirty-sync *generation* it was last used in; an insert refuses
-to evict an occupant used within the last ``lifetime`` generations, because a
-page that keeps getting dirtied is worth more than the newcomer (QEMU's
-measured miss rate on the seed's load generator fell from 98.7% to 48.6%).
-
-``PageCache`` is the compiled type (``xbzrle._core.PageCache``) unless
-``XBZRLE_BACKEND=python`` picks ``PythonPageCache``, the readable twin below
-that the tests hold the compiled one to.  See ``docs/cache.md``.
+Same behaviour as ``xbzrle._core.PageCache``, slot for slot and counter for
+counter; the tests hold the compiled type to it (and to a dict model).
+``XBZRLE_BACKEND=python`` makes it the live ``PageCache``.  See
+``docs/cache.md`` for the design.
 """
 
 from __future__ import annotations
@@ -17,13 +11,12 @@ from __future__ import annotations
 from array import array
 from typing import TYPE_CHECKING
 
-from . import _backend
-from .errors import ParameterError
+from ..errors import ParameterError
 
 if TYPE_CHECKING:  # collections.abc.Buffer is 3.12+; only annotations use it
     from collections.abc import Buffer
 
-__all__ = ["PageCache", "PythonPageCache", "EMPTY", "MIN_PAGE_SIZE", "MAX_PAGE_SIZE"]
+__all__ = ["EMPTY", "MAX_PAGE_SIZE", "MIN_PAGE_SIZE", "PythonPageCache", "slots_for_size"]
 
 EMPTY = 2**64 - 1
 """Address marking a free slot (never page aligned, so never a real page)."""
@@ -245,9 +238,3 @@ class PythonPageCache:
         self._addrs = array("Q", [EMPTY]) * self._nslots
         self._ages = array("Q", [0]) * self._nslots
         self._items = 0
-
-
-if _backend.NAME == "c":
-    PageCache = _backend.load_core().PageCache
-else:
-    PageCache = PythonPageCache

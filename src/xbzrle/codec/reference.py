@@ -24,7 +24,7 @@ from array import array
 from collections.abc import Iterable, Iterator
 from typing import TypeAlias
 
-from .errors import DecodeError
+from ..errors import DecodeError
 
 # Anything with the buffer protocol (numpy arrays too); listed for readers.
 Buffer: TypeAlias = bytes | bytearray | memoryview | mmap.mmap

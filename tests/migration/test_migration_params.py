@@ -5,8 +5,8 @@ import pytest
 from xbzrle.errors import MigrationStateError, ParameterError
 from xbzrle.migration.params import Settings, pow2floor
 from xbzrle.migration.status import MigrationStatus, check_transition
-from xbzrle.migration.uri import parse_uri
 from xbzrle.sizes import format_size, parse_size
+from xbzrle.transport.uri import parse_uri
 
 MiB = 1 << 20
 

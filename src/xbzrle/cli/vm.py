@@ -16,14 +16,16 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TextIO
 
-from . import __version__
-from .guest import Guest
-from .migration.manager import MigrationManager
-from .migration.status import MigrationStatus
-from .monitor.control import VmControl
-from .monitor.endpoint import parse_endpoint
-from .monitor.server import MonitorServer
+from .. import __version__
+from ..guest import Guest
+from ..migration.manager import MigrationManager
+from ..migration.status import MigrationStatus
+from ..monitor.control import VmControl
+from ..monitor.endpoint import parse_endpoint
+from ..monitor.server import MonitorServer
+from ..sizes import PAGE_SIZE
 
 PACKAGE = f"xbzrle {__version__}"
 SHUTDOWN_WAIT = 10.0  # seconds allowed for a cancelled migration to unwind
@@ -54,7 +56,7 @@ def run_vm(opts: VmOptions) -> int:
     endpoints = [(parse_endpoint(s), "hmp") for s in opts.monitors]
     endpoints += [(parse_endpoint(s), "qmp") for s in opts.qmp]
     if sum(e.kind == "stdio" for e, _ in endpoints) > 1:
-        from .errors import ParameterError
+        from ..errors import ParameterError
 
         raise ParameterError("only one monitor can use stdio")
     with Guest(ram=opts.ram, tracker=opts.tracker) as guest:
@@ -131,14 +133,77 @@ def _await_one_migration(control: VmControl, opts: VmOptions) -> int:
 
 
 def _run_until_quit(control: VmControl, show_rates: bool) -> None:
-    """Wait for ``quit``; without a console on stdio, print the dirty rate each second."""
+    """Wait for ``quit``; without a console on stdio, print the write rate each second.
+
+    The dirty log belongs to the migration here, so only the workload's own
+    page-write counter is read (syncing the log would steal a round's pages).
+    """
     guest = control.guest
     last, last_time = guest.pages_written, time.monotonic()
     while not control.quit_requested.wait(1.0):
         if not show_rates or not guest.workloads:
             continue
         now, pages = time.monotonic(), guest.pages_written
-        rate = (pages - last) / (now - last_time)
+        writes = (pages - last) / (now - last_time)
         last, last_time = pages, now
-        print(f"{control.runstate:>8}  dirty rate {rate:12.0f} pages/s "
-              f"({rate * 4096 / (1 << 20):8.1f} MiB/s)", flush=True)
+        print(f"{control.runstate:>8}  {format_writes(writes)}", flush=True)
+
+
+def format_writes(per_s: float) -> str:
+    """``"page writes 123456/s"``: workload operations, never a byte rate.
+
+    A workload may write one page a million times a second; calling that
+    MiB/s would claim more bandwidth than the guest has RAM.
+    """
+    return f"page writes {per_s:10.0f}/s"
+
+
+def format_dirty(pages_per_s: float) -> str:
+    """``"dirty 4096 pages/s (16.0 MiB/s)"``: distinct pages a migration must resend."""
+    return f"dirty {pages_per_s:8.0f} pages/s ({pages_per_s * PAGE_SIZE / (1 << 20):7.1f} MiB/s)"
+
+
+def run_dirty_rate(
+    ram: str = "1G",
+    workload: str = "loadgen",
+    rate: float = 0,
+    tracker: str = "auto",
+    seconds: float | None = None,
+    out: TextIO = sys.stdout,
+    interval: float = 1.0,
+) -> int:
+    """``xbzrle vm`` without monitors: run until Ctrl-C (or ``seconds``), print rates.
+
+    "page writes" counts the workload's operations (each writes one page);
+    "dirty" counts distinct pages the dirty log reports: what a migration
+    would have to resend.  Returns the exit status (0, also on Ctrl-C).
+    """
+    with Guest(ram, tracker=tracker) as guest:
+        log = guest.dirty_log
+        print(
+            f"guest: {guest.ram_size >> 20} MiB, workload {workload}, "
+            f"rate {'flat out' if not rate else f'{rate:g} pages/s'}, tracker {log.tracker}",
+            file=out,
+            flush=True,
+        )
+        guest.start_workload(workload, rate=rate)
+        log.sync()
+        written = guest.pages_written
+        started = last = time.monotonic()
+        try:
+            while seconds is None or last - started < seconds:
+                time.sleep(max(0.0, last + interval - time.monotonic()))
+                dirty = sum(b.count() for b in log.sync().values())
+                now, pages = time.monotonic(), guest.pages_written
+                span = now - last
+                print(
+                    f"{now - started:7.1f}s  {format_writes((pages - written) / span)}"
+                    f"  {format_dirty(dirty / span)}",
+                    file=out,
+                    flush=True,
+                )
+                last, written = now, pages
+        except KeyboardInterrupt:
+            print("interrupted", file=out, flush=True)
+        guest.stop()
+    return 0

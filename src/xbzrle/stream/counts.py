@@ -1,0 +1,45 @@
+"""What one call of the save or load loop did: page counts by record kind.
+
+Pure data, shared by the compiled loops' callers (source, loader) and the
+statistics that add them up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class BatchCounts:
+    """What one call of the save or load loop did.
+
+    The compiled loops return a ``_core.LoopCounts`` with these field names;
+    :meth:`from_loop` copies them by name, and a test keeps the two lists equal.
+    """
+
+    scanned: int = 0  # dirty pages handled
+    zero: int = 0  # pages sent as ZERO records
+    normal: int = 0  # pages sent whole (incl. cache misses and overflows)
+    xbzrle: int = 0  # pages sent as XBZRLE records
+    unchanged: int = 0  # cache hits with an empty delta: nothing sent
+    overflow: int = 0  # cache hits whose delta overflowed: sent whole
+    cache_miss: int = 0  # pages not in the cache (inserted when allowed)
+    xbzrle_bytes: int = 0  # XBZRLE records (delta + 3 header bytes) + a page per overflow
+    wire_bytes: int = 0  # bytes produced for the stream
+
+    FIELDS = ("scanned", "zero", "normal", "xbzrle", "unchanged", "overflow", "cache_miss",
+              "xbzrle_bytes", "wire_bytes")
+
+    @classmethod
+    def from_loop(cls, counts: Any) -> BatchCounts:
+        """Copy a loop's ``LoopCounts`` (or any object with these attributes) by name."""
+        return cls(**{name: getattr(counts, name) for name in cls.FIELDS})
+
+    def add(self, other: BatchCounts) -> None:
+        for name in self.FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def cache_hits(self) -> int:
+        return self.xbzrle + self.unchanged + self.overflow

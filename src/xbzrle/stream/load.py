@@ -1,0 +1,119 @@
+"""The page loader: applies a stream's page records to named RAM blocks.
+
+One public piece used by every reader that rebuilds RAM: the migration
+destination (into a live guest), ``xbzrle extract`` and ``xbzrle receive``
+(into files).  Records arrive from :class:`~xbzrle.stream.parser.StreamParser`,
+either one by one (:meth:`PageLoader.apply`) or as a run of raw records that
+the compiled load loop applies in place (:meth:`PageLoader.sink`, the
+parser's ``page_sink`` fast path).  Every offset is checked against the
+block it names; nothing is written outside a block.
+"""
+
+from __future__ import annotations
+
+from .. import codec
+from .._backend import load_core
+from ..errors import DecodeError, StreamError
+from . import constants as K
+from . import records as ev
+from .counts import BatchCounts
+
+_core = load_core()
+
+
+def _swap_configured() -> bool:
+    """True when the machine has swap (or we cannot tell): see ``_core.data_map``."""
+    try:
+        with open("/proc/swaps") as f:
+            return len(f.read().splitlines()) > 1
+    except OSError:
+        return True
+
+
+class PageLoader:
+    """Applies page records to named RAM blocks, with bounds checks.
+
+    ``blocks`` maps block names to writable buffers (a guest's RAM blocks,
+    mmaps of files, bytearrays): the loader only needs their bytes.
+    """
+
+    def __init__(self, blocks, xbzrle: bool, anonymous: bool = False) -> None:
+        self.blocks = blocks
+        self.xbzrle = xbzrle  # read when the stream arrives: the operator may enable it late
+        self.counts = BatchCounts()
+        self._views = {name: memoryview(block).cast("B") for name, block in blocks.items()}
+        # For anonymous memory (a guest's RAM) the kernel tells which pages were never
+        # populated: ZERO records for those are skipped without reading them.
+        swap = _swap_configured()
+        self._maps = ({name: _core.data_map(view, swap) for name, view in self._views.items()}
+                      if anonymous else {})
+        self._table = [(name.encode(), self._views[name], *((self._maps[name],)
+                        if anonymous else ())) for name in blocks]
+        self._index = {name: i for i, name in enumerate(blocks)}
+
+    def check_layout(self, event: ev.RamBlocks) -> None:
+        for name, size in event.blocks:
+            if name not in self._views:
+                raise StreamError(f"the source has RAM block {name!r}, this guest does not",
+                                  event.stream_offset)
+            if len(self._views[name]) != size:
+                raise StreamError(
+                    f"RAM block {name!r} is {size} bytes on the source, "
+                    f"{len(self._views[name])} here", event.stream_offset)
+
+    def release(self) -> None:
+        """Drop the loader's views so the buffers can be closed (mmaps) or resized."""
+        for view in self._views.values():
+            view.release()
+        self._views = {}
+        self._table = []
+
+    def _page(self, event) -> memoryview:
+        view = self._views.get(event.block)
+        if view is None:
+            raise StreamError(f"page for unknown RAM block {event.block!r}", event.stream_offset)
+        if event.offset + K.PAGE_SIZE > len(view):
+            raise StreamError(f"page offset {event.offset:#x} outside RAM block {event.block!r}",
+                              event.stream_offset)
+        return view[event.offset:event.offset + K.PAGE_SIZE]
+
+    def apply(self, event) -> None:
+        with self._page(event) as page:  # released even on error: the buffer may be closed
+            self._apply_to(event, page)
+
+    def _apply_to(self, event, page: memoryview) -> None:
+        c = self.counts
+        data_map = self._maps.get(event.block)
+        if data_map is not None:
+            data_map[event.offset // K.PAGE_SIZE] = 1  # any page applied may hold data
+        if isinstance(event, ev.ZeroPage):
+            if event.fill or not _core.is_zero(page):
+                page[:] = bytes([event.fill]) * K.PAGE_SIZE
+            c.zero += 1
+        elif isinstance(event, ev.NormalPage):
+            page[:] = event.data
+            c.normal += 1
+        else:
+            if not self.xbzrle:
+                raise StreamError(
+                    "received an XBZRLE page but the xbzrle capability is not enabled on the "
+                    "destination", event.stream_offset)
+            try:
+                codec.decode_into(event.delta, page)
+            except DecodeError as exc:
+                raise StreamError(f"bad XBZRLE page at {event.offset:#x} of {event.block!r}: "
+                                  f"{exc}", event.stream_offset) from exc
+            c.xbzrle += 1
+        c.scanned += 1
+
+    def sink(self, buf: bytearray, pos: int, base: int,
+             last: str | None) -> tuple[int, str | None, tuple[int, ...]]:
+        """The parser's fast path: the compiled loop applies a run of page records."""
+        last_index = self._index.get(last, -1) if last is not None else -1
+        new_pos, last_index, _status, raw = _core.load_pages(
+            buf, pos, self._table, last_index, self.xbzrle, base)
+        if new_pos != pos:
+            self.counts.add(BatchCounts.from_loop(raw))
+            last = self._table[last_index][0].decode() if last_index >= 0 else last
+        return new_pos, last, raw
+
