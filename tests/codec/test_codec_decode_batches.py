@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xbzrle import DecodeError, reference
-from xbzrle.codec import implementations
+from xbzrle import DecodeError
+from xbzrle.codec import implementations, reference
 
 core = implementations().get("c")
 pytestmark = pytest.mark.skipif(core is None, reason="no compiled core")
