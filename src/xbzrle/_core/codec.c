@@ -660,103 +660,29 @@ static PyObject *decode_batch(PyObject *args, PyObject *kwargs, const char *form
             result = Py_NewRef(Py_None);
         goto done;
     }
-    /* Pass 1 validates every delta and lists its runs (four deltas at a
-     * time); pass 2 copies the listed runs, so each delta is parsed once
-     * and nothing is written before everything was accepted.  Page p's
-     * runs are run_first[p] onwards, run_count[p] of them.  The list grows
-     * with the runs really found (8 bytes each), not with the worst case. */
-    size_t capacity = (size_t)deltas.len / 16 + 4 * (size_t)page_size + 16, listed = 0;
-    xbz_run *runs = PyMem_RawMalloc(capacity * sizeof *runs);
-    size_t *run_first = PyMem_RawMalloc(((size_t)count + 1) * sizeof *run_first);
-    ssize_t *run_count = PyMem_RawMalloc(((size_t)count + 1) * sizeof *run_count);
-    int out_of_memory = runs == NULL || run_first == NULL || run_count == NULL;
     Py_BEGIN_ALLOW_THREADS
     const uint8_t *delta = deltas.buf;
-    Py_ssize_t group[4];
-    int grouped = 0;
-    for (Py_ssize_t p = 0; p <= count && bad_page < 0 && !out_of_memory; p++) {
-        if (p < count) {
-            run_count[p] = 0;
-            if (lengths[p] <= 0)
-                continue;
-            run_first[p] = (size_t)(delta - (const uint8_t *)deltas.buf); /* its delta, for now */
-            delta += lengths[p];
-            group[grouped++] = p;
-            if (grouped < 4)
-                continue;
-        }
-        if (grouped == 0)
+    for (Py_ssize_t p = 0; p < count; p++) {
+        if (lengths[p] <= 0)
             continue;
-        /* A full group of four deltas, or what is left at the end.  A parser
-         * stops once past the page, so it lists at most page_size + 2 runs. */
-        const uint8_t *starts[4];
-        size_t sizes[4], room = 0;
-        xbz_run *lists[4];
-        ssize_t found[4];
-        for (int k = 0; k < grouped; k++) {
-            sizes[k] = (size_t)lengths[group[k]];
-            size_t most = XBZ_MAX_RUNS(sizes[k]);
-            room += most < (size_t)page_size + 2 ? most : (size_t)page_size + 2;
+        if (xbz_decode_check(delta, (size_t)lengths[p], (size_t)page_size, &err_offset,
+                             &err_reason) < 0) {
+            bad_page = p;
+            break;
         }
-        if (capacity - listed < room) {
-            size_t bigger = 2 * capacity + room;
-            xbz_run *moved = PyMem_RawRealloc(runs, bigger * sizeof *runs);
-            if (moved == NULL) {
-                out_of_memory = 1;
-                break;
-            }
-            runs = moved;
-            capacity = bigger;
-        }
-        size_t at = listed;
-        for (int k = 0; k < grouped; k++) {
-            starts[k] = (const uint8_t *)deltas.buf + run_first[group[k]];
-            lists[k] = runs + at;
-            size_t most = XBZ_MAX_RUNS(sizes[k]);
-            at += most < (size_t)page_size + 2 ? most : (size_t)page_size + 2;
-        }
-        if (grouped == 4) {
-            xbz_decode_runs4(starts, sizes, (size_t)page_size, lists, found);
-        } else {
-            for (int k = 0; k < grouped; k++)
-                found[k] = xbz_decode_runs(starts[k], sizes[k], (size_t)page_size, lists[k]);
-        }
-        for (int k = 0; k < grouped && bad_page < 0; k++) {
-            if (found[k] < 0) {
-                bad_page = group[k];
-                if (xbz_decode_check(starts[k], sizes[k], (size_t)page_size, &err_offset,
-                                     &err_reason) == 0) {
-                    err_offset = 0; /* cannot happen: both accept the same deltas */
-                    err_reason = "refused";
-                }
-                break;
-            }
-            /* Close the gaps between the lists of the group. */
-            memmove(runs + listed, lists[k], (size_t)found[k] * sizeof *runs);
-            run_first[group[k]] = listed;
-            run_count[group[k]] = found[k];
-            listed += (size_t)found[k];
-        }
-        grouped = 0;
+        delta += lengths[p];
     }
-    if (bad_page < 0 && !out_of_memory) {
+    if (bad_page < 0) {
         delta = deltas.buf;
         for (Py_ssize_t p = 0; p < count; p++) {
             if (lengths[p] <= 0)
                 continue;
-            xbz_apply_runs(delta, runs + run_first[p], (size_t)run_count[p],
-                           (uint8_t *)pages.buf + p * page_size);
+            xbz_decode_apply_within(delta, (size_t)lengths[p],
+                                    (uint8_t *)pages.buf + p * page_size, (size_t)page_size);
             delta += lengths[p];
         }
     }
     Py_END_ALLOW_THREADS
-    PyMem_RawFree(runs);
-    PyMem_RawFree(run_first);
-    PyMem_RawFree(run_count);
-    if (out_of_memory) {
-        PyErr_NoMemory();
-        goto done;
-    }
     if (bad_page >= 0)
         raise_decode_error(PyUnicode_FromFormat("XBZRLE delta of page %zd at offset %zu: %s",
                                                 bad_page, err_offset, err_reason),

@@ -36,32 +36,4 @@ ssize_t xbz_encode_with_slack(const uint8_t *old, const uint8_t *new_page, size_
  * between the check and the apply (it stops at the first inconsistency). */
 void xbz_decode_apply_within(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len);
 
-/* One non-zero run of a validated delta: its bytes are delta[src..src+len)
- * and go to page[pos..pos+len). */
-typedef struct {
-    uint32_t src;
-    uint16_t pos, len;
-} xbz_run;
-
-/* Every run of a delta takes at least 3 bytes, so a delta of dlen bytes
- * lists at most this many runs. */
-#define XBZ_MAX_RUNS(dlen) ((dlen) / 3 + 1)
-
-/* Accepts exactly the deltas xbz_decode_check accepts, and lists their runs
- * into runs (XBZ_MAX_RUNS(dlen) entries): the run count, or -1 when the
- * delta is refused (xbz_decode_check then says where and why).  Its length
- * fields are read without a branch per field, so that the lengths of a
- * delta cost no mispredictions whatever their sizes. */
-ssize_t xbz_decode_runs(const uint8_t *delta, size_t dlen, size_t page_len, xbz_run *runs);
-
-/* xbz_decode_runs on four deltas at once (faster than one after the
- * other): -1 when one is refused, count[k] then being -1 for it. */
-int xbz_decode_runs4(const uint8_t *const delta[4], const size_t dlen[4], size_t page_len,
-                     xbz_run *const runs[4], ssize_t count[4]);
-
-/* Copy the listed runs of a delta onto its page.  The list alone says where
- * to read and write, so this stays inside both buffers whatever the delta
- * buffer holds by now. */
-void xbz_apply_runs(const uint8_t *delta, const xbz_run *runs, size_t count, uint8_t *page);
-
 #endif

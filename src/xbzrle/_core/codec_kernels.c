@@ -369,20 +369,17 @@ struct simd_path {
     ssize_t (*encode)(const uint8_t *, const uint8_t *, size_t, uint8_t *, size_t);
     int (*is_zero)(const uint8_t *, size_t);
     void (*apply)(const uint8_t *, size_t, uint8_t *, size_t);
-    void (*apply_runs)(const uint8_t *, const xbz_run *, size_t, uint8_t *);
     int (*cpu_has)(void);
 };
 
 static const struct simd_path simd_paths[] = {
 #ifdef XBZ_HAVE_X86
     {"avx512vbmi2", encode_avx512vbmi2, is_zero_avx512vbmi2, apply_avx512vbmi2,
-     apply_runs_avx512vbmi2, cpu_has_avx512vbmi2},
-    {"avx512bw", encode_avx512bw, is_zero_avx512bw, apply_avx512bw, apply_runs_avx512bw,
-     cpu_has_avx512bw},
-    {"avx2", encode_avx2, is_zero_avx2, apply_avx2, apply_runs_avx2, cpu_has_avx2},
+     cpu_has_avx512vbmi2},
+    {"avx512bw", encode_avx512bw, is_zero_avx512bw, apply_avx512bw, cpu_has_avx512bw},
+    {"avx2", encode_avx2, is_zero_avx2, apply_avx2, cpu_has_avx2},
 #endif
-    {"portable", encode_portable, is_zero_portable, apply_portable, apply_runs_portable,
-     cpu_has_portable},
+    {"portable", encode_portable, is_zero_portable, apply_portable, cpu_has_portable},
 };
 
 #define SIMD_PATH_COUNT (sizeof simd_paths / sizeof simd_paths[0])
@@ -514,111 +511,6 @@ int xbz_decode_check(const uint8_t *delta, size_t dlen, size_t page_len, size_t 
     }
 #undef XBZ_REFUSE
     return 0;
-}
-
-/* One parser of xbz_decode_runs: where it stands in its delta.  The checks
- * of every run are folded into the flag bad and looked at once, at the end
- * of the delta: nothing is written while parsing, positions and offsets
- * only grow, and a run that passes the page or the delta leaves pos or i
- * past their ends for the final check to see. */
-struct run_parser {
-    const uint8_t *delta;
-    size_t dlen, i, pos;
-    xbz_run *run;
-    uint32_t bad;
-};
-
-/* Parse the run at i (< dlen).  Both lengths come from the same four bytes,
- * decoded with arithmetic instead of a branch on their sizes.  The state is
- * copied into locals and back: the core is built without strict aliasing,
- * and the stores into the run list would otherwise force every field to be
- * reloaded from memory. */
-static inline void parse_run(struct run_parser *r)
-{
-    const uint8_t *delta = r->delta;
-    size_t i = r->i, avail = r->dlen - i, pos = r->pos;
-    uint32_t bad = r->bad;
-    xbz_run *run = r->run;
-    uint32_t w;
-    if (__builtin_expect(avail >= 4, 1)) {
-        memcpy(&w, delta + i, 4);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        w = __builtin_bswap32(w);
-#endif
-    } else { /* the last run: fewer than 4 bytes, zero-padded */
-        w = 0;
-        for (size_t b = 0; b < avail; b++)
-            w |= (uint32_t)delta[i + b] << (8 * b);
-        bad |= (uint32_t)(avail < 3 + ((w >> 7) & 1)); /* 2 bytes before each length */
-    }
-    uint32_t two0 = (w >> 7) & 1;
-    uint32_t zrun = (w & 0x7f) | ((w >> 1) & 0x3f80 & (0u - two0));
-    uint32_t v = w >> (8 + 8 * two0);
-    uint32_t two1 = (v >> 7) & 1;
-    uint32_t nzrun = (v & 0x7f) | ((v >> 1) & 0x3f80 & (0u - two1));
-    size_t data = i + 2 + two0 + two1;
-    /* A length over 14 bits (bit 7 set in both of its bytes); an empty
-     * zero run after the first or an empty non-zero run (length - 1 < 0). */
-    bad |= (((w >> 8) & w) | ((v >> 8) & v)) & 0x80;
-    bad |= (((zrun - 1) & (0u - (uint32_t)(i != 0))) | (nzrun - 1)) >> 31;
-    pos += zrun;
-    xbz_run entry = {(uint32_t)data, (uint16_t)pos, (uint16_t)nzrun};
-    r->i = data + nzrun;
-    r->pos = pos + nzrun;
-    r->bad = bad;
-    r->run = run + 1;
-    *run = entry;
-}
-
-/* The run count, or -1 when the parsed delta is refused. */
-static inline ssize_t parse_end(const struct run_parser *r, const xbz_run *first, size_t page_len)
-{
-    if (r->bad || r->pos > page_len || r->i != r->dlen)
-        return -1;
-    return r->run - first;
-}
-
-ssize_t xbz_decode_runs(const uint8_t *delta, size_t dlen, size_t page_len, xbz_run *runs)
-{
-    struct run_parser r = {delta, dlen, 0, 0, runs, 0};
-    /* A page of at most 16 KiB has fewer than 16 Ki runs: stop at the
-     * first sign of trouble long before the list could overflow. */
-    while (r.i < r.dlen && !r.bad && r.pos <= page_len)
-        parse_run(&r);
-    return parse_end(&r, runs, page_len);
-}
-
-/* Four deltas at once.  Each run's position depends on the previous run's
- * lengths, a chain of dependent loads that leaves the CPU idle; four
- * independent chains side by side keep it busy. */
-int xbz_decode_runs4(const uint8_t *const delta[4], const size_t dlen[4], size_t page_len,
-                     xbz_run *const runs[4], ssize_t count[4])
-{
-    struct run_parser r[4];
-    for (int k = 0; k < 4; k++)
-        r[k] = (struct run_parser){delta[k], dlen[k], 0, 0, runs[k], 0};
-    while (r[0].i < r[0].dlen && r[1].i < r[1].dlen && r[2].i < r[2].dlen &&
-           r[3].i < r[3].dlen && !(r[0].bad | r[1].bad | r[2].bad | r[3].bad) &&
-           r[0].pos <= page_len && r[1].pos <= page_len && r[2].pos <= page_len &&
-           r[3].pos <= page_len) {
-        parse_run(&r[0]);
-        parse_run(&r[1]);
-        parse_run(&r[2]);
-        parse_run(&r[3]);
-    }
-    int refused = 0;
-    for (int k = 0; k < 4; k++) {
-        while (r[k].i < r[k].dlen && !r[k].bad && r[k].pos <= page_len)
-            parse_run(&r[k]);
-        count[k] = parse_end(&r[k], runs[k], page_len);
-        refused |= count[k] < 0;
-    }
-    return refused ? -1 : 0;
-}
-
-void xbz_apply_runs(const uint8_t *delta, const xbz_run *runs, size_t count, uint8_t *page)
-{
-    current_path()->apply_runs(delta, runs, count, page);
 }
 
 void xbz_decode_apply_within(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len)

@@ -245,11 +245,3 @@ static void XBZ_PATH(apply)(const uint8_t *delta, size_t dlen, uint8_t *page, si
         i += n;
     }
 }
-
-/* The apply step of decode_pages, from the list of xbz_decode_runs. */
-static void XBZ_PATH(apply_runs)(const uint8_t *delta, const xbz_run *runs, size_t count,
-                                 uint8_t *page)
-{
-    for (size_t k = 0; k < count; k++)
-        XBZ_PATH(copy_run)(page + runs[k].pos, delta + runs[k].src, runs[k].len);
-}
