@@ -58,7 +58,7 @@ def test_seed_usage_scenario_typed_into_two_consoles(spawn, tmp_path):
     report = wait_until(lambda: (r := src.type("info migrate"))
                         and "Migration status: completed" in r and r, timeout=60)
 
-    assert report.splitlines()[0] == "capabilities: xbzrle: on events: off"
+    assert report.splitlines()[0] == "capabilities: xbzrle: on events: off x-ram-digest: on"
     assert field(report, "cache size") == f"{16 << 20} bytes"
     assert int(field(report, "xbzrle pages").split()[0]) > 0
     assert int(field(report, "xbzrle transferred").split()[0]) > 0

@@ -43,6 +43,10 @@ def _add_vm_parser(sub) -> None:
         "vm", help="run a guest with a workload; with monitors (HMP, QMP) it is a migration "
                    "source or destination, without them it prints its dirty rate")
     vm.add_argument("--ram", default="1G", help="guest RAM size, e.g. 256M or 1G (default 1G)")
+    vm.add_argument("--machine", default="xbzrle-vm",
+                    help="machine type shaping the RAM blocks and named in the stream: "
+                         "xbzrle-vm (default, one block pc.ram), none (QEMU's -machine none: "
+                         "one block ram), pc (QEMU 7.2's pc with -nodefaults)")
     vm.add_argument("--workload", default="loadgen",
                     choices=("loadgen", "sparse", "dense", "hotcold", "idle"))
     vm.add_argument("--rate", type=float, default=0, help="pages per second, 0 = flat out")
@@ -73,12 +77,14 @@ def _run_vm(args: argparse.Namespace) -> int:
     if plain:  # the guest issue's dirty-rate printer, unchanged
         from .vm import run_dirty_rate
 
-        return run_dirty_rate(args.ram, args.workload, args.rate, args.tracker, args.seconds)
+        return run_dirty_rate(args.ram, args.workload, args.rate, args.tracker, args.seconds,
+                              machine=args.machine)
     from .vm import VmOptions, run_vm
 
     return run_vm(VmOptions(
         ram=args.ram, workload=args.workload, rate=args.rate, tracker=args.tracker,
-        monitors=list(args.monitor), qmp=list(args.qmp), incoming=args.incoming,
+        machine=args.machine, monitors=list(args.monitor), qmp=list(args.qmp),
+        incoming=args.incoming,
         start_stopped=args.start_stopped, xbzrle=args.xbzrle,
         exit_after_migration=args.exit_after_migration, report_json=args.report_json))
 

@@ -37,6 +37,7 @@ class VmOptions:
     workload: str | None = None
     rate: float = 0.0
     tracker: str = "auto"
+    machine: str = "xbzrle-vm"
     monitors: list[str] = field(default_factory=list)
     qmp: list[str] = field(default_factory=list)
     incoming: str | None = None
@@ -59,7 +60,7 @@ def run_vm(opts: VmOptions) -> int:
         from ..errors import ParameterError
 
         raise ParameterError("only one monitor can use stdio")
-    with Guest(ram=opts.ram, tracker=opts.tracker) as guest:
+    with Guest(ram=opts.ram, tracker=opts.tracker, machine=opts.machine) as guest:
         if opts.incoming is not None or opts.start_stopped:
             guest.stop()  # nothing may run before the migrated state (or 'cont') arrives
         if opts.workload and opts.workload != "idle":
@@ -183,6 +184,7 @@ def run_dirty_rate(
     seconds: float | None = None,
     out: TextIO = sys.stdout,
     interval: float = 1.0,
+    machine: str = "xbzrle-vm",
 ) -> int:
     """``xbzrle vm`` without monitors: run until Ctrl-C (or ``seconds``), print rates.
 
@@ -190,7 +192,7 @@ def run_dirty_rate(
     "dirty" counts distinct pages the dirty log reports: what a migration
     would have to resend.  Returns the exit status (0, also on Ctrl-C).
     """
-    with Guest(ram, tracker=tracker) as guest:
+    with Guest(ram, tracker=tracker, machine=machine) as guest:
         log = guest.dirty_log
         print(
             f"guest: {guest.ram_size >> 20} MiB, workload {workload}, "

@@ -195,10 +195,13 @@ def decode(delta: Buffer, old: Buffer) -> bytes:
 
 def decode_into(delta: Buffer, page: Buffer) -> None:
     """Apply the delta in place; the page is untouched if the delta is refused."""
-    delta_bytes, target = _bytes_of(delta), _writable_bytes(page)
-    _check_page_size(len(target), "page")
-    for pos, data in list(_runs(delta_bytes, len(target))):  # validate all, then write
-        target[pos : pos + len(data)] = data
+    delta_bytes = _bytes_of(delta)
+    # Released even when the delta is refused: a traceback that kept the view
+    # alive would pin the caller's buffer (an mmap could not be closed).
+    with _writable_bytes(page) as target:
+        _check_page_size(len(target), "page")
+        for pos, data in list(_runs(delta_bytes, len(target))):  # validate all, then write
+            target[pos : pos + len(data)] = data
 
 
 def is_zero(buf: Buffer) -> bool:

@@ -44,12 +44,15 @@ class IncomingMigration(Migration):
         xbzrle: Callable[[], bool],
         on_status: Callable[[MigrationStatus], None] | None = None,
         resume: bool = True,
+        ram_digest: Callable[[], bool] = lambda: True,
     ) -> None:
         super().__init__(MigrationStats(
             total_ram=sum(b.size for b in guest.blocks.values()), xbzrle=False), on_status)
         self.guest = guest
         self.uri = uri
-        self._xbzrle = xbzrle  # read when the stream arrives: the operator may enable it late
+        # Both read when the stream arrives: the operator may set them late.
+        self._xbzrle = xbzrle
+        self._ram_digest = ram_digest
         self.resume = resume
         self._channel: SocketChannel | FileChannel | None = None
         #: The RAM digests compared at the end, as hex per block: what the source
@@ -100,10 +103,13 @@ class IncomingMigration(Migration):
 
     def _receive(self) -> None:
         loader = PageLoader(self.guest.blocks, self._xbzrle(), anonymous=True)
+        expect_digest = self._ram_digest()
         try:
-            digest = self._load(loader)
+            digest = self._load(loader, expect_digest)
         finally:
             loader.release()
+        if digest is None:
+            return
         mine = self.guest.digest()
         self.digests = {"source": {name: want.hex() for name, (_size, want) in digest.items()},
                         "destination": dict(mine)}
@@ -115,17 +121,26 @@ class IncomingMigration(Migration):
                     f"RAM block {name!r} differs from the source after migration "
                     "(digest mismatch): refusing to run a corrupt guest")
 
-    def _load(self, loader: PageLoader) -> dict[str, tuple[int, bytes]]:
-        """Read the stream to its EOF, applying pages; return the source's digest."""
+    def _load(self, loader: PageLoader,
+              expect_digest: bool) -> dict[str, tuple[int, bytes]] | None:
+        """Read the stream to its end, applying pages; return the source's digest.
+
+        After EOF the source may append QEMU's VMDESCRIPTION; it is read too
+        (up to the source's end of stream), so no unread byte makes closing
+        the socket reset the connection before the verdict arrives.
+        """
         assert self._channel is not None
         parser = StreamParser()
         parser.page_sink = loader.sink
         view = memoryview(bytearray(READ_SIZE))
         digest: dict[str, tuple[int, bytes]] | None = None
         received = 0
-        while not parser.eof_seen:
+        described = False
+        while not described:
             n = self._channel.readinto(view)
             if n == 0:
+                if parser.eof_seen:
+                    break
                 raise TransportError(
                     f"the migration stream ended at offset {received} before its EOF record: "
                     "the source cancelled or vanished")
@@ -136,16 +151,37 @@ class IncomingMigration(Migration):
                     loader.check_layout(event)
                 elif isinstance(event, ev.ZeroPage | ev.NormalPage | ev.XbzrlePage):
                     loader.apply(event)
+                elif isinstance(event, ev.Configuration):
+                    self._check_machine(event)
+                elif isinstance(event, ev.SectionFull) and event.idstr == K.DIGEST_IDSTR:
+                    if not expect_digest:
+                        raise StreamError(
+                            "the source sent a RAM digest (x-ram-digest on) but x-ram-digest "
+                            "is off on this destination: set it the same on both sides",
+                            event.stream_offset)
                 elif isinstance(event, ev.Digest):
                     digest = event.blocks
-                elif isinstance(event, ev.SectionFull) and event.idstr != K.DIGEST_IDSTR:
+                elif isinstance(event, ev.SectionFull):
                     raise StreamError(
                         f"device section {event.idstr!r} is not supported by this destination",
                         event.stream_offset)
+                elif isinstance(event, ev.Eof) and expect_digest and digest is None:
+                    raise StreamError(
+                        "the migration stream carries no RAM digest (x-ram-digest off on the "
+                        "source) but x-ram-digest is on on this destination: set it the same "
+                        "on both sides", event.stream_offset)
+                elif isinstance(event, ev.VmDescription):
+                    described = True
             with self._lock:
                 loader.counts.wire_bytes = received
                 self.stats.totals = loader.counts
                 self.stats.add_batch(BatchCounts())  # rolls the rate window
-        if digest is None:
-            raise StreamError("the migration stream carries no RAM digest")
         return digest
+
+    def _check_machine(self, config: ev.Configuration) -> None:
+        """Refuse a stream of another machine type, as QEMU does (same wording)."""
+        local = self.guest.machine.announced
+        if config.machine != local:
+            raise StreamError(
+                f"Machine type received is '{config.machine}' and local is '{local}'",
+                config.stream_offset)

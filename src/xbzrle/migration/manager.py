@@ -102,6 +102,7 @@ class MigrationManager:
                 max_bandwidth=p.max_bandwidth,
                 downtime_limit_ms=p.downtime_limit,
                 max_rounds=max_rounds,
+                ram_digest=self.settings.capability("x-ram-digest"),
             )
             mig = SourceMigration(self.guest, parse_uri(uri), config, self._notify,
                                   self._notify_pass)
@@ -116,7 +117,8 @@ class MigrationManager:
                 raise MigrationStateError(IN_PROGRESS_MESSAGE)
             mig = IncomingMigration(self.guest, parse_uri(uri),
                                     lambda: self.settings.capability("xbzrle"),
-                                    self._notify, resume=resume)
+                                    self._notify, resume=resume,
+                                    ram_digest=lambda: self.settings.capability("x-ram-digest"))
             self.current = mig
             mig.start()
         return mig

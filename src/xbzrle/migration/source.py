@@ -31,8 +31,12 @@ from .status import MigrationStatus
 log = logging.getLogger(__name__)
 _core = load_core()
 
-MACHINE_TYPE = "xbzrle-vm"
 VERDICT_TIMEOUT = 60.0
+#: The VMDESCRIPTION QEMU appends after EOF, for a guest without device state.
+VM_DESCRIPTION = {"page_size": PAGE_SIZE, "devices": []}
+NO_VERDICT_HINT = (
+    "if the destination is a real QEMU: it sends no verdict and rejects the "
+    "x-ram-digest section, so turn x-ram-digest off on this source")
 
 
 @dataclass
@@ -44,6 +48,7 @@ class SourceConfig:
     max_bandwidth: int  # bytes/s, 0 = unlimited
     downtime_limit_ms: int
     max_rounds: int = 0  # 0 = no cap; a cap forces the switch-over (tests)
+    ram_digest: bool = True  # x-ram-digest: send a digest of all RAM, expect a verdict
 
 
 class _RateLimiter:
@@ -191,7 +196,7 @@ class SourceMigration(Migration):
             self._addr_base[name] = base
             base += blocks[name].size
 
-        head = (writer.header() + writer.configuration(MACHINE_TYPE)
+        head = (writer.header() + writer.configuration(self.guest.machine.announced)
                 + writer.section_start(K.RAM_SECTION_ID, K.RAM_IDSTR, 0, K.RAM_SECTION_VERSION)
                 + writer.ram_blocks([(n, blocks[n].size) for n in names])
                 + writer.eos() + writer.footer(K.RAM_SECTION_ID))
@@ -233,7 +238,7 @@ class SourceMigration(Migration):
             if cfg.max_rounds and round_index >= cfg.max_rounds:
                 break
 
-        # Switch-over: stop the guest, send what is left and a digest of all RAM.
+        # Switch-over: stop the guest, send what is left (and a digest of all RAM).
         stop_time = time.monotonic()
         # Resume on failure only what we paused: an operator may have stopped it.
         self._stopped_guest = self.guest.running
@@ -246,21 +251,39 @@ class SourceMigration(Migration):
         last_mode = _core.SAVE_LAST if cfg.xbzrle else _core.SAVE_PLAIN
         self._limiter.set_limit(0)  # the guest is stopped: no reason to hold back
         self._round(round_index, bitmaps, last_mode, final_pages, dirty_rate, final=True)
-        digests = {n: (blocks[n].size, bytes.fromhex(d))
-                   for n, d in self.guest.digest().items()}
-        tail = writer.digest(digests, section_id=K.DIGEST_SECTION_ID) + writer.eof()
+        tail = b""
+        if cfg.ram_digest:
+            digests = {n: (blocks[n].size, bytes.fromhex(d))
+                       for n, d in self.guest.digest().items()}
+            tail = writer.digest(digests, section_id=K.DIGEST_SECTION_ID)
+        tail += writer.eof() + writer.vmdescription(VM_DESCRIPTION)
         self._send(tail)
         with self._lock:
             self.stats.add_wire_bytes(len(tail))
             self.stats.remaining = 0
         channel = self._channel
         if isinstance(channel, SocketChannel):
-            verdict = channel.read_verdict(VERDICT_TIMEOUT)
-            if verdict is not None:
-                raise TransportError(f"the destination refused the migration: {verdict}")
+            self._await_verdict(channel)
         with self._lock:
             self.stats.downtime_ms = int((time.monotonic() - stop_time) * 1000)
         self._finish(MigrationStatus.COMPLETED, None)
+
+    def _await_verdict(self, channel: SocketChannel) -> None:
+        """Hear the destination out: ours always answers, a QEMU peer never does.
+
+        With x-ram-digest on, the peer must be one of ours, and only its "OK"
+        completes the migration.  With it off the peer may be QEMU, which closes
+        the connection once it has loaded the stream: that close is success.
+        Either peer that refuses still fails the migration with its reason.
+        """
+        try:
+            verdict = channel.read_verdict(VERDICT_TIMEOUT, required=self.config.ram_digest)
+        except TransportError as exc:
+            if not self.config.ram_digest:
+                raise
+            raise TransportError(f"{exc} ({NO_VERDICT_HINT})") from exc
+        if verdict is not None:
+            raise TransportError(f"the destination refused the migration: {verdict}")
 
     @staticmethod
     def _expected_downtime(record: RoundRecord, dirty_pages: int, first: bool) -> float:

@@ -7,6 +7,7 @@ sockets or spawns commands for a migration stream.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import subprocess
@@ -14,6 +15,24 @@ import subprocess
 from ..errors import TransportError
 from .channels import FileChannel, SocketChannel
 from .uri import MigrationURI
+
+PIPE_SIZE = 1 << 20
+"""Pipe capacity asked for an incoming exec: channel (capped at fs.pipe-max-size).
+
+A default pipe holds 64 KiB, so each read returns at most 64 KiB: sixteen
+reads and sixteen trips through the stream parser per MiB of RAM.  With
+1 MiB the destination's CPU time for a 1 GiB stream halved (measured, see
+docs/migration.md).  The outgoing side keeps the default: a wider pipe made
+no measurable difference to the source."""
+
+
+def widen_pipe(fd: int) -> None:
+    """Ask for a PIPE_SIZE pipe buffer; a smaller limit or a non-pipe is fine."""
+    limit = PIPE_SIZE
+    with contextlib.suppress(OSError, ValueError), open("/proc/sys/fs/pipe-max-size") as f:
+        limit = min(limit, int(f.read()))
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, limit)
 
 
 def connect(uri: MigrationURI, timeout: float = 10.0) -> SocketChannel | FileChannel:
@@ -88,6 +107,7 @@ class Listener:
                 return FileChannel(os.open(uri.path, os.O_RDONLY))
             proc = subprocess.Popen(["/bin/sh", "-c", uri.command], stdout=subprocess.PIPE)
             assert proc.stdout is not None
+            widen_pipe(proc.stdout.fileno())
             fd = os.dup(proc.stdout.fileno())
             proc.stdout.close()
             return FileChannel(fd, proc)
