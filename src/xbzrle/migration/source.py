@@ -228,7 +228,8 @@ class SourceMigration(Migration):
             self._addr_base[name] = base
             base += blocks[name].size
 
-        head = (writer.header() + writer.configuration(self.guest.machine.announced)
+        head = (writer.header()
+                + writer.configuration(self.guest.machine.announced, self._capabilities())
                 + writer.section_start(K.RAM_SECTION_ID, K.RAM_IDSTR, 0, K.RAM_SECTION_VERSION)
                 + writer.ram_blocks([(n, blocks[n].size) for n in names])
                 + writer.eos() + writer.footer(K.RAM_SECTION_ID))
@@ -274,8 +275,7 @@ class SourceMigration(Migration):
                                  cache_warmup=cfg.xbzrle and round_index == 2)
             expected_s = self._expected_downtime(record, dirty_pages, first=round_index == 1)
             with self._lock:
-                self.stats.remaining = dirty_pages * PAGE_SIZE
-                self.stats.dirty_pages_rate = dirty_rate
+                self.stats.start_pass(dirty_pages)
                 self.stats.expected_downtime_ms = int(min(expected_s, 1e9) * 1000)
             self.on_pass(self.stats.dirty_sync_count)
             if expected_s * 1000 <= cfg.downtime_limit_ms:
@@ -338,6 +338,16 @@ class SourceMigration(Migration):
         with self._lock:
             self.stats.cpu_throttle_percentage = after
             self.stats.peak_throttle = max(self.stats.peak_throttle, after)
+
+    def _capabilities(self) -> list[str]:
+        """Capabilities named in the configuration section, for the destination to check.
+
+        QEMU (4.0+) sends the capabilities both ends must agree on in the
+        ``configuration/capabilities`` subsection and skips names it does not
+        validate; listing ``xbzrle`` lets our destination refuse a missing
+        capability before any page moves, instead of at the first XBZRLE page.
+        """
+        return ["xbzrle"] if self.config.xbzrle else []
 
     def _await_verdict(self, channel: SocketChannel) -> None:
         """Hear the destination out: ours always answers, a QEMU peer never does.
