@@ -56,7 +56,7 @@ def _zero_copy_path(ram, buf_size, mode=_core.SAVE_PLAIN):
         r, w = os.pipe()
         try:
             got = bytearray()
-            reader = threading.Thread(target=lambda: _drain(r, got))
+            reader = threading.Thread(target=_drain, args=(r, got))
             reader.start()
             sent = _core.write_records(w, buf, pos, refs, nrefs, ram)
             os.close(w)

@@ -38,6 +38,9 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-ram", default="64G",
                         help="refuse streams announcing more RAM than this (default 64G)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    parser.add_argument("--checksum", choices=("sha256", "ram-digest", "none"), default="sha256",
+                        help="per block in the manifest: SHA-256 (default), xbzrle's RAM "
+                             "digest (several times faster) or none")
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
@@ -60,7 +63,7 @@ def _run_extract(args: argparse.Namespace) -> int:
     from ..qemu.extract import extract_file
 
     return _print_manifest(args, lambda: extract_file(
-        args.stream, args.output, max_ram=parse_size(args.max_ram)))
+        args.stream, args.output, max_ram=parse_size(args.max_ram), checksum=args.checksum))
 
 
 def _run_receive(args: argparse.Namespace) -> int:
@@ -70,7 +73,8 @@ def _run_receive(args: argparse.Namespace) -> int:
         print(f"listening on {address}", file=sys.stderr, flush=True)
 
     return _print_manifest(args, lambda: receive(
-        args.uri, args.output, max_ram=parse_size(args.max_ram), on_listening=announce))
+        args.uri, args.output, max_ram=parse_size(args.max_ram), on_listening=announce,
+        checksum=args.checksum))
 
 
 def _print_manifest(args: argparse.Namespace, run: Any) -> int:
@@ -91,10 +95,12 @@ def _summary(manifest: dict[str, Any], args: argparse.Namespace) -> None:
         return
     pages = manifest["pages"]
     for block in manifest["blocks"]:
-        if block.get("sha256") is None:  # mapped-ram: only the present pages are hashed
-            digest = f"{block['present_sha256']} ({block['pages_present']} pages present)"
-        else:
+        if block.get("sha256") is not None:
             digest = block["sha256"]
+        elif "present_sha256" in block:  # mapped-ram: only the present pages are hashed
+            digest = f"{block['present_sha256']} ({block['pages_present']} pages present)"
+        else:  # --checksum ram-digest or none
+            digest = f"ram-digest {block['ram_digest']}" if "ram_digest" in block else "-"
         print(f"{block['file']:<32} {block['size']:>14}  {digest}  ({block['name']})")
     if manifest["device_state"] is not None:
         print(f"{manifest['device_state']['file']:<32} {manifest['device_state']['size']:>14}  "
