@@ -281,7 +281,7 @@ def main() -> int:
                 runs.append(our_migration(guest, f"file:{stream}")[:2])
             if "file" in parts:
                 line("xbzrle source -> file: on tmpfs", runs, size)
-                floor = [write_floor(guest, stream) for _ in range(args.runs)]
+                floor = [write_floor(guest, work / "floor") for _ in range(args.runs)]
                 line("  floor: os.write of the RAM into a tmpfs file", floor, size,
                      "(1 MiB writes: the kernel's page cache)")
         if "extract" in parts:
