@@ -198,8 +198,8 @@ def test_vm_command_rejects_an_unknown_machine_in_one_line():
         proc = run_cli("vm", "--machine", "q35", "--ram", "32M", "--seconds", "1", *extra)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 2  # a bad value, as every ParameterError
-        assert err == ("xbzrle: error: machine type 'q35' is not supported: "
-                       "expected one of xbzrle-vm, none, pc\n")
+        assert err == ("xbzrle vm: --machine: machine type 'q35' is not supported: "
+                       "expected one of xbzrle-vm, none, pc (see 'xbzrle vm --help')\n")
 
 
 def test_pages_written_grows_exactly_while_the_guest_runs():

@@ -239,16 +239,23 @@ def decode_pages(
     """
     delta_bytes, target = _bytes_of(deltas), _writable_bytes(pages)
     _check_whole_pages(len(target), page_size)
+    if isinstance(lengths, memoryview) and lengths.ndim != 1:
+        dims = lengths.ndim
+        raise TypeError(f"lengths must be one-dimensional, got a buffer of {dims} dimensions")
     lengths = [operator.index(n) for n in lengths]
     if len(lengths) != len(target) // page_size:
         raise ValueError(f"{len(lengths)} lengths for {len(target) // page_size} pages")
+    remaining = len(delta_bytes)  # each length against what is left, as the C core must
     for index, n in enumerate(lengths):
         if n < -1:
             raise ValueError(
                 f"lengths[{index}] is {n}: expected -1 (overflow), 0 (unchanged) or a delta length"
             )
-    total = sum(n for n in lengths if n > 0)
-    if total != len(delta_bytes):
+        if n > remaining:
+            raise ValueError(f"lengths[{index}] is {n} but only {remaining} bytes of deltas remain")
+        remaining -= max(n, 0)
+    if remaining:
+        total = len(delta_bytes) - remaining
         raise ValueError(f"lengths add up to {total} bytes but deltas holds {len(delta_bytes)}")
 
     writes, start = [], 0

@@ -213,7 +213,8 @@ class SourceMigration(Migration):
             self._addr_base[name] = base
             base += blocks[name].size
 
-        head = (writer.header() + writer.configuration(self.guest.machine.announced)
+        head = (writer.header()
+                + writer.configuration(self.guest.machine.announced, self._capabilities())
                 + writer.section_start(K.RAM_SECTION_ID, K.RAM_IDSTR, 0, K.RAM_SECTION_VERSION)
                 + writer.ram_blocks([(n, blocks[n].size) for n in names])
                 + writer.eos() + writer.footer(K.RAM_SECTION_ID))
@@ -246,8 +247,7 @@ class SourceMigration(Migration):
                 mode = _core.SAVE_XBZRLE  # XBZRLE starts with the second round
             expected_s = self._expected_downtime(record, dirty_pages, first=round_index == 1)
             with self._lock:
-                self.stats.remaining = dirty_pages * PAGE_SIZE
-                self.stats.dirty_pages_rate = dirty_rate
+                self.stats.start_pass(dirty_pages)
                 self.stats.expected_downtime_ms = int(min(expected_s, 1e9) * 1000)
             self.on_pass(self.stats.dirty_sync_count)
             if expected_s * 1000 <= cfg.downtime_limit_ms:
@@ -284,6 +284,16 @@ class SourceMigration(Migration):
         with self._lock:
             self.stats.downtime_ms = int((time.monotonic() - stop_time) * 1000)
         self._finish(MigrationStatus.COMPLETED, None)
+
+    def _capabilities(self) -> list[str]:
+        """Capabilities named in the configuration section, for the destination to check.
+
+        QEMU (4.0+) sends the capabilities both ends must agree on in the
+        ``configuration/capabilities`` subsection and skips names it does not
+        validate; listing ``xbzrle`` lets our destination refuse a missing
+        capability before any page moves, instead of at the first XBZRLE page.
+        """
+        return ["xbzrle"] if self.config.xbzrle else []
 
     def _await_verdict(self, channel: SocketChannel) -> None:
         """Hear the destination out: ours always answers, a QEMU peer never does.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,6 +23,7 @@ from ..stream.constants import DIGEST_IDSTR, VM_SECTION_FULL
 from ..stream.load import PageLoader
 from ..stream.parser import NEED_DATA, StreamParser
 from .analyze import READ_SIZE, TailKeeper, device_list
+from .compressed import ProgressReader
 from .mappedram import LoadedBlock, RandomAccessFile, file_chunks, load_block, stream_size
 from .ramfiles import (
     CHECKSUMS,
@@ -264,16 +265,20 @@ def extract_chunks(chunks: Iterable[bytes], out_dir: str | os.PathLike[str], *,
 
 
 def extract_file(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
-                 max_ram: int = DEFAULT_MAX_RAM, checksum: str = "sha256") -> dict[str, Any]:
+                 max_ram: int = DEFAULT_MAX_RAM,
+                 on_progress: Callable[[int], None] | None = None,
+                 checksum: str = "sha256") -> dict[str, Any]:
     """Extract the stream in ``path`` ("-" reads standard input) into ``out_dir``.
 
+    ``on_progress`` hears the read position in the file after each read.
     ``checksum``: what the manifest holds per block, ``"sha256"`` (default),
     ``"ram-digest"`` (xbzrle's RAM digest, several times faster) or ``"none"``.
     """
     if str(path) == "-":
         return _extract_open_file(sys.stdin.buffer, out_dir, max_ram, "-", checksum)
     with open(path, "rb") as f:
-        return _extract_open_file(f, out_dir, max_ram, str(path), checksum)
+        watched: Any = f if on_progress is None else ProgressReader(f, on_progress)
+        return _extract_open_file(watched, out_dir, max_ram, str(path), checksum)
 
 
 def _extract_open_file(f: BinaryIO, out_dir: str | os.PathLike[str], max_ram: int,
