@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import threading
 
 import pytest
@@ -146,12 +147,18 @@ def test_a_paused_guests_stream_is_the_same_with_and_without_zero_copy(tmp_path,
 
 
 def test_channels_offer_writev_only_for_bytes_they_pass_unchanged(tmp_path):
+    """Plain sockets, files and pipes take page payloads from guest RAM; a TLS
+    socket must encrypt them, so it offers no descriptor (the copy path)."""
     a, b = socket.socketpair()
     fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).wrap_socket(
+        a.dup(), server_hostname="peer", do_handshake_on_connect=False)
     try:
         assert SocketChannel(a).writev_fd() == a.fileno()
         assert FileChannel(fd).writev_fd() == fd
+        assert SocketChannel(tls).writev_fd() is None
     finally:
+        tls.close()
         a.close()
         b.close()
         os.close(fd)
