@@ -147,7 +147,7 @@ def save_loop_backoff(npages: int = 16384, repeats: int = 5) -> tuple[float, flo
         page, t0 = 0, time.perf_counter()
         while page < npages:
             _, page, _, _ = core.save_pages(out, 0, ram, bitmap, page, name, 0,
-                                            core.SAVE_XBZRLE, cache, True, backoff)
+                                            core.SAVE_XBZRLE, cache, True, None, backoff)
         return (time.perf_counter() - t0) / npages * 1e6
 
     result = []

@@ -302,7 +302,7 @@ def _backoff_round(ram, cache, backoff, dest, last, change):
     chunks = []
     buf = bytearray(1 << 16)
     _, _, _, counts = _core.save_pages(buf, 0, ram, all_dirty(1), 0, NAME, 0,
-                                       _core.SAVE_XBZRLE, cache, False, backoff)
+                                       _core.SAVE_XBZRLE, cache, False, None, backoff)
     c = BatchCounts.from_loop(counts)
     chunks.append(bytes(buf[:c.wire_bytes]))
     last = load_all(chunks, dest, last=last)
@@ -340,7 +340,8 @@ def test_overflow_backs_off_exponentially_and_keeps_the_cache_current():
 def test_back_off_state_is_checked():
     with pytest.raises(ValueError, match="backoff"):
         _core.save_pages(bytearray(1 << 16), 0, bytearray(2 * PAGE), all_dirty(2), 0, NAME, 0,
-                         _core.SAVE_XBZRLE, _core.PageCache(1 << 20), False, bytearray(1))
+                         _core.SAVE_XBZRLE, _core.PageCache(1 << 20), False, None,
+                         bytearray(1))
     with pytest.raises(BufferError):  # the loop writes it: a read-only buffer is refused
         _core.save_pages(bytearray(1 << 16), 0, bytearray(PAGE), all_dirty(1), 0, NAME, 0,
-                         _core.SAVE_XBZRLE, _core.PageCache(1 << 20), False, b"\0")
+                         _core.SAVE_XBZRLE, _core.PageCache(1 << 20), False, None, b"\0")

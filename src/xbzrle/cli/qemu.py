@@ -46,6 +46,9 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-ram", type=options.size, default="64G",
                         help="refuse streams announcing more RAM than this (default 64G)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    parser.add_argument("--checksum", choices=("sha256", "ram-digest", "none"), default="sha256",
+                        help="per block in the manifest: SHA-256 (default), xbzrle's RAM "
+                             "digest (several times faster) or none")
 
 
 def prepare_output(path: str) -> None:
@@ -105,10 +108,10 @@ def _run_extract(args: argparse.Namespace) -> int:
             if opened.compression is None:  # seekable: mapped-ram regions are read at offsets
                 return _print_manifest(args, lambda: extract_file(
                     args.stream, args.output, max_ram=args.max_ram,
-                    on_progress=display.update), display)
+                    on_progress=display.update, checksum=args.checksum), display)
             return _print_manifest(args, lambda: extract_chunks(
                 _showing(read_chunks(opened), opened, display), args.output,
-                max_ram=args.max_ram, source=str(args.stream)), display)
+                max_ram=args.max_ram, source=str(args.stream), checksum=args.checksum), display)
 
 
 def _showing(chunks: Iterator[bytes], opened: Any, display: ReadDisplay) -> Iterator[bytes]:
@@ -134,7 +137,7 @@ def _run_receive(args: argparse.Namespace) -> int:
     with ReadDisplay(f"receive {args.uri}", None) as display:
         return _print_manifest(args, lambda: receive(
             args.uri, args.output, max_ram=args.max_ram, on_listening=announce,
-            on_progress=display.update), display)
+            on_progress=display.update, checksum=args.checksum), display)
 
 
 def _print_manifest(args: argparse.Namespace, run: Any,
@@ -160,10 +163,12 @@ def _summary(manifest: dict[str, Any], args: argparse.Namespace) -> None:
         return
     pages = manifest["pages"]
     for block in manifest["blocks"]:
-        if block.get("sha256") is None:  # mapped-ram: only the present pages are hashed
-            digest = f"{block['present_sha256']} ({block['pages_present']} pages present)"
-        else:
+        if block.get("sha256") is not None:
             digest = block["sha256"]
+        elif "present_sha256" in block:  # mapped-ram: only the present pages are hashed
+            digest = f"{block['present_sha256']} ({block['pages_present']} pages present)"
+        else:  # --checksum ram-digest or none
+            digest = f"ram-digest {block['ram_digest']}" if "ram_digest" in block else "-"
         print(f"{block['file']:<32} {block['size']:>14}  {digest}  ({block['name']})")
     if manifest["device_state"] is not None:
         print(f"{manifest['device_state']['file']:<32} {manifest['device_state']['size']:>14}  "
