@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from support import rewrite_between_rounds
 from xbzrle import Guest
 from xbzrle.migration.manager import MigrationManager
 from xbzrle.migration.status import MigrationStatus
@@ -33,6 +34,8 @@ def test_every_workload_migrates_between_two_processes(workload):
             # A tiny downtime limit keeps it iterating; the round cap forces the switch-over,
             # so XBZRLE rounds happen whatever the machine's speed.
             m.set_parameters(max_bandwidth=0, downtime_limit=1, xbzrle_cache_size=8 << 20)
+            if workload != "idle":  # writes between rounds by design, not by luck
+                rewrite_between_rounds(m, guest)
             mig = m.migrate(f"tcp:127.0.0.1:{port}", max_rounds=6)
             assert mig.wait(120) == MigrationStatus.COMPLETED, mig.error
             info = m.query()
