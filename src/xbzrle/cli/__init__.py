@@ -15,10 +15,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="xbzrle", description="Live migration with XBZRLE delta compression."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="measure the codec against memcmp on this machine")
-    bench.add_argument("--quick", action="store_true", help="fewer pages and repeats")
-    bench.set_defaults(run=_run_bench)
-
     demo = sub.add_parser(
         "demo", help="live-migrate a running guest to a second process, without and with XBZRLE")
     demo.add_argument("--ram", default="256M", help="guest RAM size (default 256M)")
@@ -97,12 +93,6 @@ def _run_demo(args: argparse.Namespace) -> int:
         ram=parse_size(args.ram), workload=args.workload, bandwidth=parse_size(args.bandwidth),
         cache_size=parse_size(args.cache_size), time_cap=args.time_cap,
         downtime_limit=args.downtime_limit, as_json=args.json))
-
-
-def _run_bench(args: argparse.Namespace) -> int:
-    from ..benchmark import main as bench_main
-
-    return bench_main(["--quick"] if args.quick else [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
