@@ -118,7 +118,7 @@ def test_destination_without_xbzrle_fails_both_sides_clearly():
         mig = src_m.migrate(uri, max_rounds=5)
         assert mig.wait(60) == S.FAILED
         assert dst_m.wait(10) == S.FAILED
-        assert "xbzrle capability is not enabled" in dst_m.current.error
+        assert "migrate_set_capability xbzrle on" in dst_m.current.error
         assert "xbzrle" in mig.error
         assert running_and_progressing(src)
     finally:

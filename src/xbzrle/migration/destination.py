@@ -32,6 +32,20 @@ _core = load_core()
 READ_SIZE = 1 << 20
 
 
+def check_capabilities(source_caps: tuple[str, ...], *, xbzrle: bool) -> None:
+    """Refuse, before any page, a stream announcing XBZRLE when the capability is off here.
+
+    The seed's rule (both ends enable ``xbzrle``) is kept, but checked where
+    QEMU checks the capabilities it validates: in the configuration section.
+    QEMU 7.2 itself accepts XBZRLE pages with the capability off.
+    """
+    if "xbzrle" in source_caps and not xbzrle:
+        raise StreamError(
+            "Capability xbzrle is off, but received capability is on: enable it on the "
+            "destination with 'migrate_set_capability xbzrle on' (QMP: "
+            "migrate-set-capabilities) before migrating")
+
+
 class IncomingMigration(Migration):
     """Listens on ``uri`` for one migration into ``guest``."""
 
@@ -147,12 +161,13 @@ class IncomingMigration(Migration):
             received += n
             parser.feed(view[:n])
             for event in parser.events():
-                if isinstance(event, ev.RamBlocks):
+                if isinstance(event, ev.Configuration):  # in QEMU's order: machine, caps
+                    self._check_machine(event)
+                    check_capabilities(event.capabilities, xbzrle=self._xbzrle())
+                elif isinstance(event, ev.RamBlocks):
                     loader.check_layout(event)
                 elif isinstance(event, ev.ZeroPage | ev.NormalPage | ev.XbzrlePage):
                     loader.apply(event)
-                elif isinstance(event, ev.Configuration):
-                    self._check_machine(event)
                 elif isinstance(event, ev.SectionFull) and event.idstr == K.DIGEST_IDSTR:
                     if not expect_digest:
                         raise StreamError(

@@ -49,6 +49,8 @@ class SourceConfig:
     downtime_limit_ms: int
     max_rounds: int = 0  # 0 = no cap; a cap forces the switch-over (tests)
     ram_digest: bool = True  # x-ram-digest: send a digest of all RAM, expect a verdict
+    copy_pages: bool = False  # copy PAGE payloads into the buffer even where writev could
+    #                           send them from guest RAM (tests compare both paths)
 
 
 class _RateLimiter:
@@ -169,6 +171,21 @@ class SourceMigration(Migration):
         assert self._channel is not None
         self._channel.write(data)
 
+    def _send_records(self, buf: bytearray, end: int, refs: bytearray, nrefs: int,
+                      block) -> int:
+        """Send a zero-copy buffer: its headers with the referenced pages of
+        ``block`` between them.  Returns the bytes sent (as the copy path's)."""
+        if self._cancel.is_set():
+            raise Cancelled()
+        channel = self._channel
+        assert channel is not None
+        timeout = getattr(channel, "stall_timeout", None)
+        try:
+            return _core.write_records(channel.writev_fd(), buf, end, refs, nrefs, block,
+                                       -1 if timeout is None else int(timeout * 1000))
+        except OSError as exc:
+            raise channel.send_failed(exc) from exc
+
     def _apply_live_changes(self) -> None:
         size, self._pending_cache_size = self._pending_cache_size, None
         if size is not None and self.cache is not None:
@@ -196,7 +213,8 @@ class SourceMigration(Migration):
             self._addr_base[name] = base
             base += blocks[name].size
 
-        head = (writer.header() + writer.configuration(self.guest.machine.announced)
+        head = (writer.header()
+                + writer.configuration(self.guest.machine.announced, self._capabilities())
                 + writer.section_start(K.RAM_SECTION_ID, K.RAM_IDSTR, 0, K.RAM_SECTION_VERSION)
                 + writer.ram_blocks([(n, blocks[n].size) for n in names])
                 + writer.eos() + writer.footer(K.RAM_SECTION_ID))
@@ -229,8 +247,7 @@ class SourceMigration(Migration):
                 mode = _core.SAVE_XBZRLE  # XBZRLE starts with the second round
             expected_s = self._expected_downtime(record, dirty_pages, first=round_index == 1)
             with self._lock:
-                self.stats.remaining = dirty_pages * PAGE_SIZE
-                self.stats.dirty_pages_rate = dirty_rate
+                self.stats.start_pass(dirty_pages)
                 self.stats.expected_downtime_ms = int(min(expected_s, 1e9) * 1000)
             self.on_pass(self.stats.dirty_sync_count)
             if expected_s * 1000 <= cfg.downtime_limit_ms:
@@ -267,6 +284,16 @@ class SourceMigration(Migration):
         with self._lock:
             self.stats.downtime_ms = int((time.monotonic() - stop_time) * 1000)
         self._finish(MigrationStatus.COMPLETED, None)
+
+    def _capabilities(self) -> list[str]:
+        """Capabilities named in the configuration section, for the destination to check.
+
+        QEMU (4.0+) sends the capabilities both ends must agree on in the
+        ``configuration/capabilities`` subsection and skips names it does not
+        validate; listing ``xbzrle`` lets our destination refuse a missing
+        capability before any page moves, instead of at the first XBZRLE page.
+        """
+        return ["xbzrle"] if self.config.xbzrle else []
 
     def _await_verdict(self, channel: SocketChannel) -> None:
         """Hear the destination out: ours always answers, a QEMU peer never does.
@@ -323,6 +350,14 @@ class SourceMigration(Migration):
         started = time.monotonic()
         total = BatchCounts()
         buf = bytearray(self._chunk_size())
+        # Zero-copy: in plain rounds and the last stage, PAGE payloads go from
+        # guest RAM to the channel by writev (see _core.write_records); XBZRLE
+        # rounds copy them, because the cache is filled from the bytes sent.
+        fd = self._channel.writev_fd() if self._channel is not None else None
+        zero_copy = (fd is not None and not self.config.copy_pages
+                     and mode in (_core.SAVE_PLAIN, _core.SAVE_LAST))
+        refs = bytearray(_core.SAVE_REF_SIZE * (len(buf) // PAGE_SIZE + 1)) if zero_copy else None
+        nrefs = 0
         for name, block in self.guest.blocks.items():
             bitmap = bitmaps[name]
             encoded_name = name.encode()
@@ -332,10 +367,13 @@ class SourceMigration(Migration):
                 if self._cancel.is_set():
                     raise Cancelled()
                 buf[: len(prefix)] = prefix
-                pos, page, _, raw = _core.save_pages(
-                    buf, len(prefix), block, bitmap, page, encoded_name,
-                    self._addr_base[name], mode, self.cache if mode else None,
-                    self._last_block == name)
+                args = (buf, len(prefix), block, bitmap, page, encoded_name,
+                        self._addr_base[name], mode, self.cache if mode else None,
+                        self._last_block == name)
+                if zero_copy:
+                    pos, page, _, raw, nrefs = _core.save_pages(*args, refs)
+                else:
+                    pos, page, _, raw = _core.save_pages(*args)
                 counts = BatchCounts.from_loop(raw)
                 if counts.wire_bytes:
                     self._last_block = name
@@ -343,9 +381,13 @@ class SourceMigration(Migration):
                     if not final:
                         buf[pos:pos + len(tail)] = tail
                         end += len(tail)
-                    self._send(memoryview(buf)[:end])
-                    self._limiter.account(end)
-                    counts.wire_bytes = end
+                    if nrefs:
+                        sent = self._send_records(buf, end, refs, nrefs, block)
+                    else:
+                        self._send(memoryview(buf)[:end])
+                        sent = end
+                    self._limiter.account(sent)
+                    counts.wire_bytes = sent
                     if final:
                         prefix = b""
                 total.add(counts)

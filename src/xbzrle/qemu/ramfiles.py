@@ -19,6 +19,11 @@ DEFAULT_MAX_RAM = 64 << 30
 MANIFEST = "manifest.json"
 DEVICE_STATE = "device-state.bin"
 OUTPUT_FILES = (MANIFEST, DEVICE_STATE)
+CHECKSUMS = ("sha256", "ram-digest", "none")
+"""What the manifest holds per block: SHA-256 of the file (the default, any
+tool checks it), xbzrle's RAM digest (the x-ram-digest section's value, 3-4x
+faster: never-touched pages are skipped and the page hash runs at memory
+speed, two threads), or nothing."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9@._+-]+")
 
 
@@ -58,10 +63,21 @@ class RamFiles:
     def sizes(self) -> dict[str, int]:
         return {name: len(ram) for name, ram in self.maps.items()}
 
-    def manifest_blocks(self) -> list[dict[str, object]]:
-        """Name, file, size and SHA-256 of every block, for the manifest."""
-        return [{"name": name, "file": self.files[name], "size": len(ram),
-                 "sha256": hashlib.sha256(ram).hexdigest()} for name, ram in self.maps.items()]
+    def manifest_blocks(self, checksum: str = "sha256") -> list[dict[str, object]]:
+        """Name, file, size and checksum (see CHECKSUMS) of every block, for the manifest."""
+        if checksum not in CHECKSUMS:
+            raise ParameterError(f"unknown checksum {checksum!r}: one of {', '.join(CHECKSUMS)}")
+        blocks: list[dict[str, object]] = []
+        for name, ram in self.maps.items():
+            entry: dict[str, object] = {"name": name, "file": self.files[name], "size": len(ram),
+                                        "sha256": None}
+            if checksum == "sha256":
+                entry["sha256"] = hashlib.sha256(ram).hexdigest()
+            elif checksum == "ram-digest":
+                from ..guest.digest import ram_digest
+                entry["ram_digest"] = ram_digest(ram)
+            blocks.append(entry)
+        return blocks
 
     def close(self) -> None:
         for ram in self.maps.values():

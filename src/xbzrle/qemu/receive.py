@@ -29,16 +29,19 @@ def listening_address(listener: Listener) -> str:
 
 
 def receive(uri: str, out_dir: str | os.PathLike[str], *, max_ram: int = DEFAULT_MAX_RAM,
-            on_listening: Callable[[str], None] | None = None) -> dict[str, Any]:
+            on_listening: Callable[[str], None] | None = None,
+            on_progress: Callable[[int], None] | None = None,
+            checksum: str = "sha256") -> dict[str, Any]:
     """Accept one incoming migration on ``uri`` and extract it into ``out_dir``.
 
-    ``on_listening`` gets the address once bound (before the source may connect).
+    ``on_listening`` gets the address once bound (before the source may connect);
+    ``on_progress`` gets the number of bytes received so far, after each read.
     Returns the manifest; raises IncompleteStreamError if the RAM is partial.
     """
     parsed = parse_uri(uri)
     if parsed.scheme == "file":
         raise ParameterError("receive reads a live migration: use 'xbzrle extract FILE' for files")
-    extractor = StreamExtractor(out_dir, max_ram=max_ram, source=uri)
+    extractor = StreamExtractor(out_dir, max_ram=max_ram, source=uri, checksum=checksum)
     listener = Listener(parsed)
     try:
         if on_listening is not None:
@@ -52,8 +55,12 @@ def receive(uri: str, out_dir: str | os.PathLike[str], *, max_ram: int = DEFAULT
     try:
         buf = bytearray(READ_SIZE)
         view = memoryview(buf)
+        received = 0
         while (n := channel.readinto(view)) > 0:
             extractor.feed(view[:n])
+            received += n
+            if on_progress is not None:
+                on_progress(received)
     except (StreamError, TransportError) as exc:
         failure = exc
     except BaseException:
