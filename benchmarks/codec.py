@@ -224,7 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if core is None:
         print("benchmarks/codec.py: needs the compiled core (xbzrle._core)")
         return 1
-    base_lib = load_baselines()
+    try:
+        base_lib = load_baselines()
+    except RuntimeError as exc:
+        print(f"benchmarks/codec.py: {exc}")
+        return 1
     size_mib, repeats = (8, 3) if args.quick else (args.size_mib, args.repeats)
     paths = args.path or core.simd_paths()
     live = core.simd_path()

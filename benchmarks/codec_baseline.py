@@ -56,8 +56,12 @@ def build() -> Path:
     fd, partial = tempfile.mkstemp(suffix=".so", dir=BUILD_DIR)
     os.close(fd)
     try:
-        done = subprocess.run([*compiler, *CFLAGS, "-o", partial, str(SOURCE)],
-                              capture_output=True, text=True)
+        try:
+            done = subprocess.run([*compiler, *CFLAGS, "-o", partial, str(SOURCE)],
+                                  capture_output=True, text=True)
+        except OSError as exc:
+            raise RuntimeError(f"cannot run the C compiler {compiler[0]!r} (set CC): "
+                               f"{exc.strerror}") from None
         if done.returncode != 0:
             raise RuntimeError(f"building {SOURCE.name} failed:\n{done.stderr.strip()}")
         os.replace(partial, target)  # atomic: a concurrent build finds a whole file

@@ -105,3 +105,18 @@ def test_qemu_model_refuses_a_damaged_delta_by_page(baselines):
         baselines.qemu_plain_decode_pages(bytes(damaged), lengths, bytearray(old))
     with pytest.raises(ValueError, match="add up to more"):
         baselines.qemu_plain_decode_pages(b"", lengths, bytearray(old))
+
+
+def test_without_a_compiler_the_benchmark_says_so_in_one_line(tmp_path):
+    import os
+    import subprocess
+
+    env = dict(os.environ, CC=str(tmp_path / "no-such-cc"),
+               PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "codec.py"), "--quick"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert done.stdout.strip().splitlines() == [
+        f"benchmarks/codec.py: cannot run the C compiler '{tmp_path / 'no-such-cc'}' (set CC): "
+        "No such file or directory"]
+    assert "Traceback" not in done.stderr
