@@ -114,16 +114,6 @@ def test_environment_variable_with_an_unknown_path_fails_loudly():
     assert "XBZRLE_SIMD=neon: unknown SIMD path" in done.stderr
 
 
-def test_memcmp_pages_counts_equal_pages():
-    old = bytes(range(256)) * 64
-    new = bytearray(old)
-    new[4096 * 2 + 5] ^= 1
-    assert core.memcmp_pages(old, new) == 3
-    assert core.memcmp_pages(old, old, page_size=1024) == 16
-    with pytest.raises(ValueError, match="whole pages"):
-        core.memcmp_pages(old, old, page_size=1000)
-
-
 def test_encode_pages_releases_the_gil():
     """While a batch is encoded in a thread, the main thread keeps running.
 

@@ -10,13 +10,12 @@
 
 #include "codec.h"
 #include "codec_internal.h"
-#include "codec_qemu.h"
 #include "parts.h"
+#include "pyerrors.h"
 
 
 /* ---- errors ---- */
 
-static PyObject *decode_error_type; /* xbzrle.errors.DecodeError, cached */
 static PyObject *array_type;        /* array.array, cached */
 
 static PyObject *import_attr(const char *module, const char *name)
@@ -34,8 +33,7 @@ static void raise_decode_error(PyObject *message, size_t offset, Py_ssize_t page
 {
     if (message == NULL)
         return;
-    if (decode_error_type == NULL)
-        decode_error_type = import_attr("xbzrle.errors", "DecodeError");
+    PyObject *decode_error_type = xbz_error_type("DecodeError");
     if (decode_error_type == NULL) {
         Py_DECREF(message);
         return;
@@ -350,8 +348,7 @@ PyDoc_STRVAR(encode_pages_doc,
  * equal, -1 on overflow. */
 typedef ssize_t (*page_encoder)(const uint8_t *, const uint8_t *, size_t, uint8_t *, size_t);
 
-/* encode_pages with a given page encoder (ours, or the model of QEMU's for
- * the benchmark).  The deltas are written straight into the bytes object
+/* encode_pages with a given page encoder.  The deltas are written straight into the bytes object
  * that is returned, grown when needed and shrunk in place at the end, so a
  * delta byte is copied at most when the object grows.  It starts at a
  * quarter of the input (at least 1 MiB): reserving the worst case instead
@@ -580,10 +577,9 @@ PyDoc_STRVAR(decode_pages_doc,
              "Every delta is validated before any page is written; DecodeError names\n"
              "the page (also as .page) and the offset within its delta.");
 
-/* decode_pages, or with qemu_model set the benchmark's model of QEMU's
- * decoder (one pass per page, no validation of the batch first). */
+/* decode_pages: every delta checked, then every delta applied. */
 static PyObject *decode_batch(PyObject *args, PyObject *kwargs, const char *format,
-                              const char *func, int qemu_model)
+                              const char *func)
 {
     static char *keywords[] = {"deltas", "lengths", "pages", "page_size", NULL};
     static const char *const names[] = {"deltas", "pages"};
@@ -639,27 +635,6 @@ static PyObject *decode_batch(PyObject *args, PyObject *kwargs, const char *form
     Py_ssize_t bad_page = -1;
     size_t err_offset = 0;
     const char *err_reason = NULL;
-    if (qemu_model) {
-        Py_BEGIN_ALLOW_THREADS
-        const uint8_t *delta = deltas.buf;
-        for (Py_ssize_t p = 0; p < count && bad_page < 0; p++) {
-            if (lengths[p] <= 0)
-                continue;
-            if (xbz_qemu_plain_decode(delta, (size_t)lengths[p],
-                                      (uint8_t *)pages.buf + p * page_size,
-                                      (size_t)page_size) < 0)
-                bad_page = p;
-            delta += lengths[p];
-        }
-        Py_END_ALLOW_THREADS
-        if (bad_page >= 0)
-            raise_decode_error(
-                PyUnicode_FromFormat("QEMU's decoder refuses the delta of page %zd", bad_page),
-                0, bad_page);
-        else
-            result = Py_NewRef(Py_None);
-        goto done;
-    }
     Py_BEGIN_ALLOW_THREADS
     const uint8_t *delta = deltas.buf;
     for (Py_ssize_t p = 0; p < count; p++) {
@@ -698,32 +673,7 @@ done:
 
 static PyObject *codec_decode_pages(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    return decode_batch(args, kwargs, "OOO|O:decode_pages", "decode_pages", 0);
-}
-
-/* ---- the benchmark's model of QEMU's plain codec (codec_qemu.c) ---- */
-
-PyDoc_STRVAR(qemu_plain_encode_pages_doc,
-             "qemu_plain_encode_pages($module, /, old, new, page_size=4096)\n--\n\n"
-             "encode_pages with a model of QEMU's plain encoder, for benchmarks.");
-
-static PyObject *codec_qemu_plain_encode_pages(PyObject *self, PyObject *args,
-                                               PyObject *kwargs)
-{
-    return encode_batch(args, kwargs, "OO|O:qemu_plain_encode_pages", "qemu_plain_encode_pages",
-                        xbz_qemu_plain_encode);
-}
-
-PyDoc_STRVAR(qemu_plain_decode_pages_doc,
-             "qemu_plain_decode_pages($module, /, deltas, lengths, pages, page_size=4096)\n--\n\n"
-             "decode_pages with a model of QEMU's plain decoder (one pass per page, a\n"
-             "refused delta may leave its page half written), for benchmarks.");
-
-static PyObject *codec_qemu_plain_decode_pages(PyObject *self, PyObject *args,
-                                               PyObject *kwargs)
-{
-    return decode_batch(args, kwargs, "OOO|O:qemu_plain_decode_pages", "qemu_plain_decode_pages",
-                        1);
+    return decode_batch(args, kwargs, "OOO|O:decode_pages", "decode_pages");
 }
 
 /* ---- ULEB128, general (up to 64 bits) ---- */
@@ -830,38 +780,6 @@ static PyObject *codec_is_zero(PyObject *self, PyObject *arg)
     return PyBool_FromLong(zero);
 }
 
-PyDoc_STRVAR(memcmp_pages_doc,
-             "memcmp_pages($module, /, a, b, page_size=4096)\n--\n\n"
-             "Number of equal page pairs, by libc memcmp per page: the benchmark baseline.");
-
-static PyObject *codec_memcmp_pages(PyObject *self, PyObject *args, PyObject *kwargs)
-{
-    static char *keywords[] = {"a", "b", "page_size", NULL};
-    static const char *const names[] = {"a", "b"};
-    static const int writable[] = {0, 0};
-    Py_buffer a, b;
-    Py_ssize_t page_size = 4096;
-    PyObject *objs[2], *size_obj = NULL, *result = NULL;
-
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O:memcmp_pages", keywords, &objs[0],
-                                     &objs[1], &size_obj) ||
-        (size_obj != NULL && get_ssize(size_obj, &page_size, PAGE_SIZE_RANGE_FMT) < 0) ||
-        get_buffers("memcmp_pages", 2, objs, (Py_buffer *[]){&a, &b}, writable, names) < 0)
-        return NULL;
-    if (check_same_length(&a, &b, "buffers") == 0 && check_whole_pages(a.len, page_size) == 0) {
-        Py_ssize_t equal = 0;
-        Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t off = 0; off < a.len; off += page_size)
-            equal += memcmp((const char *)a.buf + off, (const char *)b.buf + off,
-                            (size_t)page_size) == 0;
-        Py_END_ALLOW_THREADS
-        result = PyLong_FromSsize_t(equal);
-    }
-    PyBuffer_Release(&a);
-    PyBuffer_Release(&b);
-    return result;
-}
-
 PyDoc_STRVAR(simd_paths_doc,
              "simd_paths($module, /)\n--\n\nThe SIMD paths this CPU supports, best first.");
 
@@ -931,15 +849,9 @@ static PyMethodDef codec_methods[] = {
      METH_VARARGS | METH_KEYWORDS, encode_pages_doc},
     {"decode_pages", (PyCFunction)(void (*)(void))codec_decode_pages,
      METH_VARARGS | METH_KEYWORDS, decode_pages_doc},
-    {"qemu_plain_encode_pages", (PyCFunction)(void (*)(void))codec_qemu_plain_encode_pages,
-     METH_VARARGS | METH_KEYWORDS, qemu_plain_encode_pages_doc},
-    {"qemu_plain_decode_pages", (PyCFunction)(void (*)(void))codec_qemu_plain_decode_pages,
-     METH_VARARGS | METH_KEYWORDS, qemu_plain_decode_pages_doc},
     {"uleb128_encode", codec_uleb128_encode, METH_O, uleb128_encode_doc},
     {"uleb128_decode", codec_uleb128_decode, METH_VARARGS, uleb128_decode_doc},
     {"is_zero", codec_is_zero, METH_O, is_zero_doc},
-    {"memcmp_pages", (PyCFunction)(void (*)(void))codec_memcmp_pages,
-     METH_VARARGS | METH_KEYWORDS, memcmp_pages_doc},
     {"simd_paths", codec_simd_paths, METH_NOARGS, simd_paths_doc},
     {"simd_path", codec_simd_path, METH_NOARGS, simd_path_doc},
     {"select_simd", codec_select_simd, METH_O, select_simd_doc},

@@ -36,7 +36,7 @@
  * first are never empty, non-zero runs never are, and decoding it changes
  * only bytes the scan saw differ.  Keep it so: never re-derive a boundary
  * or a length from a second look at the page.  Tested by
- * tests/test_codec_concurrent_writer.py (a thread rewrites the pages under
+ * tests/codec/test_codec_concurrent_writer.py (a thread rewrites the pages under
  * encode on every SIMD path). */
 
 /* Number of runs (of set bits) in masks[0..words), the word before the

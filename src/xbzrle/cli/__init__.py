@@ -31,10 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="show errors only, no warnings")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    bench = sub.add_parser("bench", help="measure the codec against memcmp on this machine")
-    bench.add_argument("--quick", action="store_true", help="fewer pages and repeats")
-    bench.set_defaults(run=_run_bench)
-
     demo = sub.add_parser(
         "demo", help="live-migrate a running guest to a second process, without and with XBZRLE")
     demo.add_argument("--ram", type=options.size, default="256M",
@@ -144,12 +140,6 @@ def _run_demo(args: argparse.Namespace) -> int:
         cache_size=args.cache_size, time_cap=args.time_cap,
         downtime_limit=args.downtime_limit, as_json=args.json, rate=args.rate,
         plot=args.plot))
-
-
-def _run_bench(args: argparse.Namespace) -> int:
-    from ..benchmark import main as bench_main
-
-    return bench_main(["--quick"] if args.quick else [])
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:

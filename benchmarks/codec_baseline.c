@@ -1,5 +1,14 @@
-/* Model of QEMU's plain XBZRLE codec (see codec_qemu.h), the baseline of
- * the codec benchmark.  It follows QEMU's design step by step so that its
+/* The baselines of the codec benchmark (benchmarks/codec.py), built by
+ * benchmarks/codec_baseline.py with the system compiler and called through
+ * ctypes, one call per batch of pages.  Not part of the package.
+ *
+ * memcmp_pages: libc memcmp of two equal sets of pages, which reads exactly
+ * the bytes an encoder must read: the memory limit.
+ *
+ * qemu_plain_*: a model of QEMU's plain (non-SIMD) XBZRLE encoder and
+ * decoder, written from the algorithm of QEMU's migration/xbzrle.c, so that
+ * the benchmark shows our codec next to QEMU's in the same run on the same
+ * pages.  It follows QEMU's design step by step so that its
  * speed is QEMU's: a zero run is found a byte at a time up to a word
  * boundary counted from the page end, then a 64-bit word at a time, then
  * a byte at a time; a non-zero run likewise, its word loop stopping at the
@@ -8,9 +17,10 @@
  * checked before each length and before each copy, and the data goes out
  * with memcpy.  The decoder reads a length, checks it, and copies, run by
  * run, in one pass. */
-#include "codec_qemu.h"
-
+#include <stddef.h>
+#include <stdint.h>
 #include <string.h>
+#include <sys/types.h>
 
 typedef uint64_t word_t;
 #define WORD sizeof(word_t)
@@ -47,7 +57,10 @@ static inline int get_small(const uint8_t *in, uint32_t *n)
     return 2;
 }
 
-ssize_t xbz_qemu_plain_encode(const uint8_t *old, const uint8_t *new_page, size_t len,
+/* QEMU's xbzrle_encode_buffer: the delta of old -> new_page (len bytes, a
+ * multiple of 8) into dst, at most dlen bytes; 0 when equal, -1 on
+ * overflow.  Writes nothing past dst + dlen. */
+static ssize_t qemu_plain_encode(const uint8_t *old, const uint8_t *new_page, size_t len,
                               uint8_t *dst, size_t dlen)
 {
     const word_t ones = (word_t)0x0101010101010101ULL, highs = ones << 7;
@@ -115,7 +128,11 @@ ssize_t xbz_qemu_plain_encode(const uint8_t *old, const uint8_t *new_page, size_
     return (ssize_t)out;
 }
 
-ssize_t xbz_qemu_plain_decode(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len)
+/* QEMU's xbzrle_decode_buffer: applies delta onto page in one pass,
+ * checking as it goes (a refused delta may leave the page half written, as
+ * in QEMU).  Returns the decoded length or -1. */
+static ssize_t qemu_plain_decode(const uint8_t *delta, size_t dlen, uint8_t *page,
+                                 size_t page_len)
 {
     size_t i = 0, pos = 0;
     uint32_t count;
@@ -145,4 +162,56 @@ ssize_t xbz_qemu_plain_decode(const uint8_t *delta, size_t dlen, uint8_t *page, 
         i += count;
     }
     return (ssize_t)pos;
+}
+
+/* ---- batch entry points (one ctypes call per batch) ---- */
+
+/* Number of equal page pairs of a and b (len bytes, whole pages). */
+size_t memcmp_pages(const uint8_t *a, const uint8_t *b, size_t len, size_t page_size)
+{
+    size_t equal = 0;
+    for (size_t off = 0; off + page_size <= len; off += page_size)
+        equal += memcmp(a + off, b + off, page_size) == 0;
+    return equal;
+}
+
+/* encode_pages with QEMU's encoder: one length per page in lengths (0
+ * unchanged, -1 overflow, else the delta length, limit the page size), the
+ * deltas one after the other in out, which holds len bytes (no page's delta
+ * exceeds the page).  Returns the delta bytes written. */
+size_t qemu_plain_encode_pages(const uint8_t *old, const uint8_t *new_page, size_t len,
+                               size_t page_size, uint8_t *out, int32_t *lengths)
+{
+    size_t used = 0;
+    for (size_t p = 0; (p + 1) * page_size <= len; p++) {
+        ssize_t n = qemu_plain_encode(old + p * page_size, new_page + p * page_size, page_size,
+                                      out + used, page_size);
+        lengths[p] = (int32_t)n;
+        used += n > 0 ? (size_t)n : 0;
+    }
+    return used;
+}
+
+/* decode_pages with QEMU's decoder: applies the deltas (lengths[p] > 0,
+ * one after the other in deltas, dlen bytes) in one pass per page.
+ * Returns -1; the first page whose delta QEMU refuses (earlier pages are
+ * then written, that one maybe half); or -2 when the lengths ask for more
+ * than dlen bytes (nothing written). */
+ssize_t qemu_plain_decode_pages(const uint8_t *deltas, size_t dlen, const int32_t *lengths,
+                                size_t count, uint8_t *pages, size_t page_size)
+{
+    size_t remaining = dlen;
+    for (size_t p = 0; p < count; p++) {
+        if (lengths[p] > 0 && (size_t)lengths[p] > remaining)
+            return -2;
+        remaining -= lengths[p] > 0 ? (size_t)lengths[p] : 0;
+    }
+    for (size_t p = 0; p < count; p++) {
+        if (lengths[p] <= 0)
+            continue;
+        if (qemu_plain_decode(deltas, (size_t)lengths[p], pages + p * page_size, page_size) < 0)
+            return (ssize_t)p;
+        deltas += lengths[p];
+    }
+    return -1;
 }
