@@ -569,6 +569,7 @@ typedef struct {
     const uint8_t *base;
     const unsigned char *resident; /* NULL: treat every page as resident */
     size_t first, last;             /* page range [first, last) */
+    uint64_t index_base;            /* page index of base's first page */
     uint64_t *out;                  /* 2 words per non-zero page: index, hash */
     size_t count;
 } digest_job_t;
@@ -583,8 +584,8 @@ static void *digest_worker(void *arg)
         const uint8_t *page = job->base + p * PAGE;
         if (xbz_is_zero(page, PAGE))
             continue;
-        job->out[2 * (job->first + n)] = p;
-        job->out[2 * (job->first + n) + 1] = page_hash(page, p);
+        job->out[2 * (job->first + n)] = job->index_base + p;
+        job->out[2 * (job->first + n) + 1] = page_hash(page, job->index_base + p);
         n++;
     }
     job->count = n;
@@ -592,16 +593,19 @@ static void *digest_worker(void *arg)
 }
 
 PyDoc_STRVAR(page_hashes_doc,
-"page_hashes(ram) -> bytes\n\n"
+"page_hashes(ram, first_index=0) -> bytes\n\n"
 "(page index, 64-bit hash) pairs, little-endian uint64, for every non-zero\n"
 "page of ram, in page order.  Zero pages are left out, so never-touched\n"
 "memory is skipped without being read (mincore) and two RAMs with equal\n"
-"contents give equal results however they were populated.  Two threads.");
+"contents give equal results however they were populated.  Two threads.\n"
+"first_index numbers ram's first page, so a large RAM can be hashed in\n"
+"pieces (only the pieces that hold data) with the same result.");
 
-static PyObject *page_hashes(PyObject *self, PyObject *arg)
+static PyObject *page_hashes(PyObject *self, PyObject *args)
 {
     Py_buffer ram;
-    if (PyObject_GetBuffer(arg, &ram, PyBUF_SIMPLE) < 0)
+    unsigned long long index_base = 0;
+    if (!PyArg_ParseTuple(args, "y*|K", &ram, &index_base))
         return NULL;
     PyObject *result = NULL;
     size_t npages = (size_t)ram.len / PAGE;
@@ -625,8 +629,8 @@ static PyObject *page_hashes(PyObject *self, PyObject *arg)
         }
     }
     digest_job_t jobs[2] = {
-        {ram.buf, resident, 0, npages / 2, out, 0},
-        {ram.buf, resident, npages / 2, npages, out, 0},
+        {ram.buf, resident, 0, npages / 2, index_base, out, 0},
+        {ram.buf, resident, npages / 2, npages, index_base, out, 0},
     };
     size_t total = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -708,7 +712,7 @@ static PyObject *data_map(PyObject *self, PyObject *args)
 
 static PyMethodDef ramio_methods[] = {
     {"data_map", data_map, METH_VARARGS, data_map_doc},
-    {"page_hashes", page_hashes, METH_O, page_hashes_doc},
+    {"page_hashes", page_hashes, METH_VARARGS, page_hashes_doc},
     {"save_pages", save_pages, METH_VARARGS, save_pages_doc},
     {"load_pages", load_pages, METH_VARARGS, load_pages_doc},
     {NULL, NULL, 0, NULL},

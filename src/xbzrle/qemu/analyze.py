@@ -195,6 +195,8 @@ class StreamAnalyzer:
             self._section(event)
         elif isinstance(event, ev.SectionPart):
             self._sections[event.section_id].parts += 1
+        elif isinstance(event, ev.EmptyParts):
+            self._sections[event.section_id].parts += event.count
         elif isinstance(event, ev.SectionEnd):
             self._sections[event.section_id].ended = True
             self._new_round(event.stream_offset, final=True)

@@ -25,7 +25,7 @@ from ..stream.parser import NEED_DATA, StreamParser
 from .analyze import TailKeeper, device_list, read_chunks
 from .ramfiles import DEFAULT_MAX_RAM, DEVICE_STATE, MANIFEST, RamFiles, prepare_output_dir
 
-MANIFEST_FORMAT = "xbzrle-ram-extract/1"
+MANIFEST_FORMAT = "xbzrle-ram-extract/2"
 
 
 class IncompleteStreamError(StreamError):
@@ -175,9 +175,9 @@ class StreamExtractor:
             self._device_file = None
 
     def _write_outputs(self, error: str | None) -> dict[str, Any]:
-        blocks = self.ram.manifest_blocks() if self.ram is not None else []
         counts = self.loader.counts if self.loader is not None else None
         self._close_files()
+        blocks = self.ram.manifest_blocks() if self.ram is not None else []
         if self.devices is None and self._device_offset is not None:
             self.devices = self._tail.devices()
         zero, normal, xbzrle = (counts.zero, counts.normal, counts.xbzrle) if counts else (0, 0, 0)
