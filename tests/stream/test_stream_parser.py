@@ -226,7 +226,7 @@ def page(addr_flags: int, block: str = "pc.ram") -> bytes:
             8 + len(s.configuration()),
             "unknown configuration subsection 'configuration/foo'",
         ),
-        (ram_stream(page(0x200)), PART_AT, "unknown RAM record flags 0x200"),
+        (ram_stream(page(0x200)), PART_AT, "MULTIFD_FLUSH .0x200.: multifd channels"),
         (ram_stream(page(0x01)), PART_AT, "RAM_SAVE_FLAG_FULL"),
         (ram_stream(page(0x80)), PART_AT, "RDMA not supported"),
         (ram_stream(page(0x100)), PART_AT, "not supported"),

@@ -91,7 +91,10 @@ def _summary(manifest: dict[str, Any], args: argparse.Namespace) -> None:
         return
     pages = manifest["pages"]
     for block in manifest["blocks"]:
-        print(f"{block['file']:<32} {block['size']:>14}  {block['digest']}  ({block['name']})")
+        digest = block["digest"]
+        if "pages_present" in block:  # mapped-ram: what the file carried
+            digest = f"{digest} ({block['pages_present']} pages present)"
+        print(f"{block['file']:<32} {block['size']:>14}  {digest}  ({block['name']})")
     if manifest["device_state"] is not None:
         print(f"{manifest['device_state']['file']:<32} {manifest['device_state']['size']:>14}  "
               "raw device state")

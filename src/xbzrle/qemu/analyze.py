@@ -21,7 +21,9 @@ from typing import Any, BinaryIO
 from ..errors import StreamError
 from ..stream import find_vmdescription
 from ..stream import records as ev
+from ..stream.constants import command_name
 from ..stream.parser import DEFAULT_MAX_VMDESC, NEED_DATA, StreamParser
+from .mappedram import MappedRamInfo, RandomAccessFile, file_chunks, read_presence, stream_size
 
 READ_SIZE = 1 << 20
 PAGE_KINDS = ("zero", "normal", "xbzrle")
@@ -74,6 +76,23 @@ class SectionInfo:
 
 
 @dataclass
+class CommandInfo:
+    """A QEMU_VM_COMMAND record, by QEMU's name (``SWITCHOVER_START`` in QEMU 10 streams)."""
+
+    cmd: int
+    length: int
+    stream_offset: int
+
+    @property
+    def name(self) -> str:
+        return command_name(self.cmd)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cmd": self.cmd, "name": self.name, "length": self.length,
+                "stream_offset": self.stream_offset}
+
+
+@dataclass
 class StreamReport:
     """Everything ``xbzrle analyze`` prints; ``to_dict()`` is its JSON form."""
 
@@ -87,7 +106,8 @@ class StreamReport:
     ram_total: int | None = None
     blocks: tuple[tuple[str, int], ...] = ()
     rounds: list[RoundStats] = field(default_factory=list)
-    commands: int = 0
+    commands: list[CommandInfo] = field(default_factory=list)
+    mapped_ram: list[MappedRamInfo] | None = None
     digest: dict[str, tuple[int, str]] | None = None
     eof: bool = False
     device_state_offset: int | None = None
@@ -110,6 +130,12 @@ class StreamReport:
                 out[kind].bytes += tally.bytes
         return out
 
+    def mapped_ram_pages_present(self) -> int | None:
+        """Pages present over all mapped-ram blocks; None if a bitmap was not read."""
+        if self.mapped_ram is None or any(i.pages_present is None for i in self.mapped_ram):
+            return None
+        return sum(i.pages_present or 0 for i in self.mapped_ram)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -127,7 +153,10 @@ class StreamReport:
                 "blocks": [{"name": n, "size": s} for n, s in self.blocks]},
             "rounds": [r.to_dict() for r in self.rounds],
             "totals": {kind: t.to_dict() for kind, t in self.totals().items()},
-            "commands": self.commands,
+            "commands": [cmd.to_dict() for cmd in self.commands],
+            "mapped_ram": None if self.mapped_ram is None else {
+                "blocks": [info.to_dict() for info in self.mapped_ram],
+                "pages_present": self.mapped_ram_pages_present()},
             "digest": None if self.digest is None else {
                 name: {"size": size, "digest": hexd} for name, (size, hexd) in
                 self.digest.items()},
@@ -199,7 +228,8 @@ class StreamAnalyzer:
             self._sections[event.section_id].parts += event.count
         elif isinstance(event, ev.SectionEnd):
             self._sections[event.section_id].ended = True
-            self._new_round(event.stream_offset, final=True)
+            if r.mapped_ram is None:  # mapped-ram sends no page records, hence no rounds
+                self._new_round(event.stream_offset, final=True)
         elif isinstance(event, ev.RamBlocks):
             r.ram_total, r.blocks = event.total, event.blocks
             self._block_order = {name: i for i, (name, _) in enumerate(event.blocks)}
@@ -209,7 +239,11 @@ class StreamAnalyzer:
         elif isinstance(event, ev.Digest):
             r.digest = {name: (size, d.hex()) for name, (size, d) in event.blocks.items()}
         elif isinstance(event, ev.Command):
-            r.commands += 1
+            r.commands.append(CommandInfo(event.cmd, len(event.data), event.stream_offset))
+        elif isinstance(event, ev.MappedRamBlock):
+            if r.mapped_ram is None:
+                r.mapped_ram = []
+            r.mapped_ram.append(MappedRamInfo(event))
         elif isinstance(event, ev.Eof):
             r.eof = True
         elif isinstance(event, ev.VmDescription) and isinstance(event.json, dict):
@@ -267,9 +301,15 @@ def _full_header_size(event: ev.SectionFull) -> int:
     return 1 + 4 + 1 + len(event.idstr.encode()) + 4 + 4
 
 
-def analyze_chunks(chunks: Iterable[bytes], source: str = "") -> StreamReport:
-    """Analyse a stream given as byte chunks; a broken stream yields ``report.error``."""
-    parser = StreamParser()
+def analyze_chunks(chunks: Iterable[bytes], source: str = "",
+                   parser: StreamParser | None = None) -> StreamReport:
+    """Analyse a stream given as byte chunks; a broken stream yields ``report.error``.
+
+    ``parser`` is the one ``chunks`` reads for (:func:`~.mappedram.file_chunks`
+    jumps over mapped-ram regions); mapped-ram page counts need the file itself
+    (:func:`analyze_file`).
+    """
+    parser = parser or StreamParser()
     analyzer = StreamAnalyzer(StreamReport(source=source))
     size = 0
     error: str | None = None
@@ -296,8 +336,26 @@ def read_chunks(stream: BinaryIO, size: int = READ_SIZE) -> Iterable[bytes]:
 
 
 def analyze_file(path: str | os.PathLike[str]) -> StreamReport:
-    """Analyse the stream in ``path`` ("-" reads standard input)."""
+    """Analyse the stream in ``path`` ("-" reads standard input).
+
+    A mapped-ram file is read with jumps over its page regions, and its
+    bitmaps give the pages present; from a pipe they are skipped unread.
+    """
     if str(path) == "-":
-        return analyze_chunks(read_chunks(sys.stdin.buffer), "-")
+        return _analyze_open_file(sys.stdin.buffer, "-")
     with open(path, "rb") as f:
-        return analyze_chunks(read_chunks(f), str(path))
+        return _analyze_open_file(f, str(path))
+
+
+def _analyze_open_file(f: BinaryIO, source: str) -> StreamReport:
+    parser = StreamParser()
+    report = analyze_chunks(file_chunks(f, parser, READ_SIZE), source, parser)
+    size = stream_size(f)
+    if size is not None:
+        report.size = size
+        if report.mapped_ram:
+            try:
+                read_presence(report.mapped_ram, RandomAccessFile(f, source))
+            except StreamError as exc:
+                report.error = report.error or str(exc)
+    return report

@@ -22,7 +22,8 @@ from ..stream import records as ev
 from ..stream.constants import DIGEST_IDSTR, VM_SECTION_FULL
 from ..stream.load import PageLoader
 from ..stream.parser import NEED_DATA, StreamParser
-from .analyze import TailKeeper, device_list, read_chunks
+from .analyze import READ_SIZE, TailKeeper, device_list
+from .mappedram import LoadedBlock, RandomAccessFile, file_chunks, load_block, stream_size
 from .ramfiles import DEFAULT_MAX_RAM, DEVICE_STATE, MANIFEST, RamFiles, prepare_output_dir
 
 MANIFEST_FORMAT = "xbzrle-ram-extract/2"
@@ -48,7 +49,7 @@ class StreamExtractor:
     """Feeds one stream into RAM block files in ``out_dir``; ``finish()`` writes the manifest."""
 
     def __init__(self, out_dir: str | os.PathLike[str], *, max_ram: int = DEFAULT_MAX_RAM,
-                 source: str = "") -> None:
+                 source: str = "", random_access: RandomAccessFile | None = None) -> None:
         self.out_dir = Path(out_dir)
         prepare_output_dir(self.out_dir)
         self.max_ram = max_ram
@@ -67,6 +68,11 @@ class StreamExtractor:
         self._device_offset: int | None = None
         self._device_bytes = 0
         self._tail = TailKeeper()
+        # mapped-ram: pages are read from the file itself, not from the fed bytes.
+        self.random_access = random_access
+        self.file_size = None if random_access is None else random_access.size
+        self._mapped: list[ev.MappedRamBlock] = []
+        self._mapped_loaded: dict[str, LoadedBlock] = {}
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Take the next bytes of the stream; raises StreamError on malformed input."""
@@ -125,7 +131,12 @@ class StreamExtractor:
         elif isinstance(event, ev.RamBlocks):
             self.ram = RamFiles(self.out_dir, event.blocks, self.max_ram, event.stream_offset)
             self.loader = PageLoader(self.ram.maps, xbzrle=True)
-            self.parser.page_sink = self._fast_path
+            if self.parser.mapped_ram:
+                self._load_mapped_ram(event)
+            else:
+                self.parser.page_sink = self._fast_path
+        elif isinstance(event, ev.MappedRamBlock):
+            self._mapped.append(event)
         elif isinstance(event, ev.SectionEnd):
             self._in_last_round = True
         elif isinstance(event, ev.EndOfSection):
@@ -143,6 +154,17 @@ class StreamExtractor:
             self.eof = True
         elif isinstance(event, ev.VmDescription) and isinstance(event.json, dict):
             self.devices = device_list(event.json)
+
+    def _load_mapped_ram(self, event: ev.RamBlocks) -> None:
+        assert self.ram is not None
+        if self.random_access is None:
+            raise StreamError(
+                f"stream offset {event.stream_offset}: a mapped-ram stream keeps its pages at "
+                "fixed file offsets: extract it from the file itself (not a pipe or a socket)",
+                event.stream_offset)
+        for block in self._mapped:
+            with memoryview(self.ram.maps[block.block]) as dest:
+                self._mapped_loaded[block.block] = load_block(self.random_access, block, dest)
 
     def _fast_path(self, buf: bytearray, pos: int, base: int,
                    last: str | None) -> tuple[int, str | None, tuple[int, ...]]:
@@ -178,15 +200,20 @@ class StreamExtractor:
         counts = self.loader.counts if self.loader is not None else None
         self._close_files()
         blocks = self.ram.manifest_blocks() if self.ram is not None else []
+        if self._mapped:
+            # The pages a mapped-ram file carries, beside the digest of the whole block.
+            for block in blocks:
+                block.update(self._mapped_loaded.get(block["name"], LoadedBlock()).to_dict())
         if self.devices is None and self._device_offset is not None:
             self.devices = self._tail.devices()
         zero, normal, xbzrle = (counts.zero, counts.normal, counts.xbzrle) if counts else (0, 0, 0)
+        normal += sum(loaded.pages for loaded in self._mapped_loaded.values())
         manifest: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "source": self.source,
             "complete": error is None,
             "error": error,
-            "stream_bytes": self.received,
+            "stream_bytes": self.received if self.file_size is None else self.file_size,
             "stream_bytes_parsed": self.parser.offset,
             "machine": self.machine,
             "pages": {"total": zero + normal + xbzrle, "zero": zero, "normal": normal,
@@ -198,6 +225,7 @@ class StreamExtractor:
             "devices": self.devices,
             "source_digest": self.digest,
             "eof": self.eof,
+            "mapped_ram": bool(self._mapped),
         }
         tmp = self.out_dir / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -224,7 +252,23 @@ def extract_file(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
                  max_ram: int = DEFAULT_MAX_RAM) -> dict[str, Any]:
     """Extract the stream in ``path`` ("-" reads standard input) into ``out_dir``."""
     if str(path) == "-":
-        return extract_chunks(read_chunks(sys.stdin.buffer), out_dir, max_ram=max_ram,
-                              source="-")
+        return _extract_open_file(sys.stdin.buffer, out_dir, max_ram, "-")
     with open(path, "rb") as f:
-        return extract_chunks(read_chunks(f), out_dir, max_ram=max_ram, source=str(path))
+        return _extract_open_file(f, out_dir, max_ram, str(path))
+
+
+def _extract_open_file(f: BinaryIO, out_dir: str | os.PathLike[str], max_ram: int,
+                       source: str) -> dict[str, Any]:
+    """A file that can seek is read with jumps over mapped-ram regions and random access."""
+    random_access = RandomAccessFile(f, source) if stream_size(f) is not None else None
+    extractor = StreamExtractor(out_dir, max_ram=max_ram, source=source,
+                                random_access=random_access)
+    try:
+        for chunk in file_chunks(f, extractor.parser, READ_SIZE):
+            extractor.feed(chunk)
+    except StreamError as exc:
+        return extractor.finish(exc)
+    except BaseException:
+        extractor.abort()
+        raise
+    return extractor.finish()

@@ -12,12 +12,31 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _mapped_ram_lines(r: StreamReport) -> list[str]:
+    assert r.mapped_ram is not None
+    present = r.mapped_ram_pages_present()
+    lines = ["mapped-ram: RAM at fixed file offsets, "
+             + (f"{present} pages present" if present is not None
+                else "pages present not read (the input cannot seek)")]
+    for info in r.mapped_ram:
+        b = info.block
+        count = "?" if info.pages_present is None else str(info.pages_present)
+        lines.append(f"  {b.block}: header v{b.version} at offset {b.stream_offset}, "
+                     f"{b.page_size}-byte pages, {count} of {b.pages} present")
+        lines.append(f"    bitmap  {b.bitmap_offset:>14} .. {b.bitmap_offset + b.bitmap_size:<14}"
+                     f" ({b.bitmap_size} bytes)")
+        lines.append(f"    pages   {b.pages_offset:>14} .. {b.pages_end:<14}"
+                     f" ({_size(b.size)})")
+    return lines
+
+
 def render_report(r: StreamReport) -> str:
     lines = [f"stream: {r.source} ({r.size} bytes)",
              f"version: {r.version if r.version is not None else '-'}"]
     if r.machine is not None:
         caps = ", ".join(r.capabilities) or "none"
-        lines.append(f"machine: {r.machine} (validated capabilities: {caps})")
+        lines.append(f"machine: {r.machine}")
+        lines.append(f"capabilities (configuration/capabilities): {caps}")
         if r.uuid:
             lines.append(f"uuid: {r.uuid}")
     lines.append("sections:")
@@ -30,6 +49,8 @@ def render_report(r: StreamReport) -> str:
         lines.append(f"ram: {len(r.blocks)} blocks, {r.ram_total} bytes ({_size(r.ram_total)})")
         for name, size in r.blocks:
             lines.append(f"  {name:<28} {size:>14} bytes ({_size(size)})")
+    if r.mapped_ram is not None:
+        lines.extend(_mapped_ram_lines(r))
     if r.rounds:
         lines.append("rounds (pages / wire bytes):")
         lines.append(f"  {'round':<10}" + "".join(f"{k:>24}" for k in PAGE_KINDS))
@@ -41,7 +62,10 @@ def render_report(r: StreamReport) -> str:
         lines.append(f"  {'total':<10}" + "".join(
             f"{totals[k].pages:>10} / {totals[k].bytes:>11}" for k in PAGE_KINDS))
     if r.commands:
-        lines.append(f"commands: {r.commands}")
+        lines.append("commands:")
+        for cmd in r.commands:
+            lines.append(f"  {cmd.name} (0x{cmd.cmd:02x}, {cmd.length} bytes) "
+                         f"at offset {cmd.stream_offset}")
     if r.digest is not None:
         lines.append("digest (xbzrle-digest section):")
         for name, (size, hexd) in r.digest.items():

@@ -37,6 +37,7 @@ RAM_SAVE_FLAG_CONTINUE = 0x20
 RAM_SAVE_FLAG_XBZRLE = 0x40
 RAM_SAVE_FLAG_HOOK = 0x80  # RDMA, refused
 RAM_SAVE_FLAG_COMPRESS_PAGE = 0x100  # zlib compression threads, refused
+RAM_SAVE_FLAG_MULTIFD_FLUSH = 0x200  # multifd channels: refused, but harmless with mapped-ram
 
 ENCODING_FLAG_XBZRLE = 0x01
 MAX_XBZRLE_LEN = PAGE_SIZE
@@ -70,3 +71,46 @@ MIG_CMD_POSTCOPY_LISTEN = 4
 MIG_CMD_POSTCOPY_RUN = 5
 MIG_CMD_POSTCOPY_RAM_DISCARD = 6
 MIG_CMD_PACKAGED = 7
+MIG_CMD_ENABLE_COLO = 8
+MIG_CMD_POSTCOPY_RESUME = 9
+MIG_CMD_RECV_BITMAP = 10
+MIG_CMD_SWITCHOVER_START = 11  # QEMU 10: "the source is about to stop the guest"
+
+COMMAND_NAMES = {
+    MIG_CMD_OPEN_RETURN_PATH: "OPEN_RETURN_PATH",
+    MIG_CMD_PING: "PING",
+    MIG_CMD_POSTCOPY_ADVISE: "POSTCOPY_ADVISE",
+    MIG_CMD_POSTCOPY_LISTEN: "POSTCOPY_LISTEN",
+    MIG_CMD_POSTCOPY_RUN: "POSTCOPY_RUN",
+    MIG_CMD_POSTCOPY_RAM_DISCARD: "POSTCOPY_RAM_DISCARD",
+    MIG_CMD_PACKAGED: "PACKAGED",
+    MIG_CMD_ENABLE_COLO: "ENABLE_COLO",
+    MIG_CMD_POSTCOPY_RESUME: "POSTCOPY_RESUME",
+    MIG_CMD_RECV_BITMAP: "RECV_BITMAP",
+    MIG_CMD_SWITCHOVER_START: "SWITCHOVER_START",
+}
+
+# Commands that only a stream in (or recovering) postcopy or COLO carries: the
+# RAM then arrives on request, or the device state inside a package, so a
+# reader of the stream alone cannot rebuild the guest.  POSTCOPY_ADVISE only
+# says postcopy-ram is on; a migration that completed in precopy is whole.
+REFUSED_COMMANDS = frozenset({
+    MIG_CMD_POSTCOPY_LISTEN, MIG_CMD_POSTCOPY_RUN, MIG_CMD_POSTCOPY_RAM_DISCARD,
+    MIG_CMD_PACKAGED, MIG_CMD_ENABLE_COLO, MIG_CMD_POSTCOPY_RESUME, MIG_CMD_RECV_BITMAP,
+})
+
+
+def command_name(cmd: int) -> str:
+    """QEMU's name of a migration command ("SWITCHOVER_START"), or "UNKNOWN_0x.."."""
+    return COMMAND_NAMES.get(cmd, f"UNKNOWN_0x{cmd:02x}")
+
+
+# mapped-ram (QEMU 9.0+, file: migrations): after each block of the MEM_SIZE
+# list comes a header, then the page bitmap, then the pages at fixed offsets.
+CAPABILITY_MAPPED_RAM = "mapped-ram"
+# With x-ignore-shared, blocks in shared memory are left out of the stream and
+# every MEM_SIZE entry carries the block's guest address: refused.
+CAPABILITY_X_IGNORE_SHARED = "x-ignore-shared"
+MAPPED_RAM_HEADER_VERSION = 1
+MAPPED_RAM_HEADER_SIZE = 28  # be32 version, be64 page_size, bitmap_offset, pages_offset
+MAPPED_RAM_FILE_OFFSET_ALIGNMENT = 0x100000  # what QEMU pads pages_offset to (1 MiB)

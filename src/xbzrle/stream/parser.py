@@ -33,6 +33,7 @@ from .records import (
     Eof,
     Event,
     Header,
+    MappedRamBlock,
     NormalPage,
     PagesLoaded,
     RamBlocks,
@@ -102,6 +103,7 @@ class _State(enum.Enum):
     CONFIG = "a configuration subsection or the next section type"
     RAM = "a RAM record word"
     MEM_BLOCKS = "the RAM block list of the MEM_SIZE record"
+    SKIP = "a mapped-ram block's bitmap and pages region"
     FOOTER = "a section footer or the next section type"
     DIGEST_COUNT = "the block count of the xbzrle-digest section"
     DIGEST_ENTRY = "an entry of the xbzrle-digest section"
@@ -124,6 +126,8 @@ class _Incomplete(Exception):
 _BE16 = struct.Struct(">H")
 _BE32 = struct.Struct(">I")
 _BE64 = struct.Struct(">Q")
+_MAPPED_RAM_HEADER = struct.Struct(">IQQQ")
+_MAX_FILE_OFFSET = (1 << 63) - 1
 
 
 class _Cursor:
@@ -244,6 +248,12 @@ class StreamParser:
         self._mem_names: set[str] = set()
         self._empty_run: re.Pattern[bytes] | None = None
         self._empty_unit = 0
+        # mapped-ram: the regions between block headers are skipped (or jumped over).
+        self._mapped_ram = False
+        self._skip_to = 0
+        self._skip_block = ""
+        self._skip_record = 0
+        self._after_skip = _State.RAM
         # Digest.
         self._digest_seen = False
         self._digest_offset = 0
@@ -270,6 +280,31 @@ class StreamParser:
     @property
     def eof_seen(self) -> bool:
         return self._eof_seen
+
+    @property
+    def mapped_ram(self) -> bool:
+        """True when the configuration lists the mapped-ram capability (QEMU 9.0+ files)."""
+        return self._mapped_ram
+
+    @property
+    def skip_target(self) -> int | None:
+        """While inside a mapped-ram block's bitmap and pages: the offset the stream goes on at.
+
+        A reader holding a seekable file checks this when ``next_event()``
+        returns ``NEED_DATA``, seeks there and calls :meth:`jump`; any other
+        reader just keeps feeding, and the parser drops the bytes in between.
+        """
+        return self._skip_to if self._state is _State.SKIP else None
+
+    def jump(self, offset: int) -> None:
+        """The input goes on at ``offset`` (the :attr:`skip_target`): the bytes before it
+        are not fed.  Only allowed once every buffered byte has been consumed."""
+        if self.skip_target != offset or self._pos != len(self._buf):
+            raise ValueError(f"jump({offset}): the parser is not waiting for offset {offset}")
+        self._buf.clear()
+        self._pos = 0
+        self._base = offset
+        self._state = self._after_skip
 
     @property
     def in_device_state(self) -> bool:
@@ -350,6 +385,8 @@ class StreamParser:
             return self._mem_offset
         if self._state is _State.DIGEST_ENTRY:
             return self._digest_offset
+        if self._state is _State.SKIP:
+            return self._skip_record
         return self.offset
 
     def _cursor(self) -> _Cursor:
@@ -374,6 +411,8 @@ class StreamParser:
             return self._step_config()
         if state is _State.MEM_BLOCKS:
             return self._step_mem_blocks()
+        if state is _State.SKIP:
+            return self._step_skip()
         if state is _State.DIGEST_COUNT:
             return self._step_digest_count()
         if state is _State.DIGEST_ENTRY:
@@ -461,6 +500,12 @@ class StreamParser:
             cmd = cur.be16("the command number")
             length = cur.be16("the command length")
             data = cur.take(length, f"{length} bytes of command data")
+            if cmd in c.REFUSED_COMMANDS:
+                raise _fail(
+                    start,
+                    f"MIG_CMD_{c.command_name(cmd)} ({cmd}): the stream switched to postcopy "
+                    "or COLO, which is not supported (only precopy streams can be read)",
+                )
             self._commit(cur)
             return Command(cmd, data, stream_offset=start)
         if kind == c.VM_SECTION_FOOTER:
@@ -493,6 +538,7 @@ class StreamParser:
         start = cur.offset
         if cur.peek(_State.CONFIG.value) != c.VM_SUBSECTION:
             self._state = _State.TOP
+            self._mapped_ram = c.CAPABILITY_MAPPED_RAM in self._capabilities
             return Configuration(
                 self._machine, self._capabilities, self._uuid, stream_offset=self._config_offset
             )
@@ -610,7 +656,18 @@ class StreamParser:
         if flags & c.RAM_SAVE_FLAG_FULL:
             raise _fail(start, "obsolete RAM_SAVE_FLAG_FULL (0x01): expected " + _EXPECTED_FLAGS)
         kind = flags & ~c.RAM_SAVE_FLAG_CONTINUE
+        if flags == c.RAM_SAVE_FLAG_MULTIFD_FLUSH:
+            if not self._mapped_ram:
+                raise _fail(
+                    start,
+                    "RAM_SAVE_FLAG_MULTIFD_FLUSH (0x200): multifd channels are not supported "
+                    "(their pages travel on connections this stream does not carry)",
+                )
+            self._commit(cur)  # mapped-ram: the pages are in the file whichever thread wrote them
+            return None
         if kind in _PAGE_KINDS:
+            if self._mapped_ram:
+                raise _fail(start, _mapped_ram_page_record(kind))
             return self._read_page(cur, start, flags, kind, addr)
         if flags & c.RAM_SAVE_FLAG_CONTINUE or kind not in (
             c.RAM_SAVE_FLAG_EOS,
@@ -628,6 +685,12 @@ class StreamParser:
         if not self._mem_size_allowed:
             where = "a second MEM_SIZE record" if self._mem_list or self._blocks else "MEM_SIZE"
             raise _fail(start, f"{where} outside the setup (START) of the 'ram' section")
+        if c.CAPABILITY_X_IGNORE_SHARED in self._capabilities:
+            raise _fail(
+                start,
+                f"capability {c.CAPABILITY_X_IGNORE_SHARED} is not supported: RAM in shared "
+                "memory is left out of the stream, and its block list carries addresses",
+            )
         self._commit(cur)
         self._mem_size_allowed = False
         self._mem_offset = start
@@ -712,6 +775,8 @@ class StreamParser:
                 f"bytes left of the announced total 0x{self._mem_total:x} (postcopy and "
                 "x-ignore-shared block extras are not supported)",
             )
+        if self._mapped_ram:
+            return self._read_mapped_ram_header(cur, start, name, size)
         self._commit(cur)
         self._mem_names.add(name)
         self._mem_list.append((name, size))
@@ -721,6 +786,46 @@ class StreamParser:
         self._blocks = dict(self._mem_list)
         self._state = _State.RAM
         return RamBlocks(self._mem_total, tuple(self._mem_list), stream_offset=self._mem_offset)
+
+    def _read_mapped_ram_header(self, cur: _Cursor, start: int, name: str, size: int) -> Event:
+        """QEMU's MappedRamHeader after a block's entry; then skip to the block's pages end."""
+        at = cur.offset
+        raw = cur.take(c.MAPPED_RAM_HEADER_SIZE, f"the mapped-ram header of RAM block '{name}'")
+        version, page_size, bitmap_offset, pages_offset = _MAPPED_RAM_HEADER.unpack(raw)
+        event = MappedRamBlock(name, size, version, page_size, bitmap_offset, pages_offset,
+                               stream_offset=start)
+        problem = _mapped_ram_layout_problem(event, at + c.MAPPED_RAM_HEADER_SIZE)
+        if problem:
+            raise _fail(at, f"mapped-ram block '{name}': {problem}")
+        self._commit(cur)
+        self._mem_names.add(name)
+        self._mem_list.append((name, size))
+        self._mem_remaining -= size
+        self._skip_to = event.pages_end
+        self._skip_block = name
+        self._skip_record = start
+        self._state = _State.SKIP
+        if self._mem_remaining:
+            self._after_skip = _State.MEM_BLOCKS
+        else:
+            self._blocks = dict(self._mem_list)
+            self._after_skip = _State.RAM
+            self._pending.append(RamBlocks(self._mem_total, tuple(self._mem_list),
+                                           stream_offset=self._mem_offset))
+        return event
+
+    def _step_skip(self) -> None:
+        have = len(self._buf) - self._pos
+        need = self._skip_to - self.offset
+        if need <= have:
+            self._pos += need
+            self._state = self._after_skip
+            return None
+        self._pos += have  # not needed from a stream: dropped
+        raise _Incomplete(
+            f"the bitmap and pages of mapped-ram block '{self._skip_block}' "
+            f"up to offset {self._skip_to}"
+        )
 
     def _step_footer(self) -> Event | None:
         cur = self._cursor()
@@ -825,6 +930,40 @@ class StreamParser:
         start = cur.offset
         cur.u8(_State.DONE.value)
         raise _fail(start, "trailing data after the VMDESCRIPTION: expected the end of the stream")
+
+
+def _mapped_ram_page_record(kind: int) -> str:
+    if kind == c.RAM_SAVE_FLAG_XBZRLE:
+        return ("XBZRLE page in a mapped-ram stream: QEMU refuses that pair "
+                "(\"Mapped-ram migration is incompatible with xbzrle\")")
+    label = "ZERO" if kind == c.RAM_SAVE_FLAG_ZERO else "PAGE"
+    return (f"{label} page record in a mapped-ram stream: its RAM is only at fixed file "
+            "offsets after each block header")
+
+
+def _mapped_ram_layout_problem(block: MappedRamBlock, header_end: int) -> str | None:
+    """What is wrong with a block's header, bitmap and pages region, judged from the
+    header alone (the file's size is the reader's check); None if nothing."""
+    if block.version != c.MAPPED_RAM_HEADER_VERSION:
+        return (f"header version {block.version}: expected {c.MAPPED_RAM_HEADER_VERSION} "
+                "(QEMU 9.0 to 10.x)")
+    if block.page_size != c.PAGE_SIZE:
+        return f"page size {block.page_size}: only {c.PAGE_SIZE}-byte pages are supported"
+    if block.size % c.PAGE_SIZE:
+        return f"size 0x{block.size:x} is not a whole number of {c.PAGE_SIZE}-byte pages"
+    if block.bitmap_offset < header_end:
+        return (f"bitmap offset {block.bitmap_offset} overlaps its header or an earlier "
+                f"region: expected at least {header_end}")
+    bitmap_end = block.bitmap_offset + block.bitmap_size
+    if bitmap_end > block.pages_offset:
+        return (f"bitmap of {block.bitmap_size} bytes at offset {block.bitmap_offset} "
+                f"overlaps the pages region at offset {block.pages_offset}")
+    if block.pages_offset % c.PAGE_SIZE:
+        return (f"pages offset {block.pages_offset} is not aligned to {c.PAGE_SIZE}-byte "
+                "pages (QEMU: \"region has bad alignment\")")
+    if block.pages_end > _MAX_FILE_OFFSET:
+        return f"pages region ends at offset {block.pages_end}, beyond any file"
+    return None
 
 
 class _TooDeep(Exception):

@@ -97,6 +97,37 @@ class RamBlocks(Event):
 
 
 @dataclass(frozen=True)
+class MappedRamBlock(Event):
+    """A mapped-ram block header: where its page bitmap and its pages sit in the file.
+
+    Bit ``i`` of the bitmap (``bitmap_size`` bytes of little-endian 64-bit words at
+    ``bitmap_offset``) says page ``i`` is at ``pages_offset + i * page_size``; the
+    stream goes on at ``pages_end``.  The parser checked the layout; the bytes are
+    read with random access by whoever holds the file (:mod:`xbzrle.qemu.mappedram`).
+    """
+
+    block: str
+    size: int
+    version: int
+    page_size: int
+    bitmap_offset: int
+    pages_offset: int
+
+    @property
+    def pages(self) -> int:
+        return self.size // self.page_size
+
+    @property
+    def bitmap_size(self) -> int:
+        """QEMU's BITS_TO_LONGS(pages) * sizeof(unsigned long), 64-bit hosts."""
+        return (self.pages + 63) // 64 * 8
+
+    @property
+    def pages_end(self) -> int:
+        return self.pages_offset + self.size
+
+
+@dataclass(frozen=True)
 class ZeroPage(Event):
     """A page whose every byte equals ``fill`` (QEMU always sends 0)."""
 

@@ -1,0 +1,261 @@
+"""QEMU's mapped-ram files (QEMU 9.0+ ``file:`` migrations): bitmaps and pages at fixed offsets.
+
+With the ``mapped-ram`` capability the stream's MEM_SIZE list is followed,
+block by block, by a header (:class:`~xbzrle.stream.records.MappedRamBlock`),
+a bitmap of the pages present and a region holding every page at
+``pages_offset + page index * 4096``; the stream goes on after that region.
+The parser reads the headers and skips the regions (a reader holding the
+file jumps over them); this module reads what they hold, with random access:
+
+- only the bitmap is read in full (in bounded chunks), then only the pages
+  it marks: a block that claims 16 GiB and holds one page costs one page of
+  reading, writing and hashing;
+- every offset is checked against the file's real size before it is used,
+  and nothing is allocated from a size the file merely claims.
+
+The bitmap is QEMU's ``unsigned long`` array as a 64-bit little-endian host
+writes it: bit ``i`` (of byte ``i // 8``, bit ``i % 8``) is page ``i``.
+Pages that were zero are absent (QEMU clears their bit and writes nothing),
+so an absent page is a zero page, even if stale bytes sit in its slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from ..errors import StreamError
+from ..stream.constants import PAGE_SIZE
+from ..stream.parser import StreamParser
+from ..stream.records import MappedRamBlock
+
+__all__ = [
+    "LoadedBlock",
+    "MappedRamInfo",
+    "RandomAccessFile",
+    "bitmap_runs",
+    "check_in_file",
+    "count_present",
+    "file_chunks",
+    "load_block",
+    "present_runs",
+    "read_presence",
+    "stream_size",
+]
+
+BITMAP_CHUNK = 64 * 1024  # bytes of bitmap read at once: 512 Ki pages, 2 GiB of RAM
+LOAD_PIECE = 1 << 20  # bytes of pages read per call, as QEMU's MAPPED_RAM_LOAD_BUF_SIZE
+_NONZERO = re.compile(rb"[^\x00]+")
+_WORD_BYTES = 64  # bit runs are found in pieces this long, so shifts stay cheap
+_BE64 = struct.Struct(">Q")
+
+
+class RandomAccessFile:
+    """Positional reads of a stream file, checked against its real size."""
+
+    def __init__(self, f: BinaryIO, name: str = "") -> None:
+        self.fd = f.fileno()
+        self.size = os.fstat(self.fd).st_size
+        self.name = name
+
+    def readinto_at(self, offset: int, view: memoryview) -> int:
+        """Fill ``view`` from ``offset``; returns the bytes read (fewer only at the end)."""
+        done = 0
+        while done < len(view):
+            n = os.preadv(self.fd, [view[done:]], offset + done)
+            if n == 0:
+                break
+            done += n
+        return done
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        buf = bytearray(length)
+        with memoryview(buf) as view:
+            n = self.readinto_at(offset, view)
+        return bytes(buf[:n])
+
+
+def _fail(block: MappedRamBlock, message: str) -> StreamError:
+    offset = block.stream_offset
+    return StreamError(f"stream offset {offset}: mapped-ram block '{block.block}': {message}",
+                       offset)
+
+
+def check_in_file(block: MappedRamBlock, file_size: int) -> None:
+    """StreamError unless the block's bitmap and pages region lie inside the file."""
+    bitmap_end = block.bitmap_offset + block.bitmap_size
+    if bitmap_end > file_size:
+        raise _fail(block, f"bitmap at offset {block.bitmap_offset} ends at {bitmap_end}, "
+                           f"past the end of the file ({file_size} bytes)")
+    if block.pages_end > file_size:
+        raise _fail(block, f"pages region at offset {block.pages_offset} ends at "
+                           f"{block.pages_end}, past the end of the file ({file_size} bytes)")
+
+
+def bitmap_runs(bitmap: bytes | bytearray | memoryview, first_page: int = 0,
+                ) -> Iterator[tuple[int, int]]:
+    """Runs of set bits as ``(page, count)``; ``bitmap`` starts at page ``first_page``.
+
+    Zero bytes are skipped by the regex engine and set bits are found with
+    integer operations on pieces of at most 64 bytes, so the work follows
+    the runs present, not the bytes of the bitmap.  Runs crossing a piece
+    boundary come out in several parts (:func:`present_runs` joins them).
+    """
+    data = bytes(bitmap)
+    for match in _NONZERO.finditer(data):
+        start, end = match.span()
+        for piece in range(start, end, _WORD_BYTES):
+            piece_end = min(piece + _WORD_BYTES, end)
+            bits = (piece_end - piece) * 8
+            x = int.from_bytes(data[piece:piece_end], "little")
+            page = first_page + piece * 8
+            if x == (1 << bits) - 1:
+                yield page, bits
+                continue
+            while x:
+                zeros = (x & -x).bit_length() - 1
+                x >>= zeros
+                page += zeros
+                ones = (~x & (x + 1)).bit_length() - 1
+                yield page, ones
+                x >>= ones
+                page += ones
+
+
+def _bitmap_chunks(file: RandomAccessFile, block: MappedRamBlock,
+                   ) -> Iterator[tuple[int, bytes]]:
+    """``(first page, bytes)`` of the block's bitmap, in bounded chunks; checks the tail."""
+    npages = block.pages
+    for at in range(0, block.bitmap_size, BITMAP_CHUNK):
+        length = min(BITMAP_CHUNK, block.bitmap_size - at)
+        data = file.read_at(block.bitmap_offset + at, length)
+        if len(data) != length:
+            raise _fail(block, f"the file ends inside the bitmap at offset "
+                               f"{block.bitmap_offset + len(data) + at}")
+        first = at * 8
+        if first + length * 8 > npages:
+            # The last 64-bit word covers up to 63 pages past the block's end.
+            beyond = int.from_bytes(data, "little") >> (npages - first)
+            if beyond:
+                page = npages + (beyond & -beyond).bit_length() - 1
+                raise _fail(block, f"the bitmap marks page {page}, past the block's "
+                                   f"{npages} pages")
+        yield first, data
+
+
+def present_runs(file: RandomAccessFile, block: MappedRamBlock) -> Iterator[tuple[int, int]]:
+    """Maximal runs ``(first page, count)`` of the pages present in the file, ascending."""
+    check_in_file(block, file.size)
+    run_start, run_len = -1, 0
+    for first, data in _bitmap_chunks(file, block):
+        for page, count in bitmap_runs(data, first):
+            if page == run_start + run_len:
+                run_len += count
+                continue
+            if run_len:
+                yield run_start, run_len
+            run_start, run_len = page, count
+    if run_len:
+        yield run_start, run_len
+
+
+def count_present(file: RandomAccessFile, block: MappedRamBlock) -> int:
+    """How many of the block's pages the file holds (a popcount of its bitmap)."""
+    check_in_file(block, file.size)
+    return sum(int.from_bytes(data, "little").bit_count()
+               for _, data in _bitmap_chunks(file, block))
+
+
+@dataclass
+class MappedRamInfo:
+    """One block's layout as ``analyze`` shows it; ``pages_present`` once the bitmap was read."""
+
+    block: MappedRamBlock
+    pages_present: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        b = self.block
+        return {"name": b.block, "size": b.size, "stream_offset": b.stream_offset,
+                "header_version": b.version, "page_size": b.page_size,
+                "bitmap_offset": b.bitmap_offset, "bitmap_size": b.bitmap_size,
+                "pages_offset": b.pages_offset, "pages_end": b.pages_end,
+                "pages": b.pages, "pages_present": self.pages_present}
+
+
+def read_presence(infos: list[MappedRamInfo], file: RandomAccessFile) -> None:
+    """Fill ``pages_present`` of every block from its bitmap; StreamError on a bad layout."""
+    for info in infos:
+        info.pages_present = count_present(file, info.block)
+
+
+@dataclass
+class LoadedBlock:
+    """What :func:`load_block` put into one block."""
+
+    pages: int = 0
+    runs: int = 0
+    present_sha256: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pages_present": self.pages, "runs": self.runs,
+                "present_sha256": self.present_sha256}
+
+
+def load_block(file: RandomAccessFile, block: MappedRamBlock, dest: memoryview) -> LoadedBlock:
+    """Read every page present straight into ``dest`` (the block's bytes, zero elsewhere).
+
+    ``present_sha256`` hashes, for each maximal run of pages present in
+    ascending order, ``be64 byte offset``, ``be64 byte length`` and the
+    bytes: it covers everything the file carries and nothing it does not.
+    """
+    if len(dest) != block.size:
+        raise _fail(block, f"destination of {len(dest)} bytes for a block of {block.size}")
+    digest = hashlib.sha256()
+    loaded = LoadedBlock()
+    for page, count in present_runs(file, block):
+        start, length = page * PAGE_SIZE, count * PAGE_SIZE
+        digest.update(_BE64.pack(start) + _BE64.pack(length))
+        for at in range(start, start + length, LOAD_PIECE):
+            piece = dest[at:min(at + LOAD_PIECE, start + length)]
+            got = file.readinto_at(block.pages_offset + at, piece)
+            if got != len(piece):
+                raise _fail(block, f"the file ends inside page {(at + got) // PAGE_SIZE} "
+                                   f"at offset {block.pages_offset + at + got}")
+            digest.update(piece)
+        loaded.pages += count
+        loaded.runs += 1
+    loaded.present_sha256 = digest.hexdigest()
+    return loaded
+
+
+def file_chunks(f: BinaryIO, parser: StreamParser, size: int = 1 << 20) -> Iterator[bytes]:
+    """Read a stream file for ``parser``, jumping over mapped-ram regions when ``f`` can seek.
+
+    The consumer must pull the parser's events after each chunk (before asking
+    for the next one): the jump happens when the parser waits for a region's end.
+    A region that ends past the end of the file is not jumped to, so the
+    parser reports the stream as ending inside it.
+    """
+    file_size = stream_size(f)
+    while True:
+        target = parser.skip_target
+        if target is not None and file_size is not None and target <= file_size:
+            f.seek(target)
+            parser.jump(target)
+        chunk = f.read(size)
+        if not chunk:
+            return
+        yield chunk
+
+
+def stream_size(f: BinaryIO) -> int | None:
+    """The size of a seekable stream file (mapped-ram files are read with jumps)."""
+    try:
+        return os.fstat(f.fileno()).st_size if f.seekable() else None
+    except (OSError, ValueError):
+        return None
