@@ -39,7 +39,9 @@ def test_pow2floor():
 def test_defaults_match_qemu():
     s = Settings(ram_size=1 << 30)
     assert s.parameters.to_qmp() == {
-        "xbzrle-cache-size": 64 * MiB, "max-bandwidth": 128 * MiB, "downtime-limit": 300}
+        "xbzrle-cache-size": 64 * MiB, "max-bandwidth": 128 * MiB, "downtime-limit": 300,
+        "tls-creds": "", "tls-hostname": "", "tls-authz": "",
+        "x-handshake-timeout": 10_000, "x-stall-timeout": 60_000}
     assert s.query_capabilities()[0] == {"capability": "xbzrle", "state": False}
 
 

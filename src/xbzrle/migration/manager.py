@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from ..errors import MigrationStateError
 from ..transport.uri import parse_uri
+from .access import ObjectRegistry, admission, source_transport
 from .destination import IncomingMigration
 from .params import Settings
 from .source import SourceConfig, SourceMigration
@@ -30,6 +31,7 @@ class MigrationManager:
         self._listeners: list[StatusListener] = []
         self._pass_listeners: list[Callable[[int], None]] = []
         self._lock = threading.Lock()
+        self.objects = ObjectRegistry()  # --object tls-creds-x509/authz-*, by id
 
     # -- listeners -----------------------------------------------------------
     def add_status_listener(self, fn: StatusListener) -> None:
@@ -97,6 +99,7 @@ class MigrationManager:
                 max_bandwidth=p.max_bandwidth,
                 downtime_limit_ms=p.downtime_limit,
                 max_rounds=max_rounds,
+                transport=source_transport(self.objects, p),
             )
             mig = SourceMigration(self.guest, parse_uri(uri), config, self._notify,
                                   self._notify_pass)
@@ -111,7 +114,8 @@ class MigrationManager:
                 raise MigrationStateError(IN_PROGRESS_MESSAGE)
             mig = IncomingMigration(self.guest, parse_uri(uri),
                                     lambda: self.settings.capability("xbzrle"),
-                                    self._notify, resume=resume)
+                                    self._notify, resume=resume,
+                                    admission=admission(self.objects, self.settings.parameters))
             self.current = mig
             self.last_incoming = mig
         mig.start()

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .._backend import load_core
 from ..errors import TransportError, XbzrleError
@@ -48,6 +48,7 @@ class SourceConfig:
     max_bandwidth: int  # bytes/s, 0 = unlimited
     downtime_limit_ms: int
     max_rounds: int = 0  # 0 = no cap; a cap forces the switch-over (tests)
+    transport: dict = field(default_factory=dict)  # connect(): tls, tls_hostname, stall_timeout
 
 
 class _RateLimiter:
@@ -222,7 +223,7 @@ class SourceMigration(MigrationThread):
         cfg = self.config
         self.on_status(MigrationStatus.SETUP)
         self._limiter = _RateLimiter(cfg.max_bandwidth, self._cancel)
-        self._channel = connect(self.uri)
+        self._channel = connect(self.uri, **self.config.transport)
         writer = self._writer = StreamWriter()
         blocks = self.guest.blocks
         names = list(blocks)

@@ -47,7 +47,14 @@ from .records import (
     ZeroPage,
 )
 
-__all__ = ["NEED_DATA", "StreamParser", "find_vmdescription", "parse_bytes"]
+__all__ = [
+    "HEADER_SIZE",
+    "NEED_DATA",
+    "StreamParser",
+    "find_vmdescription",
+    "header_problem",
+    "parse_bytes",
+]
 
 
 PageSink = Callable[[bytearray, int, int, str | None], tuple[int, str | None, tuple[int, ...]]]
@@ -999,6 +1006,25 @@ def _decode_json(raw: bytes) -> dict | str:
     if _nesting(value) > MAX_VMDESC_NESTING:
         raise _TooDeep
     return value
+
+
+HEADER_SIZE = 8
+"""The file header: magic ``QEVM`` and the stream version."""
+
+
+def header_problem(data: bytes) -> str | None:
+    """What is wrong with the first HEADER_SIZE bytes of a stream, or None if they are a header.
+
+    A listener uses it to tell a migration source from any other client
+    before it gives the connection the destination's RAM.
+    """
+    parser = StreamParser()
+    parser.feed(data[:HEADER_SIZE])
+    try:
+        event = parser.next_event()
+    except StreamError as exc:
+        return str(exc)
+    return None if isinstance(event, Header) else "the stream ended inside its header"
 
 
 def parse_bytes(data: bytes | bytearray | memoryview, **options: int) -> list[Event]:

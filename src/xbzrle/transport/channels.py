@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import subprocess
+import threading
 from typing import Protocol
 
 from ..errors import TransportError
@@ -29,16 +31,41 @@ class Channel(Protocol):
 
 
 class SocketChannel:
-    """A connected stream socket; ``abort`` unblocks a send or recv from another thread."""
+    """A connected stream socket, plain or TLS; ``abort`` unblocks a send or recv elsewhere.
+
+    ``stall_timeout`` (seconds) bounds how long a write may make no progress:
+    a destination that is alive but stopped reading then fails the migration
+    instead of blocking the source forever.  ``pending`` holds bytes already
+    read from the socket (the stream header the listener checked); the first
+    reads return them.
+    """
 
     has_verdict = True
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, stall_timeout: float | None = None,
+                 pending: bytes = b"") -> None:
         self.sock = sock
+        self.stall_timeout = stall_timeout
+        self._pending = pending
+        if stall_timeout is not None:
+            sock.settimeout(stall_timeout)
+
+    @property
+    def is_tls(self) -> bool:
+        return isinstance(self.sock, ssl.SSLSocket)
 
     def write(self, data: memoryview | bytes) -> None:
         try:
-            self.sock.sendall(data)
+            if self.stall_timeout is None:
+                self.sock.sendall(data)
+                return
+            view = memoryview(data).cast("B")
+            while view:  # per send call, not per byte: each may take a whole buffer
+                view = view[self.sock.send(view):]
+        except TimeoutError as exc:
+            raise TransportError(
+                f"the destination stopped reading: no progress for {self.stall_timeout:g} s "
+                "(x-stall-timeout)") from exc
         except OSError as exc:
             verdict = self._salvage_verdict()
             if verdict is not None:
@@ -49,9 +76,10 @@ class SocketChannel:
     def _salvage_verdict(self) -> str | None:
         """A destination that gave up said why before closing: read it if it is here."""
         data = b""
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
+            self.sock.settimeout(0.0)  # what is already here; plain and TLS sockets alike
             while len(data) < VERDICT_MAX:
-                chunk = self.sock.recv(VERDICT_MAX, socket.MSG_DONTWAIT)
+                chunk = self.sock.recv(VERDICT_MAX)
                 if not chunk:
                     break
                 data += chunk
@@ -60,6 +88,11 @@ class SocketChannel:
         return None
 
     def readinto(self, buf: memoryview) -> int:
+        if self._pending:
+            n = min(len(buf), len(self._pending))
+            buf[:n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            return n
         try:
             return self.sock.recv_into(buf)
         except OSError as exc:
@@ -74,8 +107,9 @@ class SocketChannel:
         """Wait for the destination's verdict; None means success."""
         self.sock.settimeout(timeout)
         try:
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_WR)
+            if not self.is_tls:  # TLS has no half-close: the EOF record ends the stream
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_WR)
             data = b""
             while not data.endswith(b"\n") and len(data) < VERDICT_MAX:
                 chunk = self.sock.recv(VERDICT_MAX)
@@ -100,14 +134,57 @@ class SocketChannel:
         self.sock.close()
 
 
+class StderrTail:
+    """Drains a command's stderr in a thread, keeping its last line (bounded)."""
+
+    KEEP = 4096
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._tail = b""
+        self._thread = threading.Thread(target=self._drain, name="exec-stderr", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while chunk := self._stream.read1(65536):
+                self._tail = (self._tail + chunk)[-self.KEEP:]
+        with contextlib.suppress(OSError):
+            self._stream.close()
+
+    def last_line(self, wait: float = 2.0) -> str:
+        self._thread.join(wait)
+        lines = [ln for ln in self._tail.decode(errors="replace").splitlines() if ln.strip()]
+        return lines[-1].strip() if lines else ""
+
+
 class FileChannel:
-    """A file or pipe; no way back, so no verdict."""
+    """A file or pipe; no way back, so no verdict.
+
+    For ``exec:`` the command's exit status and last stderr line explain a
+    failure (a write to a command that died is only "Broken pipe").
+    """
 
     has_verdict = False
 
     def __init__(self, fd: int, proc: subprocess.Popen[bytes] | None = None) -> None:
         self.fd = fd
         self.proc = proc
+        self._stderr = StderrTail(proc.stderr) if proc is not None and proc.stderr else None
+
+    def _command_failure(self) -> str | None:
+        """Why the exec: command failed (status and last stderr line), once it exited."""
+        if self.proc is None:
+            return None
+        try:
+            rc = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return None
+        if rc == 0:
+            return None
+        status = f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+        line = self._stderr.last_line() if self._stderr is not None else ""
+        return f"exec: migration command {status}" + (f": {line}" if line else "")
 
     def write(self, data: memoryview | bytes) -> None:
         view = memoryview(data)
@@ -116,13 +193,15 @@ class FileChannel:
                 n = os.write(self.fd, view)
                 view = view[n:]
         except OSError as exc:
-            raise TransportError(f"migration output failed: {exc}") from exc
+            failure = self._command_failure()
+            raise TransportError(failure or f"migration output failed: {exc}") from exc
 
     def readinto(self, buf: memoryview) -> int:
         try:
             return os.readv(self.fd, [buf])
         except OSError as exc:
-            raise TransportError(f"migration input failed: {exc}") from exc
+            failure = self._command_failure()
+            raise TransportError(failure or f"migration input failed: {exc}") from exc
 
     def abort(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -138,4 +217,5 @@ class FileChannel:
                 self.proc.kill()
                 raise TransportError("exec: migration command did not finish") from None
             if rc != 0:
-                raise TransportError(f"exec: migration command exited with status {rc}")
+                raise TransportError(self._command_failure() or
+                                     f"exec: migration command exited with status {rc}")
