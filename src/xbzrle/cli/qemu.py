@@ -29,6 +29,16 @@ def add_commands(subparsers: Any) -> None:
         "receive", help="be the destination of a live QEMU migration and keep its RAM")
     receive.add_argument("uri", help="where to listen: tcp:HOST:PORT (port 0 picks one), "
                                      "unix:PATH or exec:COMMAND")
+    receive.add_argument("--object", action="append", default=[], dest="objects",
+                         metavar="SPEC", help="tls-creds-x509 or authz-* object, QEMU's "
+                         "syntax (repeatable)")
+    receive.add_argument("--tls-creds", default="", metavar="ID",
+                         help="accept only TLS with this tls-creds-x509 object (endpoint=server)")
+    receive.add_argument("--tls-authz", default="", metavar="ID",
+                         help="allow only client certificates this authz object allows")
+    receive.add_argument("--handshake-timeout", type=float, default=10.0, metavar="S",
+                         help="seconds a connection has for its TLS handshake and stream "
+                              "header before it is dropped (default 10, 0 = no limit)")
     _output_options(receive)
     receive.set_defaults(run=_run_receive)
 
@@ -69,8 +79,13 @@ def _run_receive(args: argparse.Namespace) -> int:
     def announce(address: str) -> None:
         print(f"listening on {address}", file=sys.stderr, flush=True)
 
+    def refused(reason: str) -> None:
+        print(f"xbzrle receive: {reason}", file=sys.stderr, flush=True)
+
     return _print_manifest(args, lambda: receive(
-        args.uri, args.output, max_ram=parse_size(args.max_ram), on_listening=announce))
+        args.uri, args.output, max_ram=parse_size(args.max_ram), on_listening=announce,
+        objects=args.objects, tls_creds=args.tls_creds, tls_authz=args.tls_authz,
+        handshake_timeout=args.handshake_timeout, on_refused=refused))
 
 
 def _print_manifest(args: argparse.Namespace, run: Any) -> int:

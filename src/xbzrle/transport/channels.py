@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import ssl
 import subprocess
@@ -55,6 +56,10 @@ class SocketChannel:
         return isinstance(self.sock, ssl.SSLSocket)
 
     def write(self, data: memoryview | bytes) -> None:
+        if select.select([self.sock], [], [], 0)[0]:  # the destination spoke: a refusal?
+            verdict = self._salvage_verdict()
+            if verdict is not None:
+                raise TransportError(f"the destination refused the migration: {verdict}")
         try:
             if self.stall_timeout is None:
                 self.sock.sendall(data)
@@ -76,13 +81,21 @@ class SocketChannel:
     def _salvage_verdict(self) -> str | None:
         """A destination that gave up said why before closing: read it if it is here."""
         data = b""
-        with contextlib.suppress(OSError, ValueError):
+        try:
             self.sock.settimeout(0.0)  # what is already here; plain and TLS sockets alike
             while len(data) < VERDICT_MAX:
                 chunk = self.sock.recv(VERDICT_MAX)
                 if not chunk:
                     break
                 data += chunk
+        except ssl.SSLError as exc:  # TLS 1.3: a refused certificate shows up as an alert here
+            if "ALERT" in str(exc.reason or ""):
+                return f"TLS alert {exc.reason}"
+        except (OSError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(self.stall_timeout)
         if data.startswith(VERDICT_ERROR):
             return data[len(VERDICT_ERROR):].split(b"\n", 1)[0].decode(errors="replace")
         return None

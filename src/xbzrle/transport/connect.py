@@ -184,11 +184,26 @@ class Admission:
         return data
 
 
+REFUSAL_LINGER = 1.0
+"""Seconds a refused connection is drained after the verdict, so the peer can read it."""
+
+
 def _refuse(sock: socket.socket, reason: str) -> None:
-    """Tell the peer why (it may be our own source, which reports it), then close."""
+    """Tell the peer why (it may be our own source, which reports it), then close.
+
+    Closing while the peer's data is still arriving would reset the
+    connection and discard the verdict before the peer reads it: what the
+    peer sends is read and dropped for at most REFUSAL_LINGER seconds, until
+    it closes.
+    """
     with contextlib.suppress(OSError, ValueError):
-        sock.settimeout(1.0)
+        sock.settimeout(REFUSAL_LINGER)
         sock.sendall(VERDICT_ERROR + reason.encode()[:2000] + b"\n")
+        deadline = time.monotonic() + REFUSAL_LINGER
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                break
     with contextlib.suppress(OSError, ValueError):
         sock.close()
 
