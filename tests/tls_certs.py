@@ -59,7 +59,7 @@ def _write(path: Path, cert: x509.Certificate, key: rsa.RSAPrivateKey | None = N
 
 def _issue(subject: str, key, ca_cert: x509.Certificate | None, ca_key, *, ca: bool = False,
            server: bool = False) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     issuer = ca_cert.subject if ca_cert is not None else _name(subject)
     builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
