@@ -119,6 +119,11 @@ class TlsCredsX509:
             if ca is not None:
                 ctx.load_verify_locations(ca)
             if server:
+                # No TLS 1.3 session tickets: a source never reads its migration channel
+                # (QEMU without a return path), and unread tickets make its close a TCP
+                # reset, which drops the end of the stream before we read it.
+                ctx.num_tickets = 0
+                ctx.options |= ssl.OP_NO_TICKET
                 ctx.load_cert_chain(self._file(SERVER_CERT), self._file(SERVER_KEY))
                 ctx.verify_mode = ssl.CERT_REQUIRED if self.verify_peer else ssl.CERT_NONE
             else:
