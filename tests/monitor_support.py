@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import xbzrle
+from support import wait_until  # noqa: F401  (re-exported for the monitor tests)
 
 SRC = str(Path(xbzrle.__file__).resolve().parent.parent)
 PROMPT = b"(xbzrle) "
@@ -76,13 +77,3 @@ class VmProcess:
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 stream.close()
-
-
-def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")

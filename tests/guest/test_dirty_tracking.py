@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from support import wait_until
 from xbzrle import _core
 from xbzrle.guest import PAGE_SIZE, Guest
 
@@ -81,6 +82,13 @@ def test_c_workloads_racing_syncs_lose_no_write(tracker):
         for _ in range(40):
             time.sleep(0.005)
             copied += apply_sync(guest, mirrors)
+
+        def every_workload_wrote() -> bool:  # a loaded machine may need more rounds
+            nonlocal copied
+            copied += apply_sync(guest, mirrors)
+            return copied > 0 and all(w.ops > 0 for w in guest.workloads)
+
+        wait_until(every_workload_wrote, interval=0.005)
         guest.stop()
         apply_sync(guest, mirrors)
         assert copied > 0

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from support import wait_until
 from xbzrle import ParameterError, XbzrleError
 from xbzrle.guest import PAGE_SIZE, Guest
 
@@ -43,8 +44,7 @@ def test_restored_guest_continues_where_the_source_stopped(kind):
     with Guest(blocks={"pc.ram": "8M", "extra": "2M"}) as source:
         work = source.start_workload(kind, rate=200_000, offset=64 * PAGE_SIZE)
         source.start_workload("sparse", "extra", rate=50_000)
-        while work.ops < 1000:
-            time.sleep(0.01)
+        wait_until(lambda: work.ops >= 1000)
         source.stop()
         with Guest(blocks={"pc.ram": "8M", "extra": "2M"}) as target:
             for name, block in source.blocks.items():
@@ -67,15 +67,15 @@ def test_stop_quiesces_and_cont_resumes():
             guest.start_workload(kind, offset=i * (4 << 20), size=(4 << 20) - PAGE_SIZE)
             for i, kind in enumerate(KINDS)
         ]
-        time.sleep(0.05)
+        wait_until(lambda: all(w.ops > 0 for w in loads))
         guest.stop()
         assert not guest.running and not any(w.running for w in loads)
         frozen, ops = guest.digest(), [w.ops for w in loads]
-        time.sleep(0.2)
+        time.sleep(0.2)  # a stopped guest must not write: give a wrong one the chance
         assert guest.digest() == frozen and [w.ops for w in loads] == ops
         assert all(n > 0 for n in ops)
         guest.cont()
-        time.sleep(0.05)
+        wait_until(lambda: all(w.ops > n for w, n in zip(loads, ops, strict=True)))
         guest.stop()
         assert all(w.ops > n for w, n in zip(loads, ops, strict=True))
         assert guest.digest() != frozen
@@ -85,11 +85,10 @@ def test_workloads_started_on_a_stopped_guest_wait_for_cont():
     with Guest("2M") as guest:
         guest.stop()
         load = guest.start_workload("sparse")
-        time.sleep(0.05)
+        time.sleep(0.05)  # a workload must not start before cont: give a wrong one the chance
         assert load.ops == 0 and not load.running
         guest.cont()
-        while load.ops == 0:
-            time.sleep(0.01)
+        wait_until(lambda: load.ops > 0)
         assert load.running
 
 

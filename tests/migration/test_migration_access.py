@@ -158,8 +158,12 @@ def test_silent_and_garbage_clients_are_dropped_and_the_listener_stays(sides):
     assert dst.manager.wait(30) == S.COMPLETED, inc.error
 
 
-def test_a_destination_that_stops_reading_fails_the_source_after_the_stall_timeout(sides):
-    src = sides("client", None, workload="dense")
+@pytest.mark.parametrize("workload", ["dense", None])
+def test_a_destination_that_stops_reading_fails_the_source_after_the_stall_timeout(
+        sides, workload):
+    # "dense" sends more than the socket buffers hold; without a workload the whole
+    # stream fits in them and the stall shows while the source waits for the verdict.
+    src = sides("client", None, workload=workload)
     src.manager.set_parameters(x_stall_timeout=500)
     stuck = socket.socket()
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -171,7 +175,9 @@ def test_a_destination_that_stops_reading_fails_the_source_after_the_stall_timeo
         try:
             assert mig.wait(60) == S.FAILED
             assert "stopped reading" in (mig.error or "") and "x-stall-timeout" in mig.error
-            assert running_and_progressing(src.guest)
+            if workload:
+                assert running_and_progressing(src.guest)
+            assert src.guest.running
         finally:
             conn.close()
     finally:

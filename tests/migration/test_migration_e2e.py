@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from support import progresses, refusing_destination, wait_until
 from xbzrle import Guest
 from xbzrle.migration.manager import MigrationManager
 from xbzrle.migration.status import MigrationStatus
@@ -19,9 +20,7 @@ S = MigrationStatus
 
 
 def running_and_progressing(guest: Guest) -> bool:
-    before = guest.pages_written
-    time.sleep(0.2)
-    return guest.running and guest.pages_written > before
+    return progresses(guest)
 
 
 def make_pair(workload: str | None = "loadgen", xbzrle: bool = True, ram: int = RAM,
@@ -98,8 +97,7 @@ def test_cancel_leaves_the_source_running_and_fails_the_destination():
     try:
         src_m.set_parameters(max_bandwidth=1 << 20)  # 1 MiB/s: cannot finish soon
         mig = src_m.migrate(uri)
-        time.sleep(0.5)
-        assert mig.status == S.ACTIVE
+        wait_until(lambda: mig.status == S.ACTIVE)
         src_m.cancel()
         assert mig.wait(10) == S.CANCELLED
         assert running_and_progressing(src)
@@ -198,14 +196,11 @@ def test_cache_resizes_while_the_migration_runs():
     try:
         src_m.set_parameters(max_bandwidth=8 << 20, xbzrle_cache_size=1 << 20)
         mig = src_m.migrate(uri, max_rounds=12)
-        deadline = time.monotonic() + 20
-        while mig.status != S.ACTIVE and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: mig.status != S.SETUP)
         src_m.set_cache_size(8 << 20)
-        deadline = time.monotonic() + 20
-        while mig.cache is None or mig.cache.size != 8 << 20:
-            assert time.monotonic() < deadline and mig.thread.is_alive()
-            time.sleep(0.01)
+        wait_until(lambda: (mig.cache is not None and mig.cache.size == 8 << 20)
+                   or not mig.thread.is_alive())
+        assert mig.cache.size == 8 << 20, mig.error
         assert src_m.query()["xbzrle-cache"]["cache-size"] == 8 << 20
         assert mig.wait(60) == S.COMPLETED, mig.error
         assert dst_m.wait(30) == S.COMPLETED
@@ -250,33 +245,16 @@ def test_garbage_stream_fails_the_destination_without_touching_ram():
 
 def test_a_failed_migration_leaves_a_guest_paused_by_the_operator_paused():
     """The source resumes only what it paused itself."""
-    import threading
-
     src = Guest(ram=RAM)
     src.start_workload("sparse")
     src.stop()  # the operator paused the guest before migrating
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-
-    def refusing_destination() -> None:
-        conn, _ = server.accept()
-        with conn:
-            while conn.recv(1 << 16):
-                pass
-            conn.sendall(b"XBZRLE-ERROR refused by the test\n")
-
-    t = threading.Thread(target=refusing_destination)
-    t.start()
     try:
-        m = MigrationManager(src)
-        mig = m.migrate(f"tcp:127.0.0.1:{server.getsockname()[1]}")
-        assert mig.wait(30) == S.FAILED
+        with refusing_destination() as uri:
+            mig = MigrationManager(src).migrate(uri)
+            assert mig.wait(30) == S.FAILED
         assert "refused by the test" in mig.error
         assert not src.running
     finally:
-        t.join(10)
-        server.close()
         src.close()
 
 

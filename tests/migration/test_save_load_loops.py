@@ -13,7 +13,9 @@ import pytest
 from xbzrle import StreamError
 from xbzrle._backend import load_core
 from xbzrle.stream import StreamParser, StreamWriter
+from xbzrle.stream import constants as K
 from xbzrle.stream import records as ev
+from xbzrle.stream.counts import BatchCounts
 
 _core = load_core()
 PAGE = 4096
@@ -27,14 +29,14 @@ def all_dirty(npages: int) -> bytearray:
 
 def save_all(ram, bitmap, mode, cache, buf_size=1 << 16, cont=False):
     """Run the save loop to the end of the bitmap; return the chunks and summed counts."""
-    chunks, totals, page = [], [0] * 9, 0
+    chunks, totals, page = [], BatchCounts(), 0
     npages = len(ram) // PAGE
     buf = bytearray(buf_size)
     while page < npages:
         pos, page, cont, counts = _core.save_pages(buf, 0, ram, bitmap, page, NAME, 0, mode,
                                                    cache, cont)
         chunks.append(bytes(buf[:pos]))
-        totals = [a + b for a, b in zip(totals, counts, strict=True)]
+        totals.add(BatchCounts.from_loop(counts))
     return chunks, totals, cont
 
 
@@ -45,6 +47,26 @@ def load_all(chunks, dest, xbzrle_ok=True, last=-1):
     return last
 
 
+def test_loop_counts_carry_the_fields_of_batch_counts():
+    """The loops' counts are matched by name, never by position."""
+    assert _core.LoopCounts.__match_args__ == BatchCounts.FIELDS
+    ram = bytearray(2 * PAGE)
+    ram[PAGE] = 1
+    _, _, _, counts = _core.save_pages(bytearray(1 << 16), 0, ram, all_dirty(2), 0, NAME, 0,
+                                       _core.SAVE_PLAIN, None, False)
+    got = BatchCounts.from_loop(counts)
+    assert (got.scanned, got.zero, got.normal) == (2, 1, 1)
+    assert got.wire_bytes == (8 + 1 + len(NAME) + 1) + (8 + PAGE)
+
+
+@pytest.mark.parametrize("name", ["RAM_SAVE_FLAG_ZERO", "RAM_SAVE_FLAG_MEM_SIZE",
+                                  "RAM_SAVE_FLAG_PAGE", "RAM_SAVE_FLAG_EOS",
+                                  "RAM_SAVE_FLAG_CONTINUE", "RAM_SAVE_FLAG_XBZRLE",
+                                  "ENCODING_FLAG_XBZRLE"])
+def test_record_flags_of_the_c_loops_are_the_streams(name):
+    assert getattr(_core, name) == getattr(K, name)
+
+
 def test_plain_round_trip_and_records_parse_with_the_stream_parser():
     rng = random.Random(1)
     npages = 300
@@ -52,7 +74,7 @@ def test_plain_round_trip_and_records_parse_with_the_stream_parser():
     for p in range(0, npages, 3):  # every third page holds data, the rest stay zero
         ram[p * PAGE:(p + 1) * PAGE] = rng.randbytes(PAGE)
     chunks, counts, _ = save_all(ram, all_dirty(npages), _core.SAVE_PLAIN, None, buf_size=20000)
-    assert counts[0] == npages and counts[1] == 200 and counts[2] == 100
+    assert (counts.scanned, counts.zero, counts.normal) == (npages, 200, 100)
     dest = bytearray(npages * PAGE)
     load_all(chunks, dest)
     assert dest == ram
@@ -77,7 +99,7 @@ def test_only_dirty_pages_are_sent_and_their_bits_cleared():
     for p in dirty:
         bitmap[p // 8] |= 1 << (p % 8)
     chunks, counts, _ = save_all(ram, bitmap, _core.SAVE_PLAIN, None)
-    assert counts[0] == len(dirty) and not any(bitmap)
+    assert counts.scanned == len(dirty) and not any(bitmap)
     dest = bytearray(npages * PAGE)
     load_all(chunks, dest)
     for p in range(npages):
@@ -92,26 +114,26 @@ def test_xbzrle_rounds_miss_then_encode_then_skip_unchanged():
     dest = bytearray(npages * PAGE)
     # Round 1 of XBZRLE: every page is a cache miss, sent whole and cached.
     chunks, c, cont = save_all(ram, all_dirty(npages), _core.SAVE_XBZRLE, cache)
-    assert c[6] == npages and c[2] == npages and c[3] == 0
+    assert c.cache_miss == npages and c.normal == npages and c.xbzrle == 0
     last = load_all(chunks, dest)
     # Round 2: four bytes per page changed: all XBZRLE records, small.
     for p in range(npages):
         for off in (0, 1024, 2048, 3072):
             ram[p * PAGE + off] ^= 0x5A
     chunks, c, cont = save_all(ram, all_dirty(npages), _core.SAVE_XBZRLE, cache, cont=cont)
-    assert c[3] == npages and c[6] == 0
+    assert c.xbzrle == npages and c.cache_miss == 0
     assert sum(map(len, chunks)) < npages * 40
     last = load_all(chunks, dest, last=last)
     assert dest == ram
     # Round 3: nothing changed: nothing sent, counted as unchanged.
     chunks, c, cont = save_all(ram, all_dirty(npages), _core.SAVE_XBZRLE, cache, cont=cont)
-    assert c[4] == npages and sum(map(len, chunks)) == 0
+    assert c.unchanged == npages and sum(map(len, chunks)) == 0 == c.wire_bytes
     # Overflow: a page rewritten completely goes whole and refreshes the cache.
     ram[0:PAGE] = os.urandom(PAGE)
     bm = bytearray(8)
     bm[0] = 1
     chunks, c, cont = save_all(ram, bm, _core.SAVE_XBZRLE, cache, cont=cont)
-    assert c[5] == 1 and c[2] == 1 and c[7] == PAGE
+    assert c.overflow == 1 and c.normal == 1 and c.xbzrle_bytes == PAGE
     assert cache.lookup(0) == bytes(ram[0:PAGE])
     load_all(chunks, dest, last=last)
     assert dest == ram
@@ -227,7 +249,7 @@ def test_known_zero_pages_are_skipped_and_written_pages_are_still_zeroed():
                    + w.normal_page("pc.ram", 9 * PAGE, b"\x09" * PAGE)
                    + w.zero_page("pc.ram", 9 * PAGE))
         pos, _, _, counts = _core.load_pages(records, 0, [(NAME, view, data)], -1, True, 0)
-        assert pos == len(records) and counts[1] == 3
+        assert pos == len(records) and counts.zero == 3 and counts.normal == 1
         assert bytes(view[3 * PAGE:4 * PAGE]) == bytes(PAGE)  # zeroed although it had data
         assert bytes(view[9 * PAGE:10 * PAGE]) == bytes(PAGE)  # written, then zeroed
         assert data[9] == 1

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from support import refusing_destination
 from xbzrle import Guest
-from xbzrle.errors import MigrationStateError
-from xbzrle.monitor.control import VmControl
+from xbzrle.errors import MigrationStateError, ParameterError
+from xbzrle.monitor.control import RUNSTATE_TRANSITIONS, RunState, VmControl
 
 
 @pytest.fixture
@@ -56,8 +57,14 @@ def test_deferred_incoming_listens_once(guest):
     with pytest.raises(MigrationStateError, match="already been started"):
         control.migrate_incoming("tcp:127.0.0.1:0")
     control.cancel()  # quitting a waiting destination must not hang on its accept()
-    mig.wait(10)
+    assert mig.wait(10) == "cancelled"  # QEMU: an operator's cancel is not a failure
     assert not mig.thread.is_alive()
+    assert control.query_migrate()["status"] == "cancelled"
+    assert "error-desc" not in control.query_migrate()
+    assert control.runstate == "inmigrate"  # and it may listen again
+    again = control.migrate_incoming("tcp:127.0.0.1:0")
+    control.cancel()
+    assert again.wait(10) == "cancelled"
 
 
 def test_incoming_needs_incoming_on_the_command_line(guest):
@@ -74,3 +81,62 @@ def test_pmemsave_spans_blocks_back_to_back(tmp_path):
         out = tmp_path / "span"
         control.pmemsave((1 << 20) - 4, 8, str(out))
         assert out.read_bytes() == b"tailhead"
+
+
+def test_run_states_have_qemus_names():
+    assert [str(s) for s in RunState] == ["running", "paused", "inmigrate", "finish-migrate",
+                                         "postmigrate", "shutdown"]
+    assert set(RUNSTATE_TRANSITIONS) == set(RunState)
+
+
+@pytest.mark.parametrize("current, new", [
+    (a, b) for a in RunState for b in RunState if a != b and b not in RUNSTATE_TRANSITIONS[a]])
+def test_an_illegal_run_state_change_raises(guest, current, new):
+    control = VmControl(guest)
+    control._runstate = current  # the table alone decides; no guest behind it here
+    with pytest.raises(MigrationStateError, match="illegal run state change"):
+        control._set_runstate(new)
+    assert control.runstate == current
+
+
+def test_cont_is_refused_during_the_switch_over_with_qemus_text(guest):
+    control = VmControl(guest)
+    control._runstate = RunState.FINISH_MIGRATE
+    with pytest.raises(MigrationStateError, match="being migrated"):
+        control.cont()
+    assert guest.running  # the refused command touched nothing
+
+
+def test_quit_shuts_down_and_then_refuses_cont(guest):
+    control = VmControl(guest, autostart=False)
+    control.request_quit()
+    assert control.runstate == "shutdown" and control.quit_requested.is_set()
+    with pytest.raises(MigrationStateError, match="shutdown"):
+        control.cont()
+    assert not guest.running
+
+
+def test_a_paused_guest_whose_migration_fails_is_paused_again(guest):
+    """QEMU restores the state the guest had before finish-migrate."""
+    control = VmControl(guest, autostart=False)
+    with refusing_destination() as uri:
+        mig = control.migrate(uri)
+        assert mig.wait(30) == "failed"
+    assert mig.status.is_final and "refused by the test" in mig.error
+    assert control.runstate == "paused" and not guest.running
+    assert control.query_status()["status"] == "paused"
+
+
+def test_settings_go_through_control_with_params_rules(guest):
+    control = VmControl(guest)
+    assert control.set_cache_size((1 << 20) + 5) == 1 << 20  # the seed rounds down
+    assert control.cache_size() == 1 << 20
+    with pytest.raises(ParameterError, match="power of two"):
+        control.set_parameters(xbzrle_cache_size=(1 << 20) + 5)  # modern QEMU refuses
+    control.set_downtime(0.5)
+    assert control.query_parameters()["downtime-limit"] == 500
+    with pytest.raises(ParameterError, match="0 to 2000 seconds"):
+        control.set_downtime(2001)
+    with pytest.raises(ParameterError, match="does not accept value 'nope'"):
+        control.set_capabilities([("xbzrle", True), ("nope", True)])
+    assert not any(c["state"] for c in control.query_capabilities())  # all or nothing

@@ -9,6 +9,7 @@
 
 #include "cache.h"
 #include "parts.h"
+#include "pyerrors.h"
 
 /* ------------------------------------------------------------------ */
 /* Pure C cache: no Python calls, no GIL needed.                       */
@@ -163,7 +164,7 @@ int xbz_cache_resize(xbz_cache *c, size_t nslots)
 /* ------------------------------------------------------------------ */
 /* The PageCache Python type.                                          */
 
-static PyObject *parameter_error; /* xbzrle.errors.ParameterError */
+static PyObject *parameter_error; /* xbzrle.errors.ParameterError (borrowed) */
 
 #define ENSURE_IDLE(self, fail)                                                    \
     do {                                                                           \
@@ -535,11 +536,7 @@ PyTypeObject XbzPageCache_Type = {
 
 int xbz_cache_register(PyObject *module)
 {
-    PyObject *errors = PyImport_ImportModule("xbzrle.errors");
-    if (errors == NULL)
-        return -1;
-    parameter_error = PyObject_GetAttrString(errors, "ParameterError");
-    Py_DECREF(errors);
+    parameter_error = xbz_error_type("ParameterError");
     if (parameter_error == NULL)
         return -1;
     if (PyType_Ready(&XbzPageCache_Type) < 0)

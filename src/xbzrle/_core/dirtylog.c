@@ -297,36 +297,6 @@ static PyTypeObject XbzUffdTracker_Type = {
 
 /* ------------------------------------------------------------------ scan */
 
-#define HASH_M1 0xff51afd7ed558ccdULL
-#define HASH_M2 0xc4ceb9fe1a85ec53ULL
-
-static inline uint64_t rotl64(uint64_t x, int r)
-{
-    return (x << r) | (x >> (64 - r));
-}
-
-/* Each word goes through acc = rotl(acc + w * M2, 31) * M1 in one of four
- * lanes: every step is a bijection of the word, so a page differing from
- * another in a single word always hashes differently. */
-static uint64_t page_hash(const uint8_t *page)
-{
-    uint64_t a = 0x243f6a8885a308d3ULL, b = 0x13198a2e03707344ULL;
-    uint64_t c = 0xa4093822299f31d0ULL, d = 0x082efa98ec4e6c89ULL;
-    for (size_t i = 0; i < XBZ_GUEST_PAGE_SIZE; i += 32) {
-        uint64_t w[4];
-        memcpy(w, page + i, sizeof(w));
-        a = rotl64(a + w[0] * HASH_M2, 31) * HASH_M1;
-        b = rotl64(b + w[1] * HASH_M2, 31) * HASH_M1;
-        c = rotl64(c + w[2] * HASH_M2, 31) * HASH_M1;
-        d = rotl64(d + w[3] * HASH_M2, 31) * HASH_M1;
-    }
-    uint64_t h = a ^ rotl64(b, 16) ^ rotl64(c, 32) ^ rotl64(d, 48);
-    h ^= h >> 33;
-    h *= HASH_M1;
-    h ^= h >> 33;
-    return h;
-}
-
 typedef struct {
     PyObject_HEAD
     PyObject *ram;
@@ -380,12 +350,12 @@ static PyObject *scan_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (from_zero) {
         /* A fresh mapping is all zero: no need to touch it. */
         static const uint8_t zero_page[XBZ_GUEST_PAGE_SIZE];
-        uint64_t zh = page_hash(zero_page);
+        uint64_t zh = xbz_page_hash(zero_page);
         for (size_t i = 0; i < self->npages; i++)
             self->hashes[i] = zh;
     } else {
         for (size_t i = 0; i < self->npages; i++)
-            self->hashes[i] = page_hash(self->base + (i << XBZ_GUEST_PAGE_SHIFT));
+            self->hashes[i] = xbz_page_hash(self->base + (i << XBZ_GUEST_PAGE_SHIFT));
     }
     Py_END_ALLOW_THREADS
     return (PyObject *)self;
@@ -412,7 +382,7 @@ static PyObject *scan_sync(XbzScanTracker *self, PyObject *unused)
     pthread_mutex_lock(&self->lock);
     closed = self->hashes == NULL;
     for (size_t i = 0; !closed && i < self->npages; i++) {
-        uint64_t h = page_hash(self->base + (i << XBZ_GUEST_PAGE_SHIFT));
+        uint64_t h = xbz_page_hash(self->base + (i << XBZ_GUEST_PAGE_SHIFT));
         if (h != self->hashes[i]) {
             self->hashes[i] = h;
             bitmap->words[i >> 6] |= (uint64_t)1 << (i & 63);
@@ -448,7 +418,7 @@ static PyObject *scan_page_hash(PyObject *unused, PyObject *arg)
         PyErr_Format(PyExc_ValueError, "a page is %zu bytes", XBZ_GUEST_PAGE_SIZE);
         return NULL;
     }
-    uint64_t h = page_hash(view.buf);
+    uint64_t h = xbz_page_hash(view.buf);
     PyBuffer_Release(&view);
     return PyLong_FromUnsignedLongLong(h);
 }

@@ -186,7 +186,7 @@ int xbz_guest_register(PyObject *module)
     if (PyModule_AddType(module, &XbzGuestRam_Type) < 0)
         return -1;
     if (xbz_bitmap_register(module) < 0 || xbz_dirtylog_register(module) < 0 ||
-        xbz_workload_register(module) < 0)
+        xbz_workload_register(module) < 0 || xbz_ramhash_register(module) < 0)
         return -1;
     if (PyModule_AddIntConstant(module, "GUEST_PAGE_SIZE", (long)XBZ_GUEST_PAGE_SIZE) < 0)
         return -1;

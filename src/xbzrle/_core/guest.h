@@ -71,7 +71,12 @@ static inline void xbz_soft_mark(uint64_t *words, size_t page)
     __atomic_fetch_or(&words[page >> 6], (uint64_t)1 << (page & 63), __ATOMIC_RELEASE);
 }
 
+/* The core's one 64-bit page hash (ramhash.c): the ScanTracker's change
+ * detector and the RAM digest's per-page value. */
+uint64_t xbz_page_hash(const uint8_t *page);
+
 int xbz_bitmap_register(PyObject *module);
+int xbz_ramhash_register(PyObject *module);
 int xbz_dirtylog_register(PyObject *module);
 int xbz_workload_register(PyObject *module);
 

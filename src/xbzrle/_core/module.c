@@ -1,5 +1,5 @@
 /* The one compiled module, xbzrle._core.  Each part (codec, cache, guest,
- * ramio) registers its functions and types here; they share C headers so the
+ * loops) registers its functions and types here; they share C headers so the
  * per-page loops can call the codec and the cache directly. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -18,7 +18,7 @@ PyMODINIT_FUNC PyInit__core(void)
     if (m == NULL)
         return NULL;
     if (xbz_codec_register(m) < 0 || xbz_cache_register(m) < 0 ||
-        xbz_guest_register(m) < 0 || xbz_ramio_register(m) < 0) {
+        xbz_guest_register(m) < 0 || xbz_loops_register(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

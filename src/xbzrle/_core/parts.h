@@ -6,6 +6,6 @@
 int xbz_codec_register(PyObject *module);
 int xbz_cache_register(PyObject *module);
 int xbz_guest_register(PyObject *module);
-int xbz_ramio_register(PyObject *module);
+int xbz_loops_register(PyObject *module);
 
 #endif

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ..errors import XbzrleError
+from ..errors import XbzrleError, exit_code
 from . import qemu as qemu_commands
 
 
@@ -109,9 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except XbzrleError as exc:
-        print(f"xbzrle: error: {exc}", file=sys.stderr)
-        return 1
+    except XbzrleError as exc:  # expected failures: one line, never a traceback
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"xbzrle: error: {message}", file=sys.stderr)
+        return exit_code(exc)
     except KeyboardInterrupt:
         return 130
 

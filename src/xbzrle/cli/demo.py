@@ -19,10 +19,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..errors import TransportError
 from ..guest import Guest
 from ..migration.manager import MigrationManager
 from ..monitor.info import format_info_migrate
 from ..sizes import format_size
+from .vm import guest_progresses
 
 
 @dataclass
@@ -58,7 +60,7 @@ def _spawn_destination(opts: DemoOptions, xbzrle: bool) -> tuple[subprocess.Pope
         proc.kill()
         proc.wait()
         log.seek(0)
-        raise RuntimeError(f"the destination did not start: {log.read().strip() or line!r}")
+        raise TransportError(f"the destination did not start: {log.read().strip() or line!r}")
     return proc, int(line.split()[1])
 
 
@@ -113,9 +115,7 @@ def _migrate(opts: DemoOptions, guest: Guest, manager: MigrationManager,
             dest = json.loads(line)
     info["destination"] = dest
     if xbzrle is False or info["status"] != "completed":
-        before = guest.pages_written
-        time.sleep(0.3)
-        info["source-guest-running"] = guest.running and guest.pages_written > before
+        info["source-guest-running"] = guest_progresses(guest)
         _say(opts, f"  source guest still running after the {info['status']} migration: "
                    f"{info['source-guest-running']}")
     else:

@@ -87,7 +87,7 @@ def run_vm(opts: VmOptions) -> int:
             control.emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
             server.close()
             control.cancel()
-            mig = manager.current
+            mig = control.migration
             if mig is not None and mig.wait(SHUTDOWN_WAIT).is_running:
                 _note("migration did not stop in time; exiting without releasing guest RAM")
                 sys.stdout.flush()
@@ -95,7 +95,7 @@ def run_vm(opts: VmOptions) -> int:
 
 
 def _announce_incoming(control: VmControl, opts: VmOptions) -> None:
-    mig = control.manager.current
+    mig = control.migration
     if mig is None or opts.incoming in (None, "defer"):
         return
     if opts.exit_after_migration:  # the demo's handshake, on stdout and nothing else
@@ -106,13 +106,12 @@ def _announce_incoming(control: VmControl, opts: VmOptions) -> None:
 
 
 def _await_one_migration(control: VmControl, opts: VmOptions) -> int:
-    manager = control.manager
     while not control.quit_requested.is_set():
-        mig = manager.current
-        if mig is not None and not mig.status.is_running and not mig.thread.is_alive():
+        mig = control.migration
+        if mig is not None and mig.finished:
             break
         time.sleep(0.05)
-    mig = manager.current
+    mig = control.migration
     if mig is None:
         return 1
     status = mig.status
@@ -120,11 +119,13 @@ def _await_one_migration(control: VmControl, opts: VmOptions) -> int:
         "status": str(status), "query": mig.query(),
         "peak-rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     completed = status == MigrationStatus.COMPLETED
-    report["digest-verified"] = completed and opts.incoming is not None
+    digests = mig.digests if mig.incoming else {}
+    if digests:  # the evidence: what the source sent and what this guest holds
+        report["digests"] = digests
+    report["digest-verified"] = (completed and bool(digests.get("source"))
+                                 and digests.get("source") == digests.get("destination"))
     if completed and opts.incoming is not None and control.running:
-        before = control.guest.pages_written
-        time.sleep(0.3)
-        report["workload-resumed"] = (control.guest.pages_written > before
+        report["workload-resumed"] = (guest_progresses(control.guest)
                                       if opts.workload else None)
     elif not completed:
         report["error"] = mig.error
@@ -133,6 +134,17 @@ def _await_one_migration(control: VmControl, opts: VmOptions) -> int:
     else:
         print(f"migration {status}" + (f": {mig.error}" if mig.error else ""), flush=True)
     return 0 if completed else 1
+
+
+def guest_progresses(guest, timeout: float = 5.0) -> bool:
+    """True once the guest's workload writes a page (within ``timeout`` seconds)."""
+    before = guest.pages_written
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if guest.running and guest.pages_written > before:
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def _run_until_quit(control: VmControl, show_rates: bool) -> None:

@@ -22,7 +22,7 @@ from ..stream.load import PageLoader
 from ..stream.parser import HEADER_SIZE, StreamParser, header_problem
 from ..transport import Admission, FileChannel, Listener, SocketChannel
 from ..transport.uri import MigrationURI
-from .common import MigrationThread
+from .common import Migration
 from .stats import MigrationStats
 from .status import MigrationStatus
 
@@ -32,8 +32,10 @@ _core = load_core()
 READ_SIZE = 1 << 20
 
 
-class IncomingMigration(MigrationThread):
+class IncomingMigration(Migration):
     """Listens on ``uri`` for one migration into ``guest``."""
+
+    direction = "incoming"
 
     def __init__(
         self,
@@ -44,18 +46,16 @@ class IncomingMigration(MigrationThread):
         resume: bool = True,
         admission: Admission | None = None,
     ) -> None:
+        super().__init__(MigrationStats(
+            total_ram=sum(b.size for b in guest.blocks.values()), xbzrle=False), on_status)
         self.guest = guest
         self.uri = uri
         self._xbzrle = xbzrle  # read when the stream arrives: the operator may enable it late
         self.resume = resume
-        self.on_status = on_status or (lambda status: None)
-        self.status = MigrationStatus.SETUP
-        self.error: str | None = None
-        self.stats = MigrationStats(
-            total_ram=sum(b.size for b in guest.blocks.values()), xbzrle=False)
-        self._lock = threading.Lock()
         self._channel: SocketChannel | FileChannel | None = None
-        self._cancelled = False
+        #: The RAM digests compared at the end, as hex per block: what the source
+        #: sent (``"source"``) and what this guest holds (``"destination"``).
+        self.digests: dict[str, dict[str, str]] = {}
         self.refused: list[str] = []  # connections not admitted, why (the listener stayed open)
         self._admission = admission or Admission(prefix_size=HEADER_SIZE, check=header_problem)
         self._admission.on_refused = self._refused
@@ -74,32 +74,20 @@ class IncomingMigration(MigrationThread):
         with self._lock:
             self.refused = [*self.refused[-9:], reason]
 
-    def start(self) -> None:
-        self.on_status(MigrationStatus.SETUP)
-        self.thread.start()
-
-    def cancel(self) -> None:
-        self._cancelled = True
+    def _interrupt(self) -> None:
+        """After a cancel: stop listening, drop the stream; the thread reports cancelled."""
         self.listener.close()
         if self._channel is not None:
             self._channel.abort()
-
-    def _set_status(self, status: MigrationStatus) -> None:
-        with self._lock:
-            if status == self.status:
-                return
-            self.status = status
-        log.info("incoming migration status: %s", status)
-        self.on_status(status)
 
     def _run(self) -> None:
         error: str | None = None
         try:
             self._channel = self.listener.accept(self._admission)
-            self._set_status(MigrationStatus.ACTIVE)
+            self._transition(MigrationStatus.ACTIVE, unless_cancelled=True)
             self._receive()
         except (XbzrleError, OSError) as exc:
-            error = str(exc) if not self._cancelled else "incoming migration cancelled"
+            error = str(exc)
         except Exception as exc:  # a bug: report it, never resume a half-loaded guest
             log.exception("incoming migration crashed")
             error = f"internal error: {exc!r}"
@@ -112,18 +100,15 @@ class IncomingMigration(MigrationThread):
             except XbzrleError as exc:
                 error = error or str(exc)
         self.listener.close()
-        with self._lock:
-            self.error = error
-            if error is None:
-                self.stats.remaining = 0
-            self.stats.finish()
         if error is None:
-            self._set_status(MigrationStatus.COMPLETED)
+            # Even after a late cancel: the source got our verdict and stays paused.
+            self._conclude(MigrationStatus.COMPLETED, None)
             if self.resume:
                 self.guest.cont()
+        elif self.cancel_requested:
+            self._conclude(MigrationStatus.CANCELLED, None)
         else:
-            log.warning("incoming migration failed: %s", error)
-            self._set_status(MigrationStatus.FAILED)
+            self._conclude(MigrationStatus.FAILED, error)
 
     def _receive(self) -> None:
         loader = PageLoader(self.guest.blocks, self._xbzrle(), anonymous=True)
@@ -132,6 +117,8 @@ class IncomingMigration(MigrationThread):
         finally:
             loader.release()
         mine = self.guest.digest()
+        self.digests = {"source": {name: want.hex() for name, (_size, want) in digest.items()},
+                        "destination": dict(mine)}
         for name, (_size, want) in digest.items():
             if name not in mine:
                 raise StreamError(f"digest names unknown RAM block {name!r}")

@@ -14,12 +14,11 @@ from collections.abc import Callable
 from ..errors import MigrationStateError
 from ..transport.uri import parse_uri
 from .access import ObjectRegistry, admission, source_transport
+from .common import StatusListener
 from .destination import IncomingMigration
 from .params import Settings
 from .source import SourceConfig, SourceMigration
 from .status import IN_PROGRESS_MESSAGE, MigrationStatus
-
-StatusListener = Callable[[MigrationStatus], None]
 
 
 class MigrationManager:
@@ -27,7 +26,6 @@ class MigrationManager:
         self.guest = guest
         self.settings = Settings(ram_size=sum(b.size for b in guest.blocks.values()))
         self.current: SourceMigration | IncomingMigration | None = None
-        self.last_incoming: IncomingMigration | None = None
         self._listeners: list[StatusListener] = []
         self._pass_listeners: list[Callable[[int], None]] = []
         self._lock = threading.Lock()
@@ -59,14 +57,18 @@ class MigrationManager:
 
     def _refuse_if_running(self) -> None:
         mig = self.current
-        waiting = isinstance(mig, IncomingMigration) and mig.status == MigrationStatus.SETUP
+        waiting = mig is not None and mig.incoming and mig.status == MigrationStatus.SETUP
         if self.running and not waiting:
             raise MigrationStateError(IN_PROGRESS_MESSAGE)
 
     # -- settings ----------------------------------------------------------------
     def set_capability(self, name: str, state: bool) -> None:
+        self.set_capabilities([(name, state)])
+
+    def set_capabilities(self, wanted: list[tuple[str, bool]]) -> None:
+        """``migrate-set-capabilities``: all or nothing, refused while migrating."""
         self._refuse_if_running()
-        self.settings.set_capability(name, state)
+        self.settings.set_capabilities(wanted)
 
     def set_parameters(self, **values: object) -> None:
         self.settings.set_parameters(**values)
@@ -74,14 +76,17 @@ class MigrationManager:
 
     def set_cache_size(self, size: int) -> int:
         """The seed's ``migrate_set_cache_size``: rounds down to a power of two."""
-        value = self.settings.check_cache_size(size, round_down=True)
-        self.settings.parameters.xbzrle_cache_size = value
+        value = self.settings.set_cache_size(size)
         self._forward_live()
         return value
 
+    def set_downtime_seconds(self, seconds: float) -> None:
+        """The old ``migrate_set_downtime`` (seconds, fractions allowed)."""
+        self.set_parameters(downtime_limit=self.settings.downtime_seconds_to_ms(seconds))
+
     def _forward_live(self) -> None:
         mig = self.current
-        if isinstance(mig, SourceMigration) and mig.status.is_running:
+        if mig is not None and mig.outgoing and mig.status.is_running:
             p = self.settings.parameters
             if mig.cache is not None or mig.config.xbzrle:
                 mig.set_cache_size(p.xbzrle_cache_size)
@@ -104,7 +109,7 @@ class MigrationManager:
             mig = SourceMigration(self.guest, parse_uri(uri), config, self._notify,
                                   self._notify_pass)
             self.current = mig
-        mig.start()
+            mig.start()
         return mig
 
     def incoming(self, uri: str, resume: bool = True) -> IncomingMigration:
@@ -117,8 +122,7 @@ class MigrationManager:
                                     self._notify, resume=resume,
                                     admission=admission(self.objects, self.settings.parameters))
             self.current = mig
-            self.last_incoming = mig
-        mig.start()
+            mig.start()
         return mig
 
     def cancel(self) -> None:

@@ -95,14 +95,20 @@ class Settings:
 
     # -- capabilities ------------------------------------------------------
     def set_capability(self, name: str, state: bool) -> None:
-        if name not in self.capabilities:
-            raise ParameterError(
-                f"Parameter 'capability' does not accept value '{name}' "
-                f"(supported: {', '.join(CAPABILITIES)})"
-            )
-        if not isinstance(state, bool):
-            raise ParameterError(f"Parameter 'state' expects a boolean, got {state!r}")
-        self.capabilities[name] = state
+        self.set_capabilities([(name, state)])
+
+    def set_capabilities(self, wanted: list[tuple[str, bool]]) -> None:
+        """``migrate-set-capabilities``: every name and state is checked before any is set."""
+        for name, state in wanted:
+            if name not in self.capabilities:
+                raise ParameterError(
+                    f"Parameter 'capability' does not accept value '{name}' "
+                    f"(supported: {', '.join(CAPABILITIES)})"
+                )
+            if not isinstance(state, bool):
+                raise ParameterError(f"Parameter 'state' expects a boolean, got {state!r}")
+        for name, state in wanted:
+            self.capabilities[name] = state
 
     def capability(self, name: str) -> bool:
         return self.capabilities[name]
@@ -132,6 +138,24 @@ class Settings:
                 )
             size = pow2floor(size)
         return size
+
+    def set_cache_size(self, value: object) -> int:
+        """The seed's ``migrate_set_cache_size``: a size that is not a power of two
+        is rounded down (``migrate-set-parameters`` refuses it instead)."""
+        size = self.check_cache_size(value, round_down=True)
+        self.parameters = dataclasses.replace(self.parameters, xbzrle_cache_size=size)
+        return size
+
+    @staticmethod
+    def downtime_seconds_to_ms(seconds: object) -> int:
+        """The old ``migrate_set_downtime`` value (seconds, fractions allowed) in ms."""
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise ParameterError(f"invalid downtime '{seconds}': expected seconds")
+        if not 0 <= seconds <= MAX_DOWNTIME_LIMIT_MS // 1000:
+            raise ParameterError(
+                "Parameter 'downtime_limit' expects an integer in the range of 0 to "
+                f"{MAX_DOWNTIME_LIMIT_MS // 1000} seconds")
+        return int(seconds * 1000)
 
     def set_parameters(self, **values: object) -> None:
         """Apply ``migrate-set-parameters`` atomically: all values or none."""

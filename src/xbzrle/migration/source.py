@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .._backend import load_core
-from ..errors import TransportError, XbzrleError
+from ..errors import Cancelled, TransportError, XbzrleError
 from ..guest.dirtylog import DirtyBitmap
 from ..sizes import PAGE_SIZE
 from ..stream import constants as K
@@ -24,7 +24,7 @@ from ..stream.counts import BatchCounts
 from ..stream.writer import StreamWriter
 from ..transport import FileChannel, SocketChannel, connect
 from ..transport.uri import MigrationURI
-from .common import MigrationThread
+from .common import Migration
 from .stats import MigrationStats, RoundRecord
 from .status import MigrationStatus
 
@@ -33,10 +33,6 @@ _core = load_core()
 
 MACHINE_TYPE = "xbzrle-vm"
 VERDICT_TIMEOUT = 60.0
-
-
-class Cancelled(Exception):
-    """Raised inside the migration thread when the operator cancels."""
 
 
 @dataclass
@@ -84,8 +80,10 @@ class _RateLimiter:
             self.window_start, self.window_bytes = time.monotonic(), 0
 
 
-class SourceMigration(MigrationThread):
+class SourceMigration(Migration):
     """Migrates ``guest`` to ``uri``; ``on_status`` hears every status change."""
+
+    direction = "outgoing"
 
     def __init__(
         self,
@@ -95,21 +93,15 @@ class SourceMigration(MigrationThread):
         on_status: Callable[[MigrationStatus], None] | None = None,
         on_pass: Callable[[int], None] | None = None,
     ) -> None:
+        super().__init__(MigrationStats(
+            total_ram=sum(b.size for b in guest.blocks.values()),
+            xbzrle=config.xbzrle,
+            cache_size=config.cache_size if config.xbzrle else 0,
+        ), on_status)
         self.guest = guest
         self.uri = uri
         self.config = config
-        self.on_status = on_status or (lambda status: None)
         self.on_pass = on_pass or (lambda count: None)
-        self.status = MigrationStatus.SETUP
-        self.error: str | None = None
-        blocks = guest.blocks
-        self.stats = MigrationStats(
-            total_ram=sum(b.size for b in blocks.values()),
-            xbzrle=config.xbzrle,
-            cache_size=config.cache_size if config.xbzrle else 0,
-        )
-        self._cancel = threading.Event()
-        self._lock = threading.Lock()
         self._pending_cache_size: int | None = None
         self._pending_bandwidth: int | None = None
         self._pending_downtime: int | None = None
@@ -120,17 +112,8 @@ class SourceMigration(MigrationThread):
         self.thread = threading.Thread(target=self._run, name="migration-source", daemon=True)
 
     # -- control (any thread) --------------------------------------------------
-    def start(self) -> None:
-        self.thread.start()
-
-    def cancel(self) -> None:
-        """Ask the migration to stop; the thread resumes the guest and reports cancelled."""
-        with self._lock:
-            if self.status in (MigrationStatus.COMPLETED, MigrationStatus.FAILED,
-                               MigrationStatus.CANCELLED):
-                return
-            self._set_status(MigrationStatus.CANCELLING)
-        self._cancel.set()
+    def _interrupt(self) -> None:
+        """After a cancel: the thread resumes the guest and reports cancelled."""
         channel = self._channel
         if channel is not None:
             channel.abort()
@@ -145,25 +128,7 @@ class SourceMigration(MigrationThread):
     def set_downtime_limit(self, ms: int) -> None:
         self._pending_downtime = ms
 
-    @property
-    def finished(self) -> bool:
-        return not self.thread.is_alive() and self.status in (
-            MigrationStatus.COMPLETED, MigrationStatus.FAILED, MigrationStatus.CANCELLED)
-
     # -- the migration thread ----------------------------------------------------
-    def _set_status(self, status: MigrationStatus) -> None:
-        if status == self.status:
-            return
-        self.status = status
-        log.info("migration status: %s", status)
-        self.on_status(status)
-
-    def _move(self, status: MigrationStatus) -> None:
-        with self._lock:
-            if self._cancel.is_set() and status != MigrationStatus.CANCELLED:
-                raise Cancelled()
-            self._set_status(status)
-
     def _run(self) -> None:
         started_cpu = time.thread_time()
         try:
@@ -192,12 +157,7 @@ class SourceMigration(MigrationThread):
                 status = MigrationStatus.FAILED if status == MigrationStatus.COMPLETED else status
         if status != MigrationStatus.COMPLETED and self._stopped_guest:
             self.guest.cont()  # the source guest runs on as before
-        with self._lock:
-            self.error = error
-            self.stats.finish()
-            self._set_status(status)
-        if error:
-            log.warning("migration %s: %s", status, error)
+        self._conclude(status, error)
 
     def _send(self, data: bytes | memoryview) -> None:
         if self._cancel.is_set():
@@ -221,7 +181,6 @@ class SourceMigration(MigrationThread):
 
     def _migrate(self) -> None:
         cfg = self.config
-        self.on_status(MigrationStatus.SETUP)
         self._limiter = _RateLimiter(cfg.max_bandwidth, self._cancel)
         self._channel = connect(self.uri, **self.config.transport)
         writer = self._writer = StreamWriter()
@@ -248,7 +207,7 @@ class SourceMigration(MigrationThread):
         with self._lock:
             self.stats.add_wire_bytes(len(head))
             self.stats.setup_time_ms = int((time.monotonic() - self.stats.start_time) * 1000)
-        self._move(MigrationStatus.ACTIVE)
+        self._transition(MigrationStatus.ACTIVE, unless_cancelled=True)
 
         self._last_block: str | None = None
         mode = _core.SAVE_PLAIN
@@ -280,7 +239,7 @@ class SourceMigration(MigrationThread):
         # Resume on failure only what we paused: an operator may have stopped it.
         self._stopped_guest = self.guest.running
         self.guest.stop()
-        self._move(MigrationStatus.DEVICE)
+        self._transition(MigrationStatus.DEVICE, unless_cancelled=True)
         last = self._sync()
         for name, bm in last.items():
             bitmaps[name] |= bm
@@ -355,7 +314,7 @@ class SourceMigration(MigrationThread):
                     buf, len(prefix), block, bitmap, page, encoded_name,
                     self._addr_base[name], mode, self.cache if mode else None,
                     self._last_block == name)
-                counts = BatchCounts.from_tuple(raw)
+                counts = BatchCounts.from_loop(raw)
                 if counts.wire_bytes:
                     self._last_block = name
                     end = pos

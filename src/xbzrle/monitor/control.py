@@ -1,8 +1,11 @@
-"""The VM as its monitors see it: run state, stop/cont, events, migrations.
+"""The VM as its monitors see it: run state, stop/cont, settings, events, migrations.
 
 Both monitors (HMP and QMP) call this object and nothing below it, so the
-two always agree.  It owns QEMU's run state (``running``, ``paused``,
-``inmigrate``, ``postmigrate``, ``finish-migrate``), turns the migration's
+two always agree.  It owns QEMU's run state (:class:`RunState`: ``running``,
+``paused``, ``inmigrate``, ``finish-migrate``, ``postmigrate``,
+``shutdown``), changed only through a checked transition table, with
+commands guarded by :func:`require` as qemu.qmp guards its methods.  It asks
+the migration which side it is (``mig.outgoing``), turns the migration's
 status changes into the ``MIGRATION``/``MIGRATION_PASS``/``STOP``/``RESUME``
 events, and resumes an incoming guest itself so that ``RESUME`` and the run
 state never disagree.
@@ -10,15 +13,18 @@ state never disagree.
 
 from __future__ import annotations
 
+import enum
+import functools
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import ParamSpec, TypeVar
 
 from ..errors import MigrationStateError, ParameterError
-from ..migration.destination import IncomingMigration
+from ..migration.common import Migration
 from ..migration.manager import MigrationManager
-from ..migration.source import SourceMigration
 from ..migration.status import MigrationStatus
+from .version import QEMU_VERSION, package_version
 
 EventSink = Callable[[str, "dict[str, object] | None"], None]
 
@@ -26,7 +32,63 @@ EventSink = Callable[[str, "dict[str, object] | None"], None]
 PMEMSAVE_CHUNK = 1 << 20
 
 
-def incoming_address(mig: IncomingMigration) -> dict[str, str] | None:
+class RunState(enum.StrEnum):
+    """QEMU's run states, as ``query-status`` spells them.
+
+    ``-S`` shows ``paused`` here (QEMU says ``prelaunch``): there is no
+    firmware to hold back, so the two would behave the same.
+    """
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    INMIGRATE = "inmigrate"
+    FINISH_MIGRATE = "finish-migrate"
+    POSTMIGRATE = "postmigrate"
+    SHUTDOWN = "shutdown"
+
+
+_R = RunState
+#: Which run state may follow which (QEMU's ``runstate_transitions_def``, our subset).
+RUNSTATE_TRANSITIONS: Mapping[RunState, frozenset[RunState]] = {
+    _R.RUNNING: frozenset({_R.PAUSED, _R.FINISH_MIGRATE, _R.SHUTDOWN}),
+    _R.PAUSED: frozenset({_R.RUNNING, _R.FINISH_MIGRATE, _R.SHUTDOWN}),
+    _R.INMIGRATE: frozenset({_R.RUNNING, _R.PAUSED, _R.SHUTDOWN}),
+    _R.FINISH_MIGRATE: frozenset({_R.POSTMIGRATE, _R.RUNNING, _R.PAUSED, _R.SHUTDOWN}),
+    _R.POSTMIGRATE: frozenset({_R.RUNNING, _R.FINISH_MIGRATE, _R.SHUTDOWN}),
+    _R.SHUTDOWN: frozenset(),
+}
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def require(*states: RunState,
+            error: str | Mapping[RunState, str]) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Allow the decorated :class:`VmControl` method only in ``states``
+    (qemu.qmp's ``@require``); elsewhere it raises
+    :class:`~xbzrle.errors.MigrationStateError` with QEMU's text: ``error``,
+    or ``error[state]`` when it names the refused states one by one."""
+    allowed = frozenset(states)
+
+    def refusal(state: RunState) -> str:
+        if isinstance(error, str):
+            return error
+        return error.get(state, f"The command is not allowed while the VM is '{state}'")
+
+    def decorate(method: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(method)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            state = args[0].runstate  # type: ignore[attr-defined]
+            if state not in allowed:
+                raise MigrationStateError(refusal(state))
+            return method(*args, **kwargs)
+
+        return guarded
+
+    return decorate
+
+
+def incoming_address(mig) -> dict[str, str] | None:
     """QAPI SocketAddress of a listening destination (the port as a string, as QEMU)."""
     uri = mig.uri
     if uri.scheme == "tcp":
@@ -43,6 +105,8 @@ class VmControl:
     ``incoming`` is what ``--incoming`` said: ``None`` (a normal VM),
     ``"defer"`` (wait for ``migrate_incoming``) or a URI to listen on now.
     ``autostart`` is false for ``-S``: the guest stays paused until ``cont``.
+    Every run-state change goes through :meth:`_set_runstate`, which checks
+    :data:`RUNSTATE_TRANSITIONS`.
     """
 
     def __init__(self, guest, manager: MigrationManager | None = None, *,
@@ -54,19 +118,20 @@ class VmControl:
         self._lock = threading.RLock()
         self._sinks: list[EventSink] = []
         self._guest_was_running = guest.running
+        self._state_before_switchover = RunState.RUNNING
         self.manager.add_status_listener(self._on_migration_status)
         self.manager.add_pass_listener(self._on_pass)
         if incoming is not None:
-            self._runstate = "inmigrate"
+            self._runstate = RunState.INMIGRATE
             self._quiesce()
             if incoming != "defer":
                 self.migrate_incoming(incoming)
         elif autostart:
-            self._runstate = "running"
+            self._runstate = RunState.RUNNING
             if not guest.running:
                 guest.cont()
         else:
-            self._runstate = "paused"
+            self._runstate = RunState.PAUSED
             self._quiesce()
         self._guest_was_running = guest.running
 
@@ -100,23 +165,35 @@ class VmControl:
     def _on_migration_status(self, status: MigrationStatus) -> None:
         """Runs in the migration thread: keep run state and events in step."""
         mig = self.manager.current
+        outgoing = mig is not None and mig.outgoing
         with self._lock:
-            if isinstance(mig, SourceMigration):
+            if self._runstate == RunState.SHUTDOWN:  # quitting: only the events go out
+                pass
+            elif outgoing:
                 if status == MigrationStatus.DEVICE:
-                    self._runstate = "finish-migrate"
+                    self._state_before_switchover = self._runstate
+                    self._set_runstate(RunState.FINISH_MIGRATE)
                 elif status == MigrationStatus.COMPLETED:
-                    self._runstate = "postmigrate"
-                elif status in (MigrationStatus.FAILED, MigrationStatus.CANCELLED) \
-                        and self.guest.running:
-                    self._runstate = "running"
+                    self._set_runstate(RunState.POSTMIGRATE)
+                elif status in (MigrationStatus.FAILED, MigrationStatus.CANCELLED):
+                    self._after_failed_migration()
             self._sync_running_events()
         if self._events_on():
             self.emit("MIGRATION", {"status": str(status)})
-        if isinstance(mig, IncomingMigration) and status == MigrationStatus.COMPLETED:
+        if not outgoing and status == MigrationStatus.COMPLETED:
             with self._lock:
-                self._runstate = "paused"
+                if self._runstate == RunState.SHUTDOWN:
+                    return
+                self._set_runstate(RunState.PAUSED)
                 if self.autostart:
                     self._resume()
+
+    def _after_failed_migration(self) -> None:
+        """The source runs on as before: running if the guest runs, else as it was."""
+        if self.guest.running:
+            self._set_runstate(RunState.RUNNING)
+        elif self._runstate == RunState.FINISH_MIGRATE:
+            self._set_runstate(self._state_before_switchover)
 
     def _sync_running_events(self) -> None:
         """STOP/RESUME for changes made below us (the source's switch-over)."""
@@ -127,73 +204,128 @@ class VmControl:
 
     # -- run state ---------------------------------------------------------------
     @property
-    def runstate(self) -> str:
+    def runstate(self) -> RunState:
         return self._runstate
 
     @property
     def running(self) -> bool:
-        return self._runstate == "running"
+        return self._runstate == RunState.RUNNING
+
+    def _set_runstate(self, new: RunState) -> None:
+        """The one place the run state changes; an illegal move is a bug and raises."""
+        if new == self._runstate:
+            return
+        if new not in RUNSTATE_TRANSITIONS[self._runstate]:
+            raise MigrationStateError(f"illegal run state change {self._runstate} -> {new}")
+        self._runstate = new
 
     def query_status(self) -> dict[str, object]:
         """``query-status`` (QEMU 7.2 shape)."""
-        return {"status": self._runstate, "singlestep": False, "running": self.running}
+        return {"status": str(self._runstate), "singlestep": False, "running": self.running}
+
+    @staticmethod
+    def query_version() -> dict[str, object]:
+        """``query-version``: the QEMU release we speak like, and our package."""
+        return {"qemu": dict(QEMU_VERSION), "package": package_version()}
 
     def stop(self) -> None:
         """Pause the guest; on a waiting destination, only drop the autostart."""
         with self._lock:
-            if self._runstate == "inmigrate":
+            if self._runstate == RunState.INMIGRATE:
                 self.autostart = False
                 return
-            if self._runstate != "running":
+            if self._runstate != RunState.RUNNING:
                 return
             self.guest.stop()
-            self._runstate = "paused"
+            self._set_runstate(RunState.PAUSED)
             self._sync_running_events()
 
+    @require(RunState.RUNNING, RunState.PAUSED, RunState.INMIGRATE, RunState.POSTMIGRATE,
+             error={RunState.FINISH_MIGRATE: "The guest is being migrated: it resumes by "
+                                             "itself if the migration fails"})
     def cont(self) -> None:
         """Resume the guest; on a waiting destination, resume once it arrives."""
         with self._lock:
-            if self._runstate == "inmigrate":
+            if self._runstate == RunState.INMIGRATE:
                 self.autostart = True
                 return
-            if self._runstate == "finish-migrate":
-                raise MigrationStateError(
-                    "The guest is being migrated: it resumes by itself if the migration fails")
-            if self._runstate == "running":
+            if self._runstate == RunState.RUNNING:
                 return
             self._resume()
 
     def _resume(self) -> None:
         self.guest.cont()
-        self._runstate = "running"
+        self._set_runstate(RunState.RUNNING)
         self._sync_running_events()
 
+    # -- settings ----------------------------------------------------------------
+    def query_capabilities(self) -> list[dict[str, object]]:
+        """``query-migrate-capabilities``."""
+        return self.manager.settings.query_capabilities()
+
+    def set_capabilities(self, wanted: list[tuple[str, bool]]) -> None:
+        """``migrate-set-capabilities``: all or nothing."""
+        self.manager.set_capabilities(wanted)
+
+    def query_parameters(self) -> dict[str, int]:
+        """``query-migrate-parameters``."""
+        return self.manager.settings.parameters.to_qmp()
+
+    def set_parameters(self, **values: object) -> None:
+        """``migrate-set-parameters`` (QMP spelling or Python spelling of the names)."""
+        self.manager.set_parameters(**values)
+
+    def cache_size(self) -> int:
+        """``query-migrate-cache-size``: bytes."""
+        return self.manager.settings.parameters.xbzrle_cache_size
+
+    def set_cache_size(self, size: object) -> int:
+        """The seed's ``migrate_set_cache_size``: rounds down to a power of two."""
+        return self.manager.set_cache_size(size)  # type: ignore[arg-type]
+
+    def set_speed(self, bytes_per_second: object) -> None:
+        """The old ``migrate_set_speed``."""
+        self.manager.set_parameters(max_bandwidth=bytes_per_second)
+
+    def set_downtime(self, seconds: object) -> None:
+        """The old ``migrate_set_downtime`` (seconds)."""
+        self.manager.set_downtime_seconds(seconds)  # type: ignore[arg-type]
+
     # -- migrations --------------------------------------------------------------
-    def migrate(self, uri: str) -> SourceMigration:
-        if self._runstate == "inmigrate":
-            raise MigrationStateError("Guest is waiting for an incoming migration")
+    @require(RunState.RUNNING, RunState.PAUSED, RunState.FINISH_MIGRATE, RunState.POSTMIGRATE,
+             error={RunState.INMIGRATE: "Guest is waiting for an incoming migration"})
+    def migrate(self, uri: str) -> Migration:
         return self.manager.migrate(uri)
 
-    def migrate_incoming(self, uri: str) -> IncomingMigration:
+    @require(RunState.INMIGRATE,
+             error={state: "'-incoming' was not specified on the command line"
+                    for state in RunState if state != RunState.SHUTDOWN})
+    def migrate_incoming(self, uri: str) -> Migration:
         """Listen for a migration (``--incoming URI``, or later after ``defer``)."""
         with self._lock:
-            if self._runstate != "inmigrate":
-                raise MigrationStateError(
-                    "'-incoming' was not specified on the command line")
             mig = self.manager.current
-            if isinstance(mig, IncomingMigration) and mig.status.is_running:
+            if mig is not None and mig.incoming and mig.status.is_running:
                 raise MigrationStateError("The incoming migration has already been started")
             return self.manager.incoming(uri, resume=False)
 
     def cancel(self) -> None:
         self.manager.cancel()
 
+    @property
+    def migration(self) -> Migration | None:
+        """The current (or last) migration of either direction, for the CLI's report."""
+        return self.manager.current
+
+    def wait_migration(self, timeout: float | None = None) -> MigrationStatus:
+        """Wait up to ``timeout`` seconds for the current migration; its status."""
+        return self.manager.wait(timeout)
+
     def query_migrate(self) -> dict[str, object]:
         """``query-migrate``, plus where a waiting destination listens (QEMU's
         ``socket-address``: how an operator learns the port chosen for port 0)."""
         info = self.manager.query()
         mig = self.manager.current
-        if isinstance(mig, IncomingMigration) and mig.status == MigrationStatus.SETUP:
+        if mig is not None and mig.incoming and mig.status == MigrationStatus.SETUP:
             address = incoming_address(mig)
             if address is not None:
                 info["socket-address"] = [address]
@@ -233,4 +365,7 @@ class VmControl:
 
     # -- lifetime ----------------------------------------------------------------
     def request_quit(self) -> None:
+        """``quit``: the process ends once its monitors have answered."""
+        with self._lock:
+            self._set_runstate(RunState.SHUTDOWN)
         self.quit_requested.set()

@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import ParameterError, XbzrleError
+from ..errors import CommandError, ParameterError, XbzrleError
 from ..migration.status import MigrationStatus
 from ..sizes import parse_size
 from .info import format_info_migrate
@@ -24,10 +24,6 @@ PROMPT = "(xbzrle) "
 PROGRESS_INTERVAL = 1.0  # seconds between the lines of a foreground ``migrate``
 
 Output = Callable[[str], None]
-
-
-class HmpUsageError(Exception):
-    """A line the console cannot run as typed (printed, never fatal)."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +40,7 @@ def parse_bool(text: str) -> bool:
         return True
     if text == "off":
         return False
-    raise HmpUsageError(f"Expected 'on' or 'off', got '{text}'")
+    raise CommandError(f"Expected 'on' or 'off', got '{text}'")
 
 
 def parse_number(text: str) -> int:
@@ -78,7 +74,6 @@ class HmpSession:
 
     def __init__(self, control, out: Output) -> None:
         self.control = control
-        self.manager = control.manager
         self.out = out
         self.commands: dict[str, HmpCommand] = {}
         self.aliases: dict[str, str] = {"?": "help", "migrate_set_cachesize":
@@ -157,7 +152,7 @@ class HmpSession:
             return
         try:
             command.handler(args)
-        except (HmpUsageError, XbzrleError, OSError) as exc:
+        except (XbzrleError, OSError) as exc:
             self.write(f"Error: {exc}")
         except Exception as exc:  # a bug: keep the console alive, tell the user
             log.exception("HMP command %r failed", line)
@@ -202,29 +197,26 @@ class HmpSession:
 
     def _info_migrate(self) -> None:
         self.write(format_info_migrate(self.control.query_migrate(),
-                                       self.manager.settings.query_capabilities()))
+                                       self.control.query_capabilities()))
 
     def _info_capabilities(self) -> None:
-        for cap in self.manager.settings.query_capabilities():
+        for cap in self.control.query_capabilities():
             self.write(f"{cap['capability']}: {'on' if cap['state'] else 'off'}")
 
     def _info_parameters(self) -> None:
-        self.write(format_migrate_parameters(self.manager.settings.parameters.to_qmp()))
+        self.write(format_migrate_parameters(self.control.query_parameters()))
 
     def _info_cache_size(self) -> None:
-        size = self.manager.settings.parameters.xbzrle_cache_size
-        self.write(f"xbzrle cache size: {size >> 10} kbytes")
+        self.write(f"xbzrle cache size: {self.control.cache_size() >> 10} kbytes")
 
     def _info_version(self) -> None:
-        from .. import __version__
-        from .qmp import QEMU_VERSION
-
-        v = QEMU_VERSION
-        self.write(f"{v['major']}.{v['minor']}.{v['micro']} (xbzrle {__version__})")
+        info = self.control.query_version()
+        v = info["qemu"]
+        self.write(f"{v['major']}.{v['minor']}.{v['micro']} ({info['package']})")
 
     # -- settings -------------------------------------------------------------------
     def _set_capability(self, args: list[str]) -> None:
-        self.manager.set_capability(args[0], parse_bool(args[1]))
+        self.control.set_capabilities([(args[0], parse_bool(args[1]))])
 
     def _set_parameter(self, args: list[str]) -> None:
         name, text = args[0].replace("_", "-"), args[1]
@@ -243,39 +235,36 @@ class HmpSession:
             raise ParameterError(
                 f"Parameter '{args[0]}' is unexpected (known: xbzrle-cache-size, "
                 "max-bandwidth, downtime-limit)")
-        self.manager.set_parameters(**{name: value})
+        self.control.set_parameters(**{name: value})
 
     def _set_cache_size(self, args: list[str]) -> None:
-        self.manager.set_cache_size(parse_size(args[0]))
+        self.control.set_cache_size(parse_size(args[0]))
 
     def _set_speed(self, args: list[str]) -> None:
-        self.manager.set_parameters(max_bandwidth=parse_size(args[0], default_unit="m"))
+        self.control.set_speed(parse_size(args[0], default_unit="m"))
 
     def _set_downtime(self, args: list[str]) -> None:
         try:
             seconds = float(args[0])
         except ValueError:
             raise ParameterError(f"invalid downtime '{args[0]}': expected seconds") from None
-        if not 0 <= seconds <= 2000:
-            raise ParameterError("Parameter 'downtime_limit' expects an integer in the range "
-                                 "of 0 to 2000 seconds")
-        self.manager.set_parameters(downtime_limit=int(seconds * 1000))
+        self.control.set_downtime(seconds)
 
     # -- migration --------------------------------------------------------------------
     def _migrate(self, args: list[str]) -> None:
         detach = False
         if args[0].startswith("-"):
             if args[0] != "-d" or len(args) != 2:
-                raise HmpUsageError("usage: migrate [-d] uri")
+                raise CommandError("usage: migrate [-d] uri")
             detach, args = True, args[1:]
         elif len(args) != 1:
-            raise HmpUsageError("usage: migrate [-d] uri")
-        mig = self.control.migrate(args[0])
+            raise CommandError("usage: migrate [-d] uri")
+        self.control.migrate(args[0])
         if detach:
             return
-        while mig.wait(PROGRESS_INTERVAL).is_running:
-            self.write(format_progress(mig.query()))
-        info = mig.query()
+        while self.control.wait_migration(PROGRESS_INTERVAL).is_running:
+            self.write(format_progress(self.control.query_migrate()))
+        info = self.control.query_migrate()
         status = info.get("status")
         if status == str(MigrationStatus.COMPLETED):
             self.write(f"migration completed: total time {info.get('total-time', 0)} ms, "

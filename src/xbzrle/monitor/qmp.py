@@ -13,11 +13,10 @@ import json
 import time
 from collections.abc import Iterator, Mapping
 
+from ..errors import CommandError, XbzrleError, qmp_class
 from .jsonstream import Invalid, JsonSplitter
-from .qmp_commands import QmpCommandError, QmpCommands
-
-#: The QEMU release whose QMP we speak (greeting and ``query-version``).
-QEMU_VERSION = {"micro": 0, "minor": 2, "major": 7}
+from .qmp_commands import QmpCommands
+from .version import QEMU_VERSION
 
 _REQUEST_MEMBERS = frozenset({"execute", "exec-oob", "arguments", "id"})
 
@@ -114,8 +113,8 @@ class QmpSession:
 
         try:
             result = self._dispatch(name, arguments, oob)
-        except QmpCommandError as exc:
-            return fail(exc.error_class, str(exc))
+        except XbzrleError as exc:
+            return fail(qmp_class(exc), str(exc))
         reply: dict[str, object] = {"return": result}
         if has_id:
             reply["id"] = msg_id
@@ -124,33 +123,33 @@ class QmpSession:
     def _dispatch(self, name: str, arguments: dict[str, object], oob: bool) -> object:
         if not self.negotiated:
             if name != "qmp_capabilities":
-                raise QmpCommandError(
+                raise CommandError(
                     "Expecting capabilities negotiation with 'qmp_capabilities'",
                     "CommandNotFound")
             self._negotiate(arguments)
             return {}
         if name == "qmp_capabilities":
-            raise QmpCommandError(
+            raise CommandError(
                 "Capabilities negotiation is already complete, command ignored",
                 "CommandNotFound")
         if oob:
             if not self.oob:
-                raise QmpCommandError("Please enable out-of-band first for the session "
+                raise CommandError("Please enable out-of-band first for the session "
                                       "during capabilities negotiation")
             self.commands.lookup(name)  # unknown beats "no OOB"
-            raise QmpCommandError(f"The command {name} does not support OOB")
+            raise CommandError(f"The command {name} does not support OOB")
         return self.commands.execute(name, arguments)
 
     def _negotiate(self, arguments: dict[str, object]) -> None:
         for key in arguments:
             if key != "enable":
-                raise QmpCommandError(f"Parameter '{key}' is unexpected")
+                raise CommandError(f"Parameter '{key}' is unexpected")
         enable = arguments.get("enable", [])
         if not isinstance(enable, list) or not all(isinstance(c, str) for c in enable):
-            raise QmpCommandError("Invalid parameter type for 'enable', expected: array")
+            raise CommandError("Invalid parameter type for 'enable', expected: array")
         for capability in enable:
             if capability != "oob":
-                raise QmpCommandError(
+                raise CommandError(
                     f"Parameter 'enable' does not accept value '{capability}'")
         self.oob = "oob" in enable
         self.negotiated = True

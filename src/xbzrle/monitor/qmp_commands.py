@@ -1,9 +1,11 @@
 """The QMP commands: argument checking as QEMU's QAPI does it, then a call
-into :class:`~.control.VmControl` or the migration manager.
+into :class:`~.control.VmControl` (and nothing below it).
 
-Every error a user can cause comes back as a :class:`QmpCommandError` with
-QEMU's error class: ``CommandNotFound`` for unknown commands, otherwise
-``GenericError`` with a message that says what was wrong.
+Every error a user can cause comes back as an :class:`~xbzrle.errors.XbzrleError`
+(a :class:`~xbzrle.errors.CommandError` for the protocol's own refusals);
+:func:`xbzrle.errors.qmp_class` gives its QMP class: ``CommandNotFound`` for
+unknown commands, otherwise ``GenericError`` with a message that says what
+was wrong.
 """
 
 from __future__ import annotations
@@ -12,20 +14,12 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from ..errors import XbzrleError
+from ..errors import CommandError, XbzrleError
 
 log = logging.getLogger(__name__)
 
 _TYPE_NAMES = {"str": "string", "int": "integer", "bool": "boolean", "number": "number",
                "array": "array", "object": "object"}
-
-
-class QmpCommandError(Exception):
-    """A command that failed; ``error_class`` is QMP's error class."""
-
-    def __init__(self, desc: str, error_class: str = "GenericError") -> None:
-        super().__init__(desc)
-        self.error_class = error_class
 
 
 @dataclass(frozen=True)
@@ -62,13 +56,13 @@ def check_arguments(params: tuple[Param, ...], arguments: Mapping[str, object]) 
     for key, value in arguments.items():
         param = known.get(key)
         if param is None:
-            raise QmpCommandError(f"Parameter '{key}' is unexpected")
+            raise CommandError(f"Parameter '{key}' is unexpected")
         if not _type_ok(param.type, value):
-            raise QmpCommandError(
+            raise CommandError(
                 f"Invalid parameter type for '{key}', expected: {_TYPE_NAMES[param.type]}")
     for param in params:
         if param.required and param.name not in arguments:
-            raise QmpCommandError(f"Parameter '{param.name}' is missing")
+            raise CommandError(f"Parameter '{param.name}' is missing")
 
 
 class QmpCommands:
@@ -76,7 +70,6 @@ class QmpCommands:
 
     def __init__(self, control, hmp: Callable[[str], str] | None = None) -> None:
         self.control = control
-        self.manager = control.manager
         self.hmp = hmp
         self.table: dict[str, Command] = {}
         P = Param
@@ -86,18 +79,15 @@ class QmpCommands:
             ("query-version", self._query_version, ()),
             ("query-status", lambda a: self.control.query_status(), ()),
             ("query-migrate", lambda a: self.control.query_migrate(), ()),
-            ("query-migrate-capabilities",
-             lambda a: self.manager.settings.query_capabilities(), ()),
+            ("query-migrate-capabilities", lambda a: self.control.query_capabilities(), ()),
             ("migrate-set-capabilities", self._set_capabilities,
              (P("capabilities", "array"),)),
-            ("query-migrate-parameters",
-             lambda a: self.manager.settings.parameters.to_qmp(), ()),
+            ("query-migrate-parameters", lambda a: self.control.query_parameters(), ()),
             ("migrate-set-parameters", self._set_parameters,
              (P("xbzrle-cache-size", "int", False), P("max-bandwidth", "int", False),
               P("downtime-limit", "int", False))),
             ("migrate-set-cache-size", self._set_cache_size, (P("value", "int"),)),
-            ("query-migrate-cache-size",
-             lambda a: self.manager.settings.parameters.xbzrle_cache_size, ()),
+            ("query-migrate-cache-size", lambda a: self.control.cache_size(), ()),
             ("migrate_set_speed", self._set_speed, (P("value", "int"),)),
             ("migrate_set_downtime", self._set_downtime, (P("value", "number"),)),
             ("migrate", self._migrate,
@@ -119,7 +109,7 @@ class QmpCommands:
     def lookup(self, name: str) -> Command:
         command = self.table.get(name)
         if command is None:
-            raise QmpCommandError(f"The command {name} has not been found", "CommandNotFound")
+            raise CommandError(f"The command {name} has not been found", "CommandNotFound")
         return command
 
     def execute(self, name: str, arguments: Mapping[str, object]) -> object:
@@ -127,66 +117,53 @@ class QmpCommands:
         check_arguments(command.params, arguments)
         try:
             return command.handler(dict(arguments))
-        except QmpCommandError:
-            raise
-        except (XbzrleError, OSError) as exc:
-            raise QmpCommandError(str(exc)) from None
+        except XbzrleError:
+            raise  # the session reports it with errors.qmp_class()
+        except OSError as exc:
+            raise CommandError(str(exc)) from None
         except Exception as exc:  # a bug: tell the client instead of dropping it
             log.exception("QMP command %s failed", name)
-            raise QmpCommandError(f"internal error in {name}: {exc!r}") from None
+            raise CommandError(f"internal error in {name}: {exc!r}") from None
 
     # -- handlers -------------------------------------------------------------------
     def _query_commands(self, args: dict[str, object]) -> list[dict[str, str]]:
         return [{"name": name} for name in self.table]
 
     def _query_version(self, args: dict[str, object]) -> dict[str, object]:
-        from .. import __version__
-        from .qmp import QEMU_VERSION
-
-        return {"qemu": dict(QEMU_VERSION), "package": f"xbzrle {__version__}"}
+        return self.control.query_version()
 
     def _set_capabilities(self, args: dict[str, object]) -> dict[str, object]:
         wanted: list[tuple[str, bool]] = []
         for item in args["capabilities"]:  # type: ignore[union-attr]
             if not isinstance(item, dict):
-                raise QmpCommandError(
+                raise CommandError(
                     "Invalid parameter type for 'capabilities[0]', expected: object")
             check_arguments((Param("capability", "str"), Param("state", "bool")), item)
             wanted.append((item["capability"], item["state"]))
-        known = self.manager.settings.capabilities
-        for name, _ in wanted:  # all or nothing: check every name first
-            if name not in known:
-                raise QmpCommandError(
-                    f"Parameter 'capability' does not accept value '{name}'")
-        for name, state in wanted:
-            self.manager.set_capability(name, state)
+        self.control.set_capabilities(wanted)
         return {}
 
     def _set_parameters(self, args: dict[str, object]) -> dict[str, object]:
-        self.manager.set_parameters(**args)
+        self.control.set_parameters(**args)
         return {}
 
     def _set_cache_size(self, args: dict[str, object]) -> dict[str, object]:
-        self.manager.set_cache_size(args["value"])
+        self.control.set_cache_size(args["value"])
         return {}
 
     def _set_speed(self, args: dict[str, object]) -> dict[str, object]:
-        self.manager.set_parameters(max_bandwidth=args["value"])
+        self.control.set_speed(args["value"])
         return {}
 
     def _set_downtime(self, args: dict[str, object]) -> dict[str, object]:
-        seconds = float(args["value"])  # type: ignore[arg-type]
-        if not 0 <= seconds <= 2000:
-            raise QmpCommandError(
-                "Parameter 'downtime_limit' expects an integer in the range of 0 to 2000 seconds")
-        self.manager.set_parameters(downtime_limit=int(seconds * 1000))
+        self.control.set_downtime(args["value"])
         return {}
 
     def _migrate(self, args: dict[str, object]) -> dict[str, object]:
         if args.get("blk") or args.get("inc"):
-            raise QmpCommandError("Block migration is not supported: this VM has no disks")
+            raise CommandError("Block migration is not supported: this VM has no disks")
         if args.get("resume"):
-            raise QmpCommandError("Postcopy recovery is not supported")
+            raise CommandError("Postcopy recovery is not supported")
         self.control.migrate(args["uri"])
         return {}
 
@@ -216,5 +193,5 @@ class QmpCommands:
 
     def _human_monitor_command(self, args: dict[str, object]) -> str:
         if self.hmp is None:
-            raise QmpCommandError("The human monitor is not available here")
+            raise CommandError("The human monitor is not available here")
         return self.hmp(args["command-line"])  # type: ignore[arg-type]

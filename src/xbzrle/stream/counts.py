@@ -7,11 +7,16 @@ statistics that add them up.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
 class BatchCounts:
-    """What one call of the save loop did (fields match the C loop's tuple)."""
+    """What one call of the save or load loop did.
+
+    The compiled loops return a ``_core.LoopCounts`` with these field names;
+    :meth:`from_loop` copies them by name, and a test keeps the two lists equal.
+    """
 
     scanned: int = 0  # dirty pages handled
     zero: int = 0  # pages sent as ZERO records
@@ -27,8 +32,9 @@ class BatchCounts:
               "xbzrle_bytes", "wire_bytes")
 
     @classmethod
-    def from_tuple(cls, values: tuple[int, ...]) -> BatchCounts:
-        return cls(*values)
+    def from_loop(cls, counts: Any) -> BatchCounts:
+        """Copy a loop's ``LoopCounts`` (or any object with these attributes) by name."""
+        return cls(**{name: getattr(counts, name) for name in cls.FIELDS})
 
     def add(self, other: BatchCounts) -> None:
         for name in self.FIELDS:

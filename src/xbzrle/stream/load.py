@@ -113,7 +113,7 @@ class PageLoader:
         new_pos, last_index, _status, raw = _core.load_pages(
             buf, pos, self._table, last_index, self.xbzrle, base)
         if new_pos != pos:
-            self.counts.add(BatchCounts.from_tuple(raw))
+            self.counts.add(BatchCounts.from_loop(raw))
             last = self._table[last_index][0].decode() if last_index >= 0 else last
         return new_pos, last, raw
 

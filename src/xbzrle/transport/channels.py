@@ -9,12 +9,16 @@ capability) instead of claiming success.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import socket
 import ssl
+import struct
 import subprocess
+import termios
 import threading
+import time
 from typing import Protocol
 
 from ..errors import TransportError
@@ -116,8 +120,33 @@ class SocketChannel:
         with contextlib.suppress(OSError):
             self.sock.sendall(msg)
 
+    def _unsent(self) -> int:
+        """Bytes written but not yet acknowledged by the peer's kernel (SIOCOUTQ)."""
+        try:
+            raw = fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+        except OSError:
+            return 0
+        return struct.unpack("i", raw)[0]
+
+    def _wait_drained(self) -> None:
+        """The stream's tail can sit in the socket buffers of a destination that stopped
+        reading: fail when they make no progress for ``stall_timeout``."""
+        if self.stall_timeout is None:
+            return
+        unsent, since = self._unsent(), time.monotonic()
+        while unsent:
+            time.sleep(0.02)
+            now_unsent = self._unsent()
+            if now_unsent != unsent:
+                unsent, since = now_unsent, time.monotonic()
+            elif time.monotonic() - since >= self.stall_timeout:
+                raise TransportError(
+                    f"the destination stopped reading: {unsent} bytes unread for "
+                    f"{self.stall_timeout:g} s (x-stall-timeout)")
+
     def read_verdict(self, timeout: float) -> str | None:
         """Wait for the destination's verdict; None means success."""
+        self._wait_drained()
         self.sock.settimeout(timeout)
         try:
             if not self.is_tls:  # TLS has no half-close: the EOF record ends the stream

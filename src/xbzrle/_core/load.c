@@ -1,0 +1,254 @@
+/* The destination's load loop: page records -> the destination's RAM.
+ *
+ * Parses page records from a received buffer and applies them to the RAM
+ * blocks, validating each record completely before it touches memory.  It
+ * stops at anything that is not a page record (EOS, MEM_SIZE, a section
+ * header...) and leaves it to the Python stream parser.  Runs without the
+ * GIL. */
+#include "loops.h"
+
+#include <string.h>
+
+#include "codec.h"
+#include "pyerrors.h"
+
+enum { L_NEED_DATA = 0, L_OTHER = 2 };
+
+typedef struct {
+    const uint8_t *name;
+    size_t name_len;
+    uint8_t *host;
+    size_t size;
+    uint8_t *maybe_data; /* optional: 0 for a page known to be zero, else 1 */
+} load_block_t;
+
+typedef struct {
+    const char *msg;
+    size_t offset;
+} load_error_t;
+
+/* Parse and apply page records from buf[pos:end].  Returns the status; *pos
+ * advances past every record applied; *last is the CONTINUE block. */
+static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_t *blocks,
+                     size_t nblocks, Py_ssize_t *last, int xbzrle_ok, uint64_t *c,
+                     load_error_t *err)
+{
+    size_t pos = *pos_io;
+    int status = L_NEED_DATA;
+    for (;;) {
+        size_t p = pos;
+        if (end - p < 8)
+            break;
+        uint64_t word = xbz_get_be64(buf + p);
+        unsigned flags = (unsigned)(word & (XBZ_PAGE - 1));
+        uint64_t offset = word & ~(uint64_t)(XBZ_PAGE - 1);
+        unsigned kind = flags & ~XBZ_F_CONTINUE;
+        if (kind != XBZ_F_ZERO && kind != XBZ_F_PAGE && kind != XBZ_F_XBZRLE) {
+            status = L_OTHER;
+            break;
+        }
+        p += 8;
+        Py_ssize_t bi;
+        if (flags & XBZ_F_CONTINUE) {
+            if (*last < 0) {
+                err->msg = "page record with CONTINUE but no previous block";
+                err->offset = pos;
+                return -1;
+            }
+            bi = *last;
+        } else {
+            if (end - p < 1)
+                break;
+            size_t len = buf[p];
+            if (end - p < 1 + len)
+                break;
+            bi = -1;
+            for (size_t i = 0; i < nblocks; i++) {
+                if (blocks[i].name_len == len && memcmp(blocks[i].name, buf + p + 1, len) == 0) {
+                    bi = (Py_ssize_t)i;
+                    break;
+                }
+            }
+            if (bi < 0) {
+                err->msg = "page record names an unknown RAM block";
+                err->offset = p;
+                return -1;
+            }
+            p += 1 + len;
+        }
+        load_block_t *b = &blocks[bi];
+        if (offset >= b->size || b->size - offset < XBZ_PAGE) {
+            err->msg = "page offset lies outside its RAM block";
+            err->offset = pos;
+            return -1;
+        }
+        uint8_t *host = b->host + offset;
+        uint8_t *maybe = b->maybe_data ? b->maybe_data + offset / XBZ_PAGE : NULL;
+        if (kind == XBZ_F_ZERO) {
+            if (end - p < 1)
+                break;
+            uint8_t fill = buf[p];
+            p += 1;
+            /* A page known to be zero is not even read: reading never-touched
+             * memory faults, and would populate nothing but cost time. */
+            if (fill != 0 || ((maybe == NULL || *maybe) && !xbz_is_zero(host, XBZ_PAGE))) {
+                memset(host, fill, XBZ_PAGE);
+                if (maybe)
+                    *maybe = 1;
+            }
+            c[XBZ_C_ZERO]++;
+        } else if (kind == XBZ_F_PAGE) {
+            if (end - p < XBZ_PAGE)
+                break;
+            memcpy(host, buf + p, XBZ_PAGE);
+            if (maybe)
+                *maybe = 1;
+            p += XBZ_PAGE;
+            c[XBZ_C_NORMAL]++;
+        } else {
+            if (end - p < 3)
+                break;
+            if (buf[p] != XBZ_ENCODING_XBZRLE) {
+                err->msg = "XBZRLE page with a wrong encoding byte (expected 0x01)";
+                err->offset = p;
+                return -1;
+            }
+            if (!xbzrle_ok) {
+                err->msg = "received an XBZRLE page but the xbzrle capability is not enabled "
+                           "on the destination";
+                err->offset = pos;
+                return -1;
+            }
+            size_t len = ((size_t)buf[p + 1] << 8) | buf[p + 2];
+            if (len > XBZ_PAGE) {
+                err->msg = "XBZRLE page length over the page size";
+                err->offset = p + 1;
+                return -1;
+            }
+            if (end - p - 3 < len)
+                break;
+            size_t eoff;
+            const char *reason;
+            if (xbz_decode_check(buf + p + 3, len, XBZ_PAGE, &eoff, &reason) != 0) {
+                err->msg = reason;
+                err->offset = p + 3 + eoff;
+                return -1;
+            }
+            xbz_decode_apply(buf + p + 3, len, host);
+            if (maybe)
+                *maybe = 1;
+            p += 3 + len;
+            c[XBZ_C_XBZRLE]++;
+        }
+        *last = bi;
+        c[XBZ_C_SCANNED]++;
+        c[XBZ_C_WIRE] += p - pos;
+        pos = p;
+    }
+    *pos_io = pos;
+    return status;
+}
+
+PyDoc_STRVAR(load_pages_doc,
+"load_pages(buf, pos, blocks, last, xbzrle_ok, base_offset) -> (pos, last, status, counts)\n\n"
+"Apply page records from buf[pos:] to the destination's RAM.  blocks: a\n"
+"sequence of (name: bytes, ram: writable buffer[, maybe_data: writable buffer\n"
+"of one byte per page, 0 = known zero, kept up to date]).  last: index of the block\n"
+"CONTINUE refers to, or -1.  status: 0 need more data, 2 a record that is\n"
+"not a page (EOS, MEM_SIZE...: left for the stream parser).\n"
+"Raises StreamError with the stream offset (base_offset + position) on a\n"
+"malformed record; nothing of that record is written.");
+
+static PyObject *load_pages(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t pos, last, base_offset;
+    PyObject *blocks_obj, *result = NULL, *seq = NULL;
+    int xbzrle_ok;
+    uint64_t c[XBZ_C_COUNT] = {0};
+
+    if (!PyArg_ParseTuple(args, "y*nOnpn", &buf, &pos, &blocks_obj, &last, &xbzrle_ok,
+                          &base_offset))
+        return NULL;
+    seq = PySequence_Fast(blocks_obj, "blocks must be a sequence of (name, buffer)");
+    if (seq == NULL) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    load_block_t *blocks = PyMem_Calloc((size_t)n + 1, sizeof(*blocks));
+    Py_buffer *names = PyMem_Calloc((size_t)n + 1, sizeof(Py_buffer));
+    Py_buffer *rams = PyMem_Calloc((size_t)n + 1, sizeof(Py_buffer));
+    Py_buffer *maps = PyMem_Calloc((size_t)n + 1, sizeof(Py_buffer));
+    Py_ssize_t got = 0;
+    if (blocks == NULL || names == NULL || rams == NULL || maps == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; got < n; got++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, got);
+        maps[got].obj = NULL;
+        if (!PyArg_ParseTuple(item, "y*w*|w*", &names[got], &rams[got], &maps[got]))
+            goto done;
+        blocks[got] = (load_block_t){names[got].buf, (size_t)names[got].len, rams[got].buf,
+                                     (size_t)rams[got].len, NULL};
+        if (maps[got].obj != NULL) {
+            if ((size_t)maps[got].len < (size_t)rams[got].len / XBZ_PAGE) {
+                PyErr_SetString(PyExc_ValueError, "load_pages: maybe_data map shorter than the block");
+                got++;
+                goto done;
+            }
+            blocks[got].maybe_data = maps[got].buf;
+        }
+    }
+    if (pos < 0 || pos > buf.len || last >= n) {
+        PyErr_SetString(PyExc_ValueError, "load_pages: position or last block out of range");
+        goto done;
+    }
+    size_t p = (size_t)pos;
+    load_error_t err = {NULL, 0};
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = load_loop(buf.buf, &p, (size_t)buf.len, blocks, (size_t)n, &last, xbzrle_ok, c,
+                       &err);
+    Py_END_ALLOW_THREADS
+    if (status < 0) {
+        char msg[256];
+        PyOS_snprintf(msg, sizeof msg, "stream offset %zd: %s",
+                      base_offset + (Py_ssize_t)err.offset, err.msg);
+        xbz_raise_at("StreamError", msg, base_offset + (Py_ssize_t)err.offset);
+        goto done;
+    }
+    PyObject *counts = xbz_loop_counts(c);
+    if (counts != NULL)
+        result = Py_BuildValue("nniN", (Py_ssize_t)p, last, status, counts);
+done:
+    for (Py_ssize_t i = 0; i < got; i++) {
+        PyBuffer_Release(&names[i]);
+        PyBuffer_Release(&rams[i]);
+        if (maps[i].obj != NULL)
+            PyBuffer_Release(&maps[i]);
+    }
+    PyMem_Free(maps);
+    PyMem_Free(blocks);
+    PyMem_Free(names);
+    PyMem_Free(rams);
+    Py_DECREF(seq);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+static PyMethodDef load_methods[] = {
+    {"load_pages", load_pages, METH_VARARGS, load_pages_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+int xbz_load_register(PyObject *module)
+{
+    if (PyModule_AddFunctions(module, load_methods) < 0)
+        return -1;
+    if (PyModule_AddIntConstant(module, "LOAD_NEED_DATA", L_NEED_DATA) < 0 ||
+        PyModule_AddIntConstant(module, "LOAD_OTHER", L_OTHER) < 0)
+        return -1;
+    return xbz_error_type("StreamError") == NULL ? -1 : 0;
+}

@@ -1,0 +1,241 @@
+/* The source's save loop: dirty pages of one RAM block -> page records.
+ *
+ * The loop walks a dirty bitmap, decides per page between ZERO, PAGE
+ * (normal) and XBZRLE records, keeps the XBZRLE cache in step, and writes the
+ * records into a caller-owned output buffer until it is nearly full.  Every
+ * decision for a page is taken on a private copy of it, so a workload writing
+ * the page concurrently cannot make the bytes sent, the bytes cached and the
+ * bytes the destination ends with disagree (the page is dirty again, and the
+ * next round sends the difference).  Runs without the GIL. */
+#include "loops.h"
+
+#include <string.h>
+
+#include "cache.h"
+#include "codec.h"
+
+enum save_mode { MODE_PLAIN = 0, MODE_XBZRLE = 1, MODE_LAST = 2 };
+
+static const uint8_t zero_page[XBZ_PAGE];
+
+typedef struct {
+    uint8_t *out;
+    size_t pos, cap;
+    const uint8_t *name;
+    size_t name_len;
+    int cont;
+} writer_t;
+
+/* Page record header: be64 offset|flags, then the block name unless the
+ * previous record was in the same block. */
+static inline size_t put_header(writer_t *w, uint64_t offset, unsigned flags)
+{
+    uint8_t *p = w->out + w->pos;
+    if (w->cont) {
+        xbz_put_be64(p, offset | flags | XBZ_F_CONTINUE);
+        return 8;
+    }
+    xbz_put_be64(p, offset | flags);
+    p[8] = (uint8_t)w->name_len;
+    memcpy(p + 9, w->name, w->name_len);
+    return 9 + w->name_len;
+}
+
+static inline void emit_zero(writer_t *w, uint64_t offset, uint64_t *c)
+{
+    size_t h = put_header(w, offset, XBZ_F_ZERO);
+    w->out[w->pos + h] = 0;
+    w->pos += h + 1;
+    w->cont = 1;
+    c[XBZ_C_ZERO]++;
+}
+
+static inline void emit_normal(writer_t *w, uint64_t offset, const uint8_t *data, uint64_t *c)
+{
+    size_t h = put_header(w, offset, XBZ_F_PAGE);
+    memcpy(w->out + w->pos + h, data, XBZ_PAGE);
+    w->pos += h + XBZ_PAGE;
+    w->cont = 1;
+    c[XBZ_C_NORMAL]++;
+}
+
+/* One dirty page of the save loop. */
+static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, uint64_t addr,
+                            int mode, xbz_cache *cache, uint8_t *scratch, uint64_t *c)
+{
+    if (mode == MODE_PLAIN || cache == NULL) {
+        if (xbz_is_zero(page, XBZ_PAGE))
+            emit_zero(w, offset, c);
+        else
+            emit_normal(w, offset, page, c);
+        return;
+    }
+    /* A private copy: every decision below is taken on the same bytes. */
+    memcpy(scratch, page, XBZ_PAGE);
+    if (xbz_is_zero(scratch, XBZ_PAGE)) {
+        /* Refresh the cached copy too, or the next delta is against stale bytes. */
+        if (mode == MODE_XBZRLE)
+            xbz_cache_insert(cache, addr, zero_page);
+        emit_zero(w, offset, c);
+        return;
+    }
+    uint8_t *cached = xbz_cache_lookup(cache, addr);
+    if (cached == NULL) {
+        c[XBZ_C_MISS]++;
+        if (mode == MODE_XBZRLE)
+            xbz_cache_insert(cache, addr, scratch);
+        emit_normal(w, offset, scratch, c);
+        return;
+    }
+    size_t h = put_header(w, offset, XBZ_F_XBZRLE);
+    uint8_t *rec = w->out + w->pos;
+    ssize_t n = xbz_encode(cached, scratch, XBZ_PAGE, rec + h + 3, XBZ_PAGE);
+    if (n == 0) {
+        c[XBZ_C_UNCHANGED]++;
+        return; /* nothing to send: the destination already holds these bytes */
+    }
+    if (mode == MODE_XBZRLE)
+        memcpy(cached, scratch, XBZ_PAGE);
+    if (n < 0) {
+        c[XBZ_C_OVERFLOW]++;
+        c[XBZ_C_XBZRLE_BYTES] += XBZ_PAGE;
+        emit_normal(w, offset, scratch, c);
+        return;
+    }
+    rec[h] = XBZ_ENCODING_XBZRLE;
+    rec[h + 1] = (uint8_t)(n >> 8);
+    rec[h + 2] = (uint8_t)n;
+    w->pos += h + 3 + (size_t)n;
+    w->cont = 1;
+    c[XBZ_C_XBZRLE]++;
+    c[XBZ_C_XBZRLE_BYTES] += (uint64_t)n + 3;
+}
+
+PyDoc_STRVAR(save_pages_doc,
+"save_pages(out, pos, ram, bitmap, start_page, name, addr_base, mode, cache, cont)\n"
+"    -> (pos, next_page, cont, counts)\n\n"
+"Write page records for the dirty pages of one RAM block into out[pos:],\n"
+"clearing their bits, until out has no room for another record or the\n"
+"bitmap is exhausted.  mode: 0 plain, 1 XBZRLE, 2 XBZRLE last stage (cache\n"
+"left alone).  cache: PageCache or None.  cont: the previous record was in\n"
+"this block (CONTINUE).  counts: a LoopCounts.");
+
+static PyObject *save_pages(PyObject *self, PyObject *args)
+{
+    Py_buffer out, ram, bitmap, name;
+    Py_ssize_t pos, start_page;
+    unsigned long long addr_base;
+    int mode, cont;
+    PyObject *cache_obj, *result = NULL;
+    uint64_t c[XBZ_C_COUNT] = {0};
+
+    if (!PyArg_ParseTuple(args, "w*ny*w*ny*KiOp", &out, &pos, &ram, &bitmap, &start_page,
+                          &name, &addr_base, &mode, &cache_obj, &cont))
+        return NULL;
+
+    XbzPageCacheObject *cache_owner = NULL;
+    xbz_cache *cache = NULL;
+    size_t npages = (size_t)ram.len / XBZ_PAGE;
+    size_t nwords = (npages + 63) / 64;
+    if (cache_obj != Py_None) {
+        if (!PyObject_TypeCheck(cache_obj, &XbzPageCache_Type)) {
+            PyErr_SetString(PyExc_TypeError,
+                            "cache must be an xbzrle.PageCache of the compiled backend");
+            goto done;
+        }
+        cache_owner = (XbzPageCacheObject *)cache_obj;
+        cache = &cache_owner->cache;
+        if (cache->page_size != XBZ_PAGE) {
+            PyErr_SetString(PyExc_ValueError, "cache page size must be 4096");
+            goto done;
+        }
+        if (cache_owner->busy) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "PageCache is in use by another thread (resize or a save loop)");
+            goto done;
+        }
+    }
+    if (ram.len % XBZ_PAGE != 0 || (size_t)bitmap.len < nwords * 8 || name.len > 255 ||
+        mode < MODE_PLAIN || mode > MODE_LAST || pos < 0 || pos > out.len || start_page < 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "save_pages: bad arguments (ram not whole pages, bitmap too short, "
+                        "name over 255 bytes, bad mode or position)");
+        goto done;
+    }
+
+    writer_t w = {out.buf, (size_t)pos, (size_t)out.len, name.buf, (size_t)name.len, cont};
+    uint64_t *words = bitmap.buf;
+    const uint8_t *base = ram.buf;
+    size_t page = (size_t)start_page;
+    uint8_t *scratch = NULL;
+    if (cache != NULL && mode != MODE_PLAIN) {
+        scratch = PyMem_RawMalloc(XBZ_PAGE);
+        if (scratch == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+
+    if (cache_owner != NULL)
+        cache_owner->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    size_t wi = page / 64;
+    while (wi < nwords && w.cap - w.pos >= XBZ_MAX_RECORD) {
+        uint64_t bits = words[wi];
+        if (page % 64)
+            bits &= ~0ULL << (page % 64);
+        if (bits == 0) {
+            wi++;
+            page = wi * 64;
+            continue;
+        }
+        size_t p = wi * 64 + (size_t)__builtin_ctzll(bits);
+        if (p >= npages) {
+            words[wi] &= (p % 64) ? ((1ULL << (p % 64)) - 1) : 0;
+            wi = nwords;
+            page = npages;
+            break;
+        }
+        words[wi] &= ~(1ULL << (p % 64));
+        uint64_t offset = (uint64_t)p * XBZ_PAGE;
+        save_one(&w, base + offset, offset, addr_base + offset, mode, cache, scratch, c);
+        c[XBZ_C_SCANNED]++;
+        page = p + 1;
+        if (page % 64 == 0)
+            wi++;
+    }
+    if (wi >= nwords)
+        page = npages;
+    Py_END_ALLOW_THREADS
+    if (cache_owner != NULL)
+        cache_owner->busy = 0;
+
+    PyMem_RawFree(scratch);
+    c[XBZ_C_WIRE] = w.pos - (size_t)pos;
+    PyObject *counts = xbz_loop_counts(c);
+    if (counts != NULL)
+        result = Py_BuildValue("nnON", (Py_ssize_t)w.pos, (Py_ssize_t)page,
+                               w.cont ? Py_True : Py_False, counts);
+done:
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&ram);
+    PyBuffer_Release(&bitmap);
+    PyBuffer_Release(&name);
+    return result;
+}
+
+static PyMethodDef save_methods[] = {
+    {"save_pages", save_pages, METH_VARARGS, save_pages_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+int xbz_save_register(PyObject *module)
+{
+    if (PyModule_AddFunctions(module, save_methods) < 0)
+        return -1;
+    if (PyModule_AddIntConstant(module, "SAVE_PLAIN", MODE_PLAIN) < 0 ||
+        PyModule_AddIntConstant(module, "SAVE_XBZRLE", MODE_XBZRLE) < 0 ||
+        PyModule_AddIntConstant(module, "SAVE_LAST", MODE_LAST) < 0)
+        return -1;
+    return 0;
+}

@@ -1,0 +1,64 @@
+"""Waiting on conditions instead of sleeping and hoping (shared by all tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.02,
+               message: str = "condition not met in time"):
+    """Poll ``predicate`` until it returns something true; return that value.
+
+    The timeout only bounds a hang: a loaded machine makes the wait longer,
+    never the test wrong.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(message)
+        time.sleep(interval)
+
+
+def progresses(guest, timeout: float = 30.0) -> bool:
+    """True once the running guest's workload writes another page (False if it stops)."""
+    before = guest.pages_written
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not guest.running:
+            return False
+        if guest.pages_written > before:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@contextlib.contextmanager
+def refusing_destination(reason: str = "refused by the test"):
+    """A destination that reads a whole stream, then refuses it; yields its URI.
+
+    The source gets as far as its verdict (past the switch-over), then fails.
+    """
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while conn.recv(1 << 16):
+                pass
+            conn.sendall(f"XBZRLE-ERROR {reason}\n".encode())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"tcp:127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        thread.join(10)
+        server.close()
