@@ -199,3 +199,27 @@ def test_tls_parameters_name_missing_objects(sides, pki):
         src.manager.set_parameters(tls_hostname=5)
     with pytest.raises(ParameterError, match="x-stall-timeout"):
         src.manager.set_parameters(x_stall_timeout=-1)
+
+
+def test_a_failing_exec_command_is_reported_with_its_status_and_stderr(sides):
+    src = sides("client", None, workload="dense")
+    mig = src.manager.migrate("exec:echo 'cannot reach backup host' >&2; exit 3")
+    assert mig.wait(60) == S.FAILED
+    assert "exited with status 3: cannot reach backup host" in (mig.error or ""), mig.error
+    assert "Broken pipe" not in mig.error
+    assert running_and_progressing(src.guest)
+
+
+def test_hmp_sets_and_shows_the_security_parameters(sides, pki):
+    from xbzrle.monitor.control import VmControl
+    from xbzrle.monitor.hmp import run_captured
+
+    side = sides("client", pki.client, workload=None)
+    control = VmControl(side.guest, side.manager)
+    assert run_captured(control, "migrate_set_parameter tls-hostname localhost") == ""
+    assert run_captured(control, "migrate_set_parameter x-stall-timeout 1500") == ""
+    shown = run_captured(control, "info migrate_parameters")
+    assert "tls-creds: 'tls0'" in shown and "tls-hostname: 'localhost'" in shown
+    assert "x-stall-timeout: 1500 ms" in shown and "x-handshake-timeout: 10000 ms" in shown
+    assert "expects an integer" in run_captured(control, "migrate_set_parameter "
+                                                         "x-handshake-timeout soon")

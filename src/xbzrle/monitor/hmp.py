@@ -71,6 +71,7 @@ def format_migrate_parameters(params: dict[str, int | str]) -> str:
 # Each alternative starts with a different character, so matching is linear.
 _WORD = re.compile(r"""(?:[^\s"'\\]|\\.|"(?:[^"\\]|\\.)*"|'[^']*')+""", re.DOTALL)
 _PIECE = re.compile(r"""\\(.)|"((?:[^"\\]|\\.)*)"|'([^']*)'|([^"'\\]+)""", re.DOTALL)
+_DANGLING_ESCAPE = re.compile(r'(?:[^"\\]|\\.)*\\', re.DOTALL)  # "... ends in a lone backslash
 _ESCAPE = re.compile(r'\\([\\"])')  # inside "...", as in a POSIX shell
 
 
@@ -88,9 +89,11 @@ def split_words(line: str) -> list[str]:
             break  # a quote that never closes: the pattern stepped over it
         words.append("".join(_unquote(piece) for piece in _PIECE.finditer(match.group())))
         end = match.end()
-    if line[end:].strip():
-        raise ValueError("No closing quotation" if line[end:].lstrip()[0] in "\"'"
-                         else "No escaped character")
+    rest = line[end:].lstrip()
+    if rest:
+        if rest[0] == "'" or (rest[0] == '"' and not _DANGLING_ESCAPE.fullmatch(rest, 1)):
+            raise ValueError("No closing quotation")
+        raise ValueError("No escaped character")
     return words
 
 
