@@ -62,3 +62,21 @@ def refusing_destination(reason: str = "refused by the test"):
     finally:
         thread.join(10)
         server.close()
+
+
+def rewrite_between_rounds(manager, guest, block: str = "pc.ram") -> None:
+    """Hold each round until the workload has gone over every page twice more.
+
+    The listeners run in the migration thread: once when it turns active
+    (after setup cleared the dirty log) and after each dirty sync.  So every
+    sync finds the pages dirty again, no round can look converged for lack of
+    writes, and later rounds resend cached pages as XBZRLE records, however a
+    loaded machine schedules the workload thread.
+    """
+    lap = 2 * guest.blocks[block].npages
+
+    def wait_for_a_lap(*_: object) -> None:
+        wait_until(lambda seen=guest.pages_written: guest.pages_written >= seen + lap)
+
+    manager.add_status_listener(lambda status: status == "active" and wait_for_a_lap())
+    manager.add_pass_listener(wait_for_a_lap)

@@ -92,5 +92,5 @@ def test_the_cli_prints_one_line_and_the_tables_exit_code(argv, code, text):
                        text=True, timeout=60)
     assert r.returncode == code, r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("xbzrle: error: ") and text in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"xbzrle {argv[0]}: ") and text in lines[0]
     assert "Traceback" not in r.stderr

@@ -12,6 +12,7 @@ picks the pure-Python twins of the codec and the cache).
 
 from __future__ import annotations
 
+import logging
 from importlib import import_module
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,10 @@ from .errors import (
 )
 
 __version__ = "0.1.0"
+
+# A library never prints on its own: without a handler of the application's, the
+# records of the "xbzrle" loggers go nowhere (the CLI adds one; see -v/-q).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # name -> module that defines it; imported on first access (PEP 562).
 _LAZY = {

@@ -2,9 +2,11 @@
 
 ``PAGE_SIZE`` is the one page size of the package (QEMU's x86 target page,
 which its stream format and our compiled core assume).  Sizes are typed as
-``256m``, ``1G``, ``1.5k``, ``4096``; suffixes are binary, as in QEMU (``1G``
-is 2**30 bytes); one parser serves the command line, the monitors and the
-guest.
+``256m``, ``1G``, ``1.5k``, ``4096``; the suffixes are QEMU's (``B``, ``K``,
+``M``, ``G``, ``T``, ``P``, ``E``, any case, binary: ``1G`` is 2**30 bytes), a
+fraction is accepted when it gives a whole number of bytes (``1.5k`` is 1536,
+``0.5`` is refused), and sizes stop at QEMU's 2**64 - 1.  One parser serves
+the command line, the monitors and the guest.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ PAGE_SIZE = 4096
 MIN_BLOCK_SIZE = 1 << 20
 MAX_BLOCK_SIZE = 16 << 30
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
+          "p": 1 << 50, "e": 1 << 60}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgtpe])(?:i?b)?|(b))?\s*", re.IGNORECASE)
+MAX_SIZE = (1 << 64) - 1
+"""QEMU's largest size (a uint64_t)."""
+SIZE_HINT = "a number with an optional K, M, G, T, P or E suffix"
 
 
 def parse_size(value: int | str, default_unit: str = "") -> int:
@@ -38,22 +44,27 @@ def parse_size(value: int | str, default_unit: str = "") -> int:
         raise ParameterError(f"size {value!r} is neither an int nor a string like '256M'")
     match = _SIZE.fullmatch(value)
     if match is None:
-        raise ParameterError(f"size {value!r} is not a number with an optional k/M/G/T suffix")
-    number, unit = match.groups()
-    scale = _UNITS[(unit or default_unit).lower()]
+        raise ParameterError(f"size {value!r} is not {SIZE_HINT}")
+    number, unit, byte_unit = match.groups()
+    scale = _UNITS[(unit or byte_unit or default_unit).lower()]
     if "." in number:
         whole, fraction = number.split(".")
         numerator = int(whole + fraction) * scale
         denominator = 10 ** len(fraction)
         if numerator % denominator:
             raise ParameterError(f"size {value!r} is not a whole number of bytes")
-        return numerator // denominator
-    return int(number) * scale
+        size = numerator // denominator
+    else:
+        size = int(number) * scale
+    if size > MAX_SIZE:
+        raise ParameterError(f"size {value!r} is larger than 16 EiB - 1")
+    return size
 
 
 def format_size(n: int) -> str:
     """Short human form: ``268435456`` -> ``256 MiB``."""
-    for unit, name in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+    for unit, name in ((1 << 60, "EiB"), (1 << 50, "PiB"), (1 << 40, "TiB"),
+                       (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
         if n >= unit and n % unit == 0:
             return f"{n // unit} {name}"
     if n >= 1 << 20:

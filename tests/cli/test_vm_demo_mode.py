@@ -8,7 +8,7 @@ import json
 import pytest
 
 from monitor_support import VmProcess
-from support import wait_until
+from support import rewrite_between_rounds
 from xbzrle import Guest
 from xbzrle.migration.manager import MigrationManager
 from xbzrle.migration.status import MigrationStatus
@@ -26,12 +26,7 @@ def test_destination_reports_one_migration_and_exits(tmp_path, dest_xbzrle):
         with Guest(ram="8M") as guest:
             guest.start_workload("loadgen")
             manager = MigrationManager(guest)
-            # Not luck: after every dirty sync loadgen (a sequential loop over its
-            # buffer) must have gone over every page again, so each later round resends
-            # cached pages as XBZRLE records even when a loaded machine starves it.
-            lap = 2 * guest.blocks["pc.ram"].npages
-            manager.add_pass_listener(lambda count, g=guest: wait_until(
-                lambda seen=g.pages_written: g.pages_written >= seen + lap))
+            rewrite_between_rounds(manager, guest)  # XBZRLE pages by design, not luck
             manager.set_capability("xbzrle", True)
             manager.set_parameters(max_bandwidth=16 << 20, xbzrle_cache_size=4 << 20,
                                    downtime_limit=0)  # rounds enough for xbzrle pages

@@ -285,7 +285,7 @@ def test_decode_pages_validates_everything_before_writing(impl):
 @pytest.mark.parametrize(
     ("lengths", "message"),
     [([0, 0], "2 lengths for 3 pages"), ([0, -2, 0], "lengths\\[1\\] is -2"),
-     ([0, 3, 0], "add up to 3 bytes but deltas holds 0")],
+     ([0, 3, 0], "lengths\\[1\\] is 3 but only 0 bytes of deltas remain")],
 )
 def test_decode_pages_checks_lengths(impl, lengths, message):
     with pytest.raises(ValueError, match=message):

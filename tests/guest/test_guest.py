@@ -48,6 +48,36 @@ def test_default_guest_has_one_pc_ram_block():
         assert guest.ram_size == 1 << 20 and guest.running
 
 
+def test_machine_none_is_one_block_named_ram():
+    with Guest(ram="4M", machine="none") as guest:
+        assert [(n, b.size) for n, b in guest.blocks.items()] == [("ram", 4 << 20)]
+        assert guest.machine.announced == "none"
+        assert guest.main_block == "ram"
+        load = guest.start_workload("sparse")  # on the machine's RAM block by default
+        assert load.block == "ram"
+
+
+def test_machine_pc_adds_qemu_72_firmware_blocks_in_stream_order():
+    with Guest(ram="4M", machine="pc") as guest:
+        assert [(n, b.size) for n, b in guest.blocks.items()] == [
+            ("pc.ram", 4 << 20), ("/rom@etc/acpi/tables", 128 << 10), ("pc.bios", 256 << 10),
+            ("pc.rom", 128 << 10), ("/rom@etc/table-loader", 4096),
+            ("/rom@etc/acpi/rsdp", 4096)]
+        assert guest.machine.announced == "pc-i440fx-7.2"
+        assert guest.main_block == "pc.ram"
+    with Guest(ram="4M", machine="pc-i440fx-7.2") as guest:  # QEMU's full name works too
+        assert guest.machine.name == "pc"
+
+
+def test_machine_types_refuse_what_they_cannot_be():
+    with pytest.raises(ParameterError, match="machine type 'q35' is not supported"):
+        Guest(ram="4M", machine="q35")
+    with pytest.raises(ParameterError, match="fixed RAM block list"):
+        Guest(ram="4M", machine="none", blocks={"a": "4M"})
+    with Guest(ram="4M") as guest:
+        assert guest.machine.announced == "xbzrle-vm" and guest.main_block == "pc.ram"
+
+
 def test_blocks_are_named_ordered_and_writable_in_place():
     layout = {"pc.ram": "2M", "vga.vram": "1M", "pc.bios": 1 << 20}
     with Guest(blocks=layout) as guest:
@@ -161,6 +191,15 @@ def test_vm_command_rejects_bad_sizes():
     proc = run_cli("vm", "--ram", "12Q", "--seconds", "1")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2 and "12Q" in err  # a bad value: errors.exit_code
+
+
+def test_vm_command_rejects_an_unknown_machine_in_one_line():
+    for extra in ((), ("--qmp", "tcp:127.0.0.1:0")):  # the dirty-rate printer and a VM
+        proc = run_cli("vm", "--machine", "q35", "--ram", "32M", "--seconds", "1", *extra)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 2  # a bad value, as every ParameterError
+        assert err == ("xbzrle vm: --machine: machine type 'q35' is not supported: "
+                       "expected one of xbzrle-vm, none, pc (see 'xbzrle vm --help')\n")
 
 
 def test_pages_written_grows_exactly_while_the_guest_runs():

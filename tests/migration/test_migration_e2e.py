@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from support import progresses, refusing_destination, wait_until
+from support import progresses, refusing_destination, rewrite_between_rounds, wait_until
 from xbzrle import Guest
 from xbzrle.migration.manager import MigrationManager
 from xbzrle.migration.status import MigrationStatus
@@ -79,6 +79,7 @@ def test_xbzrle_pages_are_used_and_counted():
         # Downtime limit 0: it iterates until the round cap, so XBZRLE rounds happen
         # however the workload thread was scheduled.
         src_m.set_parameters(max_bandwidth=64 << 20, downtime_limit=0)
+        rewrite_between_rounds(src_m, src)  # XBZRLE pages by design, not luck
         mig = src_m.migrate(uri, max_rounds=4)
         assert mig.wait(60) == S.COMPLETED, mig.error
         info = src_m.query()
@@ -113,12 +114,60 @@ def test_destination_without_xbzrle_fails_both_sides_clearly():
     src, dst, src_m, dst_m, uri = make_pair("loadgen", True, dest_xbzrle=False)
     try:
         src_m.set_parameters(max_bandwidth=0, downtime_limit=0)  # at least three rounds
+        rewrite_between_rounds(src_m, src)  # XBZRLE records are sent: the refusal is certain
         mig = src_m.migrate(uri, max_rounds=5)
         assert mig.wait(60) == S.FAILED
         assert dst_m.wait(10) == S.FAILED
-        assert "xbzrle capability is not enabled" in dst_m.current.error
+        assert "migrate_set_capability xbzrle on" in dst_m.current.error
         assert "xbzrle" in mig.error
         assert running_and_progressing(src)
+    finally:
+        close(src, dst)
+
+
+@pytest.mark.parametrize("source_digest", [True, False])
+def test_ram_digest_settings_must_agree(source_digest):
+    src, dst, src_m, dst_m, uri = make_pair("loadgen", True)
+    try:
+        src_m.set_capability("x-ram-digest", source_digest)
+        dst_m.set_capability("x-ram-digest", not source_digest)
+        mig = src_m.migrate(uri, max_rounds=3)
+        assert mig.wait(60) == S.FAILED
+        assert dst_m.wait(10) == S.FAILED
+        wanted = ("the source sent a RAM digest" if source_digest
+                  else "the migration stream carries no RAM digest")
+        assert wanted in dst_m.current.error
+        assert "set it the same on both sides" in dst_m.current.error
+        assert wanted in mig.error  # the destination's verdict reaches the source
+        assert running_and_progressing(src)
+    finally:
+        close(src, dst)
+
+
+def test_without_ram_digest_on_both_sides_the_migration_completes():
+    src, dst, src_m, dst_m, uri = make_pair("loadgen", True)
+    try:
+        src_m.set_capability("x-ram-digest", False)
+        dst_m.set_capability("x-ram-digest", False)
+        mig = src_m.migrate(uri, max_rounds=3)
+        assert mig.wait(60) == S.COMPLETED, mig.error
+        assert dst_m.wait(10) == S.COMPLETED, dst_m.current.error
+        assert src.digest() == dst.digest()
+    finally:
+        close(src, dst)
+
+
+def test_destination_refuses_another_machine_type_in_qemus_words():
+    src = Guest(ram=RAM, machine="none")
+    dst = Guest(ram=RAM)
+    try:
+        dst.stop()
+        dst_m = MigrationManager(dst)
+        inc = dst_m.incoming("tcp:127.0.0.1:0", resume=False)
+        mig = MigrationManager(src).migrate(f"tcp:127.0.0.1:{inc.port}")
+        assert mig.wait(60) == S.FAILED
+        assert dst_m.wait(10) == S.FAILED
+        assert "Machine type received is 'none' and local is 'xbzrle-vm'" in dst_m.current.error
     finally:
         close(src, dst)
 
@@ -262,6 +311,10 @@ def test_a_failed_migration_leaves_a_guest_paused_by_the_operator_paused():
 def test_cancel_works_at_any_moment(delay):
     src, dst, src_m, dst_m, uri = make_pair("dense", True)
     try:
+        # Every page written before the start: 16 MiB of data at 4 MiB/s cannot
+        # complete before the cancel, however the workload thread was scheduled.
+        lap = 2 * src.blocks["pc.ram"].npages
+        assert wait_until(lambda: src.pages_written >= lap)
         src_m.set_parameters(max_bandwidth=4 << 20)
         mig = src_m.migrate(uri)
         time.sleep(delay)

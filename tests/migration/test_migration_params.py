@@ -53,6 +53,14 @@ def test_capabilities():
         s.set_capability("nope", True)
 
 
+def test_ram_digest_capability_is_on_by_default_and_can_be_turned_off():
+    s = Settings(ram_size=1 << 30)
+    assert {"capability": "x-ram-digest", "state": True} in s.query_capabilities()
+    s.set_capability("x-ram-digest", False)
+    assert s.capability("x-ram-digest") is False
+    assert Settings(ram_size=1 << 30).capability("x-ram-digest") is True  # per process
+
+
 def test_seed_cache_command_rounds_down_parameter_refuses():
     s = Settings(ram_size=1 << 30)
     assert s.check_cache_size(300 * MiB, round_down=True) == 256 * MiB

@@ -141,6 +141,19 @@ def test_capabilities_are_set_all_or_nothing(session):
     assert {"capability": "events", "state": True} in caps
 
 
+def test_ram_digest_capability_through_qmp_and_hmp(session):
+    assert {"capability": "x-ram-digest", "state": True} in run(
+        session, "query-migrate-capabilities")
+    run(session, "migrate-set-capabilities",
+        capabilities=[{"capability": "x-ram-digest", "state": False}])
+    assert {"capability": "x-ram-digest", "state": False} in run(
+        session, "query-migrate-capabilities")
+    hmp = "human-monitor-command"
+    assert run(session, hmp, **{"command-line": "migrate_set_capability x-ram-digest on"}) == ""
+    shown = run(session, hmp, **{"command-line": "info migrate_capabilities"})
+    assert "x-ram-digest: on" in str(shown).splitlines()
+
+
 def test_cache_size_rules(session):
     run(session, "migrate-set-cache-size", value=3 << 20)  # the seed's command rounds down
     assert run(session, "query-migrate-cache-size") == 2 << 20

@@ -13,7 +13,10 @@
 #define XBZ_MAX_PAGE_SIZE 16384
 
 /* XOR delta of old -> new (len bytes) into dst (dlen capacity). Returns the encoded
- * length, 0 when identical, -1 when the encoding would exceed dlen. No GIL needed. */
+ * length, 0 when identical, -1 when the encoding would exceed dlen. No GIL needed.
+ * new_page may be written by other threads meanwhile: each structural decision
+ * comes from one read of each byte, so the delta is always well formed and only
+ * touches bytes that differed when read (see the invariant in codec_template.h). */
 ssize_t xbz_encode(const uint8_t *old, const uint8_t *new_page, size_t len,
                    uint8_t *dst, size_t dlen);
 /* 0 when delta is valid for a page of page_len bytes; else -1 and *err_offset,

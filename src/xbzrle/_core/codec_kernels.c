@@ -15,14 +15,20 @@
 
 /* ---- helpers shared by every path (compiled for the baseline CPU) ---- */
 
-/* Write a length of at most XBZ_MAX_RUN without branching on its size:
- * always stores two bytes (the second is slack when one is enough). */
-static inline size_t uleb_put_sloppy(uint8_t *out, size_t n)
+/* Both lengths of a run (each at most XBZ_MAX_RUN) with one 4-byte store and
+ * no branch on their sizes; returns the bytes they take (2 to 4).  The
+ * bytes after them are slack. */
+static inline size_t put_lengths(uint8_t *out, uint32_t zrun, uint32_t nzrun)
 {
-    size_t two = n > 0x7f;
-    out[0] = (uint8_t)((n & 0x7f) | (two << 7));
-    out[1] = (uint8_t)(n >> 7);
-    return 1 + two;
+    uint32_t z2 = zrun > 0x7f, n2 = nzrun > 0x7f;
+    uint32_t zenc = (zrun & 0x7f) | (z2 << 7) | ((zrun >> 7) << 8);
+    uint32_t nenc = (nzrun & 0x7f) | (n2 << 7) | ((nzrun >> 7) << 8);
+    uint32_t both = zenc | (nenc << (8 + 8 * z2));
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    both = __builtin_bswap32(both);
+#endif
+    memcpy(out, &both, 4);
+    return 2 + z2 + n2;
 }
 
 /* Read a length as QEMU does: one byte, or two when the first has bit 7 set;
@@ -97,7 +103,9 @@ static inline int is_zero_tail(const uint8_t *p, size_t n)
     return acc == 0;
 }
 
-/* ---- portable path: 64-bit words ---- */
+/* ---- portable path: 64-bit words ----
+ * Same encoder template, same one-read-per-byte invariant (codec_template.h):
+ * diff64_portable and diff_tail read each byte pair exactly once. */
 
 static inline int popcount_portable(uint64_t x)
 {
@@ -251,28 +259,21 @@ static inline int zero256_avx512bw(const uint8_t *p)
     return _mm512_test_epi64_mask(acc, acc) == 0;
 }
 
-static size_t gather_vbmi2(const uint64_t *masks, const uint64_t *busy, size_t len,
-                           uint16_t *bounds);
-static int cpu_has_vbmi2; /* set at path selection; atomic, as encoders may run */
-
 #define XBZ_PATH(name) name##_avx512bw
-#define XBZ_GATHER(masks, busy, len, bounds)                                                      \
-    (__atomic_load_n(&cpu_has_vbmi2, __ATOMIC_RELAXED)                                            \
-         ? gather_vbmi2(masks, busy, len, bounds)                                                 \
-         : gather_avx512bw(masks, busy, len, bounds))
+#define XBZ_GATHER gather_avx512bw
 #include "codec_template.h"
 #undef XBZ_GATHER
 #undef XBZ_PATH
 
 #pragma GCC pop_options
 
-/* Gather for CPUs with AVX512-VBMI2 (Ice Lake, Zen 4 and later): the flip
- * positions of a word are packed into the list with two compress
- * instructions, with no branch per position. */
+/* ---- AVX512-VBMI2 path (Ice Lake, Zen 4 and later): the AVX-512BW path
+ * with a gather that packs the flip positions of a word into the list with
+ * two compress instructions, with no branch per position. ---- */
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vbmi2,bmi,bmi2,popcnt")
+#pragma GCC target("avx512f,avx512bw,avx512vbmi2,avx2,bmi,bmi2,popcnt")
 
-static size_t gather_vbmi2(const uint64_t *masks, const uint64_t *busy, size_t len,
+static size_t gather_compress(const uint64_t *masks, const uint64_t *busy, size_t len,
                            uint16_t *bounds)
 {
     const __m512i lanes =
@@ -299,7 +300,46 @@ static size_t gather_vbmi2(const uint64_t *masks, const uint64_t *busy, size_t l
     return count;
 }
 
+static inline int popcount_avx512vbmi2(uint64_t x)
+{
+    return popcount_avx512bw(x);
+}
+
+static inline void copy_run_avx512vbmi2(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    copy_run_avx512bw(dst, src, n);
+}
+
+static inline uint64_t diff64_avx512vbmi2(const uint8_t *a, const uint8_t *b)
+{
+    return diff64_avx512bw(a, b);
+}
+
+static inline int same256_avx512vbmi2(const uint8_t *a, const uint8_t *b)
+{
+    return same256_avx512bw(a, b);
+}
+
+static inline int zero256_avx512vbmi2(const uint8_t *p)
+{
+    return zero256_avx512bw(p);
+}
+
+#define XBZ_PATH(name) name##_avx512vbmi2
+#define XBZ_GATHER gather_compress
+#include "codec_template.h"
+#undef XBZ_GATHER
+#undef XBZ_PATH
+
 #pragma GCC pop_options
+
+static int cpu_has_avx512vbmi2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vbmi2") && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt");
+}
 
 static int cpu_has_avx512bw(void)
 {
@@ -334,6 +374,8 @@ struct simd_path {
 
 static const struct simd_path simd_paths[] = {
 #ifdef XBZ_HAVE_X86
+    {"avx512vbmi2", encode_avx512vbmi2, is_zero_avx512vbmi2, apply_avx512vbmi2,
+     cpu_has_avx512vbmi2},
     {"avx512bw", encode_avx512bw, is_zero_avx512bw, apply_avx512bw, cpu_has_avx512bw},
     {"avx2", encode_avx2, is_zero_avx2, apply_avx2, cpu_has_avx2},
 #endif
@@ -349,15 +391,6 @@ static const struct simd_path *live_path = &simd_paths[SIMD_PATH_COUNT - 1];
 static inline const struct simd_path *current_path(void)
 {
     return __atomic_load_n(&live_path, __ATOMIC_ACQUIRE);
-}
-
-static void detect_optional_features(void)
-{
-#ifdef XBZ_HAVE_X86
-    __builtin_cpu_init();
-    __atomic_store_n(&cpu_has_vbmi2, __builtin_cpu_supports("avx512vbmi2") != 0,
-                     __ATOMIC_RELAXED);
-#endif
 }
 
 size_t xbz_simd_count(void)
@@ -377,7 +410,6 @@ int xbz_simd_supported(size_t i)
 
 int xbz_simd_select(const char *name)
 {
-    detect_optional_features();
     for (size_t i = 0; i < SIMD_PATH_COUNT; i++) {
         if (strcmp(simd_paths[i].name, name) != 0)
             continue;
@@ -391,7 +423,6 @@ int xbz_simd_select(const char *name)
 
 void xbz_simd_select_best(void)
 {
-    detect_optional_features();
     for (size_t i = 0; i < SIMD_PATH_COUNT; i++) {
         if (simd_paths[i].cpu_has()) {
             __atomic_store_n(&live_path, &simd_paths[i], __ATOMIC_RELEASE);

@@ -13,40 +13,112 @@
  * The encoder works in three passes, so that its cost does not depend on
  * where the changes are (no branch that guesses run positions):
  *   1. scan: one streaming pass turns the page into a mask of differing
- *      bytes (a bit per byte); counting bits of the mask refuses most pages
- *      that cannot fit before any output;
+ *      bytes (a bit per byte); counting bits of the mask refuses a page that
+ *      cannot fit as soon as the bytes read say so, before any output;
  *   2. gather: run boundaries (bit flips of the mask) become a list of
- *      positions, with count-trailing-zeros;
+ *      positions, with count-trailing-zeros (or VBMI2 compress);
  *   3. emit: each (start, end) pair becomes two lengths and the new bytes,
- *      written with fixed-size stores into a destination with slack. */
+ *      written with fixed-size stores into a destination with slack.
+ *
+ * INVARIANT (one read per byte), on every path including the portable one:
+ * the new page may be written by other threads while it is encoded (the
+ * save loop encodes straight from live guest RAM).  Every structural
+ * decision (where runs start and end, their lengths, whether the page
+ * overflows, whether it is unchanged) comes from the mask, and each bit of
+ * the mask comes from exactly one read of its byte pair: a 256-byte block
+ * found equal by same256 gets zero masks without being read again, a block
+ * found different is read once more by diff64 and only that second read
+ * counts.  Nothing after the scan reads old or new to decide anything.
+ * The emit pass copies the run's bytes from new again; those may differ
+ * from what the scan saw (the delta then carries a byte the writer just
+ * wrote, or an unchanged byte inside a run), which is still a well-formed
+ * delta: the lengths agree with the copied bytes, zero runs after the
+ * first are never empty, non-zero runs never are, and decoding it changes
+ * only bytes the scan saw differ.  Keep it so: never re-derive a boundary
+ * or a length from a second look at the page.  Tested by
+ * tests/test_codec_concurrent_writer.py (a thread rewrites the pages under
+ * encode on every SIMD path). */
+
+/* Number of runs (of set bits) in masks[0..words), the word before the
+ * first counting as zero. */
+static inline size_t XBZ_PATH(count_runs)(const uint64_t *masks, size_t words)
+{
+    size_t runs = 0;
+    uint64_t carry = 0;
+    for (size_t w = 0; w < words; w++) {
+        uint64_t m = masks[w];
+        runs += (size_t)XBZ_PATH(popcount)(m & ~((m << 1) | carry));
+        carry = m >> 63;
+    }
+    return runs;
+}
 
 /* Masks of differing bytes, one 64-bit word per 64 bytes (bits past the
  * page end are 0), with a bit per non-zero word in busy.  Returns the number
- * of differing bytes. */
+ * of differing bytes, or XBZ_SCAN_OVERFLOW as soon as the bytes read so far
+ * cannot fit in dlen: every run costs its bytes plus at least one byte for
+ * each of its two lengths.  Runs are only counted once the differing bytes
+ * alone come near the limit (3 * differing > dlen), so sparse pages pay
+ * nothing for it, while a page that differs everywhere stops after about
+ * two thirds of it instead of reading it all. */
+#define XBZ_SCAN_OVERFLOW ((size_t)-1)
 static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page, size_t len,
-                                    uint64_t *masks, uint64_t *busy)
+                                    uint64_t *masks, uint64_t *busy, size_t dlen)
 {
-    size_t blk = 0, w = 0, ndiff = 0;
+    size_t blk = 0, w = 0, ndiff = 0, runs = 0;
+    int counting = 0;
+    uint64_t carry = 0, busy_word = 0;
 
     for (; blk + 256 <= len; blk += 256, w += 4) {
         if (XBZ_PATH(same256)(old + blk, new_page + blk)) {
             masks[w] = masks[w + 1] = masks[w + 2] = masks[w + 3] = 0;
-            continue;
+            carry = 0;
+        } else {
+            uint64_t m0 = XBZ_PATH(diff64)(old + blk, new_page + blk);
+            uint64_t m1 = XBZ_PATH(diff64)(old + blk + 64, new_page + blk + 64);
+            uint64_t m2 = XBZ_PATH(diff64)(old + blk + 128, new_page + blk + 128);
+            uint64_t m3 = XBZ_PATH(diff64)(old + blk + 192, new_page + blk + 192);
+            masks[w] = m0;
+            masks[w + 1] = m1;
+            masks[w + 2] = m2;
+            masks[w + 3] = m3;
+            busy_word |= (uint64_t)((m0 != 0) | (m1 != 0) << 1 | (m2 != 0) << 2 | (m3 != 0) << 3)
+                         << (w % 64);
+            ndiff += (size_t)(XBZ_PATH(popcount)(m0) + XBZ_PATH(popcount)(m1) +
+                              XBZ_PATH(popcount)(m2) + XBZ_PATH(popcount)(m3));
+            if (counting) {
+                runs += (size_t)(XBZ_PATH(popcount)(m0 & ~((m0 << 1) | carry)) +
+                                 XBZ_PATH(popcount)(m1 & ~((m1 << 1) | (m0 >> 63))) +
+                                 XBZ_PATH(popcount)(m2 & ~((m2 << 1) | (m1 >> 63))) +
+                                 XBZ_PATH(popcount)(m3 & ~((m3 << 1) | (m2 >> 63))));
+                if (ndiff + 2 * runs > dlen)
+                    return XBZ_SCAN_OVERFLOW;
+            } else if (3 * ndiff > dlen) {
+                counting = 1;
+                runs = XBZ_PATH(count_runs)(masks, w + 4);
+                if (ndiff + 2 * runs > dlen)
+                    return XBZ_SCAN_OVERFLOW;
+            }
+            carry = m3 >> 63;
         }
-        for (size_t k = 0; k < 4; k++) {
-            uint64_t m = XBZ_PATH(diff64)(old + blk + 64 * k, new_page + blk + 64 * k);
-            masks[w + k] = m;
-            busy[(w + k) / 64] |= (uint64_t)(m != 0) << ((w + k) % 64);
-            ndiff += (size_t)XBZ_PATH(popcount)(m);
+        if ((w + 4) % 64 == 0) {
+            busy[w / 64] = busy_word;
+            busy_word = 0;
         }
     }
     for (; blk < len; blk += 64, w++) {
         uint64_t m = blk + 64 <= len ? XBZ_PATH(diff64)(old + blk, new_page + blk)
                                      : diff_tail(old + blk, new_page + blk, len - blk);
         masks[w] = m;
-        busy[w / 64] |= (uint64_t)(m != 0) << (w % 64);
+        busy_word |= (uint64_t)(m != 0) << (w % 64);
         ndiff += (size_t)XBZ_PATH(popcount)(m);
+        if ((w + 1) % 64 == 0) {
+            busy[w / 64] = busy_word;
+            busy_word = 0;
+        }
     }
+    if (w % 64 != 0)
+        busy[w / 64] = busy_word;
     return ndiff;
 }
 
@@ -58,19 +130,15 @@ static inline size_t XBZ_PATH(least_size)(const uint64_t *masks, size_t words, s
 {
     if (differing > dlen || 3 * differing <= dlen)
         return differing;
-    size_t runs = 0;
-    uint64_t carry = 0;
-    for (size_t w = 0; w < words; w++) {
-        uint64_t m = masks[w];
-        runs += (size_t)XBZ_PATH(popcount)(m & ~((m << 1) | carry));
-        carry = m >> 63;
-    }
-    return differing + 2 * runs;
+    return differing + 2 * XBZ_PATH(count_runs)(masks, words);
 }
 
 /* Positions where the mask flips: run starts and ends, alternating, the
  * first being a start; a run reaching the page end ends at len.  Only words
- * marked busy (non-zero) are visited. */
+ * marked busy (non-zero) are visited.  Each word writes its first four
+ * positions unconditionally (slack in bounds takes the unused ones) and
+ * loops only for more, so sparse pages cost no misprediction per
+ * position. */
 static inline size_t XBZ_PATH(gather)(const uint64_t *masks, const uint64_t *busy, size_t len,
                                       uint16_t *bounds)
 {
@@ -81,14 +149,31 @@ static inline size_t XBZ_PATH(gather)(const uint64_t *masks, const uint64_t *bus
             uint64_t m = masks[w];
             uint64_t carry = w > 0 ? masks[w - 1] >> 63 : 0;
             uint64_t flips = m ^ ((m << 1) | carry);
-            while (flips) {
-                bounds[count++] = (uint16_t)(w * 64 + (size_t)__builtin_ctzll(flips));
-                flips &= flips - 1;
+            size_t n = (size_t)XBZ_PATH(popcount)(flips);
+            uint16_t base = (uint16_t)(w * 64);
+            uint16_t *out = bounds + count;
+            /* ctz of flips | 1 << 63 is ctz(flips) when flips != 0, and a
+             * harmless 63 when it is 0 (an unused slot). */
+            out[0] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
+            flips &= flips - 1;
+            out[1] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
+            flips &= flips - 1;
+            out[2] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
+            flips &= flips - 1;
+            out[3] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
+            flips &= flips - 1;
+            if (n > 4) {
+                for (size_t k = 4; k < n; k++) {
+                    out[k] = (uint16_t)(base + __builtin_ctzll(flips));
+                    flips &= flips - 1;
+                }
             }
+            count += n;
             /* A run reaching the end of this word ends at the next word's
              * start, unless that word is busy and reports it itself. */
-            if ((m >> 63) && (w + 1 == words || masks[w + 1] == 0))
-                bounds[count++] = (uint16_t)((w + 1) * 64 < len ? (w + 1) * 64 : len);
+            size_t next = (w + 1) * 64 < len ? (w + 1) * 64 : len;
+            bounds[count] = (uint16_t)next;
+            count += (size_t)((m >> 63) & (w + 1 == words || masks[w + 1] == 0));
         }
     }
     return count;
@@ -99,12 +184,14 @@ static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, siz
                                 uint8_t *dst, size_t dlen)
 {
     uint64_t masks[XBZ_MAX_PAGE_SIZE / 64];
-    uint64_t busy[XBZ_MAX_PAGE_SIZE / 64 / 64] = {0};
+    uint64_t busy[XBZ_MAX_PAGE_SIZE / 64 / 64];
     uint16_t bounds[XBZ_MAX_PAGE_SIZE + 2 + 32]; /* 32: slack for vector stores */
 
-    size_t differing = XBZ_PATH(scan)(old, new_page, len, masks, busy);
+    size_t differing = XBZ_PATH(scan)(old, new_page, len, masks, busy, dlen);
     if (differing == 0)
         return 0;
+    if (differing == XBZ_SCAN_OVERFLOW)
+        return -1; /* refused while reading: nothing written */
     if (XBZ_PATH(least_size)(masks, (len + 63) / 64, differing, dlen) > dlen)
         return -1; /* the overflow fast path: nothing written */
     size_t count = XBZ_GATHER(masks, busy, len, bounds);
@@ -112,16 +199,11 @@ static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, siz
     size_t d = 0, prev_end = 0;
     for (size_t k = 0; k < count; k += 2) {
         size_t start = bounds[k], end = bounds[k + 1], nzrun = end - start;
-        if (nzrun > XBZ_MAX_RUN)
+        d += put_lengths(dst + d, (uint32_t)(start - prev_end), (uint32_t)nzrun);
+        if (nzrun > XBZ_MAX_RUN || d + nzrun > dlen)
             return -1;
-        d += uleb_put_sloppy(dst + d, start - prev_end);
-        d += uleb_put_sloppy(dst + d, nzrun);
-        if (d + nzrun > dlen)
-            return -1;
-        if (nzrun <= 16 && start + 16 <= len)
-            memcpy(dst + d, new_page + start, 16); /* fixed stores; extra bytes are slack */
-        else if (nzrun <= 64 && start + 64 <= len)
-            memcpy(dst + d, new_page + start, 64);
+        if (nzrun <= 64 && start + 64 <= len)
+            memcpy(dst + d, new_page + start, 64); /* fixed stores; extra bytes are slack */
         else
             memcpy(dst + d, new_page + start, nzrun);
         d += nzrun;

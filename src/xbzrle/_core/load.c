@@ -8,6 +8,7 @@
 #include "loops.h"
 
 #include <string.h>
+#include <sys/mman.h>
 
 #include "codec.h"
 #include "pyerrors.h"
@@ -26,6 +27,83 @@ typedef struct {
     const char *msg;
     size_t offset;
 } load_error_t;
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+
+static void populate(uint8_t *start, size_t len)
+{
+    /* Errors do not matter: a page not populated here faults in when written. */
+    if (len != 0 && ((uintptr_t)start % XBZ_PAGE) == 0)
+        (void)madvise(start, len, MADV_POPULATE_WRITE);
+}
+
+/* Populate, one madvise per run of adjacent pages, the pages that the PAGE
+ * records in buf[pos:end] are about to write and that are not there yet.
+ * Writing a never-touched page costs a page fault each; populating a run
+ * costs one system call and the same kernel work without the fault entry and
+ * exit (a quarter of the load loop's time on a fresh destination).  Only
+ * pages that a PAGE record writes are populated, so memory still follows
+ * what the stream carries.  Headers are read, not validated: load_loop
+ * validates every record before it writes; a record this scan does not
+ * understand ends the scan. */
+static void populate_ahead(const uint8_t *buf, size_t pos, size_t end, load_block_t *blocks,
+                           size_t nblocks, Py_ssize_t last)
+{
+    uint8_t *run = NULL;
+    size_t run_len = 0;
+    while (end - pos >= 8) {
+        uint64_t word = xbz_get_be64(buf + pos);
+        unsigned flags = (unsigned)(word & (XBZ_PAGE - 1));
+        uint64_t offset = word & ~(uint64_t)(XBZ_PAGE - 1);
+        unsigned kind = flags & ~XBZ_F_CONTINUE;
+        size_t p = pos + 8;
+        if (kind != XBZ_F_ZERO && kind != XBZ_F_PAGE && kind != XBZ_F_XBZRLE)
+            break;
+        if (!(flags & XBZ_F_CONTINUE)) {
+            if (end - p < 1 || end - p - 1 < buf[p])
+                break;
+            size_t len = buf[p];
+            last = -1;
+            for (size_t i = 0; i < nblocks; i++) {
+                if (blocks[i].name_len == len && memcmp(blocks[i].name, buf + p + 1, len) == 0) {
+                    last = (Py_ssize_t)i;
+                    break;
+                }
+            }
+            p += 1 + len;
+        }
+        if (last < 0)
+            break;
+        load_block_t *b = &blocks[last];
+        size_t payload;
+        if (kind == XBZ_F_ZERO) {
+            payload = 1;
+        } else if (kind == XBZ_F_PAGE) {
+            payload = XBZ_PAGE;
+        } else {
+            if (end - p < 3)
+                break;
+            payload = 3 + (((size_t)buf[p + 1] << 8) | buf[p + 2]);
+        }
+        if (end - p < payload)
+            break;
+        if (kind == XBZ_F_PAGE && offset < b->size && b->size - offset >= XBZ_PAGE &&
+            (b->maybe_data == NULL || !b->maybe_data[offset / XBZ_PAGE])) {
+            uint8_t *host = b->host + offset;
+            if (run != NULL && run + run_len == host) {
+                run_len += XBZ_PAGE;
+            } else {
+                populate(run, run_len);
+                run = host;
+                run_len = XBZ_PAGE;
+            }
+        }
+        pos = p + payload;
+    }
+    populate(run, run_len);
+}
 
 /* Parse and apply page records from buf[pos:end].  Returns the status; *pos
  * advances past every record applied; *last is the CONTINUE block. */
@@ -209,6 +287,7 @@ static PyObject *load_pages(PyObject *self, PyObject *args)
     load_error_t err = {NULL, 0};
     int status;
     Py_BEGIN_ALLOW_THREADS
+    populate_ahead(buf.buf, p, (size_t)buf.len, blocks, (size_t)n, last);
     status = load_loop(buf.buf, &p, (size_t)buf.len, blocks, (size_t)n, &last, xbzrle_ok, c,
                        &err);
     Py_END_ALLOW_THREADS

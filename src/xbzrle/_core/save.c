@@ -2,11 +2,11 @@
  *
  * The loop walks a dirty bitmap, decides per page between ZERO, PAGE
  * (normal) and XBZRLE records, keeps the XBZRLE cache in step, and writes the
- * records into a caller-owned output buffer until it is nearly full.  Every
- * decision for a page is taken on a private copy of it, so a workload writing
- * the page concurrently cannot make the bytes sent, the bytes cached and the
- * bytes the destination ends with disagree (the page is dirty again, and the
- * next round sends the difference).  Runs without the GIL. */
+ * records into a caller-owned output buffer until it is nearly full.  It
+ * reads the live guest page once and takes no private copy: the bytes sent
+ * and the bytes cached agree because the cache is always updated from what
+ * was sent (see save_one), so a workload writing the page concurrently
+ * cannot make the cache and the destination disagree.  Runs without the GIL. */
 #include "loops.h"
 
 #include <string.h>
@@ -14,7 +14,11 @@
 #include "cache.h"
 #include "codec.h"
 
-enum save_mode { MODE_PLAIN = 0, MODE_XBZRLE = 1, MODE_LAST = 2 };
+/* MODE_QEMU_COPY is QEMU's design (a private copy of the page, the zero
+ * check and the encode on the copy, the copy written into the cache): the
+ * same records as MODE_XBZRLE, kept so that benchmarks/pipeline.py measures
+ * both designs in one run.  The migration never uses it. */
+enum save_mode { MODE_PLAIN = 0, MODE_XBZRLE = 1, MODE_LAST = 2, MODE_QEMU_COPY = 3 };
 
 static const uint8_t zero_page[XBZ_PAGE];
 
@@ -59,31 +63,98 @@ static inline void emit_normal(writer_t *w, uint64_t offset, const uint8_t *data
     c[XBZ_C_NORMAL]++;
 }
 
-/* One dirty page of the save loop. */
-static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, uint64_t addr,
-                            int mode, xbz_cache *cache, uint8_t *scratch, uint64_t *c)
+/* Bring a cached page up to date with the delta just sent: the cache then
+ * holds exactly what the destination rebuilds from the same delta, whatever
+ * the guest wrote while the encoder read the page.  A delta that does not
+ * check (the encoder's invariant broken) is never applied: the caller sends
+ * the page whole instead.  Returns 0, or -1 for "send it whole". */
+static inline int cache_follow_delta(uint8_t *cached, const uint8_t *delta, size_t n)
 {
-    if (mode == MODE_PLAIN || cache == NULL) {
-        if (xbz_is_zero(page, XBZ_PAGE))
-            emit_zero(w, offset, c);
-        else
-            emit_normal(w, offset, page, c);
+    size_t eoff;
+    const char *reason;
+    if (xbz_decode_check(delta, n, XBZ_PAGE, &eoff, &reason) != 0)
+        return -1;
+    xbz_decode_apply(delta, n, cached);
+    return 0;
+}
+
+/* One dirty page of the save loop.
+ *
+ * The guest may write the page while this runs (the rounds before the
+ * switch-over).  No private copy is taken; instead every byte that reaches
+ * the wire reaches the cache through the same bytes:
+ *   - zero: the ZERO record and a zeroed cache slot;
+ *   - miss or overflow: the page is copied once into the record, and the
+ *     cache is filled from the record;
+ *   - delta: encoded straight from the live page (the encoder takes each
+ *     structural decision from one read of each byte, so the delta is
+ *     well formed whatever the guest does), then applied to the cached copy,
+ *     as the destination applies it to its page.
+ * A write that lands during any of this dirties the page again, and the next
+ * round sends the difference.  In the last stage (MODE_LAST) the guest is
+ * stopped and the cache is left alone. */
+static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, uint64_t addr,
+                            int mode, xbz_cache *cache, uint64_t *c)
+{
+    if (xbz_is_zero(page, XBZ_PAGE)) {
+        /* Refresh the cached copy too, or the next delta is against stale bytes. */
+        if (mode == MODE_XBZRLE && cache != NULL)
+            xbz_cache_insert(cache, addr, zero_page);
+        emit_zero(w, offset, c);
         return;
     }
-    /* A private copy: every decision below is taken on the same bytes. */
+    if (mode == MODE_PLAIN || cache == NULL) {
+        emit_normal(w, offset, page, c);
+        return;
+    }
+    uint8_t *cached = xbz_cache_lookup(cache, addr);
+    if (cached == NULL) {
+        c[XBZ_C_MISS]++;
+        emit_normal(w, offset, page, c);
+        if (mode == MODE_XBZRLE)
+            xbz_cache_insert(cache, addr, w->out + w->pos - XBZ_PAGE);
+        return;
+    }
+    size_t h = put_header(w, offset, XBZ_F_XBZRLE);
+    uint8_t *rec = w->out + w->pos;
+    uint8_t *delta = rec + h + 3;
+    ssize_t n = xbz_encode(cached, page, XBZ_PAGE, delta, XBZ_PAGE);
+    if (n == 0) {
+        c[XBZ_C_UNCHANGED]++;
+        return; /* nothing to send: the destination already holds these bytes */
+    }
+    if (n > 0 && (mode != MODE_XBZRLE || cache_follow_delta(cached, delta, (size_t)n) == 0)) {
+        rec[h] = XBZ_ENCODING_XBZRLE;
+        rec[h + 1] = (uint8_t)(n >> 8);
+        rec[h + 2] = (uint8_t)n;
+        w->pos += h + 3 + (size_t)n;
+        w->cont = 1;
+        c[XBZ_C_XBZRLE]++;
+        c[XBZ_C_XBZRLE_BYTES] += (uint64_t)n + 3;
+        return;
+    }
+    /* Overflow: the page goes whole, and the cache takes the bytes sent. */
+    c[XBZ_C_OVERFLOW]++;
+    c[XBZ_C_XBZRLE_BYTES] += XBZ_PAGE;
+    emit_normal(w, offset, page, c);
+    if (mode == MODE_XBZRLE)
+        memcpy(cached, w->out + w->pos - XBZ_PAGE, XBZ_PAGE);
+}
+
+/* QEMU's design, for the benchmark only (see MODE_QEMU_COPY). */
+static inline void save_one_copy(writer_t *w, const uint8_t *page, uint64_t offset,
+                                 uint64_t addr, xbz_cache *cache, uint8_t *scratch, uint64_t *c)
+{
     memcpy(scratch, page, XBZ_PAGE);
     if (xbz_is_zero(scratch, XBZ_PAGE)) {
-        /* Refresh the cached copy too, or the next delta is against stale bytes. */
-        if (mode == MODE_XBZRLE)
-            xbz_cache_insert(cache, addr, zero_page);
+        xbz_cache_insert(cache, addr, zero_page);
         emit_zero(w, offset, c);
         return;
     }
     uint8_t *cached = xbz_cache_lookup(cache, addr);
     if (cached == NULL) {
         c[XBZ_C_MISS]++;
-        if (mode == MODE_XBZRLE)
-            xbz_cache_insert(cache, addr, scratch);
+        xbz_cache_insert(cache, addr, scratch);
         emit_normal(w, offset, scratch, c);
         return;
     }
@@ -92,10 +163,9 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
     ssize_t n = xbz_encode(cached, scratch, XBZ_PAGE, rec + h + 3, XBZ_PAGE);
     if (n == 0) {
         c[XBZ_C_UNCHANGED]++;
-        return; /* nothing to send: the destination already holds these bytes */
+        return;
     }
-    if (mode == MODE_XBZRLE)
-        memcpy(cached, scratch, XBZ_PAGE);
+    memcpy(cached, scratch, XBZ_PAGE);
     if (n < 0) {
         c[XBZ_C_OVERFLOW]++;
         c[XBZ_C_XBZRLE_BYTES] += XBZ_PAGE;
@@ -117,7 +187,7 @@ PyDoc_STRVAR(save_pages_doc,
 "Write page records for the dirty pages of one RAM block into out[pos:],\n"
 "clearing their bits, until out has no room for another record or the\n"
 "bitmap is exhausted.  mode: 0 plain, 1 XBZRLE, 2 XBZRLE last stage (cache\n"
-"left alone).  cache: PageCache or None.  cont: the previous record was in\n"
+"left alone), 3 XBZRLE the way QEMU does it (private copy; benchmarks only).  cache: PageCache or None.  cont: the previous record was in\n"
 "this block (CONTINUE).  counts: a LoopCounts.");
 
 static PyObject *save_pages(PyObject *self, PyObject *args)
@@ -156,7 +226,7 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
         }
     }
     if (ram.len % XBZ_PAGE != 0 || (size_t)bitmap.len < nwords * 8 || name.len > 255 ||
-        mode < MODE_PLAIN || mode > MODE_LAST || pos < 0 || pos > out.len || start_page < 0) {
+        mode < MODE_PLAIN || mode > MODE_QEMU_COPY || pos < 0 || pos > out.len || start_page < 0) {
         PyErr_SetString(PyExc_ValueError,
                         "save_pages: bad arguments (ram not whole pages, bitmap too short, "
                         "name over 255 bytes, bad mode or position)");
@@ -167,15 +237,9 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
     uint64_t *words = bitmap.buf;
     const uint8_t *base = ram.buf;
     size_t page = (size_t)start_page;
-    uint8_t *scratch = NULL;
-    if (cache != NULL && mode != MODE_PLAIN) {
-        scratch = PyMem_RawMalloc(XBZ_PAGE);
-        if (scratch == NULL) {
-            PyErr_NoMemory();
-            goto done;
-        }
-    }
-
+    uint8_t scratch[XBZ_PAGE] __attribute__((aligned(64)));
+    if (mode == MODE_QEMU_COPY && cache == NULL)
+        mode = MODE_PLAIN;
     if (cache_owner != NULL)
         cache_owner->busy = 1;
     Py_BEGIN_ALLOW_THREADS
@@ -198,7 +262,10 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
         }
         words[wi] &= ~(1ULL << (p % 64));
         uint64_t offset = (uint64_t)p * XBZ_PAGE;
-        save_one(&w, base + offset, offset, addr_base + offset, mode, cache, scratch, c);
+        if (mode == MODE_QEMU_COPY)
+            save_one_copy(&w, base + offset, offset, addr_base + offset, cache, scratch, c);
+        else
+            save_one(&w, base + offset, offset, addr_base + offset, mode, cache, c);
         c[XBZ_C_SCANNED]++;
         page = p + 1;
         if (page % 64 == 0)
@@ -210,7 +277,6 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
     if (cache_owner != NULL)
         cache_owner->busy = 0;
 
-    PyMem_RawFree(scratch);
     c[XBZ_C_WIRE] = w.pos - (size_t)pos;
     PyObject *counts = xbz_loop_counts(c);
     if (counts != NULL)
@@ -235,7 +301,8 @@ int xbz_save_register(PyObject *module)
         return -1;
     if (PyModule_AddIntConstant(module, "SAVE_PLAIN", MODE_PLAIN) < 0 ||
         PyModule_AddIntConstant(module, "SAVE_XBZRLE", MODE_XBZRLE) < 0 ||
-        PyModule_AddIntConstant(module, "SAVE_LAST", MODE_LAST) < 0)
+        PyModule_AddIntConstant(module, "SAVE_LAST", MODE_LAST) < 0 ||
+        PyModule_AddIntConstant(module, "SAVE_QEMU_COPY", MODE_QEMU_COPY) < 0)
         return -1;
     return 0;
 }

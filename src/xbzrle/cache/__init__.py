@@ -14,6 +14,8 @@ measured miss rate on the seed's load generator fell from 98.7% to 48.6%).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .. import _backend
 from .reference import EMPTY, MAX_PAGE_SIZE, MIN_PAGE_SIZE, PythonPageCache, slots_for_size
 
@@ -21,7 +23,9 @@ __all__ = [
     "EMPTY", "MAX_PAGE_SIZE", "MIN_PAGE_SIZE", "PageCache", "PythonPageCache", "slots_for_size",
 ]
 
-if _backend.NAME == "c":
+if TYPE_CHECKING:  # type checkers see the compiled type's stub (_core.pyi)
+    from .._core import PageCache
+elif _backend.NAME == "c":
     PageCache = _backend.load_core().PageCache
 else:
     PageCache = PythonPageCache

@@ -6,6 +6,12 @@ guest is migrated twice under a bandwidth cap, first without XBZRLE (it
 cannot converge; it is cancelled at a time cap and the source guest is shown
 still running), then with XBZRLE (it completes, the destination checks the
 RAM digest and resumes the workload).
+
+The workload writes pages at a fixed rate, by default twice what the link
+can carry (``2 * bandwidth / PAGE_SIZE`` pages per second), never flat out:
+flat out, a busy machine slows the workload down until a plain migration
+converges after all, and the demo's result would depend on the load of the
+machine instead of on XBZRLE.
 """
 
 from __future__ import annotations
@@ -23,9 +29,12 @@ from ..errors import TransportError
 from ..guest import Guest
 from ..migration.manager import MigrationManager
 from ..monitor.info import format_info_migrate
-from ..sizes import format_size
+from ..sizes import PAGE_SIZE, format_size
+from .progress import MigrationDisplay
 from .vm import guest_progresses
 
+#: The workload's page writes per second, per byte/s of bandwidth: twice the link.
+WRITE_RATE_PER_BANDWIDTH = 2 / PAGE_SIZE
 
 @dataclass
 class DemoOptions:
@@ -36,6 +45,15 @@ class DemoOptions:
     time_cap: float
     downtime_limit: int
     as_json: bool
+    rate: float = 0.0  # page writes per second; 0 = twice what the link carries
+    plot: str | None = None
+
+    @property
+    def write_rate(self) -> float:
+        """Pages per second the workload writes: fixed, whatever the machine's load."""
+        if self.rate:
+            return self.rate
+        return max(1.0, self.bandwidth * WRITE_RATE_PER_BANDWIDTH)
 
 
 def _say(opts: DemoOptions, text: str = "") -> None:
@@ -45,8 +63,8 @@ def _say(opts: DemoOptions, text: str = "") -> None:
 
 def _spawn_destination(opts: DemoOptions, xbzrle: bool) -> tuple[subprocess.Popen[str], int]:
     cmd = [sys.executable, "-m", "xbzrle", "vm", "--ram", str(opts.ram), "--workload",
-           opts.workload, "--incoming", "tcp:127.0.0.1:0", "--exit-after-migration",
-           "--report-json"]
+           opts.workload, "--rate", f"{opts.write_rate:g}", "--incoming", "tcp:127.0.0.1:0",
+           "--exit-after-migration", "--report-json"]
     if xbzrle:
         cmd.append("--xbzrle")
     # The destination's own log goes to a file: its verdict comes back as JSON.
@@ -88,20 +106,20 @@ def _migrate(opts: DemoOptions, guest: Guest, manager: MigrationManager,
     mig = manager.migrate(f"tcp:127.0.0.1:{port}")
     started = time.monotonic()
     cancelled_at_cap = False
-    while mig.thread.is_alive():
-        mig.wait(1.0)
-        info = mig.query()
-        ram = info["ram"]
-        elapsed = time.monotonic() - started
-        sent = ram["transferred"] / 2**20
-        _say(opts, f"  {elapsed:5.1f} s  {info['status']:<10} sent {sent:7.1f}"
-                   f" MiB  remaining {ram['remaining'] / 2**20:6.1f} MiB  rounds"
-                   f" {ram['dirty-sync-count']:3}  expected downtime"
-                   f" {info.get('expected-downtime', 0)} ms")
-        if elapsed > opts.time_cap and not cancelled_at_cap:
-            _say(opts, f"  gave up after {opts.time_cap:.0f} s: cancelling")
-            manager.cancel()
-            cancelled_at_cap = True
+    display = None if opts.as_json else MigrationDisplay(name, sys.stdout, "  ")
+    try:
+        while mig.thread.is_alive():
+            mig.wait(0.2 if display is not None and display.live else 1.0)
+            if display is not None:
+                display.update(mig.stats.progress(), str(mig.status))
+            if time.monotonic() - started > opts.time_cap and not cancelled_at_cap:
+                if display is not None:
+                    display.note(f"  gave up after {opts.time_cap:.0f} s: cancelling")
+                manager.cancel()
+                cancelled_at_cap = True
+    finally:
+        if display is not None:
+            display.close()
     info = manager.query()
     info["rounds"] = mig.stats.history_dicts()
     try:
@@ -123,31 +141,81 @@ def _migrate(opts: DemoOptions, guest: Guest, manager: MigrationManager,
                    f"{dest.get('digest-verified')}, workload resumed there: "
                    f"{dest.get('workload-resumed')}")
     _say(opts, "\n(xbzrle) info migrate  [" + name + "]")
-    _say(opts, format_info_migrate(info, manager.settings.query_capabilities()))
+    _say(opts, format_info_migrate(info, manager.settings.query_capabilities(),
+                                   show_globals=False))
     return info
 
 
 def run_demo(opts: DemoOptions) -> int:
-    _say(opts, f"xbzrle demo: {format_size(opts.ram)} guest running '{opts.workload}', "
-               "source in this process, destination in a child process on loopback")
+    if opts.plot:
+        from .plot import require_matplotlib
+
+        require_matplotlib()  # fail now, not after two migrations
+    _say(opts, f"xbzrle demo: {format_size(opts.ram)} guest running '{opts.workload}' at "
+               f"{opts.write_rate:.0f} page writes/s, source in this process, destination "
+               "in a child process on loopback")
     results: dict[str, dict[str, object]] = {}
     with Guest(ram=opts.ram) as guest:
-        guest.start_workload(opts.workload)
+        guest.start_workload(opts.workload, rate=opts.write_rate)
         time.sleep(0.5)  # let the workload dirty its working set
         results["plain"] = _run_one(opts, guest, xbzrle=False)
         if not guest.running:
             guest.cont()
         results["xbzrle"] = _run_one(opts, guest, xbzrle=True)
+    if opts.plot:
+        from .plot import plot_demo
+
+        plot_demo(results, opts.plot, title=f"xbzrle demo: {format_size(opts.ram)} guest, "
+                  f"'{opts.workload}', link {format_size(opts.bandwidth)}/s")
     if opts.as_json:
         print(json.dumps(results))
     else:
         print("\n== comparison")
         print(format_comparison(results))
-        ok = results["xbzrle"]["status"] == "completed"
-        print("\nWith XBZRLE the migration " + ("completed" if ok else "did NOT complete") +
-              "; without it, it " + ("completed" if results["plain"]["status"] == "completed"
-                                     else "did not converge") + ".")
+        print("\n" + verdict(results["plain"], results["xbzrle"]))
+        if opts.plot:
+            print(f"plot: {opts.plot}")
     return 0 if results["xbzrle"]["status"] == "completed" else 1
+
+
+def _ratio(a: float, b: float) -> str:
+    """``13x`` / ``1.4x``: how many times ``a`` is ``b`` (a >= b)."""
+    r = a / b if b else float("inf")
+    return f"{r:.0f}x" if r >= 10 else f"{r:.1f}x"
+
+
+def verdict(plain: Mapping[str, object], xbz: Mapping[str, object]) -> str:
+    """One sentence that reads right whichever run completed."""
+    def sent(r: Mapping[str, object]) -> int:
+        ram = r.get("ram")
+        return int(ram.get("transferred", 0)) if isinstance(ram, Mapping) else 0
+
+    def took(r: Mapping[str, object]) -> float:
+        value = r.get("total-time", 0)
+        return float(value) / 1000 if isinstance(value, int | float) else 0.0
+
+    def outcome(r: Mapping[str, object]) -> str:
+        status = str(r.get("status", "unknown"))
+        if status == "cancelled":
+            return f"did not converge (cancelled after {took(r):.1f} s)"
+        if status == "failed":
+            return f"failed ({r.get('error-desc', 'unknown error')})"
+        return status
+
+    p_ok, x_ok = plain.get("status") == "completed", xbz.get("status") == "completed"
+    if p_ok and x_ok:
+        size = (f"XBZRLE sent {_ratio(sent(plain), sent(xbz))} less" if sent(xbz) <= sent(plain)
+                else f"XBZRLE sent {_ratio(sent(xbz), sent(plain))} more")
+        speed = (f"finished {_ratio(took(plain), took(xbz))} sooner" if took(xbz) <= took(plain)
+                 else f"finished {_ratio(took(xbz), took(plain))} later")
+        return f"Both completed; {size} and {speed}."
+    if x_ok:
+        return (f"With XBZRLE the migration completed in {took(xbz):.1f} s after sending "
+                f"{sent(xbz) / (1 << 20):.1f} MiB; without it, it {outcome(plain)}.")
+    if p_ok:
+        return (f"Without XBZRLE the migration completed in {took(plain):.1f} s; with it, "
+                f"it {outcome(xbz)}.")
+    return f"Neither completed: without XBZRLE it {outcome(plain)}; with it, it {outcome(xbz)}."
 
 
 def format_comparison(results: Mapping[str, Mapping[str, object]]) -> str:

@@ -5,23 +5,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from ..errors import StreamError
-from ..sizes import parse_size
+from ..errors import ParameterError, StreamError
+from . import options
+from .progress import ReadDisplay
 
 
 def add_commands(subparsers: Any) -> None:
     """Register the QEMU stream commands on the main parser's subparsers."""
     analyze = subparsers.add_parser(
         "analyze", help="show what a migration stream holds (QEMU's or ours)")
-    analyze.add_argument("stream", help="stream file, or - for standard input")
+    analyze.add_argument("stream", help="stream file (raw, gzip, xz or zstd), "
+                                        "or - for standard input")
     analyze.add_argument("--json", action="store_true", help="print the report as JSON")
+    analyze.add_argument("--plot", metavar="FILE.png",
+                         help="draw the stream round by round (needs matplotlib: "
+                              "pip install 'xbzrle[plot]')")
     analyze.set_defaults(run=_run_analyze)
 
     extract = subparsers.add_parser(
         "extract", help="rebuild every RAM block of a stream as a file, plus a manifest")
-    extract.add_argument("stream", help="stream file, or - for standard input")
+    extract.add_argument("stream", help="stream file (raw, gzip, xz or zstd), "
+                                        "or - for standard input")
     _output_options(extract)
     extract.set_defaults(run=_run_extract)
 
@@ -45,20 +53,51 @@ def add_commands(subparsers: Any) -> None:
 
 def _output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="output directory")
-    parser.add_argument("--max-ram", default="64G",
+    parser.add_argument("--max-ram", type=options.size, default="64G",
                         help="refuse streams announcing more RAM than this (default 64G)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
 
-def _run_analyze(args: argparse.Namespace) -> int:
-    from ..qemu.analyze import analyze_file
-    from ..qemu.render import render_report
+def prepare_output(path: str) -> None:
+    """Create the ``-o`` directory up front, so a bad one fails before any work."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ParameterError(f"-o {path}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create the output directory ({exc.strerror})",
+                      f"-o {path}") from None
 
-    report = analyze_file(args.stream)
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from ..qemu.analyze import analyze_chunks, analyze_file
+    from ..qemu.compressed import open_stream, read_chunks
+    from ..qemu.render import render_report
+    from ..qemu.savings import render_savings, xbzrle_savings
+
+    if args.plot:
+        from .plot import require_matplotlib
+
+        require_matplotlib()  # fail before reading a large stream
+    with open_stream(args.stream) as opened:
+        if opened.compression is None:  # a seekable file: mapped-ram regions are jumped
+            report = analyze_file(args.stream)
+        else:
+            report = analyze_chunks(read_chunks(opened), str(args.stream))
+    data = report.to_dict()
+    data["xbzrle_savings"] = xbzrle_savings(data["rounds"])
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps(data, indent=2))
     else:
         sys.stdout.write(render_report(report))
+        sys.stdout.write(render_savings(data["xbzrle_savings"]))
+    if args.plot and report.rounds:
+        from .plot import plot_stream
+
+        plot_stream(data, args.plot)
+        if not args.json:
+            print(f"plot: {args.plot}")
     if report.error is not None:
         raise StreamError(report.error)
     if not report.complete:
@@ -67,10 +106,32 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    from ..qemu.extract import extract_file
+    from ..qemu.compressed import open_stream, read_chunks
+    from ..qemu.extract import extract_chunks, extract_file
 
-    return _print_manifest(args, lambda: extract_file(
-        args.stream, args.output, max_ram=parse_size(args.max_ram)))
+    with open_stream(args.stream) as opened:
+        prepare_output(args.output)
+        with ReadDisplay(f"extract {args.stream}", opened.size) as display:
+            if opened.compression is None:  # seekable: mapped-ram regions are read at offsets
+                return _print_manifest(args, lambda: extract_file(
+                    args.stream, args.output, max_ram=args.max_ram,
+                    on_progress=display.update), display)
+            return _print_manifest(args, lambda: extract_chunks(
+                _showing(read_chunks(opened), opened, display), args.output,
+                max_ram=args.max_ram, source=str(args.stream)), display)
+
+
+def _showing(chunks: Iterator[bytes], opened: Any, display: ReadDisplay) -> Iterator[bytes]:
+    """Pass the chunks on, showing how far into the input (compressed bytes) we are."""
+    done = 0
+    for chunk in chunks:
+        done += len(chunk)
+        try:
+            position = opened.raw.tell() if opened.size else done
+        except OSError:
+            position = done
+        display.update(position)
+        yield chunk
 
 
 def _run_receive(args: argparse.Namespace) -> int:
@@ -82,17 +143,25 @@ def _run_receive(args: argparse.Namespace) -> int:
     def refused(reason: str) -> None:
         print(f"xbzrle receive: {reason}", file=sys.stderr, flush=True)
 
-    return _print_manifest(args, lambda: receive(
-        args.uri, args.output, max_ram=parse_size(args.max_ram), on_listening=announce,
-        objects=args.objects, tls_creds=args.tls_creds, tls_authz=args.tls_authz,
-        handshake_timeout=args.handshake_timeout, on_refused=refused))
+    prepare_output(args.output)
+    with ReadDisplay(f"receive {args.uri}", None) as display:
+        return _print_manifest(args, lambda: receive(
+            args.uri, args.output, max_ram=args.max_ram, on_listening=announce,
+            on_progress=display.update, objects=args.objects, tls_creds=args.tls_creds,
+            tls_authz=args.tls_authz, handshake_timeout=args.handshake_timeout,
+            on_refused=refused), display)
 
 
-def _print_manifest(args: argparse.Namespace, run: Any) -> int:
+def _print_manifest(args: argparse.Namespace, run: Any,
+                    display: ReadDisplay | None = None) -> int:
     from ..qemu.extract import IncompleteStreamError
 
     try:
-        manifest = run()
+        try:
+            manifest = run()
+        finally:
+            if display is not None:
+                display.close()  # the bar goes before the summary is printed
     except IncompleteStreamError as exc:
         _summary(exc.manifest, args)
         raise

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from .. import __version__
+from ..errors import TransportError
 from ..guest import Guest
 from ..migration.manager import MigrationManager
 from ..migration.status import MigrationStatus
@@ -37,6 +38,7 @@ class VmOptions:
     workload: str | None = None
     rate: float = 0.0
     tracker: str = "auto"
+    machine: str = "xbzrle-vm"
     monitors: list[str] = field(default_factory=list)
     qmp: list[str] = field(default_factory=list)
     incoming: str | None = None
@@ -60,7 +62,13 @@ def run_vm(opts: VmOptions) -> int:
         from ..errors import ParameterError
 
         raise ParameterError("only one monitor can use stdio")
-    with Guest(ram=opts.ram, tracker=opts.tracker) as guest:
+    # A human console on a terminal gets line editing, history, Tab and Ctrl-C.
+    terminal = (any(e.kind == "stdio" and p == "hmp" for e, p in endpoints)
+                and not opts.exit_after_migration and sys.stdin.isatty()
+                and sys.stdout.isatty())
+    if terminal:
+        endpoints = [(e, p) for e, p in endpoints if e.kind != "stdio"]
+    with Guest(ram=opts.ram, tracker=opts.tracker, machine=opts.machine) as guest:
         if opts.incoming is not None or opts.start_stopped:
             guest.stop()  # nothing may run before the migrated state (or 'cont') arrives
         if opts.workload and opts.workload != "idle":
@@ -75,11 +83,26 @@ def run_vm(opts: VmOptions) -> int:
         server = MonitorServer(control, PACKAGE)
         try:
             for endpoint, protocol in endpoints:
-                actual = server.listen(endpoint, protocol)
+                option = "--monitor" if protocol == "hmp" else "--qmp"
+                try:
+                    actual = server.listen(endpoint, protocol)
+                except OSError as exc:  # port taken, directory missing, no permission
+                    raise TransportError(
+                        f"{option} {endpoint}: cannot listen: {exc.strerror or exc}") from None
                 _note(f"{'monitor' if protocol == 'hmp' else 'qmp'} on {actual}")
             _announce_incoming(control, opts)
             if opts.exit_after_migration:
                 return _await_one_migration(control, opts)
+            if terminal:
+                from ..monitor.console import TerminalConsole
+                from .progress import MigrationDisplay, live_allowed
+
+                bar = live_allowed(sys.stdout)  # NO_COLOR: the plain progress lines
+                TerminalConsole(control, f"{PACKAGE} monitor - type 'help' for more "
+                                         "information",
+                                display=(lambda: MigrationDisplay("migrate", sys.stdout))
+                                if bar else None).run()
+                return 0
             _run_until_quit(control, show_rates=not any(e.kind == "stdio" for e, _ in endpoints))
             return 0
         finally:
@@ -186,6 +209,7 @@ def run_dirty_rate(
     seconds: float | None = None,
     out: TextIO = sys.stdout,
     interval: float = 1.0,
+    machine: str = "xbzrle-vm",
 ) -> int:
     """``xbzrle vm`` without monitors: run until Ctrl-C (or ``seconds``), print rates.
 
@@ -193,7 +217,7 @@ def run_dirty_rate(
     "dirty" counts distinct pages the dirty log reports: what a migration
     would have to resend.  Returns the exit status (0, also on Ctrl-C).
     """
-    with Guest(ram, tracker=tracker) as guest:
+    with Guest(ram, tracker=tracker, machine=machine) as guest:
         log = guest.dirty_log
         print(
             f"guest: {guest.ram_size >> 20} MiB, workload {workload}, "

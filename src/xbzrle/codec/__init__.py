@@ -39,8 +39,8 @@ def current_backend() -> str:
     return _backend.describe()
 
 
-if TYPE_CHECKING:  # type checkers see the reference's annotated signatures
-    from .reference import (
+if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
+    from .._core import (
         decode,
         decode_into,
         decode_pages,

@@ -195,10 +195,13 @@ def decode(delta: Buffer, old: Buffer) -> bytes:
 
 def decode_into(delta: Buffer, page: Buffer) -> None:
     """Apply the delta in place; the page is untouched if the delta is refused."""
-    delta_bytes, target = _bytes_of(delta), _writable_bytes(page)
-    _check_page_size(len(target), "page")
-    for pos, data in list(_runs(delta_bytes, len(target))):  # validate all, then write
-        target[pos : pos + len(data)] = data
+    delta_bytes = _bytes_of(delta)
+    # Released even when the delta is refused: a traceback that kept the view
+    # alive would pin the caller's buffer (an mmap could not be closed).
+    with _writable_bytes(page) as target:
+        _check_page_size(len(target), "page")
+        for pos, data in list(_runs(delta_bytes, len(target))):  # validate all, then write
+            target[pos : pos + len(data)] = data
 
 
 def is_zero(buf: Buffer) -> bool:
@@ -236,16 +239,23 @@ def decode_pages(
     """
     delta_bytes, target = _bytes_of(deltas), _writable_bytes(pages)
     _check_whole_pages(len(target), page_size)
+    if isinstance(lengths, memoryview) and lengths.ndim != 1:
+        dims = lengths.ndim
+        raise TypeError(f"lengths must be one-dimensional, got a buffer of {dims} dimensions")
     lengths = [operator.index(n) for n in lengths]
     if len(lengths) != len(target) // page_size:
         raise ValueError(f"{len(lengths)} lengths for {len(target) // page_size} pages")
+    remaining = len(delta_bytes)  # each length against what is left, as the C core must
     for index, n in enumerate(lengths):
         if n < -1:
             raise ValueError(
                 f"lengths[{index}] is {n}: expected -1 (overflow), 0 (unchanged) or a delta length"
             )
-    total = sum(n for n in lengths if n > 0)
-    if total != len(delta_bytes):
+        if n > remaining:
+            raise ValueError(f"lengths[{index}] is {n} but only {remaining} bytes of deltas remain")
+        remaining -= max(n, 0)
+    if remaining:
+        total = len(delta_bytes) - remaining
         raise ValueError(f"lengths add up to {total} bytes but deltas holds {len(delta_bytes)}")
 
     writes, start = [], 0

@@ -9,12 +9,15 @@ from __future__ import annotations
 from ..sizes import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, PAGE_SIZE, block_size, parse_size
 from .dirtylog import TRACKERS, DirtyBitmap, DirtyLog
 from .machine import DEFAULT_BLOCK, Guest
+from .machines import DEFAULT_MACHINE, MACHINES, MachineType, machine_type
 from .ram import RamBlock
 from .workloads import KINDS, Workload
 
 __all__ = [
     "DEFAULT_BLOCK",
+    "DEFAULT_MACHINE",
     "KINDS",
+    "MACHINES",
     "MAX_BLOCK_SIZE",
     "MIN_BLOCK_SIZE",
     "PAGE_SIZE",
@@ -22,8 +25,10 @@ __all__ = [
     "DirtyBitmap",
     "DirtyLog",
     "Guest",
+    "MachineType",
     "RamBlock",
     "Workload",
     "block_size",
+    "machine_type",
     "parse_size",
 ]

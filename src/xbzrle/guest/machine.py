@@ -11,6 +11,7 @@ from .._backend import load_core
 from ..errors import ParameterError
 from ..sizes import PAGE_SIZE, block_size
 from .dirtylog import DirtyLog
+from .machines import DEFAULT_MACHINE, MachineType, machine_type
 from .ram import RamBlock, check_block_name
 from .workloads import Workload, make_spec, prepare_state
 
@@ -24,7 +25,11 @@ class Guest:
 
     ``ram`` sizes the single default block ``pc.ram``; ``blocks`` (name ->
     size) replaces it with several.  Sizes are bytes or strings like
-    ``"256M"``, 1 MiB..16 GiB, whole 4 KiB pages.  ``tracker`` picks the
+    ``"256M"``, 1 MiB..16 GiB, whole 4 KiB pages.  ``machine`` shapes the
+    RAM as a QEMU machine type does (see :mod:`xbzrle.guest.machines`):
+    ``"none"`` is one block ``ram``, ``"pc"`` is ``pc.ram`` plus the
+    firmware blocks of QEMU 7.2's ``pc``; the stream then announces that
+    machine, so a real QEMU destination accepts it.  ``tracker`` picks the
     dirty log (``auto``, ``uffd``, ``bitmap``, ``scan``; see
     :mod:`xbzrle.guest.dirtylog`).  A new guest is running: workloads
     started on it run at once, until :meth:`stop`.
@@ -35,11 +40,18 @@ class Guest:
         ram: int | str = "256M",
         blocks: Mapping[str, int | str] | None = None,
         tracker: str = "auto",
+        machine: str = DEFAULT_MACHINE,
     ) -> None:
-        layout = {DEFAULT_BLOCK: ram} if blocks is None else dict(blocks)
+        self._machine = kind = machine_type(machine)
+        if blocks is not None and not kind.custom_blocks:
+            raise ParameterError(
+                f"machine {kind.name!r} has a fixed RAM block list: give ram=, not blocks=")
+        layout = {kind.ram_block: ram} if blocks is None else dict(blocks)
         if not layout:
             raise ParameterError("a guest needs at least one RAM block")
         sizes = {check_block_name(name): block_size(size, name) for name, size in layout.items()}
+        if blocks is None:  # firmware blocks: the machine's own sizes, below the 1 MiB minimum
+            sizes.update(kind.firmware)
         self._lock = threading.RLock()
         self._running = True
         self._workloads: list[Workload] = []
@@ -52,6 +64,18 @@ class Guest:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def machine(self) -> MachineType:
+        """The machine type: ``machine.announced`` is the name the stream carries."""
+        return self._machine
+
+    @property
+    def main_block(self) -> str:
+        """The block sized by ``ram`` (workloads run there unless told otherwise)."""
+        if self._machine.custom_blocks:
+            return next(iter(self._blocks))
+        return self._machine.ram_block
 
     @property
     def blocks(self) -> Mapping[str, RamBlock]:
@@ -86,7 +110,7 @@ class Guest:
     def start_workload(
         self,
         kind: str,
-        block: str = DEFAULT_BLOCK,
+        block: str | None = None,
         rate: float = 0,
         *,
         resume: bool | None = None,
@@ -95,12 +119,15 @@ class Guest:
         """Start a built-in workload on ``block`` (runs at once if the guest runs).
 
         Kinds: ``loadgen``, ``sparse``, ``dense``, ``hotcold``, ``idle``;
-        ``rate`` in pages per second, 0 = flat out.  ``params``: ``offset``
+        ``block`` defaults to :attr:`main_block`; ``rate`` in pages per
+        second, 0 = flat out.  ``params``: ``offset``
         and ``size`` of its region, ``seed``, and for hotcold
         ``hot_fraction`` / ``hot_share``.  If the region already holds this
         workload's state (RAM copied from a migrated guest), it resumes from
         there; see :mod:`xbzrle.guest.workloads` for the rule and ``resume``.
         """
+        if block is None:
+            block = self.main_block
         if block not in self._blocks:
             raise ParameterError(f"no RAM block {block!r}: have {', '.join(self._blocks)}")
         if rate < 0:
@@ -177,7 +204,7 @@ class Guest:
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"
         blocks = ", ".join(f"{name}={block.size}" for name, block in self._blocks.items())
-        return f"<Guest {state} {blocks}>"
+        return f"<Guest {self._machine.name} {state} {blocks}>"
 
 
 def _overlap(a: Any, b: Any) -> bool:

@@ -32,6 +32,20 @@ _core = load_core()
 READ_SIZE = 1 << 20
 
 
+def check_capabilities(source_caps: tuple[str, ...], *, xbzrle: bool) -> None:
+    """Refuse, before any page, a stream announcing XBZRLE when the capability is off here.
+
+    The seed's rule (both ends enable ``xbzrle``) is kept, but checked where
+    QEMU checks the capabilities it validates: in the configuration section.
+    QEMU 7.2 itself accepts XBZRLE pages with the capability off.
+    """
+    if "xbzrle" in source_caps and not xbzrle:
+        raise StreamError(
+            "Capability xbzrle is off, but received capability is on: enable it on the "
+            "destination with 'migrate_set_capability xbzrle on' (QMP: "
+            "migrate-set-capabilities) before migrating")
+
+
 class IncomingMigration(Migration):
     """Listens on ``uri`` for one migration into ``guest``."""
 
@@ -45,12 +59,15 @@ class IncomingMigration(Migration):
         on_status: Callable[[MigrationStatus], None] | None = None,
         resume: bool = True,
         admission: Admission | None = None,
+        ram_digest: Callable[[], bool] = lambda: True,
     ) -> None:
         super().__init__(MigrationStats(
             total_ram=sum(b.size for b in guest.blocks.values()), xbzrle=False), on_status)
         self.guest = guest
         self.uri = uri
-        self._xbzrle = xbzrle  # read when the stream arrives: the operator may enable it late
+        # Both read when the stream arrives: the operator may set them late.
+        self._xbzrle = xbzrle
+        self._ram_digest = ram_digest
         self.resume = resume
         self._channel: SocketChannel | FileChannel | None = None
         #: The RAM digests compared at the end, as hex per block: what the source
@@ -112,10 +129,13 @@ class IncomingMigration(Migration):
 
     def _receive(self) -> None:
         loader = PageLoader(self.guest.blocks, self._xbzrle(), anonymous=True)
+        expect_digest = self._ram_digest()
         try:
-            digest = self._load(loader)
+            digest = self._load(loader, expect_digest)
         finally:
             loader.release()
+        if digest is None:
+            return
         mine = self.guest.digest()
         self.digests = {"source": {name: want.hex() for name, (_size, want) in digest.items()},
                         "destination": dict(mine)}
@@ -127,37 +147,68 @@ class IncomingMigration(Migration):
                     f"RAM block {name!r} differs from the source after migration "
                     "(digest mismatch): refusing to run a corrupt guest")
 
-    def _load(self, loader: PageLoader) -> dict[str, tuple[int, bytes]]:
-        """Read the stream to its EOF, applying pages; return the source's digest."""
+    def _load(self, loader: PageLoader,
+              expect_digest: bool) -> dict[str, tuple[int, bytes]] | None:
+        """Read the stream to its end, applying pages; return the source's digest.
+
+        After EOF the source may append QEMU's VMDESCRIPTION; it is read too
+        (up to the source's end of stream), so no unread byte makes closing
+        the socket reset the connection before the verdict arrives.
+        """
         assert self._channel is not None
         parser = StreamParser()
         parser.page_sink = loader.sink
         view = memoryview(bytearray(READ_SIZE))
         digest: dict[str, tuple[int, bytes]] | None = None
         received = 0
-        while not parser.eof_seen:
+        described = False
+        while not described:
             n = self._channel.readinto(view)
             if n == 0:
+                if parser.eof_seen:
+                    break
                 raise TransportError(
                     f"the migration stream ended at offset {received} before its EOF record: "
                     "the source cancelled or vanished")
             received += n
             parser.feed(view[:n])
             for event in parser.events():
-                if isinstance(event, ev.RamBlocks):
+                if isinstance(event, ev.Configuration):  # in QEMU's order: machine, caps
+                    self._check_machine(event)
+                    check_capabilities(event.capabilities, xbzrle=self._xbzrle())
+                elif isinstance(event, ev.RamBlocks):
                     loader.check_layout(event)
                 elif isinstance(event, ev.ZeroPage | ev.NormalPage | ev.XbzrlePage):
                     loader.apply(event)
+                elif isinstance(event, ev.SectionFull) and event.idstr == K.DIGEST_IDSTR:
+                    if not expect_digest:
+                        raise StreamError(
+                            "the source sent a RAM digest (x-ram-digest on) but x-ram-digest "
+                            "is off on this destination: set it the same on both sides",
+                            event.stream_offset)
                 elif isinstance(event, ev.Digest):
                     digest = event.blocks
-                elif isinstance(event, ev.SectionFull) and event.idstr != K.DIGEST_IDSTR:
+                elif isinstance(event, ev.SectionFull):
                     raise StreamError(
                         f"device section {event.idstr!r} is not supported by this destination",
                         event.stream_offset)
+                elif isinstance(event, ev.Eof) and expect_digest and digest is None:
+                    raise StreamError(
+                        "the migration stream carries no RAM digest (x-ram-digest off on the "
+                        "source) but x-ram-digest is on on this destination: set it the same "
+                        "on both sides", event.stream_offset)
+                elif isinstance(event, ev.VmDescription):
+                    described = True
             with self._lock:
                 loader.counts.wire_bytes = received
                 self.stats.totals = loader.counts
                 self.stats.add_batch(BatchCounts())  # rolls the rate window
-        if digest is None:
-            raise StreamError("the migration stream carries no RAM digest")
         return digest
+
+    def _check_machine(self, config: ev.Configuration) -> None:
+        """Refuse a stream of another machine type, as QEMU does (same wording)."""
+        local = self.guest.machine.announced
+        if config.machine != local:
+            raise StreamError(
+                f"Machine type received is '{config.machine}' and local is '{local}'",
+                config.stream_offset)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..errors import MigrationStateError
 from ..transport.uri import parse_uri
@@ -20,9 +21,26 @@ from .params import Settings
 from .source import SourceConfig, SourceMigration
 from .status import IN_PROGRESS_MESSAGE, MigrationStatus
 
+if TYPE_CHECKING:
+    from ..guest import Guest
+
 
 class MigrationManager:
-    def __init__(self, guest) -> None:
+    """The migration side of one guest, as QEMU's migration commands see it.
+
+    Settings (capabilities, parameters) live here and apply to the next
+    migration; at most one migration, outgoing or incoming, runs at a time
+    (``current``), and settings that QEMU lets change live are forwarded to
+    it.  Every method is safe to call from any thread.  Typical use::
+
+        m = MigrationManager(guest)
+        m.set_capability("xbzrle", True)
+        m.migrate("tcp:127.0.0.1:4444").wait()
+        print(m.query()["status"])
+    """
+
+    def __init__(self, guest: Guest) -> None:
+        """Manage migrations of ``guest`` (its RAM size bounds the cache size)."""
         self.guest = guest
         self.settings = Settings(ram_size=sum(b.size for b in guest.blocks.values()))
         self.current: SourceMigration | IncomingMigration | None = None
@@ -33,9 +51,14 @@ class MigrationManager:
 
     # -- listeners -----------------------------------------------------------
     def add_status_listener(self, fn: StatusListener) -> None:
+        """Call ``fn(status)`` on every status change of every later migration.
+
+        It runs in the migration's thread: keep it short, never block.
+        """
         self._listeners.append(fn)
 
     def add_pass_listener(self, fn: Callable[[int], None]) -> None:
+        """Call ``fn(dirty_sync_count)`` after every dirty sync (QEMU's MIGRATION_PASS)."""
         self._pass_listeners.append(fn)
 
     def _notify(self, status: MigrationStatus) -> None:
@@ -49,10 +72,12 @@ class MigrationManager:
     # -- state -----------------------------------------------------------------
     @property
     def status(self) -> MigrationStatus:
+        """The current (or last) migration's status; ``none`` before the first."""
         return self.current.status if self.current is not None else MigrationStatus.NONE
 
     @property
     def running(self) -> bool:
+        """True while a migration has not reached completed, failed or cancelled."""
         return self.status.is_running
 
     def _refuse_if_running(self) -> None:
@@ -63,6 +88,8 @@ class MigrationManager:
 
     # -- settings ----------------------------------------------------------------
     def set_capability(self, name: str, state: bool) -> None:
+        """``migrate_set_capability NAME on|off``; ParameterError for an unknown name,
+        MigrationStateError while a migration runs (a waiting destination may)."""
         self.set_capabilities([(name, state)])
 
     def set_capabilities(self, wanted: list[tuple[str, bool]]) -> None:
@@ -71,6 +98,11 @@ class MigrationManager:
         self.settings.set_capabilities(wanted)
 
     def set_parameters(self, **values: object) -> None:
+        """``migrate-set-parameters``: all values or none (ParameterError names the bad one).
+
+        Names in either spelling (``max_bandwidth`` or ``max-bandwidth``); a
+        running migration picks up the cache size, bandwidth and downtime limit.
+        """
         self.settings.set_parameters(**values)
         self._forward_live()
 
@@ -95,6 +127,12 @@ class MigrationManager:
 
     # -- migrations ----------------------------------------------------------------
     def migrate(self, uri: str, max_rounds: int = 0) -> SourceMigration:
+        """Start migrating the guest to ``uri`` (``tcp:HOST:PORT``, ``unix:``, ``file:``,
+        ``exec:``) in a thread; returns it at once (``.wait()`` for the end).
+
+        ``max_rounds`` > 0 forces the switch-over after that many passes.
+        MigrationStateError if a migration is already running.
+        """
         with self._lock:
             self._refuse_if_running()
             p = self.settings.parameters
@@ -105,6 +143,7 @@ class MigrationManager:
                 downtime_limit_ms=p.downtime_limit,
                 max_rounds=max_rounds,
                 transport=source_transport(self.objects, p),
+                ram_digest=self.settings.capability("x-ram-digest"),
             )
             mig = SourceMigration(self.guest, parse_uri(uri), config, self._notify,
                                   self._notify_pass)
@@ -113,6 +152,12 @@ class MigrationManager:
         return mig
 
     def incoming(self, uri: str, resume: bool = True) -> IncomingMigration:
+        """Listen on ``uri`` for one migration into the guest (bound before returning:
+        ``.port`` is the real port of ``tcp:HOST:0``).
+
+        The guest should be stopped first; with ``resume`` it runs once the RAM
+        is in and its digest checked.
+        """
         with self._lock:
             self._refuse_if_running()
             if self.current is not None and self.current.status.is_running:
@@ -120,23 +165,27 @@ class MigrationManager:
             mig = IncomingMigration(self.guest, parse_uri(uri),
                                     lambda: self.settings.capability("xbzrle"),
                                     self._notify, resume=resume,
-                                    admission=admission(self.objects, self.settings.parameters))
+                                    admission=admission(self.objects, self.settings.parameters),
+                                    ram_digest=lambda: self.settings.capability("x-ram-digest"))
             self.current = mig
             mig.start()
         return mig
 
     def cancel(self) -> None:
+        """``migrate_cancel``: stop the running migration (the source guest runs on)."""
         mig = self.current
         if mig is not None and mig.status.is_running:
             mig.cancel()
 
     def query(self) -> dict[str, object]:
+        """``query-migrate``: QEMU's dict for the current migration, ``{}`` before any."""
         mig = self.current
         if mig is None:
             return {}
         return mig.query()
 
     def wait(self, timeout: float | None = None) -> MigrationStatus:
+        """Wait up to ``timeout`` seconds for the current migration's thread; its status."""
         mig = self.current
         if mig is None:
             return MigrationStatus.NONE

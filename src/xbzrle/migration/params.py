@@ -15,8 +15,17 @@ from ..sizes import PAGE_SIZE
 
 MiB = 1 << 20
 
-#: Capabilities this implementation supports, in QEMU's spelling.
-CAPABILITIES = ("xbzrle", "events")
+#: Capabilities this implementation supports, in QEMU's spelling, and their defaults.
+CAPABILITY_DEFAULTS: dict[str, bool] = {
+    "xbzrle": False,
+    "events": False,
+    # Ours (an "x-" name, as QEMU marks experimental ones): the source sends a
+    # digest of all RAM after the last pages and the destination refuses to run
+    # a guest whose RAM differs.  QEMU knows no such section and rejects the
+    # stream, so a user turns it off on both sides to migrate with a real QEMU.
+    "x-ram-digest": True,
+}
+CAPABILITIES = tuple(CAPABILITY_DEFAULTS)
 
 #: QEMU's defaults: 64 MiB cache, 128 MiB/s, 300 ms.
 DEFAULT_CACHE_SIZE = 64 * MiB
@@ -89,7 +98,7 @@ class Settings:
 
     ram_size: int
     capabilities: dict[str, bool] = field(
-        default_factory=lambda: {name: False for name in CAPABILITIES}
+        default_factory=lambda: dict(CAPABILITY_DEFAULTS)
     )
     parameters: Parameters = field(default_factory=Parameters)
 

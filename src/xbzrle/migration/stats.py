@@ -4,6 +4,15 @@ Pure bookkeeping.  The save and load loops return raw counts per batch;
 :class:`MigrationStats` adds them up, keeps the rates QEMU reports over the
 last period of at least one second, and a per-round history for reports.
 Field names of :meth:`MigrationStats.to_qmp` are public API: add, never rename.
+
+The rates follow QEMU's definitions: while a migration runs, ``mbps`` and
+``pages-per-second`` describe the last period; once it has ended they
+describe the whole transfer (bytes over total time minus setup time, as
+QEMU's ``migration_calculate_complete``), so a capped link never reports
+more than its cap.  ``dirty-pages-rate`` is pages dirtied per second over
+dirty syncs spanning at least one second (QEMU's ``migration_bitmap_sync``),
+never one short round divided by its length.  ``remaining`` falls as a pass
+sends its pages, not only when the pass ends.
 """
 
 from __future__ import annotations
@@ -37,6 +46,35 @@ class RoundRecord:
         return d
 
 
+@dataclass(frozen=True)
+class PassProgress:
+    """Where a running migration is, for progress displays (not part of QMP)."""
+
+    round: int  # 1-based pass number
+    pass_bytes: int  # dirty bytes the current pass started with
+    remaining: int  # bytes of the current pass not yet handled
+    transferred: int  # bytes on the wire so far
+    mbps: float
+    expected_downtime_ms: int
+
+    @property
+    def fraction(self) -> float:
+        """Share of the current pass done, 0..1."""
+        if self.pass_bytes <= 0:
+            return 1.0
+        return min(1.0, max(0.0, 1 - self.remaining / self.pass_bytes))
+
+    def describe(self) -> str:
+        """``round 3: 45% of 16.0 MiB, 7.9 MiB/s, 8.8 MiB remaining, sent 40.2 MiB, ...``."""
+        mib = 1 << 20
+        text = (f"round {self.round}: {self.fraction * 100:3.0f}% of "
+                f"{self.pass_bytes / mib:.1f} MiB, {self.mbps * 1e6 / 8 / mib:.1f} MiB/s, "
+                f"{self.remaining / mib:.1f} MiB remaining, sent {self.transferred / mib:.1f} MiB")
+        if self.round > 1:
+            text += f", expected downtime {self.expected_downtime_ms} ms"
+        return text
+
+
 @dataclass
 class _RateWindow:
     start: float
@@ -65,6 +103,8 @@ class MigrationStats:
     downtime_ms: int | None = None
     expected_downtime_ms: int = 0
     mbps: float = 0.0
+    pages_per_second: float = 0.0
+    pass_bytes: int = 0
     cache_miss_rate: float = 0.0
     encoding_rate: float = 0.0
     history: list[RoundRecord] = field(default_factory=list)
@@ -72,12 +112,40 @@ class MigrationStats:
     def __post_init__(self) -> None:
         self.start_time = self.clock()
         self._window = _RateWindow(self.start_time)
-        self.remaining = self.total_ram
+        self.remaining = self.pass_bytes = self.total_ram
+        self._dirty_period_start = self.start_time
+        self._dirty_period_pages = 0
 
     # -- updates from the source loop ---------------------------------------
     def add_batch(self, counts: BatchCounts) -> None:
         self.totals.add(counts)
+        # The pages a pass has handled are no longer remaining, even before it ends.
+        self.remaining = max(0, self.remaining - counts.scanned * PAGE_SIZE)
         self._maybe_roll_window()
+
+    def start_pass(self, dirty_pages: int) -> None:
+        """A dirty sync found ``dirty_pages`` for the next pass: count them, rate them.
+
+        The dirty rate is taken over syncs spanning at least ``RATE_PERIOD``,
+        as QEMU does, so a 20 ms round cannot claim a million pages a second.
+        """
+        self.remaining = self.pass_bytes = dirty_pages * PAGE_SIZE
+        now = self.clock()
+        self._dirty_period_pages += dirty_pages
+        elapsed = now - self._dirty_period_start
+        if elapsed >= RATE_PERIOD:
+            self.dirty_pages_rate = self._dirty_period_pages / elapsed
+            self._dirty_period_start, self._dirty_period_pages = now, 0
+
+    def progress(self) -> PassProgress:
+        """The current pass's progress, for displays."""
+        mbps = self.mbps
+        elapsed = self.clock() - self.start_time
+        if not mbps and elapsed > 0:  # the first period is not over: the average so far
+            mbps = self.totals.wire_bytes * 8 / elapsed / 1e6
+        return PassProgress(self.dirty_sync_count + 1 if self.end_time is None
+                            else self.dirty_sync_count, self.pass_bytes, self.remaining,
+                            self.totals.wire_bytes, mbps, self.expected_downtime_ms)
 
     def add_wire_bytes(self, n: int) -> None:
         """Bytes outside page records (section headers, EOS, digest)."""
@@ -97,6 +165,7 @@ class MigrationStats:
         d_miss = t.cache_miss - w.cache_miss
         if elapsed > 0:
             self.mbps = (t.wire_bytes - w.wire_bytes) * 8 / elapsed / 1e6
+            self.pages_per_second = d_pages / elapsed
         if d_pages > 0:
             self.cache_miss_rate = d_miss / d_pages
         if d_xbytes > 0:
@@ -105,8 +174,14 @@ class MigrationStats:
                                    t.wire_bytes)
 
     def finish(self) -> None:
+        """The migration ended: rates now describe the whole transfer, as QEMU's do."""
         self._maybe_roll_window(force=True)
         self.end_time = self.clock()
+        transfer = self.end_time - self.start_time - self.setup_time_ms / 1000
+        if transfer > 0:
+            t = self.totals
+            self.mbps = t.wire_bytes * 8 / transfer / 1e6
+            self.pages_per_second = (t.zero + t.normal + t.xbzrle) / transfer
 
     # -- report --------------------------------------------------------------
     def total_time_ms(self) -> int:
@@ -127,7 +202,7 @@ class MigrationStats:
             "dirty-pages-rate": int(self.dirty_pages_rate),
             "mbps": round(self.mbps, 3),
             "page-size": PAGE_SIZE,
-            "pages-per-second": int(self.mbps * 1e6 / 8 / PAGE_SIZE) if self.mbps else 0,
+            "pages-per-second": int(self.pages_per_second),
         }
 
     def xbzrle_dict(self) -> dict[str, object]:

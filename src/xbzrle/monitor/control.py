@@ -23,6 +23,7 @@ from typing import ParamSpec, TypeVar
 from ..errors import MigrationStateError, ParameterError
 from ..migration.common import Migration
 from ..migration.manager import MigrationManager
+from ..migration.stats import PassProgress
 from ..migration.status import MigrationStatus
 from .version import QEMU_VERSION, package_version
 
@@ -315,6 +316,11 @@ class VmControl:
     def migration(self) -> Migration | None:
         """The current (or last) migration of either direction, for the CLI's report."""
         return self.manager.current
+
+    def migration_progress(self) -> PassProgress | None:
+        """Where the current outgoing migration is in its pass (progress displays)."""
+        mig = self.manager.current
+        return mig.stats.progress() if mig is not None and mig.outgoing else None
 
     def wait_migration(self, timeout: float | None = None) -> MigrationStatus:
         """Wait up to ``timeout`` seconds for the current migration; its status."""

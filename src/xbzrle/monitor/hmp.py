@@ -12,10 +12,12 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..errors import CommandError, ParameterError, XbzrleError
+from ..migration.stats import PassProgress
 from ..migration.status import MigrationStatus
-from ..sizes import parse_size
+from ..sizes import format_size, parse_size
 from .info import format_info_migrate
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,7 @@ PROMPT = "(xbzrle) "
 MAX_LINE = 4096
 """Bytes of one command line, as QEMU's console buffer (READLINE_CMD_BUF_SIZE)."""
 PROGRESS_INTERVAL = 1.0  # seconds between the lines of a foreground ``migrate``
+LIVE_INTERVAL = 0.2  # seconds between two redraws of a progress bar
 
 Output = Callable[[str], None]
 
@@ -154,21 +157,39 @@ class LineReader:
             start = nl + 1
 
 
-def format_progress(info: dict[str, object]) -> str:
-    ram = info.get("ram")
-    if not isinstance(ram, dict):
-        return f"migration {info.get('status', 'setup')}"
-    return (f"migration {info['status']}: {ram['transferred'] >> 10} kbytes sent, "
-            f"{ram['remaining'] >> 10} kbytes remaining, "
-            f"dirty sync count {ram['dirty-sync-count']}")
+#: The seed's commands, kept working; QEMU 6.0 removed them for the parameters.
+LEGACY_COMMANDS = frozenset({"migrate_set_cache_size", "migrate_set_speed",
+                             "migrate_set_downtime"})
+LEGACY_INFO = frozenset({"migrate_cache_size"})
+LEGACY_NOTE = "(legacy, QEMU < 6.0)"
+
+
+class ProgressDisplay(Protocol):
+    """What a console draws a foreground ``migrate`` with (a rich bar, on a terminal)."""
+
+    live: bool
+
+    def update(self, progress: PassProgress, status: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def format_progress(status: str, progress: PassProgress | None) -> str:
+    """One plain progress line of a foreground ``migrate``."""
+    if progress is None:
+        return f"migration {status}"
+    return f"migration {status}: {progress.describe()}"
 
 
 class HmpSession:
     """One console: ``execute(line)`` runs a command, writing through ``out``."""
 
-    def __init__(self, control, out: Output) -> None:
+    def __init__(self, control, out: Output,
+                 display: Callable[[], ProgressDisplay] | None = None) -> None:
         self.control = control
         self.out = out
+        self.display = display  # draws a foreground migrate; plain lines without it
+        self.legacy = LEGACY_COMMANDS
+        self.legacy_info = LEGACY_INFO
         self.commands: dict[str, HmpCommand] = {}
         self.aliases: dict[str, str] = {"?": "help", "migrate_set_cachesize":
                                         "migrate_set_cache_size", "q": "quit", "c": "cont",
@@ -267,14 +288,17 @@ class HmpSession:
                 self.write(f"unknown command: '{args[0]}'")
                 return
             names = [name]
-        for name in names:
+        modern = [n for n in names if n not in self.legacy]
+        for name in modern + [n for n in names if n in self.legacy]:  # the old ones last
             c = self.commands[name]
-            self.write(f"{c.name} {c.params} -- {c.help}".replace("  ", " "))
+            note = f" {LEGACY_NOTE}" if name in self.legacy else ""
+            self.write(f"{c.name} {c.params} -- {c.help}{note}".replace("  ", " "))
 
     def _info(self, args: list[str]) -> None:
         if not args:
             for name in sorted(self.info):
-                self.write(f"info {name} -- {self.info[name][0]}")
+                note = f" {LEGACY_NOTE}" if name in self.legacy_info else ""
+                self.write(f"info {name} -- {self.info[name][0]}{note}")
             return
         name = self.info_aliases.get(args[0], args[0])
         entry = self.info.get(name)
@@ -293,8 +317,9 @@ class HmpSession:
             self.write(f"VM status: paused ({state})")
 
     def _info_migrate(self) -> None:
+        mig = self.control.migration
         self.write(format_info_migrate(self.control.query_migrate(),
-                                       self.control.query_capabilities()))
+                                       incoming=mig is not None and mig.incoming))
 
     def _info_capabilities(self) -> None:
         for cap in self.control.query_capabilities():
@@ -338,7 +363,11 @@ class HmpSession:
         self.control.set_parameters(**{name: value})
 
     def _set_cache_size(self, args: list[str]) -> None:
-        self.control.set_cache_size(parse_size(args[0]))
+        wanted = parse_size(args[0])
+        size = self.control.set_cache_size(wanted)
+        if size != wanted:  # the seed's rule; say so rather than round in silence
+            self.write(f"cache size set to {format_size(size)} "
+                       "(rounded down to a power of two)")
 
     def _set_speed(self, args: list[str]) -> None:
         self.control.set_speed(parse_size(args[0], default_unit="m"))
@@ -362,8 +391,18 @@ class HmpSession:
         self.control.migrate(args[0])
         if detach:
             return
-        while self.control.wait_migration(PROGRESS_INTERVAL).is_running:
-            self.write(format_progress(self.control.query_migrate()))
+        display = self.display() if self.display is not None else None
+        interval = LIVE_INTERVAL if display is not None and display.live else PROGRESS_INTERVAL
+        try:
+            while (status := self.control.wait_migration(interval)).is_running:
+                progress = self.control.migration_progress()
+                if display is not None and progress is not None:
+                    display.update(progress, str(status))
+                else:
+                    self.write(format_progress(str(status), progress))
+        finally:
+            if display is not None:
+                display.close()
         info = self.control.query_migrate()
         status = info.get("status")
         if status == str(MigrationStatus.COMPLETED):

@@ -145,9 +145,11 @@ class MonitorServer:
             self._start(_stdio_connection(), protocol, eof_quits=True)
             return endpoint
         if endpoint.kind == "unix":
+            # A stale socket (or any file) left at the path by an earlier run is
+            # removed first, as QEMU's unix_listen does; a directory is kept.
             with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(os.stat(endpoint.path).st_mode):
-                    os.unlink(endpoint.path)  # a stale socket from an earlier run
+                if not stat.S_ISDIR(os.lstat(endpoint.path).st_mode):
+                    os.unlink(endpoint.path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(endpoint.path)
             actual = endpoint

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,6 +23,7 @@ from ..stream.constants import DIGEST_IDSTR, VM_SECTION_FULL
 from ..stream.load import PageLoader
 from ..stream.parser import NEED_DATA, StreamParser
 from .analyze import READ_SIZE, TailKeeper, device_list
+from .compressed import ProgressReader
 from .mappedram import LoadedBlock, RandomAccessFile, file_chunks, load_block, stream_size
 from .ramfiles import DEFAULT_MAX_RAM, DEVICE_STATE, MANIFEST, RamFiles, prepare_output_dir
 
@@ -249,12 +250,17 @@ def extract_chunks(chunks: Iterable[bytes], out_dir: str | os.PathLike[str], *,
 
 
 def extract_file(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
-                 max_ram: int = DEFAULT_MAX_RAM) -> dict[str, Any]:
-    """Extract the stream in ``path`` ("-" reads standard input) into ``out_dir``."""
+                 max_ram: int = DEFAULT_MAX_RAM,
+                 on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Extract the stream in ``path`` ("-" reads standard input) into ``out_dir``.
+
+    ``on_progress`` hears the read position in the file after each read.
+    """
     if str(path) == "-":
         return _extract_open_file(sys.stdin.buffer, out_dir, max_ram, "-")
     with open(path, "rb") as f:
-        return _extract_open_file(f, out_dir, max_ram, str(path))
+        watched: Any = f if on_progress is None else ProgressReader(f, on_progress)
+        return _extract_open_file(watched, out_dir, max_ram, str(path))
 
 
 def _extract_open_file(f: BinaryIO, out_dir: str | os.PathLike[str], max_ram: int,

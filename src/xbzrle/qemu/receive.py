@@ -55,12 +55,14 @@ def admission_for(objects: Iterable[str | TlsObject] = (), tls_creds: str = "",
 
 def receive(uri: str, out_dir: str | os.PathLike[str], *, max_ram: int = DEFAULT_MAX_RAM,
             on_listening: Callable[[str], None] | None = None,
+            on_progress: Callable[[int], None] | None = None,
             objects: Iterable[str | TlsObject] = (), tls_creds: str = "",
             tls_authz: str = "", handshake_timeout: float = 10.0,
             on_refused: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Accept one incoming migration on ``uri`` and extract it into ``out_dir``.
 
-    ``on_listening`` gets the address once bound (before the source may connect).
+    ``on_listening`` gets the address once bound (before the source may connect);
+    ``on_progress`` gets the number of bytes received so far, after each read.
     ``objects`` are QEMU ``--object`` specs; ``tls_creds``/``tls_authz`` pick
     from them as the migration parameters do.  A connection that fails the
     TLS handshake or authorization, or sends no stream header within
@@ -88,8 +90,12 @@ def receive(uri: str, out_dir: str | os.PathLike[str], *, max_ram: int = DEFAULT
     try:
         buf = bytearray(READ_SIZE)
         view = memoryview(buf)
+        received = 0
         while (n := channel.readinto(view)) > 0:
             extractor.feed(view[:n])
+            received += n
+            if on_progress is not None:
+                on_progress(received)
     except (StreamError, TransportError) as exc:
         failure = exc
     except BaseException:

@@ -58,9 +58,14 @@ UUID_SIZE = 16
 DIGEST_IDSTR = "xbzrle-digest"
 DIGEST_VERSION = 1
 
-# Section ids our writer uses by default (QEMU numbers its handlers in
-# registration order; nothing on the wire depends on the values).
-RAM_SECTION_ID = 0
+# Section ids our source uses.  QEMU numbers its handlers in registration
+# order, and 7.2 gives "ram" id 2 (after "timer" and one more).  The value
+# matters to a QEMU destination: it finds the handler of a PART or END section
+# by the id its START carried, among handlers whose id is 0 until their own
+# section arrives, so a "ram" section with id 0 is taken for "timer" ("timer:
+# incoming version_id 0 is too old", seen with QEMU 7.2).  Any id but 0 works;
+# 2 is QEMU's own.
+RAM_SECTION_ID = 2
 DIGEST_SECTION_ID = 1
 
 # QEMU's migration commands (QEMU_VM_COMMAND); parsed generically.

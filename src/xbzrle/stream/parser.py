@@ -87,6 +87,9 @@ MAX_VMDESC_NESTING = 128
 """JSON nesting a VMDESCRIPTION may use (QEMU's own are about a dozen levels deep)."""
 DEFAULT_DEVICE_CHUNK = 64 * 1024
 _COMPACT_AT = 64 * 1024
+# The longest page record: be64 word, a 255-byte block name with its length,
+# and a whole page (an XBZRLE record's 3 bytes + delta are no longer).
+_MAX_PAGE_RECORD = 8 + 1 + 255 + 3 + c.MAX_XBZRLE_LEN
 
 _SECTION_TYPE_NAMES = {
     c.VM_EOF: "EOF",
@@ -319,14 +322,84 @@ class StreamParser:
         return self._state is _State.RAW
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Append input; any bytes-like object, copied into the parser's buffer."""
+        """Append input; any bytes-like object.
+
+        Page records that a ``page_sink`` can apply where they lie in ``data``
+        are applied at once (the bytes of RAM are not copied into the parser's
+        buffer); the rest is copied into the buffer and parsed by
+        :meth:`events`.  The caller may reuse ``data`` once this returns.
+        """
         if self._closed:
             raise RuntimeError("feed() after close()")
+        if (self.page_sink is not None and self._state is _State.RAM and self._blocks
+                and self._error is None and len(self._buf) - self._pos < _MAX_PAGE_RECORD):
+            data = memoryview(data).cast("B")
+            if self._pos < len(self._buf):
+                data = self._finish_split_record(data)
+            if self._pos == len(self._buf) and self.page_sink is not None:
+                data = self._sink_in_place(data)
         if self._pos >= _COMPACT_AT and self._pos * 2 >= len(self._buf):
             del self._buf[: self._pos]
             self._base += self._pos
             self._pos = 0
         self._buf += data
+
+    def _finish_split_record(self, view: memoryview) -> memoryview:
+        """Complete the record that the last feed cut, from the head of ``view``.
+
+        A read rarely ends on a record boundary: the buffer then holds the
+        first part of a record.  Only up to one record's bytes of ``view`` are
+        copied behind it and handed to the sink; when the sink gets past the
+        old buffer, the buffer is emptied and the rest of ``view`` can go
+        through :meth:`_sink_in_place`.  Otherwise (not a page record, a bad
+        one) nothing is consumed from ``view`` here.
+        """
+        assert self.page_sink is not None
+        kept = len(self._buf)
+        self._buf += view[:_MAX_PAGE_RECORD]
+        start = self._base + self._pos
+        try:
+            pos, last, counts = self.page_sink(self._buf, self._pos, self._base,
+                                               self._last_block)
+        except StreamError:
+            del self._buf[kept:]
+            return view
+        if pos != self._pos:
+            self._last_block = last
+            self._pending.append(PagesLoaded(counts[0], tuple(counts), stream_offset=start))
+        if pos <= kept:
+            self._pos = pos
+            del self._buf[kept:]
+            return view
+        self._base += pos
+        self._pos = 0
+        del self._buf[:]
+        return view[pos - kept:]
+
+    def _sink_in_place(self, data: bytes | bytearray | memoryview) -> memoryview:
+        """Run the page sink on ``data`` itself; return what it left for the buffer.
+
+        Only called with every buffered byte consumed, so ``data`` starts at
+        the stream offset where parsing stands.  A sink that raises is not
+        trusted here: the bytes go to the buffer and the sink runs again from
+        :meth:`events`, which reports the error at its place in the event order
+        (applying a page record twice writes the same bytes).
+        """
+        view = memoryview(data).cast("B")
+        start = self._base + self._pos
+        assert self.page_sink is not None
+        try:
+            pos, last, counts = self.page_sink(view, 0, start, self._last_block)
+        except StreamError:
+            return view
+        if pos == 0:
+            return view
+        self._last_block = last
+        self._pending.append(PagesLoaded(counts[0], tuple(counts), stream_offset=start))
+        del self._buf[:]
+        self._base = start + pos
+        self._pos = 0
+        return view[pos:]
 
     def next_event(self) -> Event | _Sentinel:
         """The next event, or ``NEED_DATA`` (after ``close()``: no more events)."""

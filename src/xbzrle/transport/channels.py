@@ -144,8 +144,13 @@ class SocketChannel:
                     f"the destination stopped reading: {unsent} bytes unread for "
                     f"{self.stall_timeout:g} s (x-stall-timeout)")
 
-    def read_verdict(self, timeout: float) -> str | None:
-        """Wait for the destination's verdict; None means success."""
+    def read_verdict(self, timeout: float, required: bool = True) -> str | None:
+        """Wait for the destination's verdict; None means success.
+
+        ``required=False`` accepts a peer that closes without a word (a real
+        QEMU destination, which has no way back in a precopy migration); an
+        error verdict still counts.
+        """
         self._wait_drained()
         self.sock.settimeout(timeout)
         try:
@@ -162,7 +167,7 @@ class SocketChannel:
             raise TransportError("the destination did not confirm the migration") from None
         except OSError as exc:
             raise TransportError(f"lost the migration peer before its verdict: {exc}") from exc
-        if data == VERDICT_OK:
+        if data == VERDICT_OK or (not data and not required):
             return None
         if data.startswith(VERDICT_ERROR):
             return data[len(VERDICT_ERROR):].decode(errors="replace").strip()

@@ -196,3 +196,96 @@ class GuestVM:
         self.log.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.ram_file)
+
+
+class QemuDestination:
+    """A paused QEMU waiting for an incoming migration, its RAM in a file.
+
+    ``machine`` is ``none`` (one block ``ram``) or ``pc`` (``pc.ram`` and the
+    firmware blocks of ``-nodefaults``); the memory backend's id names the RAM
+    block, so it is given the machine's own block name.  ``-S`` keeps the
+    guest paused after the migration: nothing runs that could change its RAM
+    (our streams carry no CPU state), so the file holds exactly what was
+    loaded.  ``incoming`` is a URI for ``-incoming``, or None to listen on a
+    free TCP port (``port``) through QMP's ``migrate-incoming``.
+    """
+
+    RAM_BLOCK = {"none": "ram", "pc": "pc.ram"}
+
+    def __init__(self, work: Path, ram_size: int, machine: str = "none",
+                 incoming: str | None = None) -> None:
+        self.ram_file = work / "qemu-dest-ram"
+        self.qmp_path = work / "qemu-dest.sock"
+        self.log_path = work / "qemu-dest.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        block = self.RAM_BLOCK[machine]
+        self.proc = subprocess.Popen(
+            [QEMU, "-accel", "tcg", "-nodefaults", "-display", "none", "-S",
+             "-object", f"memory-backend-file,id={block},size={ram_size},"
+                        f"mem-path={self.ram_file},share=on",
+             "-machine", f"{machine},memory-backend={block}", "-m", f"{ram_size // 1024}k",
+             "-incoming", incoming or "defer",
+             "-qmp", f"unix:{self.qmp_path},server=on,wait=off"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        self.port = 0
+        try:
+            self.qmp = QMP(self.qmp_path)
+            # QEMU 7.2 loads XBZRLE pages with the capability off as well; a
+            # QEMU destination is still meant to have it on, as the docs say.
+            self.qmp.execute("migrate-set-capabilities",
+                             capabilities=[{"capability": "xbzrle", "state": True}])
+            if incoming is None:
+                self.qmp.execute("migrate-incoming", uri="tcp:127.0.0.1:0")
+                info = self.qmp.execute("query-migrate")
+                assert isinstance(info, dict), info
+                self.port = int(info["socket-address"][0]["port"])
+        except Exception:
+            self.stop()
+            raise
+
+    def wait_completed(self, timeout: float = 60.0) -> dict:
+        """QEMU's own ``query-migrate`` once its incoming migration ended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise QMPError(f"QEMU exited with status {self.proc.returncode}: {self.errors()}")
+            info = self.qmp.execute("query-migrate")
+            assert isinstance(info, dict)
+            if info.get("status") in ("completed", "failed"):
+                return info
+            if time.monotonic() > deadline:
+                raise QMPError(f"incoming migration did not end in {timeout} s: {info}")
+            time.sleep(0.05)
+
+    def ram_blocks(self) -> list[tuple[str, int]]:
+        """``info ramblock``: (name, used size) of every block, as QEMU lists them."""
+        text = self.qmp.execute("human-monitor-command", **{"command-line": "info ramblock"})
+        assert isinstance(text, str)
+        rows = []
+        for line in text.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) == 6:  # name, page size and its unit, offset, used, total
+                rows.append((fields[0], int(fields[4], 16)))
+        return rows
+
+    def ram_bytes(self) -> bytes:
+        return self.ram_file.read_bytes()
+
+    def errors(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace").strip()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.qmp.execute("quit")
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        with contextlib.suppress(Exception):
+            self.qmp.close()
+        self.log.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.ram_file)

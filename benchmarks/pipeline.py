@@ -1,0 +1,122 @@
+"""The save loop's XBZRLE round next to memcmp and to QEMU's design, in one run.
+
+An XBZRLE round over dirty pages that all hit the cache does, at the least,
+one read of the guest page and one of the cached page: that is what
+``memcmp`` of two equal pages costs (it reads both to the end), and it is
+the baseline here, as in ``benchmarks/codec.py``.  Our
+loop encodes straight from the guest page and applies the same delta to the
+cached copy; QEMU's design copies the page aside first, zero-checks and
+encodes the copy, and copies it into the cache (``SAVE_QEMU_COPY``, the same
+loop with QEMU's steps).  Each repeat changes the RAM with the seed's pattern
+(one byte in every 1024 incremented: 4 bytes per page), then times memcmp of
+as many equal page pairs, our round and QEMU's round; the figures
+are medians of the per-repeat ratios, so a load change on the shared machine
+moves both sides of a ratio alike.
+
+    python benchmarks/pipeline.py [--size-mib 64] [--repeats 9] [--cpu N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+from xbzrle._backend import load_core
+
+PAGE = 4096
+INCREMENT = bytes((i + 1) & 0xFF for i in range(256))
+
+
+def full_bitmap(npages: int) -> bytearray:
+    return bytearray(b"\xff" * (((npages + 63) // 64) * 8))
+
+
+def one_round(core, ram, cache, mode: int, out: bytearray) -> tuple[float, object]:
+    """Seconds for one save-loop pass over every page of ram; the summed counts."""
+    npages = len(ram) // PAGE
+    bitmap = full_bitmap(npages)
+    page, cont, total = 0, False, [0] * 9
+    started = time.perf_counter()
+    while page < npages:
+        _, page, cont, counts = core.save_pages(out, 0, ram, bitmap, page, b"pc.ram", 0, mode,
+                                                cache, cont)
+        total = [a + b for a, b in zip(total, counts, strict=True)]
+    return time.perf_counter() - started, core.LoopCounts(total)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size-mib", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
+    args = ap.parse_args(argv)
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    core = load_core()
+    size = args.size_mib << 20
+    ram = bytearray(os.urandom(size))
+    out = bytearray(4 << 20)
+    ours, theirs = core.PageCache(2 * size), core.PageCache(2 * size)
+
+    # The first pass: every page whole (plain), next to a memcpy of the RAM.
+    sink = bytearray(size)
+    plain, copy = [], []
+    for _ in range(3):
+        started = time.perf_counter()
+        sink[:] = ram
+        copy.append(time.perf_counter() - started)
+        plain.append(one_round(core, ram, None, core.SAVE_PLAIN, out)[0])
+    del sink
+    # Fill both caches (every page a miss), then the measured rounds.
+    one_round(core, ram, ours, core.SAVE_XBZRLE, out)
+    one_round(core, ram, theirs, core.SAVE_QEMU_COPY, out)
+    prev = bytearray(ram)
+    ratio_enc: list[float] = []
+    twin = bytearray(ram)  # memcmp reads whole pages only where they are equal
+    ratio_ours, ratio_qemu, t_ours, t_qemu, t_cmp, t_enc = [], [], [], [], [], []
+    for _ in range(args.repeats):
+        ram[::1024] = bytes(ram[::1024]).translate(INCREMENT)
+        started = time.perf_counter()
+        core.memcmp_pages(prev, twin)
+        base = time.perf_counter() - started
+        started = time.perf_counter()
+        core.encode_pages(prev, ram)
+        t_enc.append(time.perf_counter() - started)
+        mine, counts = one_round(core, ram, ours, core.SAVE_XBZRLE, out)
+        qemu, counts_qemu = one_round(core, ram, theirs, core.SAVE_QEMU_COPY, out)
+        if counts.xbzrle != len(ram) // PAGE or counts_qemu != counts:
+            raise SystemExit(f"unexpected round: {counts} / {counts_qemu}")
+        prev[:] = ram
+        twin[:] = ram
+        t_cmp.append(base)
+        t_ours.append(mine)
+        t_qemu.append(qemu)
+        ratio_ours.append(base / mine)
+        ratio_qemu.append(base / qemu)
+        ratio_enc.append(base / t_enc[-1])
+
+    def rate(seconds: list[float]) -> float:
+        return size / statistics.median(seconds) / 1e9
+
+    print(f"{args.size_mib} MiB of random pages, seed pattern (4 bytes/page), median of "
+          f"{args.repeats}; ratios are to memcmp of the same page pairs, in the same repeat")
+    print(f"{'':<44} {'GB/s':>7} {'x memcmp':>9}")
+    print(f"{'memcmp of equal page pairs':<44} {rate(t_cmp):7.2f} {1.0:9.2f}")
+    print(f"{'encode alone (codec.encode_pages, same pairs)':<44} {rate(t_enc):7.2f} "
+          f"{statistics.median(ratio_enc):9.2f}")
+    print(f"{'XBZRLE round, ours (encode from the page)':<44} {rate(t_ours):7.2f} "
+          f"{statistics.median(ratio_ours):9.2f}")
+    print(f"{'XBZRLE round, QEMU design (copy+enc+copy)':<44} {rate(t_qemu):7.2f} "
+          f"{statistics.median(ratio_qemu):9.2f}")
+    speedup = statistics.median(q / m for q, m in zip(t_qemu, t_ours, strict=True))
+    print(f"ours / QEMU design: {speedup:.2f}x")
+    print(f"first pass (every page whole into the buffer) {rate(plain):.2f} GB/s, "
+          f"memcpy of the RAM {rate(copy):.2f} GB/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""The wire: a full-RAM migration of random bytes, ours next to QEMU 7.2's.
+
+A paused guest whose RAM holds SIZE bytes of one random file migrates over
+loopback TCP with no bandwidth cap into a paused destination.  When
+``qemu-system-x86_64`` is installed, QEMU does the same with the same bytes
+(``-machine none -S``, RAM a ``memory-backend-file`` of that file, the
+destination ``-incoming tcp:``), alternating with our runs, and the script
+prints both rates and their ratio.  Then our source alone into
+``exec:cat > /dev/null`` and into ``file:`` on tmpfs, and ``xbzrle extract``
+of the resulting stream.  Every figure is the median of ``--runs`` runs.
+
+Our source is the library ``Guest`` in this process (its migration thread
+does the work); our destination is a child ``xbzrle vm -S --incoming``.  A
+run ends when the destination holds the RAM: for us the source's
+``completed`` (it waits for the destination's verdict, given after the digest
+check); for QEMU the later of the two sides' ``completed``.
+
+    python benchmarks/wire.py [--size 1G] [--runs 5] [--no-qemu] [--only wire,exec,file,extract]
+
+The machine is shared: read the ratios (measured in the same run), not the
+absolute rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from xbzrle import Guest
+from xbzrle.migration.manager import MigrationManager
+from xbzrle.sizes import parse_size
+
+QEMU = "qemu-system-x86_64"
+TMPFS = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+POLL = 0.005
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU seconds of the children reaped so far (our destination, exec:'s cat)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds of a running process (QEMU), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def random_file(path: Path, size: int) -> Path:
+    """SIZE random bytes at ``path`` (kept between runs of the script)."""
+    if not path.exists() or path.stat().st_size != size:
+        with open(path, "wb") as f:
+            left = size
+            while left:
+                chunk = os.urandom(min(left, 16 << 20))
+                f.write(chunk)
+                left -= len(chunk)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class QMP:
+    """Just enough QMP for a benchmark: one command at a time, events skipped."""
+
+    def __init__(self, path: str, proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self.sock.connect(path)
+                break
+            except OSError:
+                self.sock.close()
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"QEMU did not start (status {proc.poll()})") from None
+                time.sleep(0.02)
+        self.reader = self.sock.makefile("rb")
+        json.loads(self.reader.readline())
+        self.cmd("qmp_capabilities")
+
+    def cmd(self, command: str, **arguments: object) -> dict:
+        self.sock.sendall(json.dumps({"execute": command, "arguments": arguments}).encode()
+                          + b"\n")
+        while True:
+            reply = json.loads(self.reader.readline())
+            if "event" in reply:
+                continue
+            if "error" in reply:
+                raise RuntimeError(f"{command}: {reply['error']}")
+            return reply["return"]
+
+
+def qemu_process(work: Path, name: str, size: int, backend: str, *extra: str):
+    path = str(work / f"{name}.qmp")
+    proc = subprocess.Popen(
+        [QEMU, "-nodefaults", "-display", "none", "-machine", "none", "-m", f"{size >> 20}M",
+         "-S", "-object", backend, "-machine", "memory-backend=mem", *extra,
+         "-qmp", f"unix:{path},server=on,wait=off"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, QMP(path, proc)
+
+
+def qemu_run(ram_file: Path, size: int, work: Path) -> tuple[float, float, float]:
+    """Seconds for QEMU 7.2 to migrate the paused guest until both sides completed,
+    and the CPU seconds of the source and destination processes meanwhile."""
+    port = free_port()
+    src, qs = qemu_process(work, "src", size, f"memory-backend-file,id=mem,size={size},"
+                           f"mem-path={ram_file},share=on")
+    dst, qd = qemu_process(work, "dst", size, f"memory-backend-ram,id=mem,size={size}",
+                           "-incoming", f"tcp:127.0.0.1:{port}")
+    try:
+        qs.cmd("migrate-set-parameters", **{"max-bandwidth": 0, "downtime-limit": 300})
+        cpu0 = process_cpu(src.pid), process_cpu(dst.pid)
+        started = time.monotonic()
+        qs.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
+        done = {"src": None, "dst": None}
+        while None in done.values():
+            for side, q in (("src", qs), ("dst", qd)):
+                if done[side] is None:
+                    status = q.cmd("query-migrate").get("status")
+                    if status == "completed":
+                        done[side] = time.monotonic()
+                    elif status in ("failed", "cancelled"):
+                        raise RuntimeError(f"QEMU {side}: migration {status}")
+            time.sleep(POLL)
+        return (max(done.values()) - started, process_cpu(src.pid) - cpu0[0],
+                process_cpu(dst.pid) - cpu0[1])
+    finally:
+        for proc, q in ((src, qs), (dst, qd)):
+            with contextlib.suppress(Exception):
+                q.cmd("quit")
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def our_guest(ram_file: Path, size: int) -> Guest:
+    guest = Guest(ram=size)
+    with open(ram_file, "rb") as f, memoryview(guest.blocks["pc.ram"]) as view:
+        f.readinto(view)
+    guest.stop()
+    return guest
+
+
+def our_destination(size: int) -> tuple[subprocess.Popen, int]:
+    cmd = [sys.executable, "-m", "xbzrle", "vm", "--ram", str(size), "--workload", "idle",
+           "-S", "--incoming", "tcp:127.0.0.1:0", "--exit-after-migration", "--report-json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    return proc, int(line.split()[1])
+
+
+def our_migration(guest: Guest, uri: str) -> tuple[float, float, float]:
+    """Seconds from ``migrate`` to ``completed`` (fails loudly otherwise), the CPU
+    seconds of this process (the source) and of the children reaped meanwhile."""
+    manager = MigrationManager(guest)
+    manager.set_parameters(max_bandwidth=0)
+    cpu0, child0 = time.process_time(), children_cpu()
+    started = time.monotonic()
+    mig = manager.migrate(uri)
+    mig.wait()
+    elapsed = time.monotonic() - started
+    cpu, child = time.process_time() - cpu0, children_cpu() - child0
+    info = manager.query()
+    if info["status"] != "completed":
+        raise RuntimeError(f"our migration to {uri}: {info['status']}: {mig.error}")
+    return elapsed, cpu, child
+
+
+def our_run(guest: Guest, size: int) -> tuple[float, float, float]:
+    """Seconds, source CPU and destination CPU (from the migration's start to its exit)."""
+    proc, port = our_destination(size)
+    try:
+        child0 = children_cpu() + process_cpu(proc.pid)  # its start-up is not migration work
+        elapsed, cpu, _ = our_migration(guest, f"tcp:127.0.0.1:{port}")
+        out, _ = proc.communicate(timeout=60)
+        report = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
+        if not report.get("digest-verified"):
+            raise RuntimeError(f"destination: {report}")
+        return elapsed, cpu, children_cpu() - child0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def gbps(size: int, seconds: float) -> float:
+    return size / seconds / 1e9
+
+
+def line(what: str, runs: list[tuple[float, ...]], size: int, extra: str = "") -> float:
+    """Print the medians of (seconds, source CPU, destination CPU); return the seconds."""
+    seconds, *cpus = (statistics.median(r[i] for r in runs) for i in range(len(runs[0])))
+    cpu = "  ".join(f"{c:5.2f}" for c in cpus)
+    print(f"{what:<42} {seconds:6.3f} s {gbps(size, seconds):5.2f} GB/s  cpu {cpu:<12} {extra}",
+          flush=True)
+    return seconds
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="1G")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--no-qemu", action="store_true", help="ours alone even if QEMU is here")
+    ap.add_argument("--only", default="wire,exec,file,extract")
+    args = ap.parse_args()
+    size = parse_size(args.size)
+    parts = set(args.only.split(","))
+    work = Path(tempfile.mkdtemp(prefix="xbzrle-wire-", dir=TMPFS))
+    ram_file = random_file(TMPFS / f"xbzrle-wire-{size}.bin", size)
+    with_qemu = not args.no_qemu and shutil.which(QEMU) is not None
+    print(f"{size / 2**30:.2f} GiB of random bytes, paused guests, median of {args.runs} runs"
+          f"{', against QEMU 7.2' if with_qemu else ' (no QEMU here: ours alone)'}; "
+          "cpu: CPU seconds of the source, then of the destination")
+    guest = our_guest(ram_file, size)
+    try:
+        if "wire" in parts:
+            ours, theirs = [], []
+            for _ in range(args.runs):
+                ours.append(our_run(guest, size))
+                if with_qemu:
+                    theirs.append(qemu_run(ram_file, size, work))
+            if with_qemu:
+                qemu = line("QEMU 7.2 -> QEMU 7.2, tcp loopback", theirs, size)
+                mine = line("xbzrle -> xbzrle, tcp loopback", ours, size)
+                ratio = statistics.median(t[0] / o[0] for t, o in zip(theirs, ours, strict=True))
+                print(f"  rate ratio to QEMU 7.2 (median of per-run ratios): {ratio:.2f}x "
+                      f"(medians {qemu / mine:.2f}x)")
+            else:
+                line("xbzrle -> xbzrle, tcp loopback", ours, size)
+        if "exec" in parts:
+            runs = [our_migration(guest, "exec:cat > /dev/null") for _ in range(args.runs)]
+            line("xbzrle source -> exec:cat > /dev/null", runs, size, "(cpu: source, cat)")
+        stream = work / "stream"
+        if "file" in parts or "extract" in parts:
+            runs = []
+            for _ in range(args.runs if "file" in parts else 1):
+                with contextlib.suppress(FileNotFoundError):
+                    stream.unlink()
+                runs.append(our_migration(guest, f"file:{stream}")[:2])
+            if "file" in parts:
+                line("xbzrle source -> file: on tmpfs", runs, size)
+        if "extract" in parts:
+            runs = []
+            for i in range(args.runs):
+                out = work / f"extract-{i}"
+                child0 = children_cpu()
+                started = time.monotonic()
+                subprocess.run([sys.executable, "-m", "xbzrle", "extract", str(stream), "-o",
+                                str(out)], check=True, stdout=subprocess.DEVNULL)
+                runs.append((time.monotonic() - started, children_cpu() - child0))
+                shutil.rmtree(out)
+            line("xbzrle extract (file on tmpfs -> tmpfs)", runs, size,
+                 "(with the interpreter's start)")
+    finally:
+        guest.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The library's types as a user's type checker sees them (``mypy --strict``)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+SRC = HERE.parent.parent / "src"
+
+
+def mypy(script: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, MYPYPATH=str(SRC))
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--config-file",
+         str(HERE / "mypy.ini"), str(HERE / script)],
+        capture_output=True, text=True, timeout=600, env=env, cwd=HERE)
+
+
+def test_a_strict_user_script_type_checks():
+    r = mypy("typed_user.py")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Success: no issues found" in r.stdout
+
+
+def test_the_types_catch_a_users_mistakes():
+    r = mypy("bad_user.py")
+    assert r.returncode == 1
+    flagged = {int(m) for m in re.findall(r"bad_user\.py:(\d+): error", r.stdout)}
+    lines = (HERE / "bad_user.py").read_text().splitlines()
+    expected = {i for i, line in enumerate(lines, 1) if "# error:" in line}
+    assert flagged == expected, r.stdout
+
+
+def test_the_package_ships_its_type_information():
+    package = SRC / "xbzrle"
+    assert (package / "py.typed").is_file()
+    stub = (package / "_core.pyi").read_text()
+    for name in ("def encode(", "def decode(", "def decode_into(", "def encode_pages(",
+                 "def decode_pages(", "class PageCache", "class GuestRam"):
+        assert name in stub
+
+
+def test_every_public_method_of_the_manager_says_what_it_does():
+    import inspect
+
+    from xbzrle.migration.manager import MigrationManager
+
+    assert MigrationManager.__doc__
+    for name, member in inspect.getmembers(MigrationManager):
+        if name.startswith("_") and name != "__init__":
+            continue
+        if inspect.isfunction(member) or isinstance(member, property):
+            assert (member.__doc__ or "").strip(), name
