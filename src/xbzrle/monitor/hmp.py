@@ -90,7 +90,10 @@ def split_words(line: str) -> list[str]:
     for match in _WORD.finditer(line):
         if line[end:match.start()].strip():
             break  # a quote that never closes: the pattern stepped over it
-        words.append("".join(_unquote(piece) for piece in _PIECE.finditer(match.group())))
+        word = match.group()
+        if '"' in word or "'" in word or "\\" in word:
+            word = "".join(_unquote(piece) for piece in _PIECE.finditer(word))
+        words.append(word)
         end = match.end()
     rest = line[end:].lstrip()
     if rest:
