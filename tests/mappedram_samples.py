@@ -20,6 +20,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from stream_samples import be16, be32, be64, name
+
 PAGE = 4096
 ALIGN = 0x100000  # QEMU's MAPPED_RAM_FILE_OFFSET_ALIGNMENT
 HEADER = struct.Struct(">IQQQ")
@@ -29,21 +31,6 @@ VMDESC = {"page_size": PAGE, "devices": [{"name": "timer", "instance_id": 0, "ve
 SWITCHOVER_START = 0x0B
 
 
-def be16(v: int) -> bytes:
-    return struct.pack(">H", v)
-
-
-def be32(v: int) -> bytes:
-    return struct.pack(">I", v)
-
-
-def be64(v: int) -> bytes:
-    return struct.pack(">Q", v)
-
-
-def name(text: str) -> bytes:
-    raw = text.encode()
-    return bytes([len(raw)]) + raw
 
 
 def configuration(machine: str, capabilities: tuple[str, ...]) -> bytes:

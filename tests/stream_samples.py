@@ -25,7 +25,9 @@ def be64(v: int) -> bytes:
 
 
 def name(text: str) -> bytes:
-    return bytes([len(text)]) + text.encode()
+    """A QEMU counted string: one length byte, then the UTF-8 bytes."""
+    raw = text.encode()
+    return bytes([len(raw)]) + raw
 
 
 def header() -> bytes:

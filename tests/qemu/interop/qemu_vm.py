@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,7 +120,35 @@ class MigrationResult:
     extra: dict = field(default_factory=dict)
 
 
-class GuestVM:
+class QemuProcess:
+    """What both QEMU roles share: a QMP connection, a log, RAM in a shared file."""
+
+    proc: subprocess.Popen
+    qmp: QMP
+    log: typing.IO
+    ram_file: Path
+
+    def ram_bytes(self) -> bytes:
+        """The guest's RAM (stable once the migration completed)."""
+        return self.ram_file.read_bytes()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.qmp.execute("quit")
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        with contextlib.suppress(Exception):
+            self.qmp.close()
+        self.log.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.ram_file)
+
+
+class GuestVM(QemuProcess):
     """One QEMU process running the test guest; RAM in ``ram_file``."""
 
     def __init__(self, kernel: Path, work: Path, extra_args: tuple[str, ...] = ()) -> None:
@@ -178,27 +207,9 @@ class GuestVM:
                 raise QMPError(f"migration did not complete in {settings.timeout} s: {info}")
             time.sleep(0.05)
 
-    def ram_bytes(self) -> bytes:
-        """The guest's RAM as the source holds it (stable once migration completed)."""
-        return self.ram_file.read_bytes()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(Exception):
-                self.qmp.execute("quit")
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        with contextlib.suppress(Exception):
-            self.qmp.close()
-        self.log.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.ram_file)
 
 
-class QemuDestination:
+class QemuDestination(QemuProcess):
     """A paused QEMU waiting for an incoming migration, its RAM in a file.
 
     ``machine`` is ``none`` (one block ``ram``) or ``pc`` (``pc.ram`` and the
@@ -268,24 +279,7 @@ class QemuDestination:
                 rows.append((fields[0], int(fields[4], 16)))
         return rows
 
-    def ram_bytes(self) -> bytes:
-        return self.ram_file.read_bytes()
-
     def errors(self) -> str:
         self.log.flush()
         return self.log_path.read_text(errors="replace").strip()
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(Exception):
-                self.qmp.execute("quit")
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        with contextlib.suppress(Exception):
-            self.qmp.close()
-        self.log.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.ram_file)
