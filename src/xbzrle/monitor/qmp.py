@@ -23,7 +23,7 @@ _REQUEST_MEMBERS = frozenset({"execute", "exec-oob", "arguments", "id"})
 _INT_DIGITS = 20  # an int64/uint64 has at most 20 digits; longer ones become doubles
 
 
-class _BadJson(ValueError):
+class _BadJson(XbzrleError, ValueError):
     """Valid to Python's json module, but not to QEMU's parser: a duplicate key, NaN..."""
 
 

@@ -21,7 +21,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 
-from ..errors import StreamError
+from ..errors import StreamError, XbzrleError
 from . import constants as c
 from .records import (
     Command,
@@ -1046,7 +1046,7 @@ def _mapped_ram_layout_problem(block: MappedRamBlock, header_end: int) -> str | 
     return None
 
 
-class _TooDeep(Exception):
+class _TooDeep(XbzrleError):
     """A JSON document nests deeper than MAX_VMDESC_NESTING."""
 
 
