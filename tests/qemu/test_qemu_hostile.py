@@ -72,7 +72,7 @@ def test_a_16_gib_block_with_one_page_costs_one_page(tmp_path):
         assert f.read() == bytes([0x5A]) * s.PAGE
     # ram_digest of the whole block, without building 16 GiB: its only non-zero page is the last.
     pairs = load_core().page_hashes(bytes([0x5A]) * s.PAGE, size // s.PAGE - 1)
-    assert block["digest"] == hashlib.blake2b(size.to_bytes(8, "little") + pairs,
+    assert block["ram_digest"] == hashlib.blake2b(size.to_bytes(8, "little") + pairs,
                                               digest_size=32).hexdigest()
 
 
@@ -80,7 +80,7 @@ def test_the_digest_is_the_ram_digest_of_the_contents(tmp_path):
     manifest = extract_chunks([h.huge_sparse_block(64 * s.PAGE)], tmp_path)
     for block in manifest["blocks"]:
         content = (tmp_path / block["file"]).read_bytes()
-        assert block["digest"] == ram_digest(content)
+        assert block["ram_digest"] == ram_digest(content)
 
 
 def test_more_blocks_than_open_files_allowed(tmp_path):

@@ -169,7 +169,7 @@ def test_extract_rebuilds_every_block_byte_exact(tmp_path, seed):
         pages = sum(1 for i in range(0, len(data), PAGE) if any(data[i:i + PAGE]))
         assert entry["pages_present"] == pages
         assert entry["present_sha256"] == expected_present_sha256(data)
-        assert entry["digest"] == ram_digest(data)
+        assert entry["ram_digest"] == ram_digest(data)
         present += pages
     assert manifest["pages"]["normal"] == manifest["pages"]["total"] == present
     raw = path.read_bytes()
@@ -461,4 +461,4 @@ def test_extract_summary_names_the_present_pages_hash(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "None" not in out
     for entry in manifest["blocks"]:
-        assert f"{entry['digest']} ({entry['pages_present']} pages present)" in out
+        assert f"{entry['present_sha256']} ({entry['pages_present']} pages present)" in out

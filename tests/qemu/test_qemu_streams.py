@@ -107,7 +107,7 @@ def test_extract_rebuilds_our_streams_byte_for_byte(tmp_path_factory, seed, roun
         block = read_block(out, manifest, name)
         assert block == content
         entry = next(b for b in manifest["blocks"] if b["name"] == name)
-        assert entry["digest"] == ram_digest(content + bytes(-len(content) % 4096))
+        assert entry["ram_digest"] == ram_digest(content + bytes(-len(content) % 4096))
     assert {k: manifest["pages"][k] for k in kinds} == kinds
     report = analyze_chunks([data])
     assert report.complete and report.eof
@@ -359,3 +359,33 @@ def test_receive_refuses_file_uris(tmp_path):
 
 def test_errors_are_stream_errors():
     assert issubclass(IncompleteStreamError, StreamError)
+
+
+def test_extract_checksum_ram_digest_equals_the_migrations_own_digest(tmp_path, capsys):
+    """`--checksum ram-digest` puts xbzrle's RAM digest in the manifest instead of
+    SHA-256: for one of our migrations it is the digest the source sent, so a
+    user can check the extraction against the stream without SHA-256's cost."""
+    from xbzrle import Guest
+    from xbzrle.migration.manager import MigrationManager
+
+    stream = tmp_path / "stream"
+    with Guest(ram="4M") as guest:
+        ram = guest.blocks["pc.ram"]
+        for index in (0, 5, 1000):
+            ram.page(index)[7] = index % 250 + 1
+        guest.stop()
+        manager = MigrationManager(guest)
+        manager.migrate(f"file:{stream}").wait()
+        assert manager.query()["status"] == "completed"
+        expected = guest.digest()["pc.ram"]
+    assert main(["extract", str(stream), "-o", str(tmp_path / "out"), "--checksum",
+                 "ram-digest"]) == 0
+    assert f"ram-digest {expected}" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    (block,) = manifest["blocks"]
+    assert manifest["checksum"] == "ram-digest" and block["sha256"] is None
+    assert block["ram_digest"] == expected == manifest["source_digest"]["pc.ram"]["digest"]
+    none = extract_chunks([stream.read_bytes()], tmp_path / "none", checksum="none")
+    assert none["blocks"][0]["sha256"] is None and "ram_digest" not in none["blocks"][0]
+    with pytest.raises(ParameterError, match="unknown checksum 'md5'"):
+        extract_chunks([b""], tmp_path / "bad", checksum="md5")

@@ -9,7 +9,11 @@
  * cannot make the cache and the destination disagree.  Runs without the GIL. */
 #include "loops.h"
 
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include "cache.h"
 #include "codec.h"
@@ -22,13 +26,31 @@ enum save_mode { MODE_PLAIN = 0, MODE_XBZRLE = 1, MODE_LAST = 2, MODE_QEMU_COPY 
 
 static const uint8_t zero_page[XBZ_PAGE];
 
+/* A page referenced instead of copied (the zero-copy path): its payload
+ * belongs on the wire at header-buffer position `pos`, and is the guest's
+ * page at `ram_offset` of the block. */
+typedef struct {
+    uint64_t pos, ram_offset;
+} page_ref_t;
+
 typedef struct {
     uint8_t *out;
     size_t pos, cap;
     const uint8_t *name;
     size_t name_len;
     int cont;
+    /* Zero-copy: PAGE payloads are recorded in refs[] instead of copied into
+     * out; `referenced` counts their bytes, so that the buffer fills (and the
+     * stream is cut into sections) exactly where the copy path would cut it. */
+    page_ref_t *refs;
+    size_t nrefs, refs_cap, referenced;
 } writer_t;
+
+/* Wire bytes produced so far, copied or referenced. */
+static inline size_t wire_used(const writer_t *w)
+{
+    return w->pos + w->referenced;
+}
 
 /* Page record header: be64 offset|flags, then the block name unless the
  * previous record was in the same block. */
@@ -57,6 +79,18 @@ static inline void emit_zero(writer_t *w, uint64_t offset, uint64_t *c)
 static inline void emit_normal(writer_t *w, uint64_t offset, const uint8_t *data, uint64_t *c)
 {
     size_t h = put_header(w, offset, XBZ_F_PAGE);
+    if (w->refs != NULL) {
+        /* Only in modes where nothing else reads the record back (plain
+         * rounds, last stage): the payload is sent from guest RAM later. */
+        w->pos += h;
+        w->refs[w->nrefs].pos = w->pos;
+        w->refs[w->nrefs].ram_offset = offset;
+        w->nrefs++;
+        w->referenced += XBZ_PAGE;
+        w->cont = 1;
+        c[XBZ_C_NORMAL]++;
+        return;
+    }
     memcpy(w->out + w->pos + h, data, XBZ_PAGE);
     w->pos += h + XBZ_PAGE;
     w->cont = 1;
@@ -182,13 +216,19 @@ static inline void save_one_copy(writer_t *w, const uint8_t *page, uint64_t offs
 }
 
 PyDoc_STRVAR(save_pages_doc,
-"save_pages(out, pos, ram, bitmap, start_page, name, addr_base, mode, cache, cont)\n"
-"    -> (pos, next_page, cont, counts)\n\n"
+"save_pages(out, pos, ram, bitmap, start_page, name, addr_base, mode, cache, cont,\n"
+"           refs=None) -> (pos, next_page, cont, counts[, nrefs])\n\n"
 "Write page records for the dirty pages of one RAM block into out[pos:],\n"
 "clearing their bits, until out has no room for another record or the\n"
 "bitmap is exhausted.  mode: 0 plain, 1 XBZRLE, 2 XBZRLE last stage (cache\n"
 "left alone), 3 XBZRLE the way QEMU does it (private copy; benchmarks only).  cache: PageCache or None.  cont: the previous record was in\n"
-"this block (CONTINUE).  counts: a LoopCounts.");
+"this block (CONTINUE).  counts: a LoopCounts.\n\n"
+"refs (a writable buffer, modes 0 and 2 only): zero-copy.  PAGE payloads are\n"
+"not copied into out; each is recorded as a pair of native uint64 (position\n"
+"in out where the payload belongs, offset of the page in ram) and the call\n"
+"returns nrefs as a fifth item.  out then holds the headers and the other\n"
+"records; write_records() sends both interleaved.  The buffer fills as if\n"
+"the pages were copied, so the stream is byte for byte the copy path's.");
 
 static PyObject *save_pages(PyObject *self, PyObject *args)
 {
@@ -196,12 +236,23 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
     Py_ssize_t pos, start_page;
     unsigned long long addr_base;
     int mode, cont;
-    PyObject *cache_obj, *result = NULL;
+    PyObject *cache_obj, *refs_obj = Py_None, *result = NULL;
+    Py_buffer refs = {0};
     uint64_t c[XBZ_C_COUNT] = {0};
 
-    if (!PyArg_ParseTuple(args, "w*ny*w*ny*KiOp", &out, &pos, &ram, &bitmap, &start_page,
-                          &name, &addr_base, &mode, &cache_obj, &cont))
+    if (!PyArg_ParseTuple(args, "w*ny*w*ny*KiOp|O", &out, &pos, &ram, &bitmap, &start_page,
+                          &name, &addr_base, &mode, &cache_obj, &cont, &refs_obj))
         return NULL;
+    if (refs_obj != Py_None) {
+        if (PyObject_GetBuffer(refs_obj, &refs, PyBUF_WRITABLE) < 0)
+            goto done;
+        if (mode != MODE_PLAIN && mode != MODE_LAST) {
+            /* XBZRLE rounds fill the cache from the record: it must hold the bytes. */
+            PyErr_SetString(PyExc_ValueError,
+                            "save_pages: refs (zero-copy) only in plain rounds and the last stage");
+            goto done;
+        }
+    }
 
     XbzPageCacheObject *cache_owner = NULL;
     xbz_cache *cache = NULL;
@@ -233,7 +284,12 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
         goto done;
     }
 
-    writer_t w = {out.buf, (size_t)pos, (size_t)out.len, name.buf, (size_t)name.len, cont};
+    writer_t w = {out.buf, (size_t)pos, (size_t)out.len, name.buf, (size_t)name.len, cont,
+                  NULL, 0, 0, 0};
+    if (refs.buf != NULL) {
+        w.refs = refs.buf;
+        w.refs_cap = (size_t)refs.len / sizeof(page_ref_t);
+    }
     uint64_t *words = bitmap.buf;
     const uint8_t *base = ram.buf;
     size_t page = (size_t)start_page;
@@ -244,7 +300,8 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
         cache_owner->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     size_t wi = page / 64;
-    while (wi < nwords && w.cap - w.pos >= XBZ_MAX_RECORD) {
+    while (wi < nwords && wire_used(&w) <= w.cap && w.cap - wire_used(&w) >= XBZ_MAX_RECORD &&
+           (w.refs == NULL || w.nrefs < w.refs_cap)) {
         uint64_t bits = words[wi];
         if (page % 64)
             bits &= ~0ULL << (page % 64);
@@ -277,12 +334,19 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
     if (cache_owner != NULL)
         cache_owner->busy = 0;
 
-    c[XBZ_C_WIRE] = w.pos - (size_t)pos;
+    c[XBZ_C_WIRE] = wire_used(&w) - (size_t)pos;
     PyObject *counts = xbz_loop_counts(c);
-    if (counts != NULL)
-        result = Py_BuildValue("nnON", (Py_ssize_t)w.pos, (Py_ssize_t)page,
-                               w.cont ? Py_True : Py_False, counts);
+    if (counts != NULL) {
+        if (w.refs != NULL)
+            result = Py_BuildValue("nnONn", (Py_ssize_t)w.pos, (Py_ssize_t)page,
+                                   w.cont ? Py_True : Py_False, counts, (Py_ssize_t)w.nrefs);
+        else
+            result = Py_BuildValue("nnON", (Py_ssize_t)w.pos, (Py_ssize_t)page,
+                                   w.cont ? Py_True : Py_False, counts);
+    }
 done:
+    if (refs.buf != NULL)
+        PyBuffer_Release(&refs);
     PyBuffer_Release(&out);
     PyBuffer_Release(&ram);
     PyBuffer_Release(&bitmap);
@@ -290,8 +354,119 @@ done:
     return result;
 }
 
+/* writev() every iovec of iov[0:n], resuming after partial writes; on a
+ * non-blocking descriptor (a socket with a timeout) wait for room at most
+ * timeout_ms each time (-1: no limit).  Returns 0, or -1 with errno set
+ * (ETIMEDOUT when no byte could be written for timeout_ms). */
+static int writev_all(int fd, struct iovec *iov, int n, int timeout_ms)
+{
+    while (n > 0) {
+        int batch = n < IOV_MAX ? n : IOV_MAX;
+        ssize_t done = writev(fd, iov, batch);
+        if (done < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                struct pollfd pfd = {fd, POLLOUT, 0};
+                int r = poll(&pfd, 1, timeout_ms);
+                if (r == 0) {
+                    errno = ETIMEDOUT;
+                    return -1;
+                }
+                if (r < 0 && errno != EINTR)
+                    return -1;
+                continue;
+            }
+            return -1;
+        }
+        while (n > 0 && (size_t)done >= iov->iov_len) {
+            done -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0 && done > 0) {
+            iov->iov_base = (uint8_t *)iov->iov_base + done;
+            iov->iov_len -= (size_t)done;
+        }
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(write_records_doc,
+"write_records(fd, out, end, refs, nrefs, ram, timeout_ms=-1) -> bytes written\n\n"
+"Send what save_pages(..., refs=...) produced: out[0:end] with each referenced\n"
+"page of ram inserted at its position, in writev() calls (no copy in user\n"
+"space: the kernel reads the payloads straight from guest RAM).  The bytes are\n"
+"those of the copy path.  A page the guest writes between the save loop's\n"
+"zero check and this call goes out with whatever it holds when the kernel\n"
+"copies it, as in QEMU, which also sends from guest RAM: the write dirtied\n"
+"the page, so the next round sends it again (the last stage runs with the\n"
+"guest stopped).  timeout_ms bounds a wait for room on a non-blocking fd.\n"
+"Raises OSError (TimeoutError on a stall) without closing fd.");
+
+static PyObject *write_records(PyObject *self, PyObject *args)
+{
+    int fd, timeout_ms = -1;
+    Py_buffer out, refs, ram;
+    Py_ssize_t end, nrefs;
+    PyObject *result = NULL;
+    struct iovec *iov = NULL;
+
+    if (!PyArg_ParseTuple(args, "iy*ny*ny*|i", &fd, &out, &end, &refs, &nrefs, &ram,
+                          &timeout_ms))
+        return NULL;
+    const page_ref_t *r = refs.buf;
+    if (end < 0 || end > out.len || nrefs < 0 ||
+        (size_t)nrefs > (size_t)refs.len / sizeof(page_ref_t)) {
+        PyErr_SetString(PyExc_ValueError, "write_records: end or nrefs out of range");
+        goto done;
+    }
+    uint64_t prev = 0;
+    for (Py_ssize_t i = 0; i < nrefs; i++) {
+        if (r[i].pos < prev || r[i].pos > (uint64_t)end || r[i].ram_offset % XBZ_PAGE ||
+            r[i].ram_offset > (uint64_t)ram.len - XBZ_PAGE || (size_t)ram.len < XBZ_PAGE) {
+            PyErr_SetString(PyExc_ValueError, "write_records: a page reference out of range");
+            goto done;
+        }
+        prev = r[i].pos;
+    }
+    iov = PyMem_Malloc(sizeof(struct iovec) * (2 * (size_t)nrefs + 1));
+    if (iov == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int n = 0;
+    prev = 0;
+    for (Py_ssize_t i = 0; i < nrefs; i++) {
+        if (r[i].pos > prev)
+            iov[n++] = (struct iovec){(uint8_t *)out.buf + prev, r[i].pos - prev};
+        iov[n++] = (struct iovec){(uint8_t *)ram.buf + r[i].ram_offset, XBZ_PAGE};
+        prev = r[i].pos;
+    }
+    if ((uint64_t)end > prev)
+        iov[n++] = (struct iovec){(uint8_t *)out.buf + prev, (uint64_t)end - prev};
+    int rc, err;
+    Py_BEGIN_ALLOW_THREADS
+    rc = writev_all(fd, iov, n, timeout_ms);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        errno = err;
+        PyErr_SetFromErrno(err == ETIMEDOUT ? PyExc_TimeoutError : PyExc_OSError);
+        goto done;
+    }
+    result = PyLong_FromSize_t((size_t)end + (size_t)nrefs * XBZ_PAGE);
+done:
+    PyMem_Free(iov);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&refs);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
 static PyMethodDef save_methods[] = {
     {"save_pages", save_pages, METH_VARARGS, save_pages_doc},
+    {"write_records", write_records, METH_VARARGS, write_records_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -302,7 +477,8 @@ int xbz_save_register(PyObject *module)
     if (PyModule_AddIntConstant(module, "SAVE_PLAIN", MODE_PLAIN) < 0 ||
         PyModule_AddIntConstant(module, "SAVE_XBZRLE", MODE_XBZRLE) < 0 ||
         PyModule_AddIntConstant(module, "SAVE_LAST", MODE_LAST) < 0 ||
-        PyModule_AddIntConstant(module, "SAVE_QEMU_COPY", MODE_QEMU_COPY) < 0)
+        PyModule_AddIntConstant(module, "SAVE_QEMU_COPY", MODE_QEMU_COPY) < 0 ||
+        PyModule_AddIntConstant(module, "SAVE_REF_SIZE", (long)sizeof(page_ref_t)) < 0)
         return -1;
     return 0;
 }

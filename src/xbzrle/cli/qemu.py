@@ -56,6 +56,10 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-ram", type=options.size, default="64G",
                         help="refuse streams announcing more RAM than this (default 64G)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    parser.add_argument("--checksum", choices=("ram-digest", "sha256", "none"),
+                        default="ram-digest",
+                        help="per block in the manifest: xbzrle's RAM digest (default, reads "
+                             "only the data), SHA-256 (reads the holes too) or none")
 
 
 def prepare_output(path: str) -> None:
@@ -115,10 +119,10 @@ def _run_extract(args: argparse.Namespace) -> int:
             if opened.compression is None:  # seekable: mapped-ram regions are read at offsets
                 return _print_manifest(args, lambda: extract_file(
                     args.stream, args.output, max_ram=args.max_ram,
-                    on_progress=display.update), display)
+                    on_progress=display.update, checksum=args.checksum), display)
             return _print_manifest(args, lambda: extract_chunks(
                 _showing(read_chunks(opened), opened, display), args.output,
-                max_ram=args.max_ram, source=str(args.stream)), display)
+                max_ram=args.max_ram, source=str(args.stream), checksum=args.checksum), display)
 
 
 def _showing(chunks: Iterator[bytes], opened: Any, display: ReadDisplay) -> Iterator[bytes]:
@@ -149,7 +153,7 @@ def _run_receive(args: argparse.Namespace) -> int:
             args.uri, args.output, max_ram=args.max_ram, on_listening=announce,
             on_progress=display.update, objects=args.objects, tls_creds=args.tls_creds,
             tls_authz=args.tls_authz, handshake_timeout=args.handshake_timeout,
-            on_refused=refused), display)
+            on_refused=refused, checksum=args.checksum), display)
 
 
 def _print_manifest(args: argparse.Namespace, run: Any,
@@ -175,9 +179,12 @@ def _summary(manifest: dict[str, Any], args: argparse.Namespace) -> None:
         return
     pages = manifest["pages"]
     for block in manifest["blocks"]:
-        digest = block["digest"]
-        if "pages_present" in block:  # mapped-ram: what the file carried
-            digest = f"{digest} ({block['pages_present']} pages present)"
+        if block.get("sha256") is not None:
+            digest = block["sha256"]
+        elif "present_sha256" in block:  # mapped-ram: only the present pages are hashed
+            digest = f"{block['present_sha256']} ({block['pages_present']} pages present)"
+        else:  # --checksum ram-digest or none
+            digest = f"ram-digest {block['ram_digest']}" if "ram_digest" in block else "-"
         print(f"{block['file']:<32} {block['size']:>14}  {digest}  ({block['name']})")
     if manifest["device_state"] is not None:
         print(f"{manifest['device_state']['file']:<32} {manifest['device_state']['size']:>14}  "

@@ -50,6 +50,8 @@ class SourceConfig:
     max_rounds: int = 0  # 0 = no cap; a cap forces the switch-over (tests)
     transport: dict = field(default_factory=dict)  # connect(): tls, tls_hostname, stall_timeout
     ram_digest: bool = True  # x-ram-digest: send a digest of all RAM, expect a verdict
+    copy_pages: bool = False  # copy PAGE payloads into the buffer even where writev could
+    #                           send them from guest RAM (tests compare both paths)
 
 
 class _RateLimiter:
@@ -169,6 +171,21 @@ class SourceMigration(Migration):
             raise Cancelled()
         assert self._channel is not None
         self._channel.write(data)
+
+    def _send_records(self, buf: bytearray, end: int, refs: bytearray, nrefs: int,
+                      block) -> int:
+        """Send a zero-copy buffer: its headers with the referenced pages of
+        ``block`` between them.  Returns the bytes sent (as the copy path's)."""
+        if self._cancel.is_set():
+            raise Cancelled()
+        channel = self._channel
+        assert channel is not None
+        timeout = getattr(channel, "stall_timeout", None)
+        try:
+            return _core.write_records(channel.writev_fd(), buf, end, refs, nrefs, block,
+                                       -1 if timeout is None else int(timeout * 1000))
+        except OSError as exc:
+            raise channel.send_failed(exc) from exc
 
     def _apply_live_changes(self) -> None:
         size, self._pending_cache_size = self._pending_cache_size, None
@@ -334,6 +351,14 @@ class SourceMigration(Migration):
         started = time.monotonic()
         total = BatchCounts()
         buf = bytearray(self._chunk_size())
+        # Zero-copy: in plain rounds and the last stage, PAGE payloads go from
+        # guest RAM to the channel by writev (see _core.write_records); XBZRLE
+        # rounds copy them, because the cache is filled from the bytes sent.
+        fd = self._channel.writev_fd() if self._channel is not None else None
+        zero_copy = (fd is not None and not self.config.copy_pages
+                     and mode in (_core.SAVE_PLAIN, _core.SAVE_LAST))
+        refs = bytearray(_core.SAVE_REF_SIZE * (len(buf) // PAGE_SIZE + 1)) if zero_copy else None
+        nrefs = 0
         for name, block in self.guest.blocks.items():
             bitmap = bitmaps[name]
             encoded_name = name.encode()
@@ -343,10 +368,13 @@ class SourceMigration(Migration):
                 if self._cancel.is_set():
                     raise Cancelled()
                 buf[: len(prefix)] = prefix
-                pos, page, _, raw = _core.save_pages(
-                    buf, len(prefix), block, bitmap, page, encoded_name,
-                    self._addr_base[name], mode, self.cache if mode else None,
-                    self._last_block == name)
+                args = (buf, len(prefix), block, bitmap, page, encoded_name,
+                        self._addr_base[name], mode, self.cache if mode else None,
+                        self._last_block == name)
+                if zero_copy:
+                    pos, page, _, raw, nrefs = _core.save_pages(*args, refs)
+                else:
+                    pos, page, _, raw = _core.save_pages(*args)
                 counts = BatchCounts.from_loop(raw)
                 if counts.wire_bytes:
                     self._last_block = name
@@ -354,9 +382,13 @@ class SourceMigration(Migration):
                     if not final:
                         buf[pos:pos + len(tail)] = tail
                         end += len(tail)
-                    self._send(memoryview(buf)[:end])
-                    self._limiter.account(end)
-                    counts.wire_bytes = end
+                    if nrefs:
+                        sent = self._send_records(buf, end, refs, nrefs, block)
+                    else:
+                        self._send(memoryview(buf)[:end])
+                        sent = end
+                    self._limiter.account(sent)
+                    counts.wire_bytes = sent
                     if final:
                         prefix = b""
                 total.add(counts)

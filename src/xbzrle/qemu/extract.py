@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import StreamError
+from ..errors import ParameterError, StreamError
 from ..stream import records as ev
 from ..stream.constants import DIGEST_IDSTR, VM_SECTION_FULL
 from ..stream.load import PageLoader
@@ -25,7 +25,14 @@ from ..stream.parser import NEED_DATA, StreamParser
 from .analyze import READ_SIZE, TailKeeper, device_list
 from .compressed import ProgressReader
 from .mappedram import LoadedBlock, RandomAccessFile, file_chunks, load_block, stream_size
-from .ramfiles import DEFAULT_MAX_RAM, DEVICE_STATE, MANIFEST, RamFiles, prepare_output_dir
+from .ramfiles import (
+    CHECKSUMS,
+    DEFAULT_MAX_RAM,
+    DEVICE_STATE,
+    MANIFEST,
+    RamFiles,
+    prepare_output_dir,
+)
 
 MANIFEST_FORMAT = "xbzrle-ram-extract/2"
 
@@ -50,7 +57,11 @@ class StreamExtractor:
     """Feeds one stream into RAM block files in ``out_dir``; ``finish()`` writes the manifest."""
 
     def __init__(self, out_dir: str | os.PathLike[str], *, max_ram: int = DEFAULT_MAX_RAM,
-                 source: str = "", random_access: RandomAccessFile | None = None) -> None:
+                 source: str = "", random_access: RandomAccessFile | None = None,
+                 checksum: str = "ram-digest") -> None:
+        if checksum not in CHECKSUMS:
+            raise ParameterError(f"unknown checksum {checksum!r}: one of {', '.join(CHECKSUMS)}")
+        self.checksum = checksum
         self.out_dir = Path(out_dir)
         prepare_output_dir(self.out_dir)
         self.max_ram = max_ram
@@ -200,7 +211,7 @@ class StreamExtractor:
     def _write_outputs(self, error: str | None) -> dict[str, Any]:
         counts = self.loader.counts if self.loader is not None else None
         self._close_files()
-        blocks = self.ram.manifest_blocks() if self.ram is not None else []
+        blocks = self.ram.manifest_blocks(self.checksum) if self.ram is not None else []
         if self._mapped:
             # The pages a mapped-ram file carries, beside the digest of the whole block.
             for block in blocks:
@@ -227,6 +238,7 @@ class StreamExtractor:
             "source_digest": self.digest,
             "eof": self.eof,
             "mapped_ram": bool(self._mapped),
+            "checksum": self.checksum,
         }
         tmp = self.out_dir / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -235,9 +247,10 @@ class StreamExtractor:
 
 
 def extract_chunks(chunks: Iterable[bytes], out_dir: str | os.PathLike[str], *,
-                   max_ram: int = DEFAULT_MAX_RAM, source: str = "") -> dict[str, Any]:
+                   max_ram: int = DEFAULT_MAX_RAM, source: str = "",
+                   checksum: str = "ram-digest") -> dict[str, Any]:
     """Extract a stream given as byte chunks; returns the manifest."""
-    extractor = StreamExtractor(out_dir, max_ram=max_ram, source=source)
+    extractor = StreamExtractor(out_dir, max_ram=max_ram, source=source, checksum=checksum)
     try:
         for chunk in chunks:
             extractor.feed(chunk)
@@ -251,24 +264,27 @@ def extract_chunks(chunks: Iterable[bytes], out_dir: str | os.PathLike[str], *,
 
 def extract_file(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
                  max_ram: int = DEFAULT_MAX_RAM,
-                 on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                 on_progress: Callable[[int], None] | None = None,
+                 checksum: str = "ram-digest") -> dict[str, Any]:
     """Extract the stream in ``path`` ("-" reads standard input) into ``out_dir``.
 
     ``on_progress`` hears the read position in the file after each read.
+    ``checksum``: what the manifest holds per block, ``"ram-digest"`` (default),
+    ``"sha256"`` (reads the holes too) or ``"none"``.
     """
     if str(path) == "-":
-        return _extract_open_file(sys.stdin.buffer, out_dir, max_ram, "-")
+        return _extract_open_file(sys.stdin.buffer, out_dir, max_ram, "-", checksum)
     with open(path, "rb") as f:
         watched: Any = f if on_progress is None else ProgressReader(f, on_progress)
-        return _extract_open_file(watched, out_dir, max_ram, str(path))
+        return _extract_open_file(watched, out_dir, max_ram, str(path), checksum)
 
 
 def _extract_open_file(f: BinaryIO, out_dir: str | os.PathLike[str], max_ram: int,
-                       source: str) -> dict[str, Any]:
+                       source: str, checksum: str = "ram-digest") -> dict[str, Any]:
     """A file that can seek is read with jumps over mapped-ram regions and random access."""
     random_access = RandomAccessFile(f, source) if stream_size(f) is not None else None
     extractor = StreamExtractor(out_dir, max_ram=max_ram, source=source,
-                                random_access=random_access)
+                                random_access=random_access, checksum=checksum)
     try:
         for chunk in file_chunks(f, extractor.parser, READ_SIZE):
             extractor.feed(chunk)

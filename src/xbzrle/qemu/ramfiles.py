@@ -37,6 +37,11 @@ DEVICE_STATE = "device-state.bin"
 OUTPUT_FILES = (MANIFEST, DEVICE_STATE)
 MAX_STEM = 80
 """Characters of a block name kept in its file name (255 bytes is the usual limit)."""
+CHECKSUMS = ("ram-digest", "sha256", "none")
+"""What the manifest holds per block: xbzrle's RAM digest (the default: the
+x-ram-digest section's value, read from the file's data extents only, so a
+sparse block costs what it holds), SHA-256 of the file (any tool checks it,
+but it reads every byte of the holes too), or nothing."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9@._+-]+")
 _DIGEST_CHUNK = 16 << 20
 
@@ -139,11 +144,21 @@ class RamFiles:
     def sizes(self) -> dict[str, int]:
         return dict(self._sizes)
 
-    def manifest_blocks(self) -> list[dict[str, object]]:
-        """Name, file, size and page digest of every block, for the manifest (after close)."""
-        return [{"name": name, "file": self.files[name], "size": size,
-                 "digest": file_digest(self.out_dir / self.files[name], size)}
-                for name, size in self._sizes.items()]
+    def manifest_blocks(self, checksum: str = "ram-digest") -> list[dict[str, object]]:
+        """Name, file, size and checksum (see CHECKSUMS) of every block (after close)."""
+        if checksum not in CHECKSUMS:
+            raise ParameterError(f"unknown checksum {checksum!r}: one of {', '.join(CHECKSUMS)}")
+        blocks: list[dict[str, object]] = []
+        for name, size in self._sizes.items():
+            path = self.out_dir / self.files[name]
+            entry: dict[str, object] = {"name": name, "file": self.files[name], "size": size,
+                                        "sha256": None}
+            if checksum == "sha256":
+                entry["sha256"] = _file_sha256(path)
+            elif checksum == "ram-digest":
+                entry["ram_digest"] = file_digest(path, size)
+            blocks.append(entry)
+        return blocks
 
     def close(self) -> None:
         for mapped in self._mapped:
@@ -207,3 +222,12 @@ def prepare_output_dir(out_dir: Path) -> None:
     for entry in entries:
         if entry.is_file() and (entry.suffix == ".ram" or entry.name in OUTPUT_FILES):
             os.unlink(entry)
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 of a whole file, holes included (read in chunks: memory stays small)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_DIGEST_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()

@@ -58,7 +58,8 @@ def receive(uri: str, out_dir: str | os.PathLike[str], *, max_ram: int = DEFAULT
             on_progress: Callable[[int], None] | None = None,
             objects: Iterable[str | TlsObject] = (), tls_creds: str = "",
             tls_authz: str = "", handshake_timeout: float = 10.0,
-            on_refused: Callable[[str], None] | None = None) -> dict[str, Any]:
+            on_refused: Callable[[str], None] | None = None,
+            checksum: str = "ram-digest") -> dict[str, Any]:
     """Accept one incoming migration on ``uri`` and extract it into ``out_dir``.
 
     ``on_listening`` gets the address once bound (before the source may connect);
@@ -76,7 +77,7 @@ def receive(uri: str, out_dir: str | os.PathLike[str], *, max_ram: int = DEFAULT
     admission = admission_for(objects, tls_creds, tls_authz, handshake_timeout, on_refused)
     if admission.tls is not None and not parsed.is_socket:
         raise ParameterError(f"TLS needs a socket migration (tcp: or unix:), not {parsed.scheme}:")
-    extractor = StreamExtractor(out_dir, max_ram=max_ram, source=uri)
+    extractor = StreamExtractor(out_dir, max_ram=max_ram, source=uri, checksum=checksum)
     listener = Listener(parsed)
     try:
         if on_listening is not None:

@@ -30,6 +30,7 @@ VERDICT_MAX = 4096
 
 class Channel(Protocol):
     def write(self, data: memoryview | bytes) -> None: ...
+    def writev_fd(self) -> int | None: ...
     def readinto(self, buf: memoryview) -> int: ...
     def abort(self) -> None: ...
     def close(self) -> None: ...
@@ -81,6 +82,19 @@ class SocketChannel:
                 raise TransportError(
                     f"the destination refused the migration: {verdict}") from exc
             raise TransportError(f"lost the migration peer while sending: {exc}") from exc
+
+    def writev_fd(self) -> int | None:
+        """The descriptor the source may ``writev`` page payloads to straight from
+        guest RAM (the zero-copy send), or None when bytes must go through
+        ``write`` (a channel that transforms them, such as TLS)."""
+        return self.sock.fileno() if type(self.sock) is socket.socket else None
+
+    def send_failed(self, exc: OSError) -> TransportError:
+        """The error for a failed send: the destination's refusal if it said one."""
+        verdict = self._salvage_verdict()
+        if verdict is not None:
+            return TransportError(f"the destination refused the migration: {verdict}")
+        return TransportError(f"lost the migration peer while sending: {exc}")
 
     def _salvage_verdict(self) -> str | None:
         """A destination that gave up said why before closing: read it if it is here."""
@@ -242,6 +256,13 @@ class FileChannel:
         except OSError as exc:
             failure = self._command_failure()
             raise TransportError(failure or f"migration output failed: {exc}") from exc
+
+    def writev_fd(self) -> int | None:
+        """Files and pipes take page payloads straight from guest RAM."""
+        return self.fd
+
+    def send_failed(self, exc: OSError) -> TransportError:
+        return TransportError(f"migration output failed: {exc}")
 
     def readinto(self, buf: memoryview) -> int:
         try:
