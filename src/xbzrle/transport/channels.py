@@ -9,6 +9,7 @@ capability) instead of claiming success.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import select
@@ -94,6 +95,12 @@ class SocketChannel:
         verdict = self._salvage_verdict()
         if verdict is not None:
             return TransportError(f"the destination refused the migration: {verdict}")
+        if self.stall_timeout is not None and (
+                isinstance(exc, TimeoutError)
+                or exc.errno in (errno.ETIMEDOUT, errno.EAGAIN, errno.EWOULDBLOCK)):
+            return TransportError(
+                f"the destination stopped reading: no progress for {self.stall_timeout:g} s "
+                "(x-stall-timeout)")
         return TransportError(f"lost the migration peer while sending: {exc}")
 
     def _salvage_verdict(self) -> str | None:
