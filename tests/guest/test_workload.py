@@ -152,3 +152,43 @@ def test_workload_errors_are_clear():
             guest.start_workload("dense", resume=True)
         fresh = guest.start_workload("dense", resume=False)
         assert not fresh.resumed
+
+
+def _ops_per_second(workload, seconds: float = 1.0) -> float:
+    """Page writes per second over a window (a measured figure, never asserted alone)."""
+    before, started = workload.ops, time.monotonic()
+    time.sleep(seconds)
+    return (workload.ops - before) / (time.monotonic() - started)
+
+
+@pytest.mark.parametrize("pct", [50, 80])
+def test_throttle_slows_the_workload_by_its_percentage_and_lifts(pct):
+    """A fixed-rate vCPU keeps (100 - pct)% of its work while throttled, all of it after.
+
+    The band is generous (the machine is shared); what must hold is that
+    the throttle takes away about its share, no more and no less, without
+    stopping the guest, and that lifting it gives the full rate back.
+    """
+    with Guest("8M") as guest:
+        work = guest.start_workload("sparse", rate=100_000)
+        free = _ops_per_second(work)
+        guest.set_throttle(pct)
+        assert guest.throttle == pct and work.throttle == pct and work.running
+        throttled = _ops_per_second(work)
+        guest.set_throttle(0)
+        lifted = _ops_per_second(work)
+        keep = (100 - pct) / 100
+        assert keep * 0.6 < throttled / free < keep * 1.4
+        assert lifted / free > 0.8
+        assert work.throttled_seconds > 0 and guest.running
+
+
+def test_throttle_applies_to_later_workloads_and_is_checked():
+    with Guest("8M") as guest:
+        guest.set_throttle(40)
+        late = guest.start_workload("sparse", rate=10_000)
+        assert late.throttle == 40
+        for bad in (-1, 100, 1.5, True):
+            with pytest.raises(ParameterError, match="throttle"):
+                guest.set_throttle(bad)
+        assert guest.throttle == 40

@@ -40,9 +40,13 @@ def test_defaults_match_qemu():
     s = Settings(ram_size=1 << 30)
     assert s.parameters.to_qmp() == {
         "xbzrle-cache-size": 64 * MiB, "max-bandwidth": 128 * MiB, "downtime-limit": 300,
+        "throttle-trigger-threshold": 50, "cpu-throttle-initial": 20,
+        "cpu-throttle-increment": 10, "cpu-throttle-tailslow": False, "max-cpu-throttle": 99,
+        "x-throttle-raw-bytes": False, "x-overflow-backoff": True,
         "tls-creds": "", "tls-hostname": "", "tls-authz": "",
         "x-handshake-timeout": 10_000, "x-stall-timeout": 60_000}
     assert s.query_capabilities()[0] == {"capability": "xbzrle", "state": False}
+    assert {"capability": "auto-converge", "state": False} in s.query_capabilities()
 
 
 def test_capabilities():
@@ -123,3 +127,55 @@ def test_state_machine():
     with pytest.raises(MigrationStateError):
         check_transition(S.NONE, S.ACTIVE)
     assert S.ACTIVE.is_running and not S.COMPLETED.is_running
+
+
+@pytest.mark.parametrize(("name", "lowest", "highest", "text"), [
+    ("throttle-trigger-threshold", 1, 100,
+     "Parameter 'throttle_trigger_threshold' expects an integer in the range of 1 to 100"),
+    ("cpu-throttle-initial", 1, 99,
+     "Parameter 'cpu_throttle_initial' expects an integer in the range of 1 to 99"),
+    ("cpu-throttle-increment", 1, 99,
+     "Parameter 'cpu_throttle_increment' expects an integer in the range of 1 to 99"),
+    ("max-cpu-throttle", 20, 99,
+     "Parameter 'max_cpu_throttle' expects an integer in the range of cpu_throttle_initial "
+     "to 99"),
+])
+def test_throttle_parameters_have_qemus_ranges_and_texts(name, lowest, highest, text):
+    s = Settings(ram_size=1 << 30)
+    for good in (lowest, highest):
+        s.set_parameters(**{name: good})
+        assert s.parameters.to_qmp()[name] == good
+    for bad in (lowest - 1, highest + 1):
+        with pytest.raises(ParameterError) as info:
+            s.set_parameters(**{name: bad})
+        assert str(info.value) == text
+    assert s.parameters.to_qmp()[name] == highest  # a refused value changes nothing
+    with pytest.raises(ParameterError, match="expects an integer"):
+        s.set_parameters(**{name: "ten"})
+
+
+def test_max_cpu_throttle_is_judged_against_the_initial_it_comes_with():
+    s = Settings(ram_size=1 << 30)
+    s.set_parameters(max_cpu_throttle=40)
+    with pytest.raises(ParameterError, match="max_cpu_throttle"):
+        s.set_parameters(cpu_throttle_initial=50)  # would leave max below initial
+    s.set_parameters(cpu_throttle_initial=50, max_cpu_throttle=60)  # together: fine
+    assert (s.parameters.cpu_throttle_initial, s.parameters.max_cpu_throttle) == (50, 60)
+
+
+@pytest.mark.parametrize("name", ["cpu-throttle-tailslow", "x-throttle-raw-bytes",
+                                  "x-overflow-backoff"])
+def test_throttle_switches_are_booleans(name):
+    s = Settings(ram_size=1 << 30)
+    s.set_parameters(**{name: True})
+    assert s.parameters.to_qmp()[name] is True
+    s.set_parameters(**{name: False})
+    assert s.parameters.to_qmp()[name] is False
+    with pytest.raises(ParameterError, match="expects a boolean"):
+        s.set_parameters(**{name: 1})
+
+
+def test_auto_converge_is_a_capability():
+    s = Settings(ram_size=1 << 30)
+    s.set_capability("auto-converge", True)
+    assert s.capability("auto-converge") is True

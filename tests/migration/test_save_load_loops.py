@@ -294,3 +294,54 @@ def test_known_zero_pages_are_skipped_and_written_pages_are_still_zeroed():
         assert bytes(view[9 * PAGE:10 * PAGE]) == bytes(PAGE)  # written, then zeroed
         assert data[9] == 1
         view.release()
+
+
+def _backoff_round(ram, cache, backoff, dest, last, change):
+    """One XBZRLE round over one page after ``change(page)``; the destination applies it."""
+    change(memoryview(ram)[:PAGE])
+    chunks = []
+    buf = bytearray(1 << 16)
+    _, _, _, counts = _core.save_pages(buf, 0, ram, all_dirty(1), 0, NAME, 0,
+                                       _core.SAVE_XBZRLE, cache, False, None, backoff)
+    c = BatchCounts.from_loop(counts)
+    chunks.append(bytes(buf[:c.wire_bytes]))
+    last = load_all(chunks, dest, last=last)
+    assert dest == ram  # whatever the loop decided, the destination holds the page
+    return c, last
+
+
+def test_overflow_backs_off_exponentially_and_keeps_the_cache_current():
+    ram = bytearray(os.urandom(PAGE))
+    cache = _core.PageCache(1 << 20)
+    dest = bytearray(PAGE)
+    backoff = bytearray(1)
+    rewrite = lambda p: p.__setitem__(slice(None), os.urandom(PAGE))  # noqa: E731
+    touch = lambda p: p.__setitem__(100, p[100] ^ 0xFF)  # noqa: E731
+    c, last = _backoff_round(ram, cache, backoff, dest, -1, touch)
+    assert c.cache_miss == 1  # the first time: cached, sent whole
+    kinds, xbzrle_bytes = [], []
+    changes = [rewrite] * 6 + [touch] * 5 + [rewrite] * 2
+    for change in changes:
+        c, last = _backoff_round(ram, cache, backoff, dest, last, change)
+        kinds.append("overflow" if c.overflow else "skipped" if c.skipped_overflow
+                     else "xbzrle" if c.xbzrle else "?")
+        assert c.normal == c.overflow + c.skipped_overflow
+        xbzrle_bytes.append(c.xbzrle_bytes)
+    # overflow: skip once; again: skip twice; again: skip four times (small
+    # changes too, while the cache slot follows the page); then the encoder
+    # runs, the small change encodes in a few bytes (the slot was current)
+    # and the back-off drops back: the next overflow skips once.
+    assert kinds == ["overflow", "skipped", "overflow", "skipped", "skipped", "overflow",
+                     "skipped", "skipped", "skipped", "skipped", "xbzrle", "overflow",
+                     "skipped"]
+    assert xbzrle_bytes[10] < 16
+
+
+def test_back_off_state_is_checked():
+    with pytest.raises(ValueError, match="backoff"):
+        _core.save_pages(bytearray(1 << 16), 0, bytearray(2 * PAGE), all_dirty(2), 0, NAME, 0,
+                         _core.SAVE_XBZRLE, _core.PageCache(1 << 20), False, None,
+                         bytearray(1))
+    with pytest.raises(BufferError):  # the loop writes it: a read-only buffer is refused
+        _core.save_pages(bytearray(1 << 16), 0, bytearray(PAGE), all_dirty(1), 0, NAME, 0,
+                         _core.SAVE_XBZRLE, _core.PageCache(1 << 20), False, None, b"\0")

@@ -15,6 +15,8 @@ static PyStructSequence_Field count_fields[] = {
     {"cache_miss", "pages not in the cache (inserted when allowed)"},
     {"xbzrle_bytes", "XBZRLE record bytes (delta + 3) plus a page per overflow"},
     {"wire_bytes", "bytes of records produced (save) or consumed (load)"},
+    {"skipped_overflow", "cache hits sent whole without running the encoder: the page "
+                         "overflowed recently (overflow back-off)"},
     {NULL, NULL},
 };
 

@@ -112,7 +112,24 @@ static inline int cache_follow_delta(uint8_t *cached, const uint8_t *delta, size
     return 0;
 }
 
-/* One dirty page of the save loop.
+/* Overflow back-off, one byte per page of the block (owned by the caller):
+ * the high nibble is the back-off level, the low nibble the number of times
+ * the page is still to be sent whole without running the encoder.  A page
+ * whose delta overflows (rewritten wholesale) climbs a level and skips the
+ * encoder the next 1, 2, 4, then 8 times it is dirty; a page that encodes
+ * (or is unchanged) drops back to level 0.  Encoding a page that overflows
+ * costs a whole encoder pass for nothing: the page goes out whole anyway. */
+#define BACKOFF_MAX_LEVEL 4
+
+static inline void backoff_overflowed(uint8_t *b)
+{
+    unsigned level = (unsigned)(*b >> 4) + 1;
+    if (level > BACKOFF_MAX_LEVEL)
+        level = BACKOFF_MAX_LEVEL;
+    *b = (uint8_t)(level << 4 | (1u << (level - 1)));
+}
+
+/* One dirty page of the save loop (backoff: this page's back-off byte or NULL).
  *
  * The guest may write the page while this runs (the rounds before the
  * switch-over).  No private copy is taken; instead every byte that reaches
@@ -128,7 +145,7 @@ static inline int cache_follow_delta(uint8_t *cached, const uint8_t *delta, size
  * round sends the difference.  In the last stage (MODE_LAST) the guest is
  * stopped and the cache is left alone. */
 static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, uint64_t addr,
-                            int mode, xbz_cache *cache, uint64_t *c)
+                            int mode, xbz_cache *cache, uint8_t *backoff, uint64_t *c)
 {
     if (xbz_is_zero(page, XBZ_PAGE)) {
         /* Refresh the cached copy too, or the next delta is against stale bytes. */
@@ -149,15 +166,30 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
             xbz_cache_insert(cache, addr, w->out + w->pos - XBZ_PAGE);
         return;
     }
+    if (backoff != NULL && (*backoff & 0x0f) != 0) {
+        /* Backing off: the page goes whole without the encoder, and the
+         * cache takes the bytes sent (XBZRLE rounds never use refs), so the
+         * delta is right the day the encoder is tried again. */
+        *backoff -= 1;
+        c[XBZ_C_SKIPPED]++;
+        emit_normal(w, offset, page, c);
+        if (mode == MODE_XBZRLE)
+            memcpy(cached, w->out + w->pos - XBZ_PAGE, XBZ_PAGE);
+        return;
+    }
     size_t h = put_header(w, offset, XBZ_F_XBZRLE);
     uint8_t *rec = w->out + w->pos;
     uint8_t *delta = rec + h + 3;
     ssize_t n = xbz_encode(cached, page, XBZ_PAGE, delta, XBZ_PAGE);
     if (n == 0) {
+        if (backoff != NULL)
+            *backoff = 0; /* it encodes again: back to trying every time */
         c[XBZ_C_UNCHANGED]++;
         return; /* nothing to send: the destination already holds these bytes */
     }
     if (n > 0 && (mode != MODE_XBZRLE || cache_follow_delta(cached, delta, (size_t)n) == 0)) {
+        if (backoff != NULL)
+            *backoff = 0;
         rec[h] = XBZ_ENCODING_XBZRLE;
         rec[h + 1] = (uint8_t)(n >> 8);
         rec[h + 2] = (uint8_t)n;
@@ -168,6 +200,8 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
         return;
     }
     /* Overflow: the page goes whole, and the cache takes the bytes sent. */
+    if (backoff != NULL)
+        backoff_overflowed(backoff);
     c[XBZ_C_OVERFLOW]++;
     c[XBZ_C_XBZRLE_BYTES] += XBZ_PAGE;
     emit_normal(w, offset, page, c);
@@ -217,7 +251,7 @@ static inline void save_one_copy(writer_t *w, const uint8_t *page, uint64_t offs
 
 PyDoc_STRVAR(save_pages_doc,
 "save_pages(out, pos, ram, bitmap, start_page, name, addr_base, mode, cache, cont,\n"
-"           refs=None) -> (pos, next_page, cont, counts[, nrefs])\n\n"
+"           refs=None, backoff=None) -> (pos, next_page, cont, counts[, nrefs])\n\n"
 "Write page records for the dirty pages of one RAM block into out[pos:],\n"
 "clearing their bits, until out has no room for another record or the\n"
 "bitmap is exhausted.  mode: 0 plain, 1 XBZRLE, 2 XBZRLE last stage (cache\n"
@@ -228,7 +262,10 @@ PyDoc_STRVAR(save_pages_doc,
 "in out where the payload belongs, offset of the page in ram) and the call\n"
 "returns nrefs as a fifth item.  out then holds the headers and the other\n"
 "records; write_records() sends both interleaved.  The buffer fills as if\n"
-"the pages were copied, so the stream is byte for byte the copy path's.");
+"the pages were copied, so the stream is byte for byte the copy path's.\n\n"
+"backoff: None, or a writable buffer of one byte per page of the block for\n"
+"the overflow back-off (all zero when a migration starts; the loop keeps it;\n"
+"modes 1 and 2).");
 
 static PyObject *save_pages(PyObject *self, PyObject *args)
 {
@@ -236,13 +273,20 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
     Py_ssize_t pos, start_page;
     unsigned long long addr_base;
     int mode, cont;
-    PyObject *cache_obj, *refs_obj = Py_None, *result = NULL;
-    Py_buffer refs = {0};
+    PyObject *cache_obj, *refs_obj = Py_None, *backoff_obj = Py_None, *result = NULL;
+    Py_buffer refs = {0}, backoff_buf = {0};
     uint64_t c[XBZ_C_COUNT] = {0};
 
-    if (!PyArg_ParseTuple(args, "w*ny*w*ny*KiOp|O", &out, &pos, &ram, &bitmap, &start_page,
-                          &name, &addr_base, &mode, &cache_obj, &cont, &refs_obj))
+    if (!PyArg_ParseTuple(args, "w*ny*w*ny*KiOp|OO", &out, &pos, &ram, &bitmap, &start_page,
+                          &name, &addr_base, &mode, &cache_obj, &cont, &refs_obj,
+                          &backoff_obj))
         return NULL;
+    uint8_t *backoff = NULL;
+    if (backoff_obj != Py_None) {
+        if (PyObject_GetBuffer(backoff_obj, &backoff_buf, PyBUF_WRITABLE) < 0)
+            goto done;
+        backoff = backoff_buf.buf;
+    }
     if (refs_obj != Py_None) {
         if (PyObject_GetBuffer(refs_obj, &refs, PyBUF_WRITABLE) < 0)
             goto done;
@@ -277,10 +321,12 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
         }
     }
     if (ram.len % XBZ_PAGE != 0 || (size_t)bitmap.len < nwords * 8 || name.len > 255 ||
-        mode < MODE_PLAIN || mode > MODE_QEMU_COPY || pos < 0 || pos > out.len || start_page < 0) {
+        mode < MODE_PLAIN || mode > MODE_QEMU_COPY || pos < 0 || pos > out.len || start_page < 0 ||
+        (backoff != NULL && (size_t)backoff_buf.len < npages)) {
         PyErr_SetString(PyExc_ValueError,
                         "save_pages: bad arguments (ram not whole pages, bitmap too short, "
-                        "name over 255 bytes, bad mode or position)");
+                        "name over 255 bytes, bad mode or position, backoff shorter than "
+                        "the block's pages)");
         goto done;
     }
 
@@ -322,7 +368,8 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
         if (mode == MODE_QEMU_COPY)
             save_one_copy(&w, base + offset, offset, addr_base + offset, cache, scratch, c);
         else
-            save_one(&w, base + offset, offset, addr_base + offset, mode, cache, c);
+            save_one(&w, base + offset, offset, addr_base + offset, mode, cache,
+                     backoff != NULL ? backoff + p : NULL, c);
         c[XBZ_C_SCANNED]++;
         page = p + 1;
         if (page % 64 == 0)
@@ -347,6 +394,8 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
 done:
     if (refs.buf != NULL)
         PyBuffer_Release(&refs);
+    if (backoff_buf.buf != NULL)
+        PyBuffer_Release(&backoff_buf);
     PyBuffer_Release(&out);
     PyBuffer_Release(&ram);
     PyBuffer_Release(&bitmap);

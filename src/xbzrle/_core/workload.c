@@ -42,10 +42,18 @@ typedef struct {
     pthread_t thread;
     int started, running, active, exiting, closed;
     int pause_request; /* read by the thread between operations */
-    double rate;       /* operations per second, 0 = flat out */
-    struct timespec pace_start;
+    double rate;       /* operations per second of running time, 0 = flat out */
+    double pace_start; /* monotonic seconds; moved forward by every throttle sleep */
     uint64_t pace_ops;
+    /* CPU throttle, QEMU's cpu_throttle model: run a slice, then sleep
+     * pct/(100-pct) of what the slice really took.  Written by any thread,
+     * read by the workload thread at every batch. */
+    int throttle_pct;    /* 0 = off, 1..99 */
+    double slice_start;  /* monotonic seconds */
+    double throttled;    /* seconds slept for the throttle, ever */
 } XbzWorkload;
+
+#define THROTTLE_SLICE 0.010 /* seconds: QEMU's CPU_THROTTLE_TIMESLICE_NS */
 
 static inline uint64_t load_field(const uint64_t *state, int f)
 {
@@ -143,23 +151,54 @@ static uint64_t run_ops(XbzWorkload *w, uint64_t n, const int *stop)
     return i;
 }
 
-static double seconds_since(const struct timespec *t0)
+static double now_seconds(void)
 {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) * 1e-9;
+    return (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
 }
 
+/* Wait on w->wake (lock held) for at most `seconds`, capped at 0.1 s so a
+ * changed rate or throttle is seen soon. */
 static void wait_seconds(XbzWorkload *w, double seconds)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
     if (seconds > 0.1)
         seconds = 0.1;
-    long ns = until.tv_nsec + (long)(seconds * 1e9);
-    until.tv_sec += ns / 1000000000L;
-    until.tv_nsec = ns % 1000000000L;
+    double at = now_seconds() + seconds;
+    struct timespec until;
+    until.tv_sec = (time_t)at;
+    until.tv_nsec = (long)((at - (double)until.tv_sec) * 1e9);
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
     pthread_cond_timedwait(&w->wake, &w->lock, &until);
+}
+
+/* The throttle's sleep after a slice (lock held).  The sleep is
+ * pct/(100-pct) of the time the slice really ran, so a batch that overran
+ * the slice still leaves the guest exactly (100-pct)% of the time.  A pause,
+ * an exit or a lifted throttle ends it early.  The time slept is not guest
+ * time: the pacing clock of a fixed-rate workload moves forward by it, so a
+ * rate is "operations per second the vCPU runs" and a throttled workload
+ * does not catch up afterwards (a throttled vCPU loses that time too). */
+static void throttle_sleep(XbzWorkload *w)
+{
+    int pct = __atomic_load_n(&w->throttle_pct, __ATOMIC_RELAXED);
+    double start = now_seconds();
+    double ran = start - w->slice_start;
+    if (pct <= 0 || ran < THROTTLE_SLICE)
+        return;
+    double until = start + ran * pct / (100.0 - pct);
+    double now = start;
+    while (w->running && !w->exiting &&
+           __atomic_load_n(&w->throttle_pct, __ATOMIC_RELAXED) > 0 && now < until) {
+        wait_seconds(w, until - now);
+        now = now_seconds();
+    }
+    w->pace_start += now - start;
+    w->throttled += now - start;
+    w->slice_start = now;
 }
 
 static void *workload_main(void *arg)
@@ -171,9 +210,12 @@ static void *workload_main(void *arg)
             pthread_cond_wait(&w->wake, &w->lock);
             continue;
         }
+        throttle_sleep(w);
+        if (!w->running)
+            continue;
         uint64_t batch = BATCH_OPS;
         if (w->rate > 0) {
-            double due = seconds_since(&w->pace_start) * w->rate - (double)w->pace_ops;
+            double due = (now_seconds() - w->pace_start) * w->rate - (double)w->pace_ops;
             if (due < 1) {
                 wait_seconds(w, (1 - due) / w->rate);
                 continue;
@@ -325,7 +367,7 @@ static PyObject *workload_resume(XbzWorkload *self, PyObject *unused)
     if (rc == 0 && !self->running) {
         self->running = 1;
         __atomic_store_n(&self->pause_request, 0, __ATOMIC_RELAXED);
-        clock_gettime(CLOCK_MONOTONIC, &self->pace_start);
+        self->pace_start = self->slice_start = now_seconds();
         self->pace_ops = 0;
         pthread_cond_broadcast(&self->wake);
     }
@@ -404,12 +446,54 @@ static int workload_set_rate(XbzWorkload *self, PyObject *value, void *closure)
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&self->lock);
     self->rate = rate;
-    clock_gettime(CLOCK_MONOTONIC, &self->pace_start);
+    self->pace_start = now_seconds();
     self->pace_ops = 0;
     pthread_cond_broadcast(&self->wake);
     pthread_mutex_unlock(&self->lock);
     Py_END_ALLOW_THREADS
     return 0;
+}
+
+static PyObject *workload_get_throttle(XbzWorkload *self, void *closure)
+{
+    return PyLong_FromLong(__atomic_load_n(&self->throttle_pct, __ATOMIC_RELAXED));
+}
+
+/* Applied on the fly: the thread sees it at its next batch, a lifted
+ * throttle ends a sleep at once; the workload never stops for it. */
+static int workload_set_throttle(XbzWorkload *self, PyObject *value, void *closure)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete throttle");
+        return -1;
+    }
+    long pct = PyLong_AsLong(value);
+    if (pct == -1 && PyErr_Occurred())
+        return -1;
+    if (pct < 0 || pct > 99) {
+        PyErr_SetString(PyExc_ValueError, "throttle must be a percentage from 0 (off) to 99");
+        return -1;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->lock);
+    if (__atomic_load_n(&self->throttle_pct, __ATOMIC_RELAXED) == 0)
+        self->slice_start = now_seconds(); /* a new throttle starts a fresh slice */
+    __atomic_store_n(&self->throttle_pct, (int)pct, __ATOMIC_RELAXED);
+    pthread_cond_broadcast(&self->wake);
+    pthread_mutex_unlock(&self->lock);
+    Py_END_ALLOW_THREADS
+    return 0;
+}
+
+static PyObject *workload_get_throttled(XbzWorkload *self, void *closure)
+{
+    double seconds;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->lock);
+    seconds = self->throttled;
+    pthread_mutex_unlock(&self->lock);
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble(seconds);
 }
 
 static PyObject *workload_get_counter(XbzWorkload *self, void *closure)
@@ -446,6 +530,11 @@ static PyGetSetDef workload_getset[] = {
      (void *)(intptr_t)F_OPS},
     {"bytes_written", (getter)workload_get_counter, NULL, "bytes stored (from guest RAM)",
      (void *)(intptr_t)F_BYTES},
+    {"throttle", (getter)workload_get_throttle, (setter)workload_set_throttle,
+     "CPU throttle percentage, 0 (off) to 99: sleep pct/(100-pct) after each 10 ms slice",
+     NULL},
+    {"throttled_seconds", (getter)workload_get_throttled, NULL,
+     "seconds the thread has slept for the throttle", NULL},
     {"running", (getter)workload_get_running, NULL, "True between resume() and pause()", NULL},
     {"closed", (getter)workload_get_closed, NULL, "True once closed", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -54,6 +54,7 @@ class Guest:
             sizes.update(kind.firmware)
         self._lock = threading.RLock()
         self._running = True
+        self._throttle = 0
         self._workloads: list[Workload] = []
         self._blocks: dict[str, RamBlock] = {}
         self._dirty_log: DirtyLog | None = None
@@ -97,6 +98,27 @@ class Guest:
     def running(self) -> bool:
         """False between :meth:`stop` and :meth:`cont`."""
         return self._running
+
+    @property
+    def throttle(self) -> int:
+        """CPU throttle of every workload thread in percent, 0 = off (see :meth:`set_throttle`)."""
+        return self._throttle
+
+    def set_throttle(self, pct: int) -> None:
+        """Slow every vCPU (workload thread) down by ``pct`` percent, 0 lifts it.
+
+        QEMU's ``cpu_throttle`` model: each thread runs a 10 ms slice, then
+        sleeps ``pct / (100 - pct)`` of it, so it runs ``100 - pct`` percent
+        of the time.  Applied and lifted on the fly: the guest never stops
+        for it, and workloads started later get it too.  Auto-converge sets
+        it during a migration and lifts it when the migration ends.
+        """
+        if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 99:
+            raise ParameterError(f"throttle {pct!r}: expected a percentage from 0 to 99")
+        with self._lock:
+            self._throttle = pct
+            for workload in self._workloads:
+                workload._set_throttle(pct)
 
     @property
     def workloads(self) -> tuple[Workload, ...]:
@@ -148,6 +170,7 @@ class Guest:
                 self.dirty_log.mark(block, spec.offset // PAGE_SIZE)
             thread = _core.WorkloadThread(ram, spec.offset, self.dirty_log.soft_tracker(block))
             thread.rate = rate
+            thread.throttle = self._throttle
             workload = Workload(ram, spec, thread, resumed)
             self._workloads.append(workload)
             if self._running:

@@ -174,6 +174,16 @@ class Workload:
         return self._thread.running
 
     @property
+    def throttle(self) -> int:
+        """CPU throttle in percent (0 = off); set it through :meth:`Guest.set_throttle`."""
+        return self._thread.throttle
+
+    @property
+    def throttled_seconds(self) -> float:
+        """Seconds this workload's thread has slept for the throttle."""
+        return self._thread.throttled_seconds
+
+    @property
     def ops(self) -> int:
         """Operations (page writes) since the workload's state was created."""
         return self._thread.ops
@@ -204,7 +214,10 @@ class Workload:
             "dirty_bytes_rate": rate * PAGE_SIZE,
         }
 
-    # Guest's controls: a workload follows its guest's run state.
+    # Guest's controls: a workload follows its guest's run state and throttle.
+    def _set_throttle(self, pct: int) -> None:
+        self._thread.throttle = pct
+
     def _pause(self) -> None:
         self._thread.pause()
 

@@ -17,9 +17,10 @@ from ..transport.uri import parse_uri
 from .access import ObjectRegistry, admission, source_transport
 from .common import StatusListener
 from .destination import IncomingMigration
-from .params import Settings
+from .params import Parameters, Settings
 from .source import SourceConfig, SourceMigration
 from .status import IN_PROGRESS_MESSAGE, MigrationStatus
+from .throttle import ThrottleSettings
 
 if TYPE_CHECKING:
     from ..guest import Guest
@@ -124,6 +125,7 @@ class MigrationManager:
                 mig.set_cache_size(p.xbzrle_cache_size)
             mig.set_bandwidth(p.max_bandwidth)
             mig.set_downtime_limit(p.downtime_limit)
+            mig.set_throttle_settings(throttle_settings(p))
 
     # -- migrations ----------------------------------------------------------------
     def migrate(self, uri: str, max_rounds: int = 0) -> SourceMigration:
@@ -144,6 +146,10 @@ class MigrationManager:
                 max_rounds=max_rounds,
                 transport=source_transport(self.objects, p),
                 ram_digest=self.settings.capability("x-ram-digest"),
+                auto_converge=self.settings.capability("auto-converge"),
+                throttle=throttle_settings(p),
+                throttle_raw_bytes=p.x_throttle_raw_bytes,
+                overflow_backoff=p.x_overflow_backoff,
             )
             mig = SourceMigration(self.guest, parse_uri(uri), config, self._notify,
                                   self._notify_pass)
@@ -190,3 +196,12 @@ class MigrationManager:
         if mig is None:
             return MigrationStatus.NONE
         return mig.wait(timeout)
+
+
+def throttle_settings(p: Parameters) -> ThrottleSettings:
+    """The auto-converge parameters as the trigger reads them."""
+    return ThrottleSettings(threshold=p.throttle_trigger_threshold,
+                            initial=p.cpu_throttle_initial,
+                            increment=p.cpu_throttle_increment,
+                            tailslow=p.cpu_throttle_tailslow,
+                            max_throttle=p.max_cpu_throttle)

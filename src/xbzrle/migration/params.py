@@ -24,6 +24,8 @@ CAPABILITY_DEFAULTS: dict[str, bool] = {
     # a guest whose RAM differs.  QEMU knows no such section and rejects the
     # stream, so a user turns it off on both sides to migrate with a real QEMU.
     "x-ram-digest": True,
+    # auto-converge: throttle the guest when it dirties faster than the link.
+    "auto-converge": False,
 }
 CAPABILITIES = tuple(CAPABILITY_DEFAULTS)
 
@@ -70,6 +72,47 @@ def _as_int(name: str, value: object) -> int:
     return value
 
 
+def _as_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ParameterError(f"Parameter '{name}' expects a boolean, got {value!r}")
+    return value
+
+
+# -- convergence: auto-converge (QEMU's parameters, defaults, ranges and texts)
+# -- and our x- parameters --------------------------------------------------
+#: name -> (type, default); the checks below run on the merged values, as
+#: QEMU's migrate_params_check does, so max-cpu-throttle is judged against
+#: the cpu-throttle-initial it will be used with.
+CONVERGE_PARAMETERS: dict[str, tuple[type, object]] = {
+    "throttle_trigger_threshold": (int, 50),
+    "cpu_throttle_initial": (int, 20),
+    "cpu_throttle_increment": (int, 10),
+    "cpu_throttle_tailslow": (bool, False),
+    "max_cpu_throttle": (int, 99),
+    # Ours: with XBZRLE on, trigger on raw dirty bytes as QEMU does instead
+    # of on what the dirty pages cost on the wire (for comparisons).
+    "x_throttle_raw_bytes": (bool, False),
+    # Ours: a page whose delta overflowed skips the encoder for a while.
+    "x_overflow_backoff": (bool, True),
+}
+
+
+def check_converge_parameters(p: Parameters) -> None:
+    """QEMU's range checks and texts (``Parameter '%s' expects %s``), in QEMU's order."""
+    if not 1 <= p.throttle_trigger_threshold <= 100:
+        raise ParameterError("Parameter 'throttle_trigger_threshold' expects "
+                             "an integer in the range of 1 to 100")
+    if not 1 <= p.cpu_throttle_initial <= 99:
+        raise ParameterError("Parameter 'cpu_throttle_initial' expects "
+                             "an integer in the range of 1 to 99")
+    if not 1 <= p.cpu_throttle_increment <= 99:
+        raise ParameterError("Parameter 'cpu_throttle_increment' expects "
+                             "an integer in the range of 1 to 99")
+    if not p.cpu_throttle_initial <= p.max_cpu_throttle <= 99:
+        raise ParameterError("Parameter 'max_cpu_throttle' expects "
+                             "an integer in the range of cpu_throttle_initial to 99")
+
+
 @dataclass
 class Parameters:
     """``query-migrate-parameters`` values we implement (units as QEMU's)."""
@@ -77,6 +120,14 @@ class Parameters:
     xbzrle_cache_size: int = DEFAULT_CACHE_SIZE  # bytes
     max_bandwidth: int = DEFAULT_MAX_BANDWIDTH  # bytes per second, 0 = unlimited
     downtime_limit: int = DEFAULT_DOWNTIME_LIMIT_MS  # milliseconds
+    # auto-converge (see CONVERGE_PARAMETERS)
+    throttle_trigger_threshold: int = 50  # percent of the bytes transferred
+    cpu_throttle_initial: int = 20  # percent
+    cpu_throttle_increment: int = 10  # percent
+    cpu_throttle_tailslow: bool = False
+    max_cpu_throttle: int = 99  # percent
+    x_throttle_raw_bytes: bool = False
+    x_overflow_backoff: bool = True
     # -- who may migrate (issue 13 §4): TLS objects by id, and two timeouts --
     tls_creds: str = ""  # id of a tls-creds-x509 object; "" = plain channel
     tls_hostname: str = ""  # name the destination's certificate must carry
@@ -84,7 +135,7 @@ class Parameters:
     x_handshake_timeout: int = DEFAULT_HANDSHAKE_TIMEOUT_MS  # ms; 0 = wait forever
     x_stall_timeout: int = DEFAULT_STALL_TIMEOUT_MS  # ms; 0 = wait forever
 
-    def to_qmp(self) -> dict[str, int | str]:
+    def to_qmp(self) -> dict[str, int | bool | str]:
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
 
 
@@ -191,6 +242,11 @@ class Settings:
                 updated.downtime_limit = ms
             elif key.replace("_", "-") in SECURITY_PARAMETERS:
                 setattr(updated, name, check_security_parameter(key.replace("_", "-"), value))
+            elif name in CONVERGE_PARAMETERS:
+                kind = CONVERGE_PARAMETERS[name][0]
+                check = _as_bool if kind is bool else _as_int
+                setattr(updated, name, check(key.replace("_", "-"), value))
             else:
                 raise ParameterError(f"Parameter '{key}' is unexpected")
+        check_converge_parameters(updated)
         self.parameters = updated

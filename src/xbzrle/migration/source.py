@@ -27,6 +27,7 @@ from ..transport.uri import MigrationURI
 from .common import Migration
 from .stats import MigrationStats, RoundRecord
 from .status import MigrationStatus
+from .throttle import AutoConverge, ThrottleSettings, TriggerRule, page_wire_cost
 
 log = logging.getLogger(__name__)
 _core = load_core()
@@ -52,6 +53,17 @@ class SourceConfig:
     ram_digest: bool = True  # x-ram-digest: send a digest of all RAM, expect a verdict
     copy_pages: bool = False  # copy PAGE payloads into the buffer even where writev could
     #                           send them from guest RAM (tests compare both paths)
+    auto_converge: bool = False  # throttle the guest when it dirties faster than the link
+    throttle: ThrottleSettings = ThrottleSettings()
+    throttle_raw_bytes: bool = False  # with XBZRLE: QEMU's raw-bytes trigger, not ours
+    overflow_backoff: bool = True  # pages that overflowed skip the encoder for a while
+
+    @property
+    def trigger_rule(self) -> TriggerRule:
+        """XBZRLE-aware unless XBZRLE is off or QEMU's rule is asked for."""
+        if self.xbzrle and not self.throttle_raw_bytes:
+            return TriggerRule.XBZRLE
+        return TriggerRule.RAW
 
 
 class _RateLimiter:
@@ -104,6 +116,7 @@ class SourceMigration(Migration):
             total_ram=sum(b.size for b in guest.blocks.values()),
             xbzrle=config.xbzrle,
             cache_size=config.cache_size if config.xbzrle else 0,
+            auto_converge=config.auto_converge,
         ), on_status)
         self.guest = guest
         self.uri = uri
@@ -112,6 +125,9 @@ class SourceMigration(Migration):
         self._pending_cache_size: int | None = None
         self._pending_bandwidth: int | None = None
         self._pending_downtime: int | None = None
+        self._pending_throttle: ThrottleSettings | None = None
+        self._converge: AutoConverge | None = None
+        self._backoff: dict[str, bytearray] = {}  # overflow back-off state per block
         self._channel: SocketChannel | FileChannel | None = None
         self._stopped_guest = False
         self.cache = None  # _core.PageCache once setup allocated it
@@ -134,6 +150,10 @@ class SourceMigration(Migration):
 
     def set_downtime_limit(self, ms: int) -> None:
         self._pending_downtime = ms
+
+    def set_throttle_settings(self, settings: ThrottleSettings) -> None:
+        """New auto-converge parameters, used from the next trigger period (as QEMU)."""
+        self._pending_throttle = settings
 
     # -- the migration thread ----------------------------------------------------
     def _run(self) -> None:
@@ -162,6 +182,13 @@ class SourceMigration(Migration):
             except XbzrleError as exc:
                 error = error or str(exc)
                 status = MigrationStatus.FAILED if status == MigrationStatus.COMPLETED else status
+        if self.stats.guest_work_start is not None and self.stats.guest_work_end is None:
+            with self._lock:
+                self.stats.end_guest_work(time.monotonic())
+        if self._converge is not None:
+            self.guest.set_throttle(0)  # auto-converge ends with the migration, however it ends
+            with self._lock:
+                self.stats.cpu_throttle_percentage = 0
         if status != MigrationStatus.COMPLETED and self._stopped_guest:
             self.guest.cont()  # the source guest runs on as before
         self._conclude(status, error)
@@ -200,6 +227,11 @@ class SourceMigration(Migration):
         ms, self._pending_downtime = self._pending_downtime, None
         if ms is not None:
             self.config.downtime_limit_ms = ms
+        throttle, self._pending_throttle = self._pending_throttle, None
+        if throttle is not None:
+            self.config.throttle = throttle
+            if self._converge is not None:
+                self._converge.settings = throttle
 
     def _migrate(self) -> None:
         cfg = self.config
@@ -222,6 +254,9 @@ class SourceMigration(Migration):
         # Setup: every page is dirty; writes from now on show up in the next sync.
         self.guest.dirty_log.sync()
         bitmaps = {n: DirtyBitmap.full(blocks[n].npages) for n in names}
+        # Overflow back-off: one byte per page, kept by the save loop (see save.c).
+        self._backoff = {n: bytearray(blocks[n].npages) for n in names} \
+            if cfg.xbzrle and cfg.overflow_backoff else {}
         if cfg.xbzrle:
             self.cache = _core.PageCache(cfg.cache_size)  # the save loop needs the C one
             with self._lock:
@@ -231,6 +266,13 @@ class SourceMigration(Migration):
             self.stats.add_wire_bytes(len(head))
             self.stats.setup_time_ms = int((time.monotonic() - self.stats.start_time) * 1000)
         self._transition(MigrationStatus.ACTIVE, unless_cancelled=True)
+        now = time.monotonic()
+        if cfg.auto_converge:
+            self._converge = AutoConverge(cfg.throttle, cfg.trigger_rule, now,
+                                          self.stats.totals.wire_bytes)
+        with self._lock:
+            self.stats.start_guest_work(now, lambda: self.guest.pages_written,
+                                        _fixed_guest_rate(self.guest))
 
         self._last_block: str | None = None
         mode = _core.SAVE_PLAIN
@@ -246,6 +288,9 @@ class SourceMigration(Migration):
             dirty_rate = dirty_pages / record.duration if record.duration > 0 else 0.0
             if cfg.xbzrle:
                 mode = _core.SAVE_XBZRLE  # XBZRLE starts with the second round
+            plain = round_index == 1 or not cfg.xbzrle
+            self._maybe_throttle(record, dirty_pages, plain_round=plain,
+                                 cache_warmup=cfg.xbzrle and round_index == 2)
             expected_s = self._expected_downtime(record, dirty_pages, first=round_index == 1)
             with self._lock:
                 self.stats.start_pass(dirty_pages)
@@ -258,6 +303,8 @@ class SourceMigration(Migration):
 
         # Switch-over: stop the guest, send what is left (and a digest of all RAM).
         stop_time = time.monotonic()
+        with self._lock:
+            self.stats.end_guest_work(stop_time)
         # Resume on failure only what we paused: an operator may have stopped it.
         self._stopped_guest = self.guest.running
         self.guest.stop()
@@ -285,6 +332,30 @@ class SourceMigration(Migration):
         with self._lock:
             self.stats.downtime_ms = int((time.monotonic() - stop_time) * 1000)
         self._finish(MigrationStatus.COMPLETED, None)
+
+    def _maybe_throttle(self, record: RoundRecord, dirty_pages: int, plain_round: bool,
+                        cache_warmup: bool) -> None:
+        """Auto-converge: feed the sync to the trigger, and throttle the guest as it says.
+
+        ``cache_warmup``: the round was the first XBZRLE round, whose pages
+        all missed the empty cache; its cost is no measure of XBZRLE's.
+        """
+        if self._converge is None:
+            return
+        c = record.counts
+        before = self._converge.throttle
+        cost = None if cache_warmup else page_wire_cost(c.wire_bytes, c.scanned, plain_round)
+        decision = self._converge.sync(time.monotonic(), dirty_pages,
+                                       self.stats.totals.wire_bytes, cost)
+        after = self._converge.throttle
+        if after != before:
+            self.guest.set_throttle(after)
+            log.info("auto-converge: guest throttled to %d%% (%s rule: %d dirty bytes > %d)",
+                     after, self._converge.rule, decision.dirty_bytes if decision else 0,
+                     decision.threshold_bytes if decision else 0)
+        with self._lock:
+            self.stats.cpu_throttle_percentage = after
+            self.stats.peak_throttle = max(self.stats.peak_throttle, after)
 
     def _capabilities(self) -> list[str]:
         """Capabilities named in the configuration section, for the destination to check.
@@ -327,8 +398,7 @@ class SourceMigration(Migration):
         if record.duration <= 0 or c.wire_bytes == 0:
             return 0.0 if dirty_pages == 0 else float("inf")
         wire_rate = c.wire_bytes / record.duration
-        cost = PAGE_SIZE + 8 if first or c.scanned == 0 else c.wire_bytes / c.scanned
-        return dirty_pages * cost / wire_rate
+        return dirty_pages * page_wire_cost(c.wire_bytes, c.scanned, first) / wire_rate
 
     def _sync(self) -> dict[str, DirtyBitmap]:
         synced = self.guest.dirty_log.sync()
@@ -349,6 +419,8 @@ class SourceMigration(Migration):
         tail = w.eos() + w.footer(K.RAM_SECTION_ID)
         prefix = w.section_end(K.RAM_SECTION_ID) if final else w.section_part(K.RAM_SECTION_ID)
         started = time.monotonic()
+        ops_before = self.guest.pages_written
+        throttle = self.guest.throttle if self._converge is not None else 0
         total = BatchCounts()
         buf = bytearray(self._chunk_size())
         # Zero-copy: in plain rounds and the last stage, PAGE payloads go from
@@ -368,13 +440,14 @@ class SourceMigration(Migration):
                 if self._cancel.is_set():
                     raise Cancelled()
                 buf[: len(prefix)] = prefix
+                backoff = self._backoff.get(name)
                 args = (buf, len(prefix), block, bitmap, page, encoded_name,
                         self._addr_base[name], mode, self.cache if mode else None,
                         self._last_block == name)
                 if zero_copy:
-                    pos, page, _, raw, nrefs = _core.save_pages(*args, refs)
+                    pos, page, _, raw, nrefs = _core.save_pages(*args, refs, backoff)
                 else:
-                    pos, page, _, raw = _core.save_pages(*args)
+                    pos, page, _, raw = _core.save_pages(*args, None, backoff)
                 counts = BatchCounts.from_loop(raw)
                 if counts.wire_bytes:
                     self._last_block = name
@@ -401,7 +474,8 @@ class SourceMigration(Migration):
             with self._lock:
                 self.stats.add_wire_bytes(len(closing))
         record = RoundRecord(index, dirty_pages, total, time.monotonic() - started, dirty_rate,
-                             final)
+                             final, guest_ops=self.guest.pages_written - ops_before,
+                             throttle=throttle)
         with self._lock:
             self.stats.history.append(record)
         return record
@@ -411,3 +485,16 @@ class SourceMigration(Migration):
         size = 1 << 20 if not bw else max(64 << 10, min(1 << 20, bw // 40))
         return max(size, 2 * _core.SAVE_MAX_RECORD + 64)
 
+
+def _fixed_guest_rate(guest) -> float | None:
+    """Page writes per second the guest does unthrottled, if every workload has a fixed rate.
+
+    A workload's rate counts time its thread runs (a throttle sleep is not
+    made up for later), so the sum is what the guest would do without any
+    migration.  None if a workload runs flat out: then the statistics take
+    the first round's measured rate (no throttle yet) as the reference.
+    """
+    rates = [w.rate for w in guest.workloads if w.kind != "idle" and w.running]
+    if not rates or any(rate <= 0 for rate in rates):
+        return None
+    return float(sum(rates))

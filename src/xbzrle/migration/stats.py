@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..sizes import PAGE_SIZE
@@ -37,11 +38,13 @@ class RoundRecord:
     duration: float  # seconds
     dirty_rate: float  # pages/s dirtied while the previous round ran
     final: bool = False
+    guest_ops: int = 0  # page writes the guest did while the round ran
+    throttle: int = 0  # CPU throttle percentage at the end of the round
 
     def to_dict(self) -> dict[str, object]:
         d = {"round": self.index, "dirty-pages": self.dirty_pages,
              "duration": round(self.duration, 6), "dirty-pages-rate": round(self.dirty_rate),
-             "final": self.final}
+             "final": self.final, "guest-ops": self.guest_ops, "cpu-throttle": self.throttle}
         d.update({k.replace("_", "-"): v for k, v in dataclasses.asdict(self.counts).items()})
         return d
 
@@ -108,6 +111,17 @@ class MigrationStats:
     cache_miss_rate: float = 0.0
     encoding_rate: float = 0.0
     history: list[RoundRecord] = field(default_factory=list)
+    auto_converge: bool = False
+    cpu_throttle_percentage: int = 0
+    peak_throttle: int = 0
+    # The guest's cost (source only): page writes during the live phase
+    # against the same guest unthrottled and unmigrated.
+    guest_work_start: float | None = None
+    guest_work_end: float | None = None
+    guest_ops_start: int = 0
+    guest_ops_end: int | None = None
+    guest_reference_rate: float | None = None  # ops/s without migration, if known up front
+    guest_ops_reader: Callable[[], int] | None = None
 
     def __post_init__(self) -> None:
         self.start_time = self.clock()
@@ -173,6 +187,45 @@ class MigrationStats:
         self._window = _RateWindow(now, pages, t.xbzrle, t.xbzrle_bytes, t.cache_miss,
                                    t.wire_bytes)
 
+    def start_guest_work(self, now: float, ops_reader: Callable[[], int],
+                         reference_rate: float | None) -> None:
+        """The live phase starts: count the guest's page writes from here.
+
+        ``reference_rate`` is what the guest does without migration (page
+        writes/s); None means "measure it": the first round, which runs
+        before any throttle can be set, is taken as the reference.
+        """
+        self.guest_work_start = now
+        self.guest_ops_reader = ops_reader
+        self.guest_ops_start = ops_reader()
+        self.guest_reference_rate = reference_rate
+
+    def end_guest_work(self, now: float) -> None:
+        """The guest stops for the switch-over: the live phase's work is final."""
+        if self.guest_work_start is not None and self.guest_ops_reader is not None:
+            self.guest_work_end = now
+            self.guest_ops_end = self.guest_ops_reader()
+
+    def reference_rate(self) -> float | None:
+        if self.guest_reference_rate is not None:
+            return self.guest_reference_rate
+        first = self.history[0] if self.history else None
+        if first is None or first.duration <= 0 or first.guest_ops <= 0:
+            return None
+        return first.guest_ops / first.duration
+
+    def guest_work_percent(self) -> float | None:
+        """Page writes during the live phase as a percentage of the unthrottled guest's."""
+        start, reader = self.guest_work_start, self.guest_ops_reader
+        reference = self.reference_rate()
+        if start is None or reader is None or not reference:
+            return None
+        end = self.guest_work_end if self.guest_work_end is not None else self.clock()
+        ops = self.guest_ops_end if self.guest_ops_end is not None else reader()
+        if end <= start:
+            return None
+        return 100.0 * (ops - self.guest_ops_start) / (reference * (end - start))
+
     def finish(self) -> None:
         """The migration ended: rates now describe the whole transfer, as QEMU's do."""
         self._maybe_roll_window(force=True)
@@ -215,6 +268,8 @@ class MigrationStats:
             "cache-miss-rate": round(self.cache_miss_rate, 6),
             "encoding-rate": round(self.encoding_rate, 6),
             "overflow": t.overflow,
+            # ours: cache hits sent whole without running the encoder (overflow back-off)
+            "skipped-overflow": t.skipped_overflow,
         }
 
     def to_qmp(self, status: str) -> dict[str, object]:
@@ -228,7 +283,19 @@ class MigrationStats:
         info["ram"] = self.ram_dict()
         if self.xbzrle:
             info["xbzrle-cache"] = self.xbzrle_dict()
+        if self.auto_converge:
+            info["cpu-throttle-percentage"] = self.cpu_throttle_percentage
+        work = self.guest_work_percent()
+        if work is not None:
+            info["x-guest-work-percent"] = round(work, 1)
         return info
 
     def history_dicts(self) -> list[dict[str, object]]:
-        return [r.to_dict() for r in self.history]
+        reference = self.reference_rate()
+        rounds = []
+        for r in self.history:
+            d = r.to_dict()
+            if reference and r.duration > 0 and not r.final:
+                d["guest-work-percent"] = round(100.0 * r.guest_ops / r.duration / reference, 1)
+            rounds.append(d)
+        return rounds

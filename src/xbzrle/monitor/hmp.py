@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import CommandError, ParameterError, XbzrleError
+from ..migration.params import CONVERGE_PARAMETERS
 from ..migration.stats import PassProgress
 from ..migration.status import MigrationStatus
 from ..sizes import format_size, parse_size
@@ -56,18 +57,35 @@ def parse_number(text: str) -> int:
         return parse_size(text)
 
 
-def format_migrate_parameters(params: dict[str, int | str]) -> str:
+def format_migrate_parameters(params: dict[str, int | bool | str]) -> str:
     """``info migrate_parameters`` lines, in QEMU's units."""
-    return "\n".join([
+    lines = [
         f"downtime-limit: {params['downtime-limit']} ms",
         f"max-bandwidth: {params['max-bandwidth']} bytes/second",
         f"xbzrle-cache-size: {params['xbzrle-cache-size']} bytes",
-        f"tls-creds: '{params['tls-creds']}'",
-        f"tls-hostname: '{params['tls-hostname']}'",
-        f"tls-authz: '{params['tls-authz']}'",
-        f"x-handshake-timeout: {params['x-handshake-timeout']} ms",
-        f"x-stall-timeout: {params['x-stall-timeout']} ms",
-    ])
+    ]
+    for name in CONVERGE_HMP_NAMES:  # QEMU prints percentages bare and bools on/off
+        value = params[name]
+        lines.append(f"{name}: {('on' if value else 'off') if isinstance(value, bool) else value}")
+    lines += [f"tls-creds: '{params['tls-creds']}'", f"tls-hostname: '{params['tls-hostname']}'",
+              f"tls-authz: '{params['tls-authz']}'",
+              f"x-handshake-timeout: {params['x-handshake-timeout']} ms",
+              f"x-stall-timeout: {params['x-stall-timeout']} ms"]
+    return "\n".join(lines)
+
+
+#: auto-converge parameters as HMP spells them (migrate_set_parameter, info).
+CONVERGE_HMP_NAMES = tuple(name.replace("_", "-") for name in CONVERGE_PARAMETERS)
+
+
+def parse_converge_parameter(name: str, text: str) -> int | bool:
+    """A typed auto-converge value: ``on``/``off`` for switches, a decimal otherwise."""
+    if CONVERGE_PARAMETERS[name.replace("-", "_")][0] is bool:
+        return parse_bool(text)
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise ParameterError(f"Parameter '{name}' expects an integer, got '{text}'") from None
 
 
 # A word: unquoted characters and quoted parts, side by side ("a"'b'c is one word).
@@ -227,7 +245,9 @@ class HmpSession:
              self._set_capability, (2, 2)),
             ("migrate_set_parameter", "parameter value",
              "set a parameter for migration (xbzrle-cache-size, max-bandwidth, "
-             "downtime-limit)", self._set_parameter, (2, 2)),
+             "downtime-limit, throttle-trigger-threshold, cpu-throttle-initial, "
+             "cpu-throttle-increment, cpu-throttle-tailslow, max-cpu-throttle, "
+             "x-throttle-raw-bytes, x-overflow-backoff)", self._set_parameter, (2, 2)),
             ("migrate_set_cache_size", "value",
              "set cache size (in bytes, k/m/g/t suffixes) for XBZRLE migrations, rounded "
              "down to a power of 2 (alias: migrate_set_cachesize)", self._set_cache_size,
@@ -356,13 +376,15 @@ class HmpSession:
                 raise ParameterError(
                     f"Parameter '{name}' expects an integer (ms), got '{text}'"
                 ) from None
+        elif name in CONVERGE_HMP_NAMES:
+            value = parse_converge_parameter(name, text)
         elif name in ("tls-creds", "tls-hostname", "tls-authz"):
             value = text
         else:
             raise ParameterError(
                 f"Parameter '{args[0]}' is unexpected (known: xbzrle-cache-size, "
-                "max-bandwidth, downtime-limit, tls-creds, tls-hostname, tls-authz, "
-                "x-handshake-timeout, x-stall-timeout)")
+                f"max-bandwidth, downtime-limit, {', '.join(CONVERGE_HMP_NAMES)}, tls-creds, "
+                "tls-hostname, tls-authz, x-handshake-timeout, x-stall-timeout)")
         self.control.set_parameters(**{name: value})
 
     def _set_cache_size(self, args: list[str]) -> None:

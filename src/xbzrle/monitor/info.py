@@ -99,6 +99,9 @@ def _xbzrle_lines(x: Mapping[str, object]) -> list[str]:
         f"xbzrle cache miss rate: {_float(x['cache-miss-rate']):.2f}",
         f"xbzrle encoding rate: {_float(x['encoding-rate']):.2f}",
         f"xbzrle overflow: {x['overflow']}",
+        # ours: pages the overflow back-off sent whole without the encoder
+        *([f"xbzrle skipped overflow: {x['skipped-overflow']}"] if "skipped-overflow" in x
+          else []),
     ]
 
 
@@ -147,4 +150,8 @@ def format_info_migrate(info: Mapping[str, object],
     x = info.get("xbzrle-cache")
     if isinstance(x, Mapping):
         lines += _xbzrle_lines(x)
+    if "cpu-throttle-percentage" in info:
+        lines.append(f"cpu throttle percentage: {info['cpu-throttle-percentage']}")
+    if "x-guest-work-percent" in info:
+        lines.append(f"guest work: {_float(info['x-guest-work-percent']):.1f} % of unthrottled")
     return "\n".join(lines)

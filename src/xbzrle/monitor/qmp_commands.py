@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..errors import CommandError, XbzrleError
+from ..migration.params import CONVERGE_PARAMETERS
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,12 @@ class QmpCommands:
             ("query-migrate-parameters", lambda a: self.control.query_parameters(), ()),
             ("migrate-set-parameters", self._set_parameters,
              (P("xbzrle-cache-size", "int", False), P("max-bandwidth", "int", False),
-              P("downtime-limit", "int", False), P("tls-creds", "str", False),
-              P("tls-hostname", "str", False), P("tls-authz", "str", False),
-              P("x-handshake-timeout", "int", False), P("x-stall-timeout", "int", False))),
+              P("downtime-limit", "int", False),
+              *(P(name.replace("_", "-"), "bool" if kind is bool else "int", False)
+                for name, (kind, _) in CONVERGE_PARAMETERS.items()),
+              P("tls-creds", "str", False), P("tls-hostname", "str", False),
+              P("tls-authz", "str", False), P("x-handshake-timeout", "int", False),
+              P("x-stall-timeout", "int", False))),
             ("migrate-set-cache-size", self._set_cache_size, (P("value", "int"),)),
             ("query-migrate-cache-size", lambda a: self.control.cache_size(), ()),
             ("migrate_set_speed", self._set_speed, (P("value", "int"),)),

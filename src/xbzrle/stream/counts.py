@@ -27,9 +27,10 @@ class BatchCounts:
     cache_miss: int = 0  # pages not in the cache (inserted when allowed)
     xbzrle_bytes: int = 0  # XBZRLE records (delta + 3 header bytes) + a page per overflow
     wire_bytes: int = 0  # bytes produced for the stream
+    skipped_overflow: int = 0  # cache hits sent whole, encoder skipped (overflow back-off)
 
     FIELDS = ("scanned", "zero", "normal", "xbzrle", "unchanged", "overflow", "cache_miss",
-              "xbzrle_bytes", "wire_bytes")
+              "xbzrle_bytes", "wire_bytes", "skipped_overflow")
 
     @classmethod
     def from_loop(cls, counts: Any) -> BatchCounts:
