@@ -42,7 +42,9 @@ def test_defaults_match_qemu():
         "xbzrle-cache-size": 64 * MiB, "max-bandwidth": 128 * MiB, "downtime-limit": 300,
         "throttle-trigger-threshold": 50, "cpu-throttle-initial": 20,
         "cpu-throttle-increment": 10, "cpu-throttle-tailslow": False, "max-cpu-throttle": 99,
-        "x-throttle-raw-bytes": False, "x-overflow-backoff": True}
+        "x-throttle-raw-bytes": False, "x-overflow-backoff": True,
+        "tls-creds": "", "tls-hostname": "", "tls-authz": "",
+        "x-handshake-timeout": 10_000, "x-stall-timeout": 60_000}
     assert s.query_capabilities()[0] == {"capability": "xbzrle", "state": False}
     assert {"capability": "auto-converge", "state": False} in s.query_capabilities()
 

@@ -145,3 +145,38 @@ def test_receive_from_live_qemu_over_tcp(vm, tmp_path):
     report_figures("receive", pages=manifest["pages"], migrate_s=round(result.seconds, 2),
                    qemu_xbzrle_pages=result.info["xbzrle-cache"]["pages"],
                    dirty_sync_count=result.info["ram"]["dirty-sync-count"])
+
+
+def test_receive_from_live_qemu_over_tls(kernel, tmp_path, pki):
+    """QEMU 7.2 with tls-creds migrates into ``xbzrle receive --tls-creds`` (same certificates)."""
+    machine = GuestVM(kernel, tmp_path, extra_args=(
+        "-object", f"tls-creds-x509,id=tls0,endpoint=client,dir={pki.client}"))
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    authz = "authz-simple,id=auth0,identity=" + pki.client_dn.replace(",", ",,")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xbzrle", "receive", "tcp:127.0.0.1:0", "-o", str(out), "--json",
+         "--object", f"tls-creds-x509,id=tls0,endpoint=server,dir={pki.server}",
+         "--object", authz, "--tls-creds", "tls0", "--tls-authz", "auth0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        machine.wait_running(0.5)
+        assert proc.stderr is not None
+        line = proc.stderr.readline().decode()
+        assert line.startswith("listening on tcp:127.0.0.1:"), line
+        port = int(line.rsplit(":", 1)[1])
+        result = machine.migrate(f"tcp:127.0.0.1:{port}", MigrationSettings(
+            xbzrle=True, parameters={"tls-creds": "tls0", "tls-hostname": "localhost"}))
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr.decode()
+        manifest = json.loads(stdout)
+        assert manifest["complete"]
+        check_extraction(out, manifest, machine, None)
+        assert_qemu_agrees(result.info, manifest["pages"])
+        assert "refused" not in stderr.decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        machine.stop()

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 import mappedram_samples as M
 from xbzrle import StreamError
 from xbzrle.cli import main
+from xbzrle.guest.digest import ram_digest
 from xbzrle.qemu import analyze_chunks, analyze_file, extract_file
 from xbzrle.qemu.mappedram import bitmap_runs
 from xbzrle.stream import MappedRamBlock, StreamParser, parse_bytes
@@ -168,7 +169,7 @@ def test_extract_rebuilds_every_block_byte_exact(tmp_path, seed):
         pages = sum(1 for i in range(0, len(data), PAGE) if any(data[i:i + PAGE]))
         assert entry["pages_present"] == pages
         assert entry["present_sha256"] == expected_present_sha256(data)
-        assert entry["sha256"] is None
+        assert entry["ram_digest"] == ram_digest(data)
         present += pages
     assert manifest["pages"]["normal"] == manifest["pages"]["total"] == present
     raw = path.read_bytes()

@@ -169,6 +169,7 @@ typedef struct {
     const uint8_t *base;
     const unsigned char *resident; /* NULL: treat every page as resident */
     size_t first, last;             /* page range [first, last) */
+    uint64_t index_base;            /* page index of the buffer's first page */
     uint64_t *out;                  /* 2 words per non-zero page: index, hash */
     size_t count;
 } digest_job_t;
@@ -183,7 +184,7 @@ static void *digest_worker(void *arg)
         const uint8_t *page = job->base + p * PAGE;
         if (xbz_is_zero(page, PAGE))
             continue;
-        job->out[2 * (job->first + n)] = p;
+        job->out[2 * (job->first + n)] = job->index_base + p;
         job->out[2 * (job->first + n) + 1] = xbz_page_hash(page);
         n++;
     }
@@ -192,16 +193,19 @@ static void *digest_worker(void *arg)
 }
 
 PyDoc_STRVAR(page_hashes_doc,
-"page_hashes(ram) -> bytes\n\n"
+"page_hashes(ram, first_index=0) -> bytes\n\n"
 "(page index, 64-bit hash) pairs, little-endian uint64, for every non-zero\n"
 "page of ram, in page order.  Zero pages are left out, so never-touched\n"
 "memory is skipped without being read (mincore) and two RAMs with equal\n"
-"contents give equal results however they were populated.  Two threads.");
+"contents give equal results however they were populated.  Two threads.\n"
+"first_index numbers the first page, so a large RAM can be hashed in pieces\n"
+"(only those that hold data) with the same result.");
 
-static PyObject *page_hashes(PyObject *self, PyObject *arg)
+static PyObject *page_hashes(PyObject *self, PyObject *args)
 {
     Py_buffer ram;
-    if (PyObject_GetBuffer(arg, &ram, PyBUF_SIMPLE) < 0)
+    unsigned long long index_base = 0;
+    if (!PyArg_ParseTuple(args, "y*|K", &ram, &index_base))
         return NULL;
     PyObject *result = NULL;
     size_t npages = (size_t)ram.len / PAGE;
@@ -225,8 +229,8 @@ static PyObject *page_hashes(PyObject *self, PyObject *arg)
         }
     }
     digest_job_t jobs[2] = {
-        {ram.buf, resident, 0, npages / 2, out, 0},
-        {ram.buf, resident, npages / 2, npages, out, 0},
+        {ram.buf, resident, 0, npages / 2, index_base, out, 0},
+        {ram.buf, resident, npages / 2, npages, index_base, out, 0},
     };
     size_t total = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -326,7 +330,7 @@ static PyMethodDef ramhash_methods[] = {
      "page_hash_portable(page) -> int: the page hash by the portable code (tests compare it "
      "with the SIMD path's guest_page_hash)."},
     {"data_map", data_map, METH_VARARGS, data_map_doc},
-    {"page_hashes", page_hashes, METH_O, page_hashes_doc},
+    {"page_hashes", page_hashes, METH_VARARGS, page_hashes_doc},
     {NULL, NULL, 0, NULL},
 };
 

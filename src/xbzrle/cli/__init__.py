@@ -82,6 +82,12 @@ def _add_vm_parser(sub) -> None:
     vm.add_argument("--incoming", metavar="URI",
                     help="wait for a migration on URI (tcp:HOST:PORT, unix:PATH, ...), "
                          "or 'defer' to be given one later with migrate_incoming")
+    vm.add_argument("--object", action="append", default=[], dest="objects", metavar="SPEC",
+                    help="a QEMU object for the migration channel: tls-creds-x509,id=ID,"
+                         "endpoint=server|client,dir=DIR[,verify-peer=on|off], "
+                         "authz-simple,id=ID,identity=DN or authz-list,id=ID,rules.0.match=DN,"
+                         "rules.0.policy=allow (repeatable; use with 'migrate_set_parameter "
+                         "tls-creds ID' and, for a destination, --incoming defer)")
     vm.add_argument("-S", dest="start_stopped", action="store_true",
                     help="start with the guest paused (resume with 'cont')")
     vm.add_argument("--xbzrle", action="store_true",
@@ -128,7 +134,7 @@ def _run_vm(args: argparse.Namespace) -> int:
         ram=args.ram, workload=args.workload, rate=args.rate, tracker=args.tracker,
         machine=args.machine, monitors=list(args.monitor), qmp=list(args.qmp),
         incoming=args.incoming,
-        start_stopped=args.start_stopped, xbzrle=args.xbzrle,
+        start_stopped=args.start_stopped, xbzrle=args.xbzrle, objects=list(args.objects),
         exit_after_migration=args.exit_after_migration, report_json=args.report_json))
 
 

@@ -37,6 +37,16 @@ def add_commands(subparsers: Any) -> None:
         "receive", help="be the destination of a live QEMU migration and keep its RAM")
     receive.add_argument("uri", help="where to listen: tcp:HOST:PORT (port 0 picks one), "
                                      "unix:PATH or exec:COMMAND")
+    receive.add_argument("--object", action="append", default=[], dest="objects",
+                         metavar="SPEC", help="tls-creds-x509 or authz-* object, QEMU's "
+                         "syntax (repeatable)")
+    receive.add_argument("--tls-creds", default="", metavar="ID",
+                         help="accept only TLS with this tls-creds-x509 object (endpoint=server)")
+    receive.add_argument("--tls-authz", default="", metavar="ID",
+                         help="allow only client certificates this authz object allows")
+    receive.add_argument("--handshake-timeout", type=float, default=10.0, metavar="S",
+                         help="seconds a connection has for its TLS handshake and stream "
+                              "header before it is dropped (default 10, 0 = no limit)")
     _output_options(receive)
     receive.set_defaults(run=_run_receive)
 
@@ -46,9 +56,10 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-ram", type=options.size, default="64G",
                         help="refuse streams announcing more RAM than this (default 64G)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    parser.add_argument("--checksum", choices=("sha256", "ram-digest", "none"), default="sha256",
-                        help="per block in the manifest: SHA-256 (default), xbzrle's RAM "
-                             "digest (several times faster) or none")
+    parser.add_argument("--checksum", choices=("ram-digest", "sha256", "none"),
+                        default="ram-digest",
+                        help="per block in the manifest: xbzrle's RAM digest (default, reads "
+                             "only the data), SHA-256 (reads the holes too) or none")
 
 
 def prepare_output(path: str) -> None:
@@ -133,11 +144,16 @@ def _run_receive(args: argparse.Namespace) -> int:
     def announce(address: str) -> None:
         print(f"listening on {address}", file=sys.stderr, flush=True)
 
+    def refused(reason: str) -> None:
+        print(f"xbzrle receive: {reason}", file=sys.stderr, flush=True)
+
     prepare_output(args.output)
     with ReadDisplay(f"receive {args.uri}", None) as display:
         return _print_manifest(args, lambda: receive(
             args.uri, args.output, max_ram=args.max_ram, on_listening=announce,
-            on_progress=display.update, checksum=args.checksum), display)
+            on_progress=display.update, objects=args.objects, tls_creds=args.tls_creds,
+            tls_authz=args.tls_authz, handshake_timeout=args.handshake_timeout,
+            on_refused=refused, checksum=args.checksum), display)
 
 
 def _print_manifest(args: argparse.Namespace, run: Any,

@@ -46,6 +46,7 @@ class VmOptions:
     xbzrle: bool = False
     exit_after_migration: bool = False
     report_json: bool = False
+    objects: list[str] = field(default_factory=list)  # --object specs (TLS, authz)
 
 
 def _note(text: str) -> None:
@@ -73,6 +74,8 @@ def run_vm(opts: VmOptions) -> int:
         if opts.workload and opts.workload != "idle":
             guest.start_workload(opts.workload, rate=opts.rate)
         manager = MigrationManager(guest)
+        for spec in opts.objects:
+            manager.objects.add(spec)
         if opts.xbzrle:
             manager.set_capability("xbzrle", True)
         control = VmControl(guest, manager, autostart=not opts.start_stopped,

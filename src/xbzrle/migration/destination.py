@@ -14,13 +14,13 @@ import threading
 from collections.abc import Callable
 
 from .._backend import load_core
-from ..errors import StreamError, TransportError, XbzrleError
+from ..errors import ParameterError, StreamError, TransportError, XbzrleError
 from ..stream import constants as K
 from ..stream import records as ev
 from ..stream.counts import BatchCounts
 from ..stream.load import PageLoader
-from ..stream.parser import StreamParser
-from ..transport import FileChannel, Listener, SocketChannel
+from ..stream.parser import HEADER_SIZE, StreamParser, header_problem
+from ..transport import Admission, FileChannel, Listener, SocketChannel
 from ..transport.uri import MigrationURI
 from .common import Migration
 from .stats import MigrationStats
@@ -58,6 +58,7 @@ class IncomingMigration(Migration):
         xbzrle: Callable[[], bool],
         on_status: Callable[[MigrationStatus], None] | None = None,
         resume: bool = True,
+        admission: Admission | None = None,
         ram_digest: Callable[[], bool] = lambda: True,
     ) -> None:
         super().__init__(MigrationStats(
@@ -72,12 +73,23 @@ class IncomingMigration(Migration):
         #: The RAM digests compared at the end, as hex per block: what the source
         #: sent (``"source"``) and what this guest holds (``"destination"``).
         self.digests: dict[str, dict[str, str]] = {}
+        self.refused: list[str] = []  # connections not admitted, why (the listener stayed open)
+        self._admission = admission or Admission(prefix_size=HEADER_SIZE, check=header_problem)
+        self._admission.on_refused = self._refused
+        if self._admission.tls is not None and not uri.is_socket:
+            raise ParameterError(
+                f"TLS needs a socket migration (tcp: or unix:), not {uri.scheme}:")
         self.listener = Listener(uri)  # bind now: a bad address fails the command itself
         self.thread = threading.Thread(target=self._run, name="migration-incoming", daemon=True)
 
     @property
     def port(self) -> int:
         return self.listener.port
+
+    def _refused(self, reason: str) -> None:
+        log.warning("%s", reason)
+        with self._lock:
+            self.refused = [*self.refused[-9:], reason]
 
     def _interrupt(self) -> None:
         """After a cancel: stop listening, drop the stream; the thread reports cancelled."""
@@ -88,7 +100,7 @@ class IncomingMigration(Migration):
     def _run(self) -> None:
         error: str | None = None
         try:
-            self._channel = self.listener.accept()
+            self._channel = self.listener.accept(self._admission)
             self._transition(MigrationStatus.ACTIVE, unless_cancelled=True)
             self._receive()
         except (XbzrleError, OSError) as exc:

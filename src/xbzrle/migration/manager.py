@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import MigrationStateError
 from ..transport.uri import parse_uri
+from .access import ObjectRegistry, admission, source_transport
 from .common import StatusListener
 from .destination import IncomingMigration
 from .params import Parameters, Settings
@@ -47,6 +48,7 @@ class MigrationManager:
         self._listeners: list[StatusListener] = []
         self._pass_listeners: list[Callable[[int], None]] = []
         self._lock = threading.Lock()
+        self.objects = ObjectRegistry()  # --object tls-creds-x509/authz-*, by id
 
     # -- listeners -----------------------------------------------------------
     def add_status_listener(self, fn: StatusListener) -> None:
@@ -142,6 +144,7 @@ class MigrationManager:
                 max_bandwidth=p.max_bandwidth,
                 downtime_limit_ms=p.downtime_limit,
                 max_rounds=max_rounds,
+                transport=source_transport(self.objects, p),
                 ram_digest=self.settings.capability("x-ram-digest"),
                 auto_converge=self.settings.capability("auto-converge"),
                 throttle=throttle_settings(p),
@@ -168,6 +171,7 @@ class MigrationManager:
             mig = IncomingMigration(self.guest, parse_uri(uri),
                                     lambda: self.settings.capability("xbzrle"),
                                     self._notify, resume=resume,
+                                    admission=admission(self.objects, self.settings.parameters),
                                     ram_digest=lambda: self.settings.capability("x-ram-digest"))
             self.current = mig
             mig.start()

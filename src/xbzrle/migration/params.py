@@ -35,6 +35,26 @@ DEFAULT_MAX_BANDWIDTH = 128 * MiB
 DEFAULT_DOWNTIME_LIMIT_MS = 300
 MAX_DOWNTIME_LIMIT_MS = 2_000_000
 MAX_BANDWIDTH_LIMIT = (1 << 64) // 1000 - 1
+#: Who may migrate: an incoming connection gets this long for its TLS handshake
+#: and stream header; a source whose destination accepts no byte this long fails.
+DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000
+DEFAULT_STALL_TIMEOUT_MS = 60_000
+MAX_TIMEOUT_MS = 24 * 3600 * 1000
+SECURITY_PARAMETERS = ("tls-creds", "tls-hostname", "tls-authz", "x-handshake-timeout",
+                       "x-stall-timeout")
+
+
+def check_security_parameter(name: str, value: object) -> str | int:
+    """``tls-*`` take a string (an object id, a host name); the timeouts milliseconds."""
+    if name.startswith("tls-"):
+        if not isinstance(value, str):
+            raise ParameterError(f"Parameter '{name}' expects a string, got {value!r}")
+        return value
+    ms = _as_int(name, value)
+    if not 0 <= ms <= MAX_TIMEOUT_MS:
+        raise ParameterError(f"Parameter '{name}' expects an integer in the range of 0 to "
+                             f"{MAX_TIMEOUT_MS} ms (0 waits forever)")
+    return ms
 
 
 def pow2floor(value: int) -> int:
@@ -108,8 +128,14 @@ class Parameters:
     max_cpu_throttle: int = 99  # percent
     x_throttle_raw_bytes: bool = False
     x_overflow_backoff: bool = True
+    # -- who may migrate (issue 13 §4): TLS objects by id, and two timeouts --
+    tls_creds: str = ""  # id of a tls-creds-x509 object; "" = plain channel
+    tls_hostname: str = ""  # name the destination's certificate must carry
+    tls_authz: str = ""  # id of an authz-list/authz-simple object (destination)
+    x_handshake_timeout: int = DEFAULT_HANDSHAKE_TIMEOUT_MS  # ms; 0 = wait forever
+    x_stall_timeout: int = DEFAULT_STALL_TIMEOUT_MS  # ms; 0 = wait forever
 
-    def to_qmp(self) -> dict[str, int | bool]:
+    def to_qmp(self) -> dict[str, int | bool | str]:
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
 
 
@@ -214,6 +240,8 @@ class Settings:
                         f"{MAX_DOWNTIME_LIMIT_MS // 1000} seconds"
                     )
                 updated.downtime_limit = ms
+            elif key.replace("_", "-") in SECURITY_PARAMETERS:
+                setattr(updated, name, check_security_parameter(key.replace("_", "-"), value))
             elif name in CONVERGE_PARAMETERS:
                 kind = CONVERGE_PARAMETERS[name][0]
                 check = _as_bool if kind is bool else _as_int

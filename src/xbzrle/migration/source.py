@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .._backend import load_core
 from ..errors import Cancelled, TransportError, XbzrleError
@@ -49,6 +49,7 @@ class SourceConfig:
     max_bandwidth: int  # bytes/s, 0 = unlimited
     downtime_limit_ms: int
     max_rounds: int = 0  # 0 = no cap; a cap forces the switch-over (tests)
+    transport: dict = field(default_factory=dict)  # connect(): tls, tls_hostname, stall_timeout
     ram_digest: bool = True  # x-ram-digest: send a digest of all RAM, expect a verdict
     copy_pages: bool = False  # copy PAGE payloads into the buffer even where writev could
     #                           send them from guest RAM (tests compare both paths)
@@ -235,7 +236,7 @@ class SourceMigration(Migration):
     def _migrate(self) -> None:
         cfg = self.config
         self._limiter = _RateLimiter(cfg.max_bandwidth, self._cancel)
-        self._channel = connect(self.uri)
+        self._channel = connect(self.uri, **self.config.transport)
         writer = self._writer = StreamWriter()
         blocks = self.guest.blocks
         names = list(blocks)

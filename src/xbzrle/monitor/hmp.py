@@ -9,7 +9,7 @@ listing can never drift from what the console accepts.
 from __future__ import annotations
 
 import logging
-import shlex
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,6 +24,8 @@ from .info import format_info_migrate
 log = logging.getLogger(__name__)
 
 PROMPT = "(xbzrle) "
+MAX_LINE = 4096
+"""Bytes of one command line, as QEMU's console buffer (READLINE_CMD_BUF_SIZE)."""
 PROGRESS_INTERVAL = 1.0  # seconds between the lines of a foreground ``migrate``
 LIVE_INTERVAL = 0.2  # seconds between two redraws of a progress bar
 
@@ -55,7 +57,7 @@ def parse_number(text: str) -> int:
         return parse_size(text)
 
 
-def format_migrate_parameters(params: dict[str, int | bool]) -> str:
+def format_migrate_parameters(params: dict[str, int | bool | str]) -> str:
     """``info migrate_parameters`` lines, in QEMU's units."""
     lines = [
         f"downtime-limit: {params['downtime-limit']} ms",
@@ -65,6 +67,10 @@ def format_migrate_parameters(params: dict[str, int | bool]) -> str:
     for name in CONVERGE_HMP_NAMES:  # QEMU prints percentages bare and bools on/off
         value = params[name]
         lines.append(f"{name}: {('on' if value else 'off') if isinstance(value, bool) else value}")
+    lines += [f"tls-creds: '{params['tls-creds']}'", f"tls-hostname: '{params['tls-hostname']}'",
+              f"tls-authz: '{params['tls-authz']}'",
+              f"x-handshake-timeout: {params['x-handshake-timeout']} ms",
+              f"x-stall-timeout: {params['x-stall-timeout']} ms"]
     return "\n".join(lines)
 
 
@@ -80,6 +86,96 @@ def parse_converge_parameter(name: str, text: str) -> int | bool:
         return int(text, 10)
     except ValueError:
         raise ParameterError(f"Parameter '{name}' expects an integer, got '{text}'") from None
+
+
+# A word: unquoted characters and quoted parts, side by side ("a"'b'c is one word).
+# Each alternative starts with a different character, so matching is linear.
+_WORD = re.compile(r"""(?:[^\s"'\\]|\\.|"(?:[^"\\]|\\.)*"|'[^']*')+""", re.DOTALL)
+_PIECE = re.compile(r"""\\(.)|"((?:[^"\\]|\\.)*)"|'([^']*)'|([^"'\\]+)""", re.DOTALL)
+_DANGLING_ESCAPE = re.compile(r'(?:[^"\\]|\\.)*\\', re.DOTALL)  # "... ends in a lone backslash
+_ESCAPE = re.compile(r'\\([\\"])')  # inside "...", as in a POSIX shell
+
+
+def split_words(line: str) -> list[str]:
+    """Split a command line into words as a shell would, in linear time.
+
+    Whitespace separates words; ``"..."`` (with backslash escapes) and
+    ``'...'`` quote; a backslash outside quotes escapes one character.
+    ValueError for an unclosed quote or a trailing backslash.
+    """
+    words = []
+    end = 0
+    for match in _WORD.finditer(line):
+        if line[end:match.start()].strip():
+            break  # a quote that never closes: the pattern stepped over it
+        word = match.group()
+        if '"' in word or "'" in word or "\\" in word:
+            word = "".join(_unquote(piece) for piece in _PIECE.finditer(word))
+        words.append(word)
+        end = match.end()
+    rest = line[end:].lstrip()
+    if rest:
+        if rest[0] == "'" or (rest[0] == '"' and not _DANGLING_ESCAPE.fullmatch(rest, 1)):
+            raise ValueError("No closing quotation")
+        raise ValueError("No escaped character")
+    return words
+
+
+def _unquote(piece: re.Match[str]) -> str:
+    escaped, double, single, plain = piece.groups()
+    if escaped is not None:
+        return escaped
+    if double is not None:
+        return _ESCAPE.sub(r"\1", double)
+    return single if single is not None else plain
+
+
+class TooLong:
+    """A line longer than MAX_LINE, dropped up to its end."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+class LineReader:
+    """Cuts console input into lines of at most MAX_LINE bytes (bytes.find: no per-byte work).
+
+    A longer line is dropped as it arrives, up to its newline, and reported
+    once as :class:`TooLong`: one client can make the monitor neither buffer
+    without bound nor spend more than linear time.
+    """
+
+    def __init__(self, limit: int = MAX_LINE) -> None:
+        self.limit = limit
+        self._buf = bytearray()
+        self._dropping = 0  # bytes of an over-long line dropped so far
+
+    def feed(self, data: bytes) -> list[str | TooLong]:
+        out: list[str | TooLong] = []
+        start = 0
+        while True:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                rest = data[start:]
+                if self._dropping:
+                    self._dropping += len(rest)
+                elif len(self._buf) + len(rest) > self.limit:
+                    self._dropping = len(self._buf) + len(rest)
+                    self._buf.clear()
+                else:
+                    self._buf += rest
+                return out
+            piece = data[start:nl]
+            if self._dropping or len(self._buf) + len(piece) > self.limit:
+                out.append(TooLong(self._dropping + len(self._buf) + len(piece)))
+                self._dropping = 0
+            else:
+                self._buf += piece
+                out.append(self._buf.decode("utf-8", errors="replace").rstrip("\r"))
+            self._buf.clear()
+            start = nl + 1
 
 
 #: The seed's commands, kept working; QEMU 6.0 removed them for the parameters.
@@ -174,8 +270,11 @@ class HmpSession:
 
     # -- one line -------------------------------------------------------------------
     def execute(self, line: str) -> None:
+        if len(line) > MAX_LINE:
+            self.write(f"Error: command line of {len(line)} characters: at most {MAX_LINE}")
+            return
         try:
-            words = shlex.split(line, comments=False)
+            words = split_words(line)
         except ValueError as exc:
             self.write(f"Error: {exc}")
             return
@@ -270,19 +369,22 @@ class HmpSession:
             value = parse_size(text)
         elif name == "max-bandwidth":
             value = parse_size(text, default_unit="m")
-        elif name == "downtime-limit":
+        elif name in ("downtime-limit", "x-handshake-timeout", "x-stall-timeout"):
             try:
                 value = int(text, 10)
             except ValueError:
                 raise ParameterError(
-                    f"Parameter 'downtime-limit' expects an integer (ms), got '{text}'"
+                    f"Parameter '{name}' expects an integer (ms), got '{text}'"
                 ) from None
         elif name in CONVERGE_HMP_NAMES:
             value = parse_converge_parameter(name, text)
+        elif name in ("tls-creds", "tls-hostname", "tls-authz"):
+            value = text
         else:
             raise ParameterError(
                 f"Parameter '{args[0]}' is unexpected (known: xbzrle-cache-size, "
-                f"max-bandwidth, downtime-limit, {', '.join(CONVERGE_HMP_NAMES)})")
+                f"max-bandwidth, downtime-limit, {', '.join(CONVERGE_HMP_NAMES)}, tls-creds, "
+                "tls-hostname, tls-authz, x-handshake-timeout, x-stall-timeout)")
         self.control.set_parameters(**{name: value})
 
     def _set_cache_size(self, args: list[str]) -> None:

@@ -8,10 +8,15 @@ bytes, get complete texts back.
 
 from __future__ import annotations
 
+import re
+
 MAX_DEPTH = 64  # QEMU's nesting limit
 MAX_SIZE = 64 << 20  # bytes buffered for one message before giving up
 
-_WHITESPACE = b" \t\r\n"
+_NON_SPACE = re.compile(rb"[^ \t\r\n]")
+_SCALAR_END = re.compile(rb"[ \t\r\n{\[]")
+_STRUCTURE = re.compile(rb'["{}\[\]]')
+_STRING_END = re.compile(rb'["\\]')
 
 
 class JsonSplitter:
@@ -21,6 +26,9 @@ class JsonSplitter:
     input that cannot be a message (too deep, too large, stray tokens), an
     :class:`Invalid` naming the problem, so the caller can reply with an
     error and carry on with the next message.
+
+    The input is scanned with compiled patterns for the bytes that matter
+    (quotes, backslashes in strings, brackets), never byte by byte in Python.
     """
 
     def __init__(self) -> None:
@@ -31,10 +39,12 @@ class JsonSplitter:
         self._scalar = False  # collecting a stray top-level token
         self._skip_to_newline = False
 
-    def feed(self, data: bytes) -> list[str | Invalid]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[str | Invalid]:
+        data = bytes(data)
         out: list[str | Invalid] = []
-        for byte in data:
-            self._step(byte, out)
+        pos, end = 0, len(data)
+        while pos < end:
+            pos = self._step(data, pos, out)
         return out
 
     def _emit(self, out: list[str | Invalid]) -> None:
@@ -48,47 +58,67 @@ class JsonSplitter:
         self._in_string = self._escape = self._scalar = False
         self._skip_to_newline = True
 
-    def _step(self, byte: int, out: list[str | Invalid]) -> None:
-        if self._skip_to_newline:  # resynchronise after garbage at the next line
-            if byte == 0x0A:
-                self._skip_to_newline = False
-            return
-        if self._scalar:
-            if byte in _WHITESPACE or byte in b"{[":
-                self._emit(out)
-                self._scalar = False
-            else:
-                self._buf.append(byte)
-                return
-        if self._depth == 0 and not self._in_string:
-            if byte in _WHITESPACE:
-                return
-            if byte not in b"{[":
-                self._scalar = True
-                self._buf.append(byte)
-                return
-        self._buf.append(byte)
+    def _take(self, data: bytes, pos: int, stop: int, out: list[str | Invalid]) -> bool:
+        """Buffer ``data[pos:stop]``; False (after failing) if the message grew too large."""
+        self._buf += data[pos:stop]
         if len(self._buf) > MAX_SIZE:
             self._fail(out, f"JSON message larger than {MAX_SIZE} bytes")
-            return
+            return False
+        return True
+
+    def _step(self, data: bytes, pos: int, out: list[str | Invalid]) -> int:
+        """Consume from ``pos`` up to the next byte that changes the state; the new pos."""
+        end = len(data)
+        if self._skip_to_newline:  # resynchronise after garbage at the next line
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                return end
+            self._skip_to_newline = False
+            return newline + 1
+        if self._scalar:
+            match = _SCALAR_END.search(data, pos)
+            stop = match.start() if match else end
+            if self._take(data, pos, stop, out) and match:
+                self._emit(out)
+                self._scalar = False
+            return stop
+        if self._depth == 0 and not self._in_string:
+            match = _NON_SPACE.search(data, pos)
+            if match is None:
+                return end
+            pos = match.start()
+            if data[pos] not in b"{[":
+                self._scalar = True
+                return pos
         if self._in_string:
             if self._escape:
                 self._escape = False
-            elif byte == 0x5C:  # backslash
+                return pos + 1 if self._take(data, pos, pos + 1, out) else pos + 1
+            match = _STRING_END.search(data, pos)
+            stop = match.start() if match else end
+            if not self._take(data, pos, stop + (match is not None), out) or match is None:
+                return stop + (match is not None)
+            if data[stop] == 0x5C:  # backslash
                 self._escape = True
-            elif byte == 0x22:
+            else:
                 self._in_string = False
-            return
+            return stop + 1
+        match = _STRUCTURE.search(data, pos)
+        stop = match.start() if match else end
+        if not self._take(data, pos, stop + (match is not None), out) or match is None:
+            return stop + (match is not None)
+        byte = data[stop]
         if byte == 0x22:
             self._in_string = True
         elif byte in b"{[":
             self._depth += 1
             if self._depth > MAX_DEPTH:
                 self._fail(out, f"JSON nesting deeper than {MAX_DEPTH}")
-        elif byte in b"}]":
+        else:
             self._depth -= 1
             if self._depth == 0:
                 self._emit(out)
+        return stop + 1
 
 
 class Invalid:

@@ -10,6 +10,7 @@ replies echo the request's ``id``.  Which commands exist and what they do is
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator, Mapping
 
@@ -19,11 +20,70 @@ from .qmp_commands import QmpCommands
 from .version import QEMU_VERSION
 
 _REQUEST_MEMBERS = frozenset({"execute", "exec-oob", "arguments", "id"})
+_INT_DIGITS = 20  # an int64/uint64 has at most 20 digits; longer ones become doubles
+
+
+class _BadJson(XbzrleError, ValueError):
+    """Valid to Python's json module, but not to QEMU's parser: a duplicate key, NaN..."""
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _BadJson(f"duplicate key '{duplicate}'")
+    return obj
+
+
+def _number(text: str) -> int | float:
+    """QEMU's rule: an integer that fits 64 bits stays one, anything else is a double."""
+    if len(text.lstrip("-")) <= _INT_DIGITS:
+        value = int(text)
+        if -(1 << 63) <= value < (1 << 64):
+            return value
+    return _double(text)
+
+
+def _double(text: str) -> float:
+    value = float(text)  # no digit limit for floats, unlike int()
+    if not math.isfinite(value):
+        raise _BadJson(f"number '{text[:20]}{'...' if len(text) > 20 else ''}' out of range")
+    return value
+
+
+def _constant(text: str) -> object:
+    raise _BadJson(f"invalid token '{text}'")
+
+
+def decode(text: str) -> object:
+    """JSON as QEMU's parser reads it: duplicate keys, NaN and Infinity are errors.
+
+    ValueError (JSONDecodeError or a subclass saying what QEMU refuses) or
+    RecursionError on bad input, never anything else.
+    """
+    return json.loads(text, object_pairs_hook=_object, parse_int=_number,
+                      parse_float=_double, parse_constant=_constant)
+
+
+def _finite(value: object) -> object:
+    """Replies are JSON: a non-finite float (a rate over zero time) is sent as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def encode(message: Mapping[str, object]) -> bytes:
     """One message per line, ``\\r\\n``-terminated as QEMU's monitor writes it."""
-    return json.dumps(message, separators=(", ", ": ")).encode() + b"\r\n"
+    try:
+        text = json.dumps(message, separators=(", ", ": "), allow_nan=False)
+    except ValueError:  # NaN or Infinity somewhere: never on the wire
+        text = json.dumps(_finite(message), separators=(", ", ": "), allow_nan=False)
+    return text.encode() + b"\r\n"
 
 
 def error_reply(cls: str, desc: str, msg_id: object = None,
@@ -82,10 +142,15 @@ class QmpSession:
         if isinstance(text, Invalid):
             return error_reply("GenericError", f"JSON parse error, {text.reason}")
         try:
-            request = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nesting too deep"
-            return error_reply("GenericError", f"JSON parse error, {reason.lower()}")
+            request = decode(text)
+        except (ValueError, RecursionError) as exc:
+            if isinstance(exc, json.JSONDecodeError):
+                reason = exc.msg.lower()
+            elif isinstance(exc, RecursionError):
+                reason = "nesting too deep"
+            else:
+                reason = str(exc)
+            return error_reply("GenericError", f"JSON parse error, {reason}")
         if not isinstance(request, dict):
             return error_reply("GenericError", "QMP input must be a JSON object")
         has_id = "id" in request

@@ -88,7 +88,10 @@ class QmpCommands:
              (P("xbzrle-cache-size", "int", False), P("max-bandwidth", "int", False),
               P("downtime-limit", "int", False),
               *(P(name.replace("_", "-"), "bool" if kind is bool else "int", False)
-                for name, (kind, _) in CONVERGE_PARAMETERS.items()))),
+                for name, (kind, _) in CONVERGE_PARAMETERS.items()),
+              P("tls-creds", "str", False), P("tls-hostname", "str", False),
+              P("tls-authz", "str", False), P("x-handshake-timeout", "int", False),
+              P("x-stall-timeout", "int", False))),
             ("migrate-set-cache-size", self._set_cache_size, (P("value", "int"),)),
             ("query-migrate-cache-size", lambda a: self.control.cache_size(), ()),
             ("migrate_set_speed", self._set_speed, (P("value", "int"),)),

@@ -18,24 +18,37 @@ import threading
 from collections.abc import Callable
 
 from .endpoint import Endpoint
-from .hmp import PROMPT, HmpSession, run_captured
+from .hmp import MAX_LINE, PROMPT, HmpSession, LineReader, TooLong, run_captured
 from .qmp import QmpSession
 from .qmp_commands import QmpCommands
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
+MAX_QUEUED = 8 << 20
+"""Bytes of replies and events a client may leave unread before it is disconnected."""
 
 
 class Connection:
-    """A byte pipe to one client, with a queued writer."""
+    """A byte pipe to one client, with a queued writer.
+
+    The queue is bounded by bytes: a client that never reads its replies is
+    disconnected once MAX_QUEUED bytes wait for it, instead of growing the
+    process (``send`` never blocks: events come from migration threads).
+    """
 
     def __init__(self, name: str, read: Callable[[], bytes], write: Callable[[bytes], None],
-                 close: Callable[[], None]) -> None:
+                 close: Callable[[], None], abort: Callable[[], None] | None = None,
+                 max_queued: int = MAX_QUEUED) -> None:
         self.name = name
         self.read = read
         self._write = write
         self._close = close
+        self._abort = abort
+        self.max_queued = max_queued
+        self.queued = 0
+        self.overflowed = False
+        self._qlock = threading.Lock()
         self._queue: queue.Queue[bytes | None] = queue.Queue()
         self._writer = threading.Thread(target=self._drain, name=f"{name}-writer", daemon=True)
         self._writer.start()
@@ -44,8 +57,24 @@ class Connection:
         self.busy = threading.Lock()
 
     def send(self, data: bytes) -> None:
-        if not self.closed:
-            self._queue.put(data)
+        if self.closed:
+            return
+        with self._qlock:
+            overflow = self.queued + len(data) > self.max_queued
+            if not overflow:
+                self.queued += len(data)
+                self._queue.put(data)
+        if overflow:
+            self._overflow()
+
+    def _overflow(self) -> None:
+        if self.overflowed:
+            return
+        self.overflowed = self.closed = True
+        log.warning("monitor %s: the client left %d bytes of replies unread: disconnected",
+                    self.name, self.queued)
+        if self._abort is not None:
+            self._abort()  # unblocks the writer's send and the reader's recv
 
     def _drain(self) -> None:
         while (data := self._queue.get()) is not None:
@@ -54,6 +83,8 @@ class Connection:
             except OSError:
                 self.closed = True
                 return
+            with self._qlock:
+                self.queued -= len(data)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Send what is queued, then stop the writer."""
@@ -74,12 +105,15 @@ def _socket_connection(sock: socket.socket, name: str) -> Connection:
         except OSError:
             return b""
 
-    def close() -> None:
+    def abort() -> None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+    def close() -> None:
+        abort()
         sock.close()
 
-    return Connection(name, read, sock.sendall, close)
+    return Connection(name, read, sock.sendall, close, abort)
 
 
 def _stdio_connection() -> Connection:
@@ -169,16 +203,20 @@ class MonitorServer:
         session = HmpSession(self.control, lambda text: conn.send(text.encode()))
         conn.send(f"{self.package} monitor - type 'help' for more information\n"
                   f"{PROMPT}".encode())
-        pending = b""
+        lines = LineReader()
         while data := conn.read():
-            pending += data
-            while b"\n" in pending:
-                line, pending = pending.split(b"\n", 1)
+            for line in lines.feed(data):
                 with conn.busy:
-                    session.execute(line.decode("utf-8", errors="replace").rstrip("\r"))
+                    if isinstance(line, TooLong):
+                        session.write(f"Error: command line of {line.size} bytes: "
+                                      f"at most {MAX_LINE}")
+                    else:
+                        session.execute(line)
                     if self.control.quit_requested.is_set():
                         return
                     conn.send(PROMPT.encode())
+                if conn.closed:
+                    return
 
     def _serve_qmp(self, conn: Connection) -> None:
         commands = QmpCommands(self.control, hmp=lambda line: run_captured(self.control, line))
@@ -196,7 +234,7 @@ class MonitorServer:
                 with conn.busy:
                     for reply in session.replies(data):
                         conn.send(reply)
-                if self.control.quit_requested.is_set():
+                if self.control.quit_requested.is_set() or conn.closed:
                     return
         finally:
             self.control.unsubscribe(on_event)

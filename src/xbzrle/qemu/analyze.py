@@ -224,6 +224,8 @@ class StreamAnalyzer:
             self._section(event)
         elif isinstance(event, ev.SectionPart):
             self._sections[event.section_id].parts += 1
+        elif isinstance(event, ev.EmptyParts):
+            self._sections[event.section_id].parts += event.count
         elif isinstance(event, ev.SectionEnd):
             self._sections[event.section_id].ended = True
             if r.mapped_ram is None:  # mapped-ram sends no page records, hence no rounds

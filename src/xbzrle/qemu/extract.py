@@ -34,7 +34,7 @@ from .ramfiles import (
     prepare_output_dir,
 )
 
-MANIFEST_FORMAT = "xbzrle-ram-extract/1"
+MANIFEST_FORMAT = "xbzrle-ram-extract/2"
 
 
 class IncompleteStreamError(StreamError):
@@ -58,7 +58,7 @@ class StreamExtractor:
 
     def __init__(self, out_dir: str | os.PathLike[str], *, max_ram: int = DEFAULT_MAX_RAM,
                  source: str = "", random_access: RandomAccessFile | None = None,
-                 checksum: str = "sha256") -> None:
+                 checksum: str = "ram-digest") -> None:
         if checksum not in CHECKSUMS:
             raise ParameterError(f"unknown checksum {checksum!r}: one of {', '.join(CHECKSUMS)}")
         self.checksum = checksum
@@ -209,15 +209,13 @@ class StreamExtractor:
             self._device_file = None
 
     def _write_outputs(self, error: str | None) -> dict[str, Any]:
-        if self._mapped and self.ram is not None:
-            # Hashing a whole sparse block would cost its claimed size: hash what is present.
-            blocks = [{"name": name, "file": self.ram.files[name], "size": len(ram),
-                       "sha256": None, **self._mapped_loaded.get(name, LoadedBlock()).to_dict()}
-                      for name, ram in self.ram.maps.items()]
-        else:
-            blocks = self.ram.manifest_blocks(self.checksum) if self.ram is not None else []
         counts = self.loader.counts if self.loader is not None else None
         self._close_files()
+        blocks = self.ram.manifest_blocks(self.checksum) if self.ram is not None else []
+        if self._mapped:
+            # The pages a mapped-ram file carries, beside the digest of the whole block.
+            for block in blocks:
+                block.update(self._mapped_loaded.get(block["name"], LoadedBlock()).to_dict())
         if self.devices is None and self._device_offset is not None:
             self.devices = self._tail.devices()
         zero, normal, xbzrle = (counts.zero, counts.normal, counts.xbzrle) if counts else (0, 0, 0)
@@ -250,7 +248,7 @@ class StreamExtractor:
 
 def extract_chunks(chunks: Iterable[bytes], out_dir: str | os.PathLike[str], *,
                    max_ram: int = DEFAULT_MAX_RAM, source: str = "",
-                   checksum: str = "sha256") -> dict[str, Any]:
+                   checksum: str = "ram-digest") -> dict[str, Any]:
     """Extract a stream given as byte chunks; returns the manifest."""
     extractor = StreamExtractor(out_dir, max_ram=max_ram, source=source, checksum=checksum)
     try:
@@ -267,12 +265,12 @@ def extract_chunks(chunks: Iterable[bytes], out_dir: str | os.PathLike[str], *,
 def extract_file(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
                  max_ram: int = DEFAULT_MAX_RAM,
                  on_progress: Callable[[int], None] | None = None,
-                 checksum: str = "sha256") -> dict[str, Any]:
+                 checksum: str = "ram-digest") -> dict[str, Any]:
     """Extract the stream in ``path`` ("-" reads standard input) into ``out_dir``.
 
     ``on_progress`` hears the read position in the file after each read.
-    ``checksum``: what the manifest holds per block, ``"sha256"`` (default),
-    ``"ram-digest"`` (xbzrle's RAM digest, several times faster) or ``"none"``.
+    ``checksum``: what the manifest holds per block, ``"ram-digest"`` (default),
+    ``"sha256"`` (reads the holes too) or ``"none"``.
     """
     if str(path) == "-":
         return _extract_open_file(sys.stdin.buffer, out_dir, max_ram, "-", checksum)
@@ -282,7 +280,7 @@ def extract_file(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
 
 
 def _extract_open_file(f: BinaryIO, out_dir: str | os.PathLike[str], max_ram: int,
-                       source: str, checksum: str = "sha256") -> dict[str, Any]:
+                       source: str, checksum: str = "ram-digest") -> dict[str, Any]:
     """A file that can seek is read with jumps over mapped-ram regions and random access."""
     random_access = RandomAccessFile(f, source) if stream_size(f) is not None else None
     extractor = StreamExtractor(out_dir, max_ram=max_ram, source=source,

@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import struct
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 
-from ..errors import StreamError
+from ..errors import StreamError, XbzrleError
 from . import constants as c
 from .records import (
     Command,
     Configuration,
     DeviceState,
     Digest,
+    EmptyParts,
     EndOfSection,
     Eof,
     Event,
@@ -45,7 +47,14 @@ from .records import (
     ZeroPage,
 )
 
-__all__ = ["NEED_DATA", "StreamParser", "find_vmdescription", "parse_bytes"]
+__all__ = [
+    "HEADER_SIZE",
+    "NEED_DATA",
+    "StreamParser",
+    "find_vmdescription",
+    "header_problem",
+    "parse_bytes",
+]
 
 
 PageSink = Callable[[bytearray, int, int, str | None], tuple[int, str | None, tuple[int, ...]]]
@@ -72,7 +81,10 @@ NEED_DATA = _Sentinel("NEED_DATA")
 MAX_MACHINE_NAME = 1024
 MAX_CAPABILITIES = 256
 DEFAULT_MAX_VMDESC = 16 * 1024 * 1024
-DEFAULT_MAX_BLOCKS = 65536
+DEFAULT_MAX_BLOCKS = 4096
+"""RAM blocks a MEM_SIZE record may list: QEMU machines have a few dozen."""
+MAX_VMDESC_NESTING = 128
+"""JSON nesting a VMDESCRIPTION may use (QEMU's own are about a dozen levels deep)."""
 DEFAULT_DEVICE_CHUNK = 64 * 1024
 _COMPACT_AT = 64 * 1024
 # The longest page record: be64 word, a 255-byte block name with its length,
@@ -243,6 +255,9 @@ class StreamParser:
         self._mem_total = 0
         self._mem_remaining = 0
         self._mem_list: list[tuple[str, int]] = []
+        self._mem_names: set[str] = set()
+        self._empty_run: re.Pattern[bytes] | None = None
+        self._empty_unit = 0
         # mapped-ram: the regions between block headers are skipped (or jumped over).
         self._mapped_ram = False
         self._skip_to = 0
@@ -513,11 +528,39 @@ class StreamParser:
         cur = self._cursor()
         start = cur.offset
         kind = cur.u8("a section type byte")
+        if kind == c.VM_SECTION_PART and (run := self._empty_parts(start)) is not None:
+            return run
         if kind == c.VM_CONFIGURATION:
             return self._read_configuration(cur, start)
         event = self._read_top_record(cur, start, kind)
         self._config_allowed = False
         return event
+
+    def _empty_parts(self, start: int) -> Event | None:
+        """Fold a run of empty PART sections of the 'ram' section into one event.
+
+        Matched by one compiled pattern over the buffer (no Python work per
+        section), once the stream has shown whether its sections carry footers.
+        """
+        section_id = self._ram_section_id
+        if section_id is None or section_id not in self._open or self._footers is None:
+            return None
+        if self._empty_run is None:
+            unit = bytes([c.VM_SECTION_PART]) + _BE32.pack(section_id)
+            unit += _BE64.pack(c.RAM_SAVE_FLAG_EOS)
+            if self._footers:
+                unit += bytes([c.VM_SECTION_FOOTER]) + _BE32.pack(section_id)
+            self._empty_run = re.compile(b"(?:" + re.escape(unit) + b")+")
+            self._empty_unit = len(unit)
+        match = self._empty_run.match(self._buf, self._pos)
+        if match is None:
+            return None
+        count = (match.end() - self._pos) // self._empty_unit
+        if count < 2:
+            return None
+        self._pos = match.end()
+        self._section = section_id
+        return EmptyParts(section_id, count, stream_offset=start)
 
     def _read_top_record(self, cur: _Cursor, start: int, kind: int) -> Event:
         if kind in (c.VM_SECTION_START, c.VM_SECTION_FULL):
@@ -734,6 +777,7 @@ class StreamParser:
         self._mem_total = addr
         self._mem_remaining = addr
         self._mem_list = []
+        self._mem_names = set()
         if addr == 0:
             return RamBlocks(0, (), stream_offset=start)
         self._state = _State.MEM_BLOCKS
@@ -787,8 +831,23 @@ class StreamParser:
         start = cur.offset
         name = cur.name("a RAM block name")
         size = cur.be64(f"the size of RAM block '{name}'")
-        if any(name == known for known, _ in self._mem_list):
-            raise _fail(start, f"RAM block '{name}' announced twice")
+        if len(self._mem_list) >= self._max_blocks:
+            raise _fail(
+                start,
+                f"more than {self._max_blocks} RAM blocks in the MEM_SIZE record "
+                f"(this reader's limit; the announced total 0x{self._mem_total:x} "
+                f"still has 0x{self._mem_remaining:x} bytes unlisted)",
+            )
+        if not name or name in self._mem_names:
+            listed = self._mem_total - self._mem_remaining
+            what = "a RAM block with an empty name" if not name else \
+                f"RAM block '{name}' announced twice"
+            raise _fail(
+                start,
+                f"{what}: the MEM_SIZE total 0x{self._mem_total:x} is more than the "
+                f"0x{listed:x} bytes of the {len(self._mem_list)} blocks listed before it, "
+                "so the block list ran on into whatever follows it",
+            )
         if size > self._mem_remaining:
             raise _fail(
                 start,
@@ -796,11 +855,10 @@ class StreamParser:
                 f"bytes left of the announced total 0x{self._mem_total:x} (postcopy and "
                 "x-ignore-shared block extras are not supported)",
             )
-        if len(self._mem_list) >= self._max_blocks:
-            raise _fail(start, f"more than {self._max_blocks} RAM blocks")
         if self._mapped_ram:
             return self._read_mapped_ram_header(cur, start, name, size)
         self._commit(cur)
+        self._mem_names.add(name)
         self._mem_list.append((name, size))
         self._mem_remaining -= size
         if self._mem_remaining:
@@ -820,6 +878,7 @@ class StreamParser:
         if problem:
             raise _fail(at, f"mapped-ram block '{name}': {problem}")
         self._commit(cur)
+        self._mem_names.add(name)
         self._mem_list.append((name, size))
         self._mem_remaining -= size
         self._skip_to = event.pages_end
@@ -937,8 +996,14 @@ class StreamParser:
             )
         raw = cur.take(length, f"{length} bytes of VMDESCRIPTION JSON")
         self._commit(cur)
+        try:
+            value = _decode_json(raw)
+        except _TooDeep:
+            raise _fail(
+                start, f"VMDESCRIPTION JSON nested deeper than {MAX_VMDESC_NESTING} levels"
+            ) from None
         self._state = _State.DONE
-        return VmDescription(_decode_json(raw), stream_offset=start)
+        return VmDescription(value, stream_offset=start)
 
     def _step_done(self) -> Event:
         cur = self._cursor()
@@ -981,13 +1046,58 @@ def _mapped_ram_layout_problem(block: MappedRamBlock, header_end: int) -> str | 
     return None
 
 
+class _TooDeep(XbzrleError):
+    """A JSON document nests deeper than MAX_VMDESC_NESTING."""
+
+
+def _nesting(value: object) -> int:
+    """How deeply ``value`` nests lists and dicts, level by level (no recursion)."""
+    depth = 0
+    level = [value] if isinstance(value, dict | list) else []
+    while level and depth <= MAX_VMDESC_NESTING:
+        depth += 1
+        level = [
+            item
+            for node in level
+            for item in (node.values() if isinstance(node, dict) else node)
+            if isinstance(item, dict | list)
+        ]
+    return depth
+
+
 def _decode_json(raw: bytes) -> dict | str:
+    """The JSON object in ``raw``, or its text when it is not one; _TooDeep when too nested."""
     text = raw.decode("utf-8", errors="replace")
     try:
         value = json.loads(text)
+    except RecursionError:
+        raise _TooDeep from None
     except ValueError:
         return text
-    return value if isinstance(value, dict) else text
+    if not isinstance(value, dict):
+        return text
+    if _nesting(value) > MAX_VMDESC_NESTING:
+        raise _TooDeep
+    return value
+
+
+HEADER_SIZE = 8
+"""The file header: magic ``QEVM`` and the stream version."""
+
+
+def header_problem(data: bytes) -> str | None:
+    """What is wrong with the first HEADER_SIZE bytes of a stream, or None if they are a header.
+
+    A listener uses it to tell a migration source from any other client
+    before it gives the connection the destination's RAM.
+    """
+    parser = StreamParser()
+    parser.feed(data[:HEADER_SIZE])
+    try:
+        event = parser.next_event()
+    except StreamError as exc:
+        return str(exc)
+    return None if isinstance(event, Header) else "the stream ended inside its header"
 
 
 def parse_bytes(data: bytes | bytearray | memoryview, **options: int) -> list[Event]:
@@ -1013,7 +1123,10 @@ def find_vmdescription(tail: bytes | bytearray | memoryview) -> tuple[int, dict]
     while position >= 0:
         (length,) = _BE32.unpack_from(view, position + 1)
         if length == end - position - 5 and (position == 0 or view[position - 1] == c.VM_EOF):
-            value = _decode_json(view[position + 5 :])
+            try:
+                value = _decode_json(view[position + 5 :])
+            except _TooDeep:
+                value = None
             if isinstance(value, dict):
                 return position, value
         position = view.rfind(b"\x06", 0, position)

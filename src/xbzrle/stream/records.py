@@ -62,6 +62,19 @@ class SectionPart(Event):
 
 
 @dataclass(frozen=True)
+class EmptyParts(Event):
+    """``count`` consecutive PART sections that held nothing but their EOS (and footer).
+
+    QEMU sends one when a rate-limit slice found no dirty page.  The parser
+    folds a run of them into one event, so a stream made of nothing else
+    costs one event per run instead of three per 13 bytes.
+    """
+
+    section_id: int
+    count: int
+
+
+@dataclass(frozen=True)
 class SectionEnd(Event):
     """QEMU_VM_SECTION_END: the last round, sent with the guest stopped."""
 

@@ -8,15 +8,17 @@ and imports without the compiled core.
 from __future__ import annotations
 
 from .channels import Channel, FileChannel, SocketChannel
-from .connect import Listener, connect
+from .connect import Admission, Listener, Refused, connect
 from .uri import SCHEMES, MigrationURI, parse_uri
 
 __all__ = [
     "SCHEMES",
+    "Admission",
     "Channel",
     "FileChannel",
     "Listener",
     "MigrationURI",
+    "Refused",
     "SocketChannel",
     "connect",
     "parse_uri",

@@ -9,9 +9,17 @@ capability) instead of claiming success.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
+import select
 import socket
+import ssl
+import struct
 import subprocess
+import termios
+import threading
+import time
 from typing import Protocol
 
 from ..errors import TransportError
@@ -30,16 +38,45 @@ class Channel(Protocol):
 
 
 class SocketChannel:
-    """A connected stream socket; ``abort`` unblocks a send or recv from another thread."""
+    """A connected stream socket, plain or TLS; ``abort`` unblocks a send or recv elsewhere.
+
+    ``stall_timeout`` (seconds) bounds how long a write may make no progress:
+    a destination that is alive but stopped reading then fails the migration
+    instead of blocking the source forever.  ``pending`` holds bytes already
+    read from the socket (the stream header the listener checked); the first
+    reads return them.
+    """
 
     has_verdict = True
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, stall_timeout: float | None = None,
+                 pending: bytes = b"") -> None:
         self.sock = sock
+        self.stall_timeout = stall_timeout
+        self._pending = pending
+        if stall_timeout is not None:
+            sock.settimeout(stall_timeout)
+
+    @property
+    def is_tls(self) -> bool:
+        return isinstance(self.sock, ssl.SSLSocket)
 
     def write(self, data: memoryview | bytes) -> None:
+        if select.select([self.sock], [], [], 0)[0]:  # the destination spoke: a refusal?
+            verdict = self._salvage_verdict()
+            if verdict is not None:
+                raise TransportError(f"the destination refused the migration: {verdict}")
         try:
-            self.sock.sendall(data)
+            if self.stall_timeout is None:
+                self.sock.sendall(data)
+                return
+            view = memoryview(data).cast("B")
+            while view:  # per send call, not per byte: each may take a whole buffer
+                view = view[self.sock.send(view):]
+        except TimeoutError as exc:
+            raise TransportError(
+                f"the destination stopped reading: no progress for {self.stall_timeout:g} s "
+                "(x-stall-timeout)") from exc
         except OSError as exc:
             verdict = self._salvage_verdict()
             if verdict is not None:
@@ -58,22 +95,42 @@ class SocketChannel:
         verdict = self._salvage_verdict()
         if verdict is not None:
             return TransportError(f"the destination refused the migration: {verdict}")
+        if self.stall_timeout is not None and (
+                isinstance(exc, TimeoutError)
+                or exc.errno in (errno.ETIMEDOUT, errno.EAGAIN, errno.EWOULDBLOCK)):
+            return TransportError(
+                f"the destination stopped reading: no progress for {self.stall_timeout:g} s "
+                "(x-stall-timeout)")
         return TransportError(f"lost the migration peer while sending: {exc}")
 
     def _salvage_verdict(self) -> str | None:
         """A destination that gave up said why before closing: read it if it is here."""
         data = b""
-        with contextlib.suppress(OSError):
+        try:
+            self.sock.settimeout(0.0)  # what is already here; plain and TLS sockets alike
             while len(data) < VERDICT_MAX:
-                chunk = self.sock.recv(VERDICT_MAX, socket.MSG_DONTWAIT)
+                chunk = self.sock.recv(VERDICT_MAX)
                 if not chunk:
                     break
                 data += chunk
+        except ssl.SSLError as exc:  # TLS 1.3: a refused certificate shows up as an alert here
+            if "ALERT" in str(exc.reason or ""):
+                return f"TLS alert {exc.reason}"
+        except (OSError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(self.stall_timeout)
         if data.startswith(VERDICT_ERROR):
             return data[len(VERDICT_ERROR):].split(b"\n", 1)[0].decode(errors="replace")
         return None
 
     def readinto(self, buf: memoryview) -> int:
+        if self._pending:
+            n = min(len(buf), len(self._pending))
+            buf[:n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            return n
         try:
             return self.sock.recv_into(buf)
         except OSError as exc:
@@ -84,6 +141,30 @@ class SocketChannel:
         with contextlib.suppress(OSError):
             self.sock.sendall(msg)
 
+    def _unsent(self) -> int:
+        """Bytes written but not yet acknowledged by the peer's kernel (SIOCOUTQ)."""
+        try:
+            raw = fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+        except OSError:
+            return 0
+        return struct.unpack("i", raw)[0]
+
+    def _wait_drained(self) -> None:
+        """The stream's tail can sit in the socket buffers of a destination that stopped
+        reading: fail when they make no progress for ``stall_timeout``."""
+        if self.stall_timeout is None:
+            return
+        unsent, since = self._unsent(), time.monotonic()
+        while unsent:
+            time.sleep(0.02)
+            now_unsent = self._unsent()
+            if now_unsent != unsent:
+                unsent, since = now_unsent, time.monotonic()
+            elif time.monotonic() - since >= self.stall_timeout:
+                raise TransportError(
+                    f"the destination stopped reading: {unsent} bytes unread for "
+                    f"{self.stall_timeout:g} s (x-stall-timeout)")
+
     def read_verdict(self, timeout: float, required: bool = True) -> str | None:
         """Wait for the destination's verdict; None means success.
 
@@ -91,10 +172,12 @@ class SocketChannel:
         QEMU destination, which has no way back in a precopy migration); an
         error verdict still counts.
         """
+        self._wait_drained()
         self.sock.settimeout(timeout)
         try:
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_WR)
+            if not self.is_tls:  # TLS has no half-close: the EOF record ends the stream
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_WR)
             data = b""
             while not data.endswith(b"\n") and len(data) < VERDICT_MAX:
                 chunk = self.sock.recv(VERDICT_MAX)
@@ -119,14 +202,57 @@ class SocketChannel:
         self.sock.close()
 
 
+class StderrTail:
+    """Drains a command's stderr in a thread, keeping its last line (bounded)."""
+
+    KEEP = 4096
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._tail = b""
+        self._thread = threading.Thread(target=self._drain, name="exec-stderr", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while chunk := self._stream.read1(65536):
+                self._tail = (self._tail + chunk)[-self.KEEP:]
+        with contextlib.suppress(OSError):
+            self._stream.close()
+
+    def last_line(self, wait: float = 2.0) -> str:
+        self._thread.join(wait)
+        lines = [ln for ln in self._tail.decode(errors="replace").splitlines() if ln.strip()]
+        return lines[-1].strip() if lines else ""
+
+
 class FileChannel:
-    """A file or pipe; no way back, so no verdict."""
+    """A file or pipe; no way back, so no verdict.
+
+    For ``exec:`` the command's exit status and last stderr line explain a
+    failure (a write to a command that died is only "Broken pipe").
+    """
 
     has_verdict = False
 
     def __init__(self, fd: int, proc: subprocess.Popen[bytes] | None = None) -> None:
         self.fd = fd
         self.proc = proc
+        self._stderr = StderrTail(proc.stderr) if proc is not None and proc.stderr else None
+
+    def _command_failure(self) -> str | None:
+        """Why the exec: command failed (status and last stderr line), once it exited."""
+        if self.proc is None:
+            return None
+        try:
+            rc = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return None
+        if rc == 0:
+            return None
+        status = f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+        line = self._stderr.last_line() if self._stderr is not None else ""
+        return f"exec: migration command {status}" + (f": {line}" if line else "")
 
     def write(self, data: memoryview | bytes) -> None:
         view = memoryview(data)
@@ -135,7 +261,8 @@ class FileChannel:
                 n = os.write(self.fd, view)
                 view = view[n:]
         except OSError as exc:
-            raise TransportError(f"migration output failed: {exc}") from exc
+            failure = self._command_failure()
+            raise TransportError(failure or f"migration output failed: {exc}") from exc
 
     def writev_fd(self) -> int | None:
         """Files and pipes take page payloads straight from guest RAM."""
@@ -148,7 +275,8 @@ class FileChannel:
         try:
             return os.readv(self.fd, [buf])
         except OSError as exc:
-            raise TransportError(f"migration input failed: {exc}") from exc
+            failure = self._command_failure()
+            raise TransportError(failure or f"migration input failed: {exc}") from exc
 
     def abort(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -164,4 +292,5 @@ class FileChannel:
                 self.proc.kill()
                 raise TransportError("exec: migration command did not finish") from None
             if rc != 0:
-                raise TransportError(f"exec: migration command exited with status {rc}")
+                raise TransportError(self._command_failure() or
+                                     f"exec: migration command exited with status {rc}")

@@ -110,6 +110,7 @@ class MigrationSettings:
     max_bandwidth: int = 48 << 20
     rounds_before_converging: int = 4
     timeout: float = 90.0
+    parameters: dict = field(default_factory=dict)  # more migrate-set-parameters (tls-creds...)
 
 
 @dataclass
@@ -150,7 +151,7 @@ class QemuProcess:
 class GuestVM(QemuProcess):
     """One QEMU process running the test guest; RAM in ``ram_file``."""
 
-    def __init__(self, kernel: Path, work: Path) -> None:
+    def __init__(self, kernel: Path, work: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.work = work
         self.ram_file = work / "guest-ram"
         self.qmp_path = work / "qmp.sock"
@@ -162,7 +163,7 @@ class GuestVM(QemuProcess):
                         f"mem-path={self.ram_file},share=on",
              "-machine", "pc,memory-backend=mem", "-m", f"{GUEST_RAM // 1024}k",
              "-kernel", str(kernel),
-             "-qmp", f"unix:{self.qmp_path},server=on,wait=off"],
+             "-qmp", f"unix:{self.qmp_path},server=on,wait=off", *extra_args],
             stdout=self.log, stderr=subprocess.STDOUT)
         try:
             self.qmp = QMP(self.qmp_path)
@@ -183,7 +184,7 @@ class GuestVM(QemuProcess):
                   capabilities=[{"capability": "xbzrle", "state": settings.xbzrle}])
         q.execute("migrate-set-parameters", **{
             "max-bandwidth": settings.max_bandwidth, "xbzrle-cache-size": settings.cache_size,
-            "downtime-limit": 300})
+            "downtime-limit": 300, **settings.parameters})
         start = time.monotonic()
         q.execute("migrate", uri=uri)
         converging = False
