@@ -49,9 +49,13 @@ def destination(tmp_path):
         dest.stop()
 
 
-def migrate(guest: Guest, uri: str, digest: bool = False) -> MigrationManager:
-    """Migrate ``guest`` the way a user migrates into QEMU: xbzrle on, x-ram-digest off."""
-    manager = MigrationManager(guest)
+def migrate(guest: Guest, uri: str, digest: bool = False,
+            manager: MigrationManager | None = None) -> MigrationManager:
+    """Migrate ``guest`` the way a user migrates into QEMU: xbzrle on, x-ram-digest off.
+
+    ``manager`` is one prepared already (TLS objects and parameters), or a new one.
+    """
+    manager = manager if manager is not None else MigrationManager(guest)
     manager.set_capability("xbzrle", True)
     manager.set_capability("x-ram-digest", digest)
     manager.set_parameters(max_bandwidth=32 << 20, downtime_limit=1,

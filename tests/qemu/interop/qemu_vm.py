@@ -219,12 +219,16 @@ class QemuDestination(QemuProcess):
     (our streams carry no CPU state), so the file holds exactly what was
     loaded.  ``incoming`` is a URI for ``-incoming``, or None to listen on a
     free TCP port (``port``) through QMP's ``migrate-incoming``.
+    ``extra_args`` go on QEMU's command line (``-object tls-creds-x509,...``);
+    ``parameters`` are set with ``migrate-set-parameters`` before
+    ``migrate-incoming`` (QEMU reads ``tls-creds`` when it starts listening).
     """
 
     RAM_BLOCK = {"none": "ram", "pc": "pc.ram"}
 
     def __init__(self, work: Path, ram_size: int, machine: str = "none",
-                 incoming: str | None = None) -> None:
+                 incoming: str | None = None, extra_args: tuple[str, ...] = (),
+                 parameters: dict | None = None) -> None:
         self.ram_file = work / "qemu-dest-ram"
         self.qmp_path = work / "qemu-dest.sock"
         self.log_path = work / "qemu-dest.log"
@@ -236,7 +240,7 @@ class QemuDestination(QemuProcess):
                         f"mem-path={self.ram_file},share=on",
              "-machine", f"{machine},memory-backend={block}", "-m", f"{ram_size // 1024}k",
              "-incoming", incoming or "defer",
-             "-qmp", f"unix:{self.qmp_path},server=on,wait=off"],
+             "-qmp", f"unix:{self.qmp_path},server=on,wait=off", *extra_args],
             stdout=self.log, stderr=subprocess.STDOUT)
         self.port = 0
         try:
@@ -245,6 +249,8 @@ class QemuDestination(QemuProcess):
             # QEMU destination is still meant to have it on, as the docs say.
             self.qmp.execute("migrate-set-capabilities",
                              capabilities=[{"capability": "xbzrle", "state": True}])
+            if parameters:
+                self.qmp.execute("migrate-set-parameters", **parameters)
             if incoming is None:
                 self.qmp.execute("migrate-incoming", uri="tcp:127.0.0.1:0")
                 info = self.qmp.execute("query-migrate")
