@@ -82,7 +82,7 @@ class SocketChannel:
             if verdict is not None:
                 raise TransportError(
                     f"the destination refused the migration: {verdict}") from exc
-            raise TransportError(f"lost the migration peer while sending: {exc}") from exc
+            raise TransportError(self._lost_while_sending(exc)) from exc
 
     def writev_fd(self) -> int | None:
         """The descriptor the source may ``writev`` page payloads to straight from
@@ -101,7 +101,19 @@ class SocketChannel:
             return TransportError(
                 f"the destination stopped reading: no progress for {self.stall_timeout:g} s "
                 "(x-stall-timeout)")
-        return TransportError(f"lost the migration peer while sending: {exc}")
+        return TransportError(self._lost_while_sending(exc))
+
+    def _lost_while_sending(self, exc: OSError) -> str:
+        """Why a send failed; a plain channel that was reset gets a hint about TLS.
+
+        A QEMU destination with ``tls-creds`` set says nothing to a plaintext
+        source: GnuTLS fails the handshake on our first bytes and QEMU closes
+        the socket with them unread, which reaches us as a reset.
+        """
+        text = f"lost the migration peer while sending: {exc}"
+        if not self.is_tls and isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            text += " (if the destination requires TLS, set tls-creds)"
+        return text
 
     def _salvage_verdict(self) -> str | None:
         """A destination that gave up said why before closing: read it if it is here."""
