@@ -72,3 +72,16 @@ def lied_total(total: int = 1 << 40) -> bytes:
 
 def vmdesc_json(depth: int) -> str:
     return json.dumps({"devices": []})[:-1] + "[" * depth
+
+
+def zero_page_records(count: int, block_pages: int | None = None) -> bytes:
+    """A RAM section of ``count`` 9-byte ZERO records (a never-written guest's first pass).
+
+    With ``block_pages`` the records loop over a block of that many pages, so
+    a new round starts every ``block_pages`` records (a hostile loop).
+    """
+    pages = block_pages or count
+    out = ram_start([("pc.ram", pages * PAGE)]) + EOS + bytes([0x02]) + be32(2)
+    out += be64(0x02) + name("pc.ram") + b"\x00"
+    out += b"".join(be64((i % pages) * PAGE | 0x22) + b"\x00" for i in range(1, count))
+    return out + EOS + bytes([0x03]) + be32(2) + EOS + bytes([0x00])

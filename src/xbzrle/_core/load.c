@@ -317,8 +317,167 @@ done:
     return result;
 }
 
+
+/* The analyzer's count-only scan: the page records of buf[pos:end] are
+ * parsed as the stream parser's Python path parses them (flags, block name,
+ * offset inside the block, XBZRLE encoding byte and length), nothing is
+ * written.  It stops, leaving the record to the Python parser, at any record
+ * that path would reject (so the error text and offset are the parser's
+ * own), at any record that is not a page, at an incomplete record and, when
+ * ordered, at a record whose (block index, offset) is not after the previous
+ * one's: the analyzer starts a new round there. */
+typedef struct {
+    const uint8_t *name;
+    size_t name_len;
+    uint64_t size;
+} scan_block_t;
+
+enum { S_ZERO = 0, S_NORMAL, S_XBZRLE };
+
+static void scan_loop(const uint8_t *buf, size_t *pos_io, size_t end, const scan_block_t *blocks,
+                      size_t nblocks, Py_ssize_t *last, int ordered, Py_ssize_t *prev_bi,
+                      uint64_t *prev_off, uint64_t pages[3], uint64_t bytes[3])
+{
+    size_t pos = *pos_io;
+    for (;;) {
+        size_t p = pos;
+        if (end - p < 8)
+            break;
+        uint64_t word = xbz_get_be64(buf + p);
+        unsigned flags = (unsigned)(word & (XBZ_PAGE - 1));
+        uint64_t offset = word & ~(uint64_t)(XBZ_PAGE - 1);
+        unsigned kind = flags & ~XBZ_F_CONTINUE;
+        if (kind != XBZ_F_ZERO && kind != XBZ_F_PAGE && kind != XBZ_F_XBZRLE)
+            break;
+        p += 8;
+        Py_ssize_t bi;
+        if (flags & XBZ_F_CONTINUE) {
+            bi = *last;
+        } else {
+            if (end - p < 1)
+                break;
+            size_t len = buf[p];
+            if (end - p < 1 + len)
+                break;
+            bi = -1;
+            if (*last >= 0 && blocks[*last].name_len == len &&
+                memcmp(blocks[*last].name, buf + p + 1, len) == 0) {
+                bi = *last;
+            } else {
+                for (size_t i = 0; i < nblocks; i++) {
+                    if (blocks[i].name_len == len &&
+                        memcmp(blocks[i].name, buf + p + 1, len) == 0) {
+                        bi = (Py_ssize_t)i;
+                        break;
+                    }
+                }
+            }
+            p += 1 + len;
+        }
+        if (bi < 0)
+            break; /* CONTINUE with no block, or an unknown name: the parser's error */
+        const scan_block_t *b = &blocks[bi];
+        if (offset >= b->size || b->size - offset < XBZ_PAGE)
+            break;
+        if (ordered && *prev_bi != -2 &&
+            (bi < *prev_bi || (bi == *prev_bi && offset <= *prev_off)))
+            break;
+        int k;
+        if (kind == XBZ_F_ZERO) {
+            if (end - p < 1)
+                break;
+            p += 1;
+            k = S_ZERO;
+        } else if (kind == XBZ_F_PAGE) {
+            if (end - p < XBZ_PAGE)
+                break;
+            p += XBZ_PAGE;
+            k = S_NORMAL;
+        } else {
+            if (end - p < 3 || buf[p] != XBZ_ENCODING_XBZRLE)
+                break;
+            size_t len = ((size_t)buf[p + 1] << 8) | buf[p + 2];
+            if (len > XBZ_PAGE || end - p - 3 < len)
+                break;
+            p += 3 + len;
+            k = S_XBZRLE;
+        }
+        pages[k]++;
+        bytes[k] += p - pos;
+        *last = bi;
+        *prev_bi = bi;
+        *prev_off = offset;
+        pos = p;
+    }
+    *pos_io = pos;
+}
+
+PyDoc_STRVAR(scan_pages_doc,
+"scan_pages(buf, pos, blocks, last, ordered, prev_block, prev_offset)\n"
+"    -> (pos, last, prev_block, prev_offset, pages, wire_bytes)\n\n"
+"Count the page records of buf[pos:] without applying them (xbzrle analyze).\n"
+"blocks: a sequence of (name: bytes, size: int).  last: the CONTINUE block\n"
+"index or -1.  prev_block/prev_offset: the position of the previous page\n"
+"record (prev_block -2: none); with ordered, the scan stops at a record not\n"
+"after it.  pages and wire_bytes: (zero, normal, xbzrle) tuples.  The scan\n"
+"stops, without raising, at anything the stream parser must handle itself:\n"
+"a record that is not a page, incomplete, or malformed.");
+
+static PyObject *scan_pages(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t pos, last, prev_bi;
+    unsigned long long prev_off;
+    int ordered;
+    PyObject *blocks_obj, *result = NULL, *seq = NULL;
+
+    if (!PyArg_ParseTuple(args, "y*nOnpnK", &buf, &pos, &blocks_obj, &last, &ordered, &prev_bi,
+                          &prev_off))
+        return NULL;
+    seq = PySequence_Fast(blocks_obj, "blocks must be a sequence of (name, size)");
+    if (seq == NULL) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    scan_block_t *blocks = PyMem_Calloc((size_t)n + 1, sizeof(*blocks));
+    if (blocks == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *name;
+        unsigned long long size;
+        /* The names stay alive in the list for the whole call (no GIL release). */
+        if (!PyArg_ParseTuple(item, "SK", &name, &size))
+            goto done;
+        blocks[i] = (scan_block_t){(const uint8_t *)PyBytes_AS_STRING(name),
+                                   (size_t)PyBytes_GET_SIZE(name), (uint64_t)size};
+    }
+    if (pos < 0 || pos > buf.len || last < -1 || last >= n || prev_bi < -2 || prev_bi >= n) {
+        PyErr_SetString(PyExc_ValueError, "scan_pages: position or block index out of range");
+        goto done;
+    }
+    size_t p = (size_t)pos;
+    uint64_t pages[3] = {0}, bytes[3] = {0}, poff = prev_off;
+    scan_loop(buf.buf, &p, (size_t)buf.len, blocks, (size_t)n, &last, ordered, &prev_bi, &poff,
+              pages, bytes);
+    result = Py_BuildValue("nnnK(KKK)(KKK)", (Py_ssize_t)p, last, prev_bi,
+                           (unsigned long long)poff, (unsigned long long)pages[0],
+                           (unsigned long long)pages[1], (unsigned long long)pages[2],
+                           (unsigned long long)bytes[0], (unsigned long long)bytes[1],
+                           (unsigned long long)bytes[2]);
+done:
+    PyMem_Free(blocks);
+    Py_DECREF(seq);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
 static PyMethodDef load_methods[] = {
     {"load_pages", load_pages, METH_VARARGS, load_pages_doc},
+    {"scan_pages", scan_pages, METH_VARARGS, scan_pages_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -18,12 +18,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from .._backend import load_core
 from ..errors import StreamError
 from ..stream import find_vmdescription
 from ..stream import records as ev
 from ..stream.constants import command_name
 from ..stream.parser import DEFAULT_MAX_VMDESC, NEED_DATA, StreamParser
 from .mappedram import MappedRamInfo, RandomAccessFile, file_chunks, read_presence, stream_size
+
+_core = load_core()
 
 READ_SIZE = 1 << 20
 PAGE_KINDS = ("zero", "normal", "xbzrle")
@@ -204,6 +207,7 @@ class StreamAnalyzer:
         self.report = report or StreamReport()
         self._sections: dict[int, SectionInfo] = {}
         self._block_order: dict[str, int] = {}
+        self._scan_table: list[tuple[bytes, int]] = []
         self._last_position: tuple[int, int] | None = None
         self._open_record: tuple[PageTally, int] | None = None
         self._tail = TailKeeper()
@@ -233,6 +237,7 @@ class StreamAnalyzer:
         elif isinstance(event, ev.RamBlocks):
             r.ram_total, r.blocks = event.total, event.blocks
             self._block_order = {name: i for i, (name, _) in enumerate(event.blocks)}
+            self._scan_table = [(name.encode(), size) for name, size in event.blocks]
         elif isinstance(event, ev.DeviceState):
             r.device_state_bytes += len(event.data)
             self._tail.add(event.data)
@@ -289,6 +294,35 @@ class StreamAnalyzer:
         tally.pages += 1
         self._open_record = (tally, event.stream_offset)
 
+    def page_sink(self, buf: bytearray | memoryview, pos: int, base: int,
+                  last: str | None) -> tuple[int, str | None, tuple[int, ...]]:
+        """The parser's ``page_sink``: the compiled scan counts a run of page records.
+
+        One Python event per 9-byte ZERO record would hold ``analyze`` to a
+        few MB/s.  The scan adds whole runs to the current round's tallies
+        and stops where :meth:`_page` has work to do (the first page of a
+        round, a position not after the previous one) or where the parser
+        must report an error: those records go through the parser's events,
+        so the report is the one the record-by-record path gives.
+        """
+        rounds = self.report.rounds
+        if not rounds or not self._scan_table:
+            return pos, last, ()
+        rnd = rounds[-1]
+        last_index = self._block_order.get(last, -1) if last is not None else -1
+        prev_block, prev_offset = (self._last_position if self._last_position is not None
+                                   else (-2, 0))
+        new_pos, last_index, prev_block, prev_offset, pages, wire = _core.scan_pages(
+            buf, pos, self._scan_table, last_index, not rnd.final, prev_block, prev_offset)
+        if new_pos == pos:
+            return pos, last, ()
+        for kind, count, nbytes in zip(PAGE_KINDS, pages, wire, strict=True):
+            tally = rnd.kinds[kind]
+            tally.pages += count
+            tally.bytes += nbytes
+        self._last_position = (prev_block, prev_offset)
+        return new_pos, self._scan_table[last_index][0].decode(), (sum(pages), *pages)
+
     def _close_record(self, next_offset: int) -> None:
         # A page record's wire size: up to where the next record begins.
         if self._open_record is not None and next_offset >= 0:
@@ -302,28 +336,36 @@ def _full_header_size(event: ev.SectionFull) -> int:
 
 
 def analyze_chunks(chunks: Iterable[bytes], source: str = "",
-                   parser: StreamParser | None = None) -> StreamReport:
+                   parser: StreamParser | None = None, *, fast: bool = True) -> StreamReport:
     """Analyse a stream given as byte chunks; a broken stream yields ``report.error``.
 
     ``parser`` is the one ``chunks`` reads for (:func:`~.mappedram.file_chunks`
     jumps over mapped-ram regions); mapped-ram page counts need the file itself
-    (:func:`analyze_file`).
+    (:func:`analyze_file`).  ``fast=False`` counts every page record through a
+    parser event (the reference the compiled scan is tested against).
     """
     parser = parser or StreamParser()
     analyzer = StreamAnalyzer(StreamReport(source=source))
     size = 0
     error: str | None = None
+
+    def consume(event: ev.Event) -> None:
+        analyzer.consume(event)
+        # mapped-ram streams carry no page records: the parser reports any as an error.
+        if fast and isinstance(event, ev.RamBlocks) and not parser.mapped_ram:
+            parser.page_sink = analyzer.page_sink
+
     try:
         for chunk in chunks:
             size += len(chunk)
             parser.feed(chunk)
             while (event := parser.next_event()) is not NEED_DATA:
-                analyzer.consume(event)
+                consume(event)
         try:
             parser.close()
         finally:
             while (event := parser.next_event()) is not NEED_DATA:
-                analyzer.consume(event)
+                consume(event)
     except StreamError as exc:
         error = str(exc)
     analyzer.report.size = size
