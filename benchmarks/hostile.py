@@ -25,6 +25,7 @@ from xbzrle.monitor.hmp import split_words  # noqa: E402
 from xbzrle.monitor.jsonstream import JsonSplitter  # noqa: E402
 from xbzrle.qemu import analyze_chunks, extract_chunks  # noqa: E402
 from xbzrle.qemu.extract import IncompleteStreamError  # noqa: E402
+from xbzrle.stream import StreamWriter  # noqa: E402
 from xbzrle.stream.parser import parse_bytes  # noqa: E402
 
 
@@ -50,6 +51,17 @@ def chunks(data: bytes, size: int = 1 << 20) -> list[bytes]:
     return [data[i:i + size] for i in range(0, len(data), size)]
 
 
+def normal_pages(count: int) -> bytes:
+    """A normal stream: ``count`` 4 KiB PAGE records in one pass."""
+    w = StreamWriter()
+    page = bytes(range(256)) * 16
+    size = count * 4096
+    return (w.header() + w.section_start(0, "ram", 0, 4) + w.ram_blocks([("pc.ram", size)])
+            + w.eos() + w.footer(0) + w.section_part(0)
+            + b"".join(w.normal_page("pc.ram", i * 4096, page) for i in range(count))
+            + w.eos() + w.footer(0) + w.section_end(0) + w.eos() + w.footer(0) + w.eof())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -64,14 +76,24 @@ def main() -> None:
                                                        analyze_chunks([d])),
         "400000 empty PART sections: analyze": (h.empty_section_loop(400_000), lambda d:
                                                  analyze_chunks(chunks(d))),
+        "1,000,000 ZERO records: analyze": (h.zero_page_records(1_000_000), lambda d:
+                                             analyze_chunks(chunks(d))),
+        "same, one event per record (before)": (h.zero_page_records(1_000_000), lambda d:
+                                                 analyze_chunks(chunks(d), fast=False)),
+        "1,000,000 ZERO records looping 4096: analyze": (
+            h.zero_page_records(1_000_000, block_pages=4096), lambda d: analyze_chunks(chunks(d))),
+        "256 MiB of PAGE records: analyze": (normal_pages(65536), lambda d:
+                                             analyze_chunks(chunks(d))),
+        "same, one event per record (before)  ": (normal_pages(65536), lambda d:
+                                                   analyze_chunks(chunks(d), fast=False)),
         "10 MB QMP message: split": (b'{"execute":"x","arguments":{"s":"' + b"a" * (10 << 20)
                                      + b'"}}', lambda d: JsonSplitter().feed(d)),
     }
-    print(f"{'input':<44} {'bytes':>10} {'median s':>9} {'copy s':>9} {'ratio':>8}")
+    print(f"{'input':<46} {'bytes':>10} {'median s':>9} {'copy s':>9} {'ratio':>8}")
     for name, (data, fn) in cases.items():
         took = median_time(quietly(lambda fn=fn, data=data: fn(data)), repeat)
         copy = median_time(lambda data=data: bytearray(data), repeat)
-        print(f"{name:<44} {len(data):>10} {took:>9.3f} {copy:>9.5f} {took / copy:>8.0f}")
+        print(f"{name:<46} {len(data):>10} {took:>9.3f} {copy:>9.5f} {took / copy:>8.0f}")
     print("\nconsole line splitting (the console refuses lines over 4096 bytes before this):")
     for label, line in (("one 200 KB word", "a" * 200_000), ("200 KB quoted", '"' + "a" * 200_000
                         + '"'), ("100,000 short words", "x " * 100_000)):

@@ -34,7 +34,8 @@ def own_stream() -> bytes:
 
 SEEDS = [s.qemu_like_stream(), s.qemu_like_stream(footers=False), own_stream(),
          h.many_blocks(3), h.long_block_name(40), h.nested_vmdescription(5),
-         h.empty_section_loop(4), h.lied_total(1 << 20) + bytes(24)]
+         h.empty_section_loop(4), h.lied_total(1 << 20) + bytes(24),
+         h.zero_page_records(40, block_pages=6)]
 
 
 @st.composite
@@ -74,6 +75,15 @@ def test_parser_gives_events_or_a_stream_error(data):
 def test_analyze_always_reports(data, chunk):
     report = analyze_chunks(data[i:i + chunk] for i in range(0, len(data), chunk))
     assert report.error is None or report.error.startswith("stream offset")
+
+
+@FUZZ
+@given(mutated(), st.integers(1, 97))
+def test_analyze_compiled_scan_reports_what_the_event_path_reports(data, chunk):
+    """Rounds, counts, wire bytes and the error text and offset do not depend on the scan."""
+    def chunks():
+        return (data[i:i + chunk] for i in range(0, len(data), chunk))
+    assert analyze_chunks(chunks()).to_dict() == analyze_chunks(chunks(), fast=False).to_dict()
 
 
 @FUZZ

@@ -11,10 +11,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from test_qemu_streams import own_stream, sample_stream
 
 import hostile_inputs as h
 import stream_samples as S
-from test_qemu_streams import own_stream, sample_stream
 from xbzrle import Guest
 from xbzrle.migration.manager import MigrationManager
 from xbzrle.qemu import analyze_chunks, analyze_file
@@ -86,7 +86,8 @@ def test_zero_records_are_counted_in_their_rounds():
     report = assert_same(h.zero_page_records(1000, block_pages=100), chunks=(9, 1 << 20))
     assert len(report["rounds"]) == 11  # 10 passes over the block, then the END section
     assert [r["zero"]["pages"] for r in report["rounds"]] == [100] * 10 + [0]
-    assert report["totals"]["zero"] == {"pages": 1000, "bytes": 16 + 999 * 9}  # 8+1+6+1, then 9 each
+    # The first record names its block (8 + 1 + 6 + 1 bytes), the others are CONTINUE (9).
+    assert report["totals"]["zero"] == {"pages": 1000, "bytes": 16 + 999 * 9}
 
 
 def test_every_truncation_and_corruption_reports_the_same_error():
