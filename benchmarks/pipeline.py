@@ -39,7 +39,7 @@ def one_round(core, ram, cache, mode: int, out: bytearray) -> tuple[float, objec
     """Seconds for one save-loop pass over every page of ram; the summed counts."""
     npages = len(ram) // PAGE
     bitmap = full_bitmap(npages)
-    page, cont, total = 0, False, [0] * 9
+    page, cont, total = 0, False, [0] * core.LoopCounts.n_fields
     started = time.perf_counter()
     while page < npages:
         _, page, cont, counts = core.save_pages(out, 0, ram, bitmap, page, b"pc.ram", 0, mode,

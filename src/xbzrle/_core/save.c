@@ -129,6 +129,20 @@ static inline void backoff_overflowed(uint8_t *b)
     *b = (uint8_t)(level << 4 | (1u << (level - 1)));
 }
 
+/* Close an XBZRLE record whose header (h bytes) and n-byte delta are already
+ * at w->out + w->pos: the encoding byte, the be16 delta length, the counts. */
+static inline void finish_xbzrle(writer_t *w, size_t h, size_t n, uint64_t *c)
+{
+    uint8_t *rec = w->out + w->pos;
+    rec[h] = XBZ_ENCODING_XBZRLE;
+    rec[h + 1] = (uint8_t)(n >> 8);
+    rec[h + 2] = (uint8_t)n;
+    w->pos += h + 3 + n;
+    w->cont = 1;
+    c[XBZ_C_XBZRLE]++;
+    c[XBZ_C_XBZRLE_BYTES] += (uint64_t)n + 3;
+}
+
 /* One dirty page of the save loop (backoff: this page's back-off byte or NULL).
  *
  * The guest may write the page while this runs (the rounds before the
@@ -190,13 +204,7 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
     if (n > 0 && (mode != MODE_XBZRLE || cache_follow_delta(cached, delta, (size_t)n) == 0)) {
         if (backoff != NULL)
             *backoff = 0;
-        rec[h] = XBZ_ENCODING_XBZRLE;
-        rec[h + 1] = (uint8_t)(n >> 8);
-        rec[h + 2] = (uint8_t)n;
-        w->pos += h + 3 + (size_t)n;
-        w->cont = 1;
-        c[XBZ_C_XBZRLE]++;
-        c[XBZ_C_XBZRLE_BYTES] += (uint64_t)n + 3;
+        finish_xbzrle(w, h, (size_t)n, c);
         return;
     }
     /* Overflow: the page goes whole, and the cache takes the bytes sent. */
@@ -240,13 +248,7 @@ static inline void save_one_copy(writer_t *w, const uint8_t *page, uint64_t offs
         emit_normal(w, offset, scratch, c);
         return;
     }
-    rec[h] = XBZ_ENCODING_XBZRLE;
-    rec[h + 1] = (uint8_t)(n >> 8);
-    rec[h + 2] = (uint8_t)n;
-    w->pos += h + 3 + (size_t)n;
-    w->cont = 1;
-    c[XBZ_C_XBZRLE]++;
-    c[XBZ_C_XBZRLE_BYTES] += (uint64_t)n + 3;
+    finish_xbzrle(w, h, (size_t)n, c);
 }
 
 PyDoc_STRVAR(save_pages_doc,

@@ -251,6 +251,11 @@ def extract_chunks(chunks: Iterable[bytes], out_dir: str | os.PathLike[str], *,
                    checksum: str = "ram-digest") -> dict[str, Any]:
     """Extract a stream given as byte chunks; returns the manifest."""
     extractor = StreamExtractor(out_dir, max_ram=max_ram, source=source, checksum=checksum)
+    return _run(extractor, chunks)
+
+
+def _run(extractor: StreamExtractor, chunks: Iterable[bytes]) -> dict[str, Any]:
+    """Feed every chunk; a malformed stream still leaves what was rebuilt, and says so."""
     try:
         for chunk in chunks:
             extractor.feed(chunk)
@@ -285,12 +290,4 @@ def _extract_open_file(f: BinaryIO, out_dir: str | os.PathLike[str], max_ram: in
     random_access = RandomAccessFile(f, source) if stream_size(f) is not None else None
     extractor = StreamExtractor(out_dir, max_ram=max_ram, source=source,
                                 random_access=random_access, checksum=checksum)
-    try:
-        for chunk in file_chunks(f, extractor.parser, READ_SIZE):
-            extractor.feed(chunk)
-    except StreamError as exc:
-        return extractor.finish(exc)
-    except BaseException:
-        extractor.abort()
-        raise
-    return extractor.finish()
+    return _run(extractor, file_chunks(f, extractor.parser, READ_SIZE))
