@@ -140,3 +140,18 @@ def test_our_migration_written_to_a_file(tmp_path):
     report = assert_same(data, chunks=(4093, 1 << 20))
     assert report["complete"] and report["totals"]["zero"]["pages"] > 1000
     assert analyze_file(stream).to_dict() == {**report, "source": str(stream)}
+
+
+def test_a_stream_going_back_at_every_record_keeps_a_bounded_report(monkeypatch):
+    """Every record a new round (one page repeated): past MAX_ROUNDS the rest is
+    counted into the last round, on both paths, and every page is still counted."""
+    from xbzrle.qemu import analyze as analyze_module
+
+    monkeypatch.setattr(analyze_module, "MAX_ROUNDS", 50)
+    data = h.zero_page_records(400, block_pages=1)
+    report = assert_same(data, chunks=(7, 1 << 20))
+    assert report["rounds_capped"] is True
+    assert len(report["rounds"]) <= 51  # the cap, plus the final stage's round
+    assert report["totals"]["zero"]["pages"] == 400
+    short = analyze_chunks([h.zero_page_records(20, block_pages=1)]).to_dict()
+    assert short["rounds_capped"] is False and len(short["rounds"]) >= 20

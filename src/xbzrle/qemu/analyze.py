@@ -95,6 +95,14 @@ class CommandInfo:
                 "stream_offset": self.stream_offset}
 
 
+MAX_ROUNDS = 10_000
+"""Rounds a report keeps apart; later ones are counted into the last (``rounds_capped``).
+
+Real migrations have tens of rounds (QEMU's own tests a few hundred); the cap
+bounds the report of a hostile stream that goes back in RAM at every record.
+"""
+
+
 @dataclass
 class StreamReport:
     """Everything ``xbzrle analyze`` prints; ``to_dict()`` is its JSON form."""
@@ -118,6 +126,8 @@ class StreamReport:
     devices: list[dict[str, Any]] | None = None
     end_offset: int = 0
     error: str | None = None
+    rounds_capped: bool = False
+    """``MAX_ROUNDS`` reached: later rounds are counted into the last one."""
 
     @property
     def complete(self) -> bool:
@@ -155,6 +165,7 @@ class StreamReport:
                 "total": self.ram_total,
                 "blocks": [{"name": n, "size": s} for n, s in self.blocks]},
             "rounds": [r.to_dict() for r in self.rounds],
+            "rounds_capped": self.rounds_capped,
             "totals": {kind: t.to_dict() for kind, t in self.totals().items()},
             "commands": [cmd.to_dict() for cmd in self.commands],
             "mapped_ram": None if self.mapped_ram is None else {
@@ -275,9 +286,19 @@ class StreamAnalyzer:
             # The parser passes everything after this section header through raw.
             self.report.device_state_bytes = _full_header_size(event)
 
+    def _may_open_round(self, current: RoundStats) -> bool:
+        """Whether a page going back in RAM starts a new round.
+
+        Not inside the final stage, and not past ``MAX_ROUNDS``: a hostile
+        stream that repeats one page would otherwise make a round of every
+        record, and the report (and the time to build it) grow with the input.
+        """
+        return not current.final and not self.report.rounds_capped
+
     def _new_round(self, offset: int, final: bool = False) -> RoundStats:
         rnd = RoundStats(len(self.report.rounds) + 1, offset, final)
         self.report.rounds.append(rnd)
+        self.report.rounds_capped = len(self.report.rounds) >= MAX_ROUNDS
         self._last_position = None
         return rnd
 
@@ -285,7 +306,7 @@ class StreamAnalyzer:
         position = (self._block_order.get(event.block, -1), event.offset)
         rounds = self.report.rounds
         if not rounds or (self._last_position is not None and position <= self._last_position
-                          and not (rounds[-1].final)):
+                          and self._may_open_round(rounds[-1])):
             rnd = self._new_round(event.stream_offset)
         else:
             rnd = rounds[-1]
@@ -313,7 +334,8 @@ class StreamAnalyzer:
         prev_block, prev_offset = (self._last_position if self._last_position is not None
                                    else (-2, 0))
         new_pos, last_index, prev_block, prev_offset, pages, wire = _core.scan_pages(
-            buf, pos, self._scan_table, last_index, not rnd.final, prev_block, prev_offset)
+            buf, pos, self._scan_table, last_index, self._may_open_round(rnd), prev_block,
+            prev_offset)
         if new_pos == pos:
             return pos, last, ()
         for kind, count, nbytes in zip(PAGE_KINDS, pages, wire, strict=True):

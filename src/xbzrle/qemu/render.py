@@ -58,6 +58,9 @@ def render_report(r: StreamReport) -> str:
             label = f"{rnd.index}{' final' if rnd.final else ''}"
             lines.append(f"  {label:<10}" + "".join(
                 f"{rnd.kinds[k].pages:>10} / {rnd.kinds[k].bytes:>11}" for k in PAGE_KINDS))
+        if r.rounds_capped:
+            lines.append(f"  ({len(r.rounds)} rounds, the most a report keeps apart: "
+                         "any later ones are counted into the last)")
         totals = r.totals()
         lines.append(f"  {'total':<10}" + "".join(
             f"{totals[k].pages:>10} / {totals[k].bytes:>11}" for k in PAGE_KINDS))
