@@ -65,6 +65,7 @@ def test_seed_usage_scenario_typed_into_two_consoles(spawn, tmp_path):
     for name in ("xbzrle cache miss", "xbzrle cache miss rate", "xbzrle encoding rate",
                  "xbzrle overflow"):
         field(report, name)
+    assert re.fullmatch(r"[1-9]\d* us", field(report, "xbzrle encode time"))  # ours
     assert src.type("info status") == "VM status: paused (postmigrate)\n"
 
     # -S: the destination holds the migrated RAM, paused; both dumps are equal.

@@ -97,6 +97,8 @@ def test_seed_usage_scenario_over_qmp(spawn, tmp_path):
         assert cache["cache-size"] == 16 * MiB
         assert cache["pages"] > 0 and cache["bytes"] > 0
         assert 0 <= cache["cache-miss-rate"] <= 1 and cache["overflow"] >= 0
+        # ours: microseconds inside the encoder, which ran on every cache hit
+        assert isinstance(cache["x-encode-time"], int) and cache["x-encode-time"] > 0
         assert info["ram"]["dirty-sync-count"] >= 2
         assert (await src.execute("query-status"))["status"] == "postmigrate"
         dst_info = await wait_status(dst, "completed", "failed")

@@ -32,10 +32,43 @@ def test_dense_pages_skip_the_encoder_after_they_overflow(backoff):
         assert src.digest() == dst.digest()
         cache = mig.query()["xbzrle-cache"]
         assert cache["overflow"] > 0  # dense pages are rewritten wholesale
+        assert cache["x-encode-time"] > 0  # every overflow is an encoder run
         if backoff:
             assert cache["skipped-overflow"] > 0
         else:
             assert cache["skipped-overflow"] == 0
+    finally:
+        src.close()
+        dst.close()
+
+
+@pytest.mark.parametrize("xbzrle", [True, False], ids=["xbzrle", "plain"])
+def test_encoder_time_is_reported_when_xbzrle_encodes_and_only_then(xbzrle):
+    """``x-encode-time`` (microseconds inside the encoder) grows with XBZRLE rounds;
+    a migration without XBZRLE never runs the encoder and has no ``xbzrle-cache``."""
+    src, dst = Guest(ram=RAM), Guest(ram=RAM)
+    try:
+        dst.stop()
+        src.stop()
+        work = src.start_workload("loadgen", rate=20_000)
+        work.step(2 * work.spec.pages)
+        src.cont()
+        src_m, dst_m = MigrationManager(src), MigrationManager(dst)
+        for m in (src_m, dst_m):
+            m.set_capability("xbzrle", xbzrle)
+        src_m.set_parameters(max_bandwidth=16 << 20, downtime_limit=0, xbzrle_cache_size=RAM)
+        incoming = dst_m.incoming("tcp:127.0.0.1:0", resume=False)
+        mig = src_m.migrate(f"tcp:127.0.0.1:{incoming.port}", max_rounds=4)
+        assert mig.wait(120) == MigrationStatus.COMPLETED, mig.error
+        assert dst_m.wait(30) == MigrationStatus.COMPLETED, dst_m.current.error
+        info = mig.query()
+        encode_ns = [r.counts.encode_ns for r in mig.stats.history]
+        assert encode_ns[0] == 0  # the first round is plain in any case
+        if xbzrle:
+            assert info["xbzrle-cache"]["pages"] > 0
+            assert info["xbzrle-cache"]["x-encode-time"] == -(-sum(encode_ns) // 1000) > 0
+        else:
+            assert "xbzrle-cache" not in info and sum(encode_ns) == 0
     finally:
         src.close()
         dst.close()

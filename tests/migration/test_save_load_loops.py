@@ -345,3 +345,43 @@ def test_back_off_state_is_checked():
     with pytest.raises(BufferError):  # the loop writes it: a read-only buffer is refused
         _core.save_pages(bytearray(1 << 16), 0, bytearray(PAGE), all_dirty(1), 0, NAME, 0,
                          _core.SAVE_XBZRLE, _core.PageCache(1 << 20), False, None, b"\0")
+
+
+def test_encoder_time_counts_only_pages_the_encoder_ran_on():
+    """``encode_ns`` (``x-encode-time``) grows with encoder runs and with nothing else:
+    not in plain rounds, not for cache misses or zero pages, not for pages the
+    overflow back-off sends whole, not in the load loop."""
+    npages = 64
+    ram = bytearray(os.urandom(npages * PAGE))
+    ram[:PAGE] = bytes(PAGE)  # one zero page
+    cache = _core.PageCache(1 << 20)
+    _, plain, _ = save_all(ram, all_dirty(npages), _core.SAVE_PLAIN, cache)
+    assert plain.encode_ns == 0
+    chunks, misses, _ = save_all(ram, all_dirty(npages), _core.SAVE_XBZRLE, cache)
+    assert misses.cache_miss == npages - 1 and misses.encode_ns == 0  # all missed: no encoder
+    for off in range(PAGE, len(ram), PAGE):
+        ram[off + 7] ^= 0x5A
+    _, hits, _ = save_all(ram, all_dirty(npages), _core.SAVE_XBZRLE, cache)
+    assert hits.xbzrle == npages - 1 and hits.encode_ns > 0  # every non-zero page encoded
+
+    dest = bytearray(npages * PAGE)
+    loaded, last = BatchCounts(), -1
+    for chunk in chunks:
+        _, last, _, counts = _core.load_pages(chunk, 0, [(NAME, dest)], last, True, 0)
+        loaded.add(BatchCounts.from_loop(counts))
+    assert loaded.scanned > 0 and loaded.encode_ns == 0
+
+    # A page in back-off goes whole without the encoder: no encoder time.
+    backoff = bytearray([0x11])  # level 1, one skip to go
+    page = bytearray(os.urandom(PAGE))
+    one = _core.PageCache(1 << 20)
+    save_one_page = lambda: BatchCounts.from_loop(_core.save_pages(  # noqa: E731
+        bytearray(1 << 16), 0, page, all_dirty(1), 0, NAME, 0, _core.SAVE_XBZRLE, one, False,
+        None, backoff)[3])
+    assert save_one_page().cache_miss == 1
+    page[9] ^= 1
+    skipped = save_one_page()
+    assert skipped.skipped_overflow == 1 and skipped.encode_ns == 0
+    page[9] ^= 1
+    encoded = save_one_page()
+    assert encoded.xbzrle == 1 and encoded.encode_ns > 0

@@ -62,3 +62,13 @@ def test_the_demo_adds_the_capabilities_line():
     text = format_info_migrate({"status": "cancelled", "total-time": 5, "ram": RAM}, caps)
     assert text.splitlines()[7:9] == ["capabilities: xbzrle: on events: off",
                                       "Migration status: cancelled"]
+
+
+def test_our_xbzrle_counters_follow_qemus_lines_when_present():
+    x = {"cache-size": 1 << 26, "bytes": 3 << 10, "pages": 12, "cache-miss": 1,
+         "cache-miss-rate": 0.5, "encoding-rate": 3.5, "overflow": 2, "skipped-overflow": 5,
+         "x-encode-time": 41}
+    lines = format_info_migrate({"status": "completed", "total-time": 10, "downtime": 1,
+                                 "setup-time": 0, "ram": RAM, "xbzrle-cache": x}).splitlines()
+    assert lines[-3:] == ["xbzrle overflow: 2", "xbzrle skipped overflow: 5",
+                          "xbzrle encode time: 41 us"]

@@ -44,6 +44,7 @@ enum {
     XBZ_C_XBZRLE_BYTES, /* XBZRLE records' bytes (delta + 3) + a page per overflow */
     XBZ_C_WIRE,         /* bytes of records produced or consumed */
     XBZ_C_SKIPPED,      /* cache hits sent whole without encoding: overflow back-off */
+    XBZ_C_ENCODE_NS,    /* nanoseconds inside the XBZRLE encoder (save loop) */
     XBZ_C_COUNT
 };
 

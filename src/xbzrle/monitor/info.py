@@ -102,6 +102,7 @@ def _xbzrle_lines(x: Mapping[str, object]) -> list[str]:
         # ours: pages the overflow back-off sent whole without the encoder
         *([f"xbzrle skipped overflow: {x['skipped-overflow']}"] if "skipped-overflow" in x
           else []),
+        *([f"xbzrle encode time: {x['x-encode-time']} us"] if "x-encode-time" in x else []),
     ]
 
 

@@ -28,9 +28,10 @@ class BatchCounts:
     xbzrle_bytes: int = 0  # XBZRLE records (delta + 3 header bytes) + a page per overflow
     wire_bytes: int = 0  # bytes produced for the stream
     skipped_overflow: int = 0  # cache hits sent whole, encoder skipped (overflow back-off)
+    encode_ns: int = 0  # nanoseconds inside the XBZRLE encoder (save loop; 0 on load)
 
     FIELDS = ("scanned", "zero", "normal", "xbzrle", "unchanged", "overflow", "cache_miss",
-              "xbzrle_bytes", "wire_bytes", "skipped_overflow")
+              "xbzrle_bytes", "wire_bytes", "skipped_overflow", "encode_ns")
 
     @classmethod
     def from_loop(cls, counts: Any) -> BatchCounts:
