@@ -18,7 +18,7 @@ XBZRLE round.  Figures are from one run per case
 
     python benchmarks/convergence.py [--workloads sparse,hotcold,dense,loadgen]
                                      [--modes plain/qemu,xbzrle/qemu,xbzrle/aware]
-                                     [--time-cap 60] [--repeat 1]
+                                     [--time-cap 60] [--repeat 1] [--json FILE]
 """
 
 from __future__ import annotations
@@ -137,6 +137,7 @@ def run(case: str, mode: str, time_cap: float) -> dict:
             "miss_rate": x.get("cache-miss", 0)
             / max(1, sum(r.counts.scanned - r.counts.zero for r in history[1:])),
             **(pricing(history) if xbzrle else {}),
+            "history": mig.stats.history_dicts(),
         }
 
 
@@ -221,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--time-cap", type=float, default=60.0)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--json", metavar="FILE",
+                    help="also write every run (with its rounds) to FILE, as it goes")
     ap.add_argument("--loop-only", action="store_true",
                     help="only the save loop's overflow back-off figure (no migration)")
     args = ap.parse_args(argv)
@@ -243,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes.split(",") + list(EXTRA_MODES.get(workload, ())):
             row = median_row([run(workload, mode, args.time_cap) for _ in range(args.repeat)])
             results[(workload, mode)] = row
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump([r for row in results.values() for r in row["runs"]], f)
             down = "-" if row["downtime_ms"] is None else f"{row['downtime_ms']:.0f}"
             work = "-" if row["work"] is None else f"{row['work']:.1f}"
             done = ("yes" if row["digest_ok"] else "yes (digest?)") \
