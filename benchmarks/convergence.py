@@ -32,6 +32,7 @@ import time
 
 from xbzrle import Guest
 from xbzrle.migration.manager import MigrationManager
+from xbzrle.migration.throttle import AutoConverge, ThrottleSettings, TriggerRule, page_wire_cost
 
 MiB = 1 << 20
 RAM = 256 * MiB
@@ -134,8 +135,6 @@ def run(case: str, mode: str, time_cap: float) -> dict:
             "encode_ms": encode_ms,
             "encode_ms_round": encode_ms / xbzrle_rounds if xbzrle_rounds else 0.0,
             "encoder_runs": x.get("pages", 0),
-            "miss_rate": x.get("cache-miss", 0)
-            / max(1, sum(r.counts.scanned - r.counts.zero for r in history[1:])),
             **(pricing(history) if xbzrle else {}),
             "history": mig.stats.history_dicts(),
         }
@@ -159,6 +158,42 @@ def pricing(history: list) -> dict:
     return {"priced_b": statistics.median(p for p, _ in pairs),
             "real_b": statistics.median(r for _, r in pairs),
             "price_ratio": statistics.median(p / r for p, r in pairs if r)}
+
+
+def replay_aware_rule(history: list[dict], oracle: bool) -> tuple[int, int, int]:
+    """Replay the aware rule's verdicts over a run's rounds (``history_dicts()``).
+
+    ``oracle=False`` prices the pages of each sync as the rule does, at the
+    round that just ended; ``oracle=True`` at what the next round really paid
+    for them, the best any pricing (by cache membership or otherwise) could
+    do.  Returns (peak throttle, periods judged, periods whose verdict the
+    two prices agree on); the replay follows the recorded rounds, so it is
+    exact as long as the verdicts agree (a different verdict would have
+    changed the guest's throttle and every later round).
+    """
+    def verdicts(use_oracle: bool) -> tuple[int, list[bool]]:
+        rule = AutoConverge(ThrottleSettings(), TriggerRule.XBZRLE, 0.0)
+        now, total, over = 0.0, 0, []
+        live = [h for h in history if not h["final"]]
+        for i, h in enumerate(live):
+            now += h["duration"]
+            total += h["wire-bytes"]
+            nxt = history[i + 1] if i + 1 < len(history) else None
+            if i == 1:
+                cost = None  # the cache's warm-up round: no verdict (as the source does)
+            elif use_oracle and nxt is not None and nxt["scanned"]:
+                cost = nxt["wire-bytes"] / nxt["scanned"]
+            else:
+                cost = page_wire_cost(h["wire-bytes"], h["scanned"], i == 0)
+            decision = rule.sync(now, nxt["dirty-pages"] if nxt else 0, total, cost)
+            if decision is not None and decision.judged:
+                over.append(decision.over)
+        return rule.peak, over
+
+    peak_last, last = verdicts(False)
+    peak_oracle, best = verdicts(True)
+    agree = sum(a == b for a, b in zip(last, best, strict=False))
+    return (peak_oracle if oracle else peak_last), len(last), agree
 
 
 def save_loop_backoff(npages: int = 16384, repeats: int = 5) -> tuple[float, float]:
@@ -202,7 +237,7 @@ def median_row(rows: list[dict]) -> dict:
     out = dict(rows[0])
     for key in ("total_s", "sent_mib", "peak", "cpu_s", "cpu_us_page", "rounds", "overflow",
                 "skipped", "free_rate", "encode_ms", "encode_ms_round", "encoder_runs",
-                "miss_rate", "priced_b", "real_b", "price_ratio"):
+                "priced_b", "real_b", "price_ratio"):
         values = [r[key] for r in rows if key in r]
         if values:
             out[key] = statistics.median(values)
@@ -226,7 +261,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="also write every run (with its rounds) to FILE, as it goes")
     ap.add_argument("--loop-only", action="store_true",
                     help="only the save loop's overflow back-off figure (no migration)")
+    ap.add_argument("--pricing-from", metavar="FILE",
+                    help="only print the pricing check of the runs a --json FILE holds")
     args = ap.parse_args(argv)
+    if args.pricing_from:
+        with open(args.pricing_from) as f:
+            runs = json.load(f)
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for r in runs:
+            groups.setdefault((r["workload"], r["mode"]), []).append(r)
+        print_pricing({key: median_row(rows) for key, rows in groups.items()})
+        return 0
     with_backoff, without = save_loop_backoff()
     print(f"save loop alone, 64 MiB of pages rewritten wholesale (dense), median of 5 passes: "
           f"{with_backoff:.2f} µs/page with the overflow back-off, {without:.2f} without "
@@ -286,13 +331,33 @@ def main(argv: list[str] | None = None) -> int:
                   f"{off['encoder_runs']:.0f} runs): x{ratio:.2f} per round; "
                   f"{on['skipped']:.0f} pages skipped the encoder; migration thread "
                   f"{on['cpu_us_page']:.2f} vs {off['cpu_us_page']:.2f} µs/page")
+    print_pricing(results)
+    return 0
+
+
+def print_pricing(results: dict[tuple[str, str], dict]) -> None:
+    """Is the aware rule's price of a dirty page right?  Its price against what was paid."""
+    for (workload, mode), row in results.items():
+        if mode == "xbzrle/aware":
+            replays = [(replay_aware_rule(r["history"], False), replay_aware_rule(r["history"],
+                                                                                  True))
+                       for r in row["runs"]]
+            print(f"{workload} {mode}: peak throttle replayed from the rounds "
+                  f"{[last[0] for last, _ in replays]} with the rule's price, "
+                  f"{[best[0] for _, best in replays]} with each sync's dirty pages priced at "
+                  f"what the next round paid (verdicts agree on "
+                  f"{sum(b[2] for _, b in replays)} of {sum(b[1] for _, b in replays)} periods)")
     for (workload, mode), row in results.items():
         if mode.startswith("xbzrle") and "priced_b" in row:
+            # after the cache's warm-up round (all misses)
+            miss_rate = statistics.median(
+                sum(h["cache-miss"] for h in r["history"][2:])
+                / max(1, sum(h["scanned"] - h["zero"] for h in r["history"][2:]))
+                for r in row["runs"])
             print(f"{workload} {mode}: the aware rule's price of a dirty page "
                   f"{row['priced_b']:.0f} B, what the next round paid {row['real_b']:.0f} B "
-                  f"(price/real x{row['price_ratio']:.2f}), cache miss rate "
-                  f"{row['miss_rate']:.2f}")
-    return 0
+                  f"(price/real x{row['price_ratio']:.2f}), cache miss rate after the warm-up "
+                  f"round {miss_rate:.2f}")
 
 
 if __name__ == "__main__":
