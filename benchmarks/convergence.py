@@ -13,10 +13,12 @@ work during the live phase as a percentage of the same workload unthrottled
 (its fixed rate; the rate is checked once without migration and printed),
 the migration thread's CPU seconds, and the time the save loop spent inside
 the XBZRLE encoder (``xbzrle-cache``'s ``x-encode-time``), in total and per
-XBZRLE round.  Figures are from one run per case
-(the shared machine is noisy: read them as such; ``--repeat`` gives medians).
+XBZRLE round.  Then the pricing check: the aware rule's price of a dirty page
+against what the next round paid, and the rule replayed over the recorded
+rounds with that real cost.  ``--repeat N`` gives medians of N runs (the
+shared machine is noisy).
 
-    python benchmarks/convergence.py [--workloads sparse,hotcold,dense,loadgen]
+    python benchmarks/convergence.py [--workloads sparse,hotcold,dense,loadgen,sparse-ram]
                                      [--modes plain/qemu,xbzrle/qemu,xbzrle/aware]
                                      [--time-cap 60] [--repeat 1] [--json FILE]
 """
