@@ -6,6 +6,7 @@ refuse it where the cache is filled from the bytes sent (XBZRLE rounds)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import ssl
@@ -83,6 +84,32 @@ def test_write_records_sends_the_copy_paths_bytes_cut_in_the_same_buffers(mode):
     pipe whose 64 KiB capacity forces partial writevs."""
     ram = _ram_with_every_kind(300)
     assert _zero_copy_path(ram, 1 << 16, mode) == _copy_path(ram, 1 << 16, mode)
+
+
+def test_into_a_pipe_the_header_buffer_may_be_reused_before_the_reader_reads():
+    """Into a pipe the pages are spliced, not copied, and nobody has read them when
+    write_records returns: scribbling over the buffer of headers (the source
+    reuses it for the next records at once) must not change what the reader gets."""
+    ram = _ram_with_every_kind(12)
+    buf = bytearray(1 << 16)
+    refs = bytearray(_core.SAVE_REF_SIZE * 20)
+    pos, _, _, _, nrefs = _core.save_pages(buf, 0, ram, _bitmap(12), 0, NAME, 0,
+                                           _core.SAVE_PLAIN, None, False, refs)
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 18)  # room for it all: no reader yet
+        expected = _copy_path(ram, 1 << 16)[0]
+        assert _core.write_records(w, buf, pos, refs, nrefs, ram) == len(expected)
+        buf[:] = bytes([0xEE]) * len(buf)
+        os.close(w)
+        w = -1
+        got = bytearray()
+        _drain(r, got)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    assert bytes(got) == expected
 
 
 def test_zero_copy_is_refused_where_the_cache_is_filled_from_the_record():

@@ -10,9 +10,12 @@
 #include "loops.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 
 #include "cache.h"
@@ -456,15 +459,17 @@ done:
     return result;
 }
 
-/* writev() every iovec of iov[0:n], resuming after partial writes; on a
+/* writev() (or, into a pipe with splice_pages, vmsplice()) every iovec of
+ * iov[0:n], resuming after partial writes; on a
  * non-blocking descriptor (a socket with a timeout) wait for room at most
  * timeout_ms each time (-1: no limit).  Returns 0, or -1 with errno set
  * (ETIMEDOUT when no byte could be written for timeout_ms). */
-static int writev_all(int fd, struct iovec *iov, int n, int timeout_ms)
+static int writev_all(int fd, struct iovec *iov, int n, int timeout_ms, int splice_pages)
 {
     while (n > 0) {
         int batch = n < IOV_MAX ? n : IOV_MAX;
-        ssize_t done = writev(fd, iov, batch);
+        ssize_t done = splice_pages ? vmsplice(fd, iov, (unsigned long)batch, 0)
+                                    : writev(fd, iov, batch);
         if (done < 0) {
             if (errno == EINTR)
                 continue;
@@ -498,10 +503,13 @@ PyDoc_STRVAR(write_records_doc,
 "write_records(fd, out, end, refs, nrefs, ram, timeout_ms=-1) -> bytes written\n\n"
 "Send what save_pages(..., refs=...) produced: out[0:end] with each referenced\n"
 "page of ram inserted at its position, in writev() calls (no copy in user\n"
-"space: the kernel reads the payloads straight from guest RAM).  The bytes are\n"
+"space: the kernel reads the payloads straight from guest RAM), or into a pipe\n"
+"in vmsplice() calls (no copy at all on this side: the pipe references the\n"
+"guest's pages and its reader copies them out; out may be reused at once, its\n"
+"bytes were copied aside).  The bytes are\n"
 "those of the copy path.  A page the guest writes between the save loop's\n"
 "zero check and this call goes out with whatever it holds when the kernel\n"
-"copies it, as in QEMU, which also sends from guest RAM: the write dirtied\n"
+"(or the pipe's reader) copies it, as in QEMU, which also sends from guest RAM: the write dirtied\n"
 "the page, so the next round sends it again (the last stage runs with the\n"
 "guest stopped).  timeout_ms bounds a wait for room on a non-blocking fd.\n"
 "Raises OSError (TimeoutError on a stall) without closing fd.");
@@ -539,18 +547,38 @@ static PyObject *write_records(PyObject *self, PyObject *args)
     }
     int n = 0;
     prev = 0;
+    struct stat st;
+    uint8_t *heads = out.buf;
+    size_t heads_len = 0;
+    /* Into a pipe (exec:), the pages are not even copied: vmsplice() hangs the
+     * guest's pages themselves in the pipe, and the reader copies them out.  The
+     * headers go in from a private copy made for this call (the caller reuses
+     * out at once), unmapped right away: the pipe holds its own references. */
+    int splice_pages = fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode) && end > 0;
+    if (splice_pages) {
+        heads_len = ((size_t)end + 4095) & ~(size_t)4095;
+        heads = mmap(NULL, heads_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (heads == MAP_FAILED) {
+            heads = out.buf;
+            splice_pages = 0;
+        } else {
+            memcpy(heads, out.buf, (size_t)end);
+        }
+    }
     for (Py_ssize_t i = 0; i < nrefs; i++) {
         if (r[i].pos > prev)
-            iov[n++] = (struct iovec){(uint8_t *)out.buf + prev, r[i].pos - prev};
+            iov[n++] = (struct iovec){heads + prev, r[i].pos - prev};
         iov[n++] = (struct iovec){(uint8_t *)ram.buf + r[i].ram_offset, XBZ_PAGE};
         prev = r[i].pos;
     }
     if ((uint64_t)end > prev)
-        iov[n++] = (struct iovec){(uint8_t *)out.buf + prev, (uint64_t)end - prev};
+        iov[n++] = (struct iovec){heads + prev, (uint64_t)end - prev};
     int rc, err;
     Py_BEGIN_ALLOW_THREADS
-    rc = writev_all(fd, iov, n, timeout_ms);
+    rc = writev_all(fd, iov, n, timeout_ms, splice_pages);
     err = errno;
+    if (splice_pages)
+        munmap(heads, heads_len);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         errno = err;
