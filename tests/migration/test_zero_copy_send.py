@@ -47,7 +47,7 @@ def _copy_path(ram, buf_size, mode=_core.SAVE_PLAIN):
     return out
 
 
-def _zero_copy_path(ram, buf_size, mode=_core.SAVE_PLAIN):
+def _zero_copy_path(ram, buf_size, mode=_core.SAVE_PLAIN, splice=False):
     """Each buffer through write_records into a pipe; returns the chunks read back."""
     out, page, cont, bitmap = [], 0, False, _bitmap(len(ram) // PAGE)
     buf = bytearray(buf_size)
@@ -60,7 +60,7 @@ def _zero_copy_path(ram, buf_size, mode=_core.SAVE_PLAIN):
             got = bytearray()
             reader = threading.Thread(target=_drain, args=(r, got))
             reader.start()
-            sent = _core.write_records(w, buf, pos, refs, nrefs, ram)
+            sent = _core.write_records(w, buf, pos, refs, nrefs, ram, -1, splice)
             os.close(w)
             w = -1
             reader.join()
@@ -78,12 +78,13 @@ def _drain(fd: int, into: bytearray) -> None:
         into += chunk
 
 
+@pytest.mark.parametrize("splice", [False, True], ids=["writev", "vmsplice"])
 @pytest.mark.parametrize("mode", [_core.SAVE_PLAIN, _core.SAVE_LAST])
-def test_write_records_sends_the_copy_paths_bytes_cut_in_the_same_buffers(mode):
+def test_write_records_sends_the_copy_paths_bytes_cut_in_the_same_buffers(mode, splice):
     """Same records, same buffer boundaries (so the same PART sections), through a
-    pipe whose 64 KiB capacity forces partial writevs."""
+    pipe whose 64 KiB capacity forces partial writevs (or vmsplices)."""
     ram = _ram_with_every_kind(300)
-    assert _zero_copy_path(ram, 1 << 16, mode) == _copy_path(ram, 1 << 16, mode)
+    assert _zero_copy_path(ram, 1 << 16, mode, splice) == _copy_path(ram, 1 << 16, mode)
 
 
 def test_into_a_pipe_the_header_buffer_may_be_reused_before_the_reader_reads():
@@ -99,7 +100,7 @@ def test_into_a_pipe_the_header_buffer_may_be_reused_before_the_reader_reads():
     try:
         fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 18)  # room for it all: no reader yet
         expected = _copy_path(ram, 1 << 16)[0]
-        assert _core.write_records(w, buf, pos, refs, nrefs, ram) == len(expected)
+        assert _core.write_records(w, buf, pos, refs, nrefs, ram, -1, True) == len(expected)
         buf[:] = bytes([0xEE]) * len(buf)
         os.close(w)
         w = -1

@@ -500,13 +500,15 @@ static int writev_all(int fd, struct iovec *iov, int n, int timeout_ms, int spli
 }
 
 PyDoc_STRVAR(write_records_doc,
-"write_records(fd, out, end, refs, nrefs, ram, timeout_ms=-1) -> bytes written\n\n"
+"write_records(fd, out, end, refs, nrefs, ram, timeout_ms=-1, splice=False)\n"
+"    -> bytes written\n\n"
 "Send what save_pages(..., refs=...) produced: out[0:end] with each referenced\n"
 "page of ram inserted at its position, in writev() calls (no copy in user\n"
-"space: the kernel reads the payloads straight from guest RAM), or into a pipe\n"
-"in vmsplice() calls (no copy at all on this side: the pipe references the\n"
-"guest's pages and its reader copies them out; out may be reused at once, its\n"
-"bytes were copied aside).  The bytes are\n"
+"space: the kernel reads the payloads straight from guest RAM), or, with\n"
+"splice and fd a pipe, in vmsplice() calls (no copy at all on this side: the\n"
+"pipe references the guest's pages and its reader copies them out; out may be\n"
+"reused at once, its bytes were copied aside).  splice is for a pipe whose\n"
+"reader the caller waits for before it lets the guest run again.  The bytes are\n"
 "those of the copy path.  A page the guest writes between the save loop's\n"
 "zero check and this call goes out with whatever it holds when the kernel\n"
 "(or the pipe's reader) copies it, as in QEMU, which also sends from guest RAM: the write dirtied\n"
@@ -516,14 +518,14 @@ PyDoc_STRVAR(write_records_doc,
 
 static PyObject *write_records(PyObject *self, PyObject *args)
 {
-    int fd, timeout_ms = -1;
+    int fd, timeout_ms = -1, splice = 0;
     Py_buffer out, refs, ram;
     Py_ssize_t end, nrefs;
     PyObject *result = NULL;
     struct iovec *iov = NULL;
 
-    if (!PyArg_ParseTuple(args, "iy*ny*ny*|i", &fd, &out, &end, &refs, &nrefs, &ram,
-                          &timeout_ms))
+    if (!PyArg_ParseTuple(args, "iy*ny*ny*|ip", &fd, &out, &end, &refs, &nrefs, &ram,
+                          &timeout_ms, &splice))
         return NULL;
     const page_ref_t *r = refs.buf;
     if (end < 0 || end > out.len || nrefs < 0 ||
@@ -554,7 +556,7 @@ static PyObject *write_records(PyObject *self, PyObject *args)
      * guest's pages themselves in the pipe, and the reader copies them out.  The
      * headers go in from a private copy made for this call (the caller reuses
      * out at once), unmapped right away: the pipe holds its own references. */
-    int splice_pages = fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode) && end > 0;
+    int splice_pages = splice && fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode) && end > 0;
     if (splice_pages) {
         heads_len = ((size_t)end + 4095) & ~(size_t)4095;
         heads = mmap(NULL, heads_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

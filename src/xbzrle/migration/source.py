@@ -213,7 +213,8 @@ class SourceMigration(Migration):
         timeout = getattr(channel, "stall_timeout", None)
         try:
             return _core.write_records(channel.writev_fd(), buf, end, refs, nrefs, block,
-                                       -1 if timeout is None else int(timeout * 1000))
+                                       -1 if timeout is None else int(timeout * 1000),
+                                       getattr(channel, "splices_pages", False))
         except OSError as exc:
             raise channel.send_failed(exc) from exc
 
