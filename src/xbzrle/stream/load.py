@@ -12,11 +12,12 @@ With ``tables``, the loader keeps a digest table per block
 (:mod:`xbzrle.guest.digest`): every page it writes, by either path, has its
 entry set to the hash of what it now holds, while the page is in cache, so
 the RAM digest at the end costs 8 bytes a page instead of a read of all RAM.
-A table is only kept where the loader knows every page's starting content
-(``zeroed`` blocks, or anonymous memory whose populated pages it hashes
-first); :meth:`PageLoader.forget` drops the table of a block written some
-other way.  :meth:`PageLoader.digest` then says None and the caller reads
-the RAM: a table never gives a wrong digest.
+A table starts from what the block holds: nothing to read for ``zeroed``
+blocks (new files), the populated pages of anonymous memory (a fresh guest
+has none), every page of any other buffer.  :meth:`PageLoader.forget`
+drops the table of a block written some other way; :meth:`PageLoader.digest`
+then says None and the caller reads the RAM: a table never gives a wrong
+digest.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class PageLoader:
             return table
         if size % K.PAGE_SIZE:
             return None
-        # Anonymous memory: only the pages the kernel populated are read.
+        # Anonymous memory: only the pages the kernel populated are read; any
+        # other buffer is read whole, once, before the first record.
         _core.table_fill(view, table, self._maps.get(name))
         return table
 
@@ -134,7 +136,6 @@ class PageLoader:
         data_map = self._maps.get(event.block)
         if data_map is not None:
             data_map[event.offset // K.PAGE_SIZE] = 1  # any page applied may hold data
-
         if isinstance(event, ev.ZeroPage):
             if event.fill or not _core.is_zero(page):
                 page[:] = bytes([event.fill]) * K.PAGE_SIZE
