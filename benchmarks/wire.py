@@ -183,6 +183,11 @@ def our_destination(size: int) -> tuple[subprocess.Popen, int]:
     return proc, int(line.split()[1])
 
 
+DOWNTIMES: dict[str, list[int]] = {}
+"""``downtime`` (ms, from the guest's stop to the end) of each of our migrations, by URI
+scheme: for a paused guest that is the switch-over, the RAM digests and the verdict."""
+
+
 def our_migration(guest: Guest, uri: str) -> tuple[float, float, float]:
     """Seconds from ``migrate`` to ``completed`` (fails loudly otherwise), the CPU
     seconds of this process (the source) and of the children reaped meanwhile."""
@@ -197,6 +202,7 @@ def our_migration(guest: Guest, uri: str) -> tuple[float, float, float]:
     info = manager.query()
     if info["status"] != "completed":
         raise RuntimeError(f"our migration to {uri}: {info['status']}: {mig.error}")
+    DOWNTIMES.setdefault(uri.split(":", 1)[0], []).append(int(info["downtime"]))
     return elapsed, cpu, child
 
 
@@ -345,9 +351,13 @@ def main() -> int:
                       f"(medians {qemu / mine:.2f}x)")
             else:
                 line("xbzrle -> xbzrle, tcp loopback", ours, size)
+            print(f"  downtime (stop -> verdict, both digests): "
+                  f"{statistics.median(DOWNTIMES['tcp']):.0f} ms", flush=True)
         if "exec" in parts:
             runs = [our_migration(guest, "exec:cat > /dev/null") for _ in range(args.runs)]
             line("xbzrle source -> exec:cat > /dev/null", runs, size, "(cpu: source, cat)")
+            print(f"  downtime (stop -> last byte, the source's digest): "
+                  f"{statistics.median(DOWNTIMES['exec']):.0f} ms", flush=True)
         stream = work / "stream"
         if "file" in parts or "extract" in parts:
             runs = []
