@@ -203,9 +203,11 @@ def test_the_loaders_record_by_record_path_keeps_the_table_too():
             loader.release()
 
 
-def test_table_mode_catches_a_page_garbled_on_its_way(tmp_path):
+@pytest.mark.parametrize("dest_full", [False, True], ids=["dest-table", "dest-full-read"])
+def test_table_mode_catches_a_page_garbled_on_its_way(tmp_path, dest_full):
     """A byte flipped inside a PAGE record of a file: stream: the destination's
-    table hashes what it wrote, which is not what the source's table says."""
+    table (or its full read, with x-ram-digest-full there) hashes what it
+    wrote, which is not what the source's table says."""
     marker = os.urandom(PAGE)
     stream = tmp_path / "stream"
     with Guest(ram="8M") as src:
@@ -224,6 +226,7 @@ def test_table_mode_catches_a_page_garbled_on_its_way(tmp_path):
         with Guest(ram="8M") as dst:
             dst.stop()
             dm = MigrationManager(dst)
+            dm.set_capability("x-ram-digest-full", dest_full)
             inc = dm.incoming(f"file:{stream}", resume=False)
             assert inc.wait(60) == verdict, inc.error
             if verdict == S.FAILED:
