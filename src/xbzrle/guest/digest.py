@@ -33,7 +33,9 @@ DigestTable = mmap.mmap | bytearray
 
 
 def _finish(size: int, pairs: bytes) -> str:
-    return hashlib.blake2b(size.to_bytes(8, "little") + pairs, digest_size=32).hexdigest()
+    hasher = hashlib.blake2b(size.to_bytes(8, "little"), digest_size=32)
+    hasher.update(pairs)  # not concatenated: 16 bytes a page would be copied once more
+    return hasher.hexdigest()
 
 
 def ram_digest(ram: Any) -> str:
