@@ -17,8 +17,9 @@ static PyStructSequence_Field count_fields[] = {
     {"wire_bytes", "bytes of records produced (save) or consumed (load)"},
     {"skipped_overflow", "cache hits sent whole without running the encoder: the page "
                          "overflowed recently (overflow back-off)"},
-    {"encode_ns", "nanoseconds the save loop spent inside the XBZRLE encoder (monotonic "
-                  "clock around each encoder run; 0 for the load loop)"},
+    {"encode_ns", "nanoseconds the save loop spent inside the XBZRLE encoder in the runs "
+                  "it timed (a sample; 0 for the load loop)"},
+    {"encode_timed", "encoder runs timed: every 32nd of a call, the first included"},
     {NULL, NULL},
 };
 

@@ -44,7 +44,8 @@ enum {
     XBZ_C_XBZRLE_BYTES, /* XBZRLE records' bytes (delta + 3) + a page per overflow */
     XBZ_C_WIRE,         /* bytes of records produced or consumed */
     XBZ_C_SKIPPED,      /* cache hits sent whole without encoding: overflow back-off */
-    XBZ_C_ENCODE_NS,    /* nanoseconds inside the XBZRLE encoder (save loop) */
+    XBZ_C_ENCODE_NS,    /* nanoseconds inside the XBZRLE encoder, timed runs only */
+    XBZ_C_ENCODE_TIMED, /* encoder runs timed (a sample: see save_one) */
     XBZ_C_COUNT
 };
 
