@@ -225,7 +225,7 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
     uint8_t *delta = rec + h + 3;
     /* The encoder's own time (x-encode-time), sampled: every 32nd run of a
      * call (the first included) is timed, and Python scales the sum by
-     * runs / timed runs.  A clock read costs ~100 ns on this VM, a run
+     * runs / timed runs.  A clock read costs 40-100 ns here, a run
      * 0.3-1 us: timing every run would slow the loop it measures.  One page
      * never takes the encoder 50 us; a run that did was preempted, and counts
      * 50 us, not the other process's slice. */
