@@ -19,7 +19,7 @@ static PyStructSequence_Field count_fields[] = {
                          "overflowed recently (overflow back-off)"},
     {"encode_ns", "nanoseconds the save loop spent inside the XBZRLE encoder in the runs "
                   "it timed (a sample; 0 for the load loop)"},
-    {"encode_timed", "encoder runs timed: every 32nd of a call, the first included"},
+    {"encode_timed", "encoder runs timed: those on every 32nd page of the block"},
     {NULL, NULL},
 };
 

@@ -223,13 +223,15 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
     size_t h = put_header(w, offset, XBZ_F_XBZRLE);
     uint8_t *rec = w->out + w->pos;
     uint8_t *delta = rec + h + 3;
-    /* The encoder's own time (x-encode-time), sampled: every 32nd run of a
-     * call (the first included) is timed, and Python scales the sum by
+    /* The encoder's own time (x-encode-time), sampled: the runs on every
+     * 32nd page of the block are timed, and Python scales their sum by
      * runs / timed runs.  A clock read costs 40-100 ns here, a run
-     * 0.3-1 us: timing every run would slow the loop it measures.  One page
+     * 0.3-1 us: timing every run would slow the loop it measures.  (Sampling
+     * by page, not by the order of runs in a call, keeps the sample apart
+     * from where calls start: a call's first run is a cold one.)  One page
      * never takes the encoder 50 us; a run that did was preempted, and counts
      * 50 us, not the other process's slice. */
-    int timed = ((c[XBZ_C_XBZRLE] + c[XBZ_C_UNCHANGED] + c[XBZ_C_OVERFLOW]) & 31) == 0;
+    int timed = ((offset / XBZ_PAGE) & 31) == 0;
     struct timespec t0, t1;
     if (timed)
         clock_gettime(CLOCK_MONOTONIC, &t0);

@@ -29,7 +29,7 @@ class BatchCounts:
     wire_bytes: int = 0  # bytes produced for the stream
     skipped_overflow: int = 0  # cache hits sent whole, encoder skipped (overflow back-off)
     encode_ns: int = 0  # nanoseconds inside the XBZRLE encoder, in the runs timed
-    encode_timed: int = 0  # encoder runs timed (every 32nd): see encode_time_ns
+    encode_timed: int = 0  # encoder runs timed (on every 32nd page): see encode_time_ns
 
     FIELDS = ("scanned", "zero", "normal", "xbzrle", "unchanged", "overflow", "cache_miss",
               "xbzrle_bytes", "wire_bytes", "skipped_overflow", "encode_ns",
