@@ -136,12 +136,21 @@ static inline uint64_t diff64_portable(const uint8_t *a, const uint8_t *b)
     return mask;
 }
 
-static inline int same256_portable(const uint8_t *a, const uint8_t *b)
+/* Masks of the differing bytes of a 256-byte block; 1 when any differs.  An
+ * equal block (the common case) is found with a cheap XOR pass and gets no
+ * masks; a block found different is read again by diff64, and only that
+ * second read decides (its masks are what the function returns, even if
+ * the page changed in between). */
+static inline int diff256_portable(const uint8_t *a, const uint8_t *b, uint64_t m[4])
 {
     uint64_t acc = 0;
     for (int w = 0; w < 32; w++)
         acc |= load64(a + 8 * w) ^ load64(b + 8 * w);
-    return acc == 0;
+    if (acc == 0)
+        return 0;
+    for (int k = 0; k < 4; k++)
+        m[k] = diff64_portable(a + 64 * k, b + 64 * k);
+    return (m[0] | m[1] | m[2] | m[3]) != 0;
 }
 
 static inline int zero256_portable(const uint8_t *p)
@@ -186,13 +195,25 @@ static inline uint64_t diff64_avx2(const uint8_t *a, const uint8_t *b)
     return ~(((uint64_t)eq1 << 32) | eq0);
 }
 
-static inline int same256_avx2(const uint8_t *a, const uint8_t *b)
+/* Masks of the differing bytes of a 256-byte block; 1 when any differs.
+ * Eight 32-byte compares; their AND tells an equal block with one test,
+ * and only a block that differs turns them into mask words (so each byte
+ * is read once, and the test and the masks come from the same compares). */
+static inline int diff256_avx2(const uint8_t *a, const uint8_t *b, uint64_t m[4])
 {
-    __m256i acc = _mm256_setzero_si256();
-    for (int i = 0; i < 256; i += 32)
-        acc = _mm256_or_si256(acc, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a + i)),
-                                                    _mm256_loadu_si256((const __m256i *)(b + i))));
-    return _mm256_testz_si256(acc, acc);
+    __m256i eq[8];
+    for (int i = 0; i < 8; i++)
+        eq[i] = _mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i *)(a + 32 * i)),
+                                  _mm256_loadu_si256((const __m256i *)(b + 32 * i)));
+    __m256i all = _mm256_and_si256(
+        _mm256_and_si256(_mm256_and_si256(eq[0], eq[1]), _mm256_and_si256(eq[2], eq[3])),
+        _mm256_and_si256(_mm256_and_si256(eq[4], eq[5]), _mm256_and_si256(eq[6], eq[7])));
+    if (_mm256_testc_si256(all, _mm256_set1_epi8(-1)))
+        return 0;
+    for (int k = 0; k < 4; k++)
+        m[k] = ~(((uint64_t)(uint32_t)_mm256_movemask_epi8(eq[2 * k + 1]) << 32) |
+                 (uint32_t)_mm256_movemask_epi8(eq[2 * k]));
+    return 1;
 }
 
 static inline int zero256_avx2(const uint8_t *p)
@@ -241,14 +262,17 @@ static inline uint64_t diff64_avx512bw(const uint8_t *a, const uint8_t *b)
     return _mm512_cmpneq_epi8_mask(_mm512_loadu_si512(a), _mm512_loadu_si512(b));
 }
 
-static inline int same256_avx512bw(const uint8_t *a, const uint8_t *b)
+/* Masks of the differing bytes of a 256-byte block, stored whether or not
+ * any differs (the caller keeps them only then); 1 when any differs. */
+static inline int diff256_avx512bw(const uint8_t *a, const uint8_t *b, uint64_t m[4])
 {
-    __m512i x0 = _mm512_xor_si512(_mm512_loadu_si512(a), _mm512_loadu_si512(b));
-    __m512i x1 = _mm512_xor_si512(_mm512_loadu_si512(a + 64), _mm512_loadu_si512(b + 64));
-    __m512i x2 = _mm512_xor_si512(_mm512_loadu_si512(a + 128), _mm512_loadu_si512(b + 128));
-    __m512i x3 = _mm512_xor_si512(_mm512_loadu_si512(a + 192), _mm512_loadu_si512(b + 192));
-    __m512i acc = _mm512_or_si512(_mm512_or_si512(x0, x1), _mm512_or_si512(x2, x3));
-    return _mm512_test_epi64_mask(acc, acc) == 0;
+    uint64_t m0 = diff64_avx512bw(a, b), m1 = diff64_avx512bw(a + 64, b + 64);
+    uint64_t m2 = diff64_avx512bw(a + 128, b + 128), m3 = diff64_avx512bw(a + 192, b + 192);
+    m[0] = m0;
+    m[1] = m1;
+    m[2] = m2;
+    m[3] = m3;
+    return ((m0 | m1) | (m2 | m3)) != 0;
 }
 
 static inline int zero256_avx512bw(const uint8_t *p)
@@ -273,29 +297,34 @@ static inline int zero256_avx512bw(const uint8_t *p)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vbmi2,avx2,bmi,bmi2,popcnt")
 
-static size_t gather_compress(const uint64_t *masks, const uint64_t *busy, size_t len,
-                           uint16_t *bounds)
+/* The gather of codec_template.h over the same block list, each 64-byte
+ * word's flip positions packed into the list with two compress
+ * instructions. */
+static size_t gather_compress(const uint64_t *masks, const uint16_t *blocks, size_t nb,
+                              size_t len, uint16_t *bounds)
 {
     const __m512i lanes =
         _mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14,
                          13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    size_t count = 0, words = (len + 63) / 64;
-    for (size_t group = 0; group * 64 < words; group++) {
-        for (uint64_t todo = busy[group]; todo; todo &= todo - 1) {
-            size_t w = group * 64 + (size_t)__builtin_ctzll(todo);
-            uint64_t m = masks[w];
-            uint64_t carry = w > 0 ? masks[w - 1] >> 63 : 0;
+    size_t count = 0;
+    for (size_t j = 0; j < nb; j++) {
+        size_t blk = blocks[j];
+        uint64_t carry = j > 0 && blocks[j - 1] + 1u == blk ? masks[4 * j - 1] >> 63 : 0;
+        for (size_t k = 0; k < 4; k++) {
+            uint64_t m = masks[4 * j + k];
             uint64_t flips = m ^ ((m << 1) | carry);
-            __m512i low = _mm512_add_epi16(lanes, _mm512_set1_epi16((short)(w * 64)));
+            carry = m >> 63;
+            __m512i low = _mm512_add_epi16(lanes, _mm512_set1_epi16((short)(blk * 256 + 64 * k)));
             __m512i high = _mm512_add_epi16(low, _mm512_set1_epi16(32));
             _mm512_storeu_si512(bounds + count, _mm512_maskz_compress_epi16((__mmask32)flips, low));
             count += (size_t)__builtin_popcount((uint32_t)flips);
             _mm512_storeu_si512(bounds + count,
                                 _mm512_maskz_compress_epi16((__mmask32)(flips >> 32), high));
             count += (size_t)__builtin_popcount((uint32_t)(flips >> 32));
-            if ((m >> 63) && (w + 1 == words || masks[w + 1] == 0))
-                bounds[count++] = (uint16_t)((w + 1) * 64 < len ? (w + 1) * 64 : len);
         }
+        size_t next = (blk + 1) * 256 < len ? (blk + 1) * 256 : len;
+        bounds[count] = (uint16_t)next;
+        count += (size_t)(carry & (j + 1 == nb || blocks[j + 1] != blk + 1));
     }
     return count;
 }
@@ -315,9 +344,9 @@ static inline uint64_t diff64_avx512vbmi2(const uint8_t *a, const uint8_t *b)
     return diff64_avx512bw(a, b);
 }
 
-static inline int same256_avx512vbmi2(const uint8_t *a, const uint8_t *b)
+static inline int diff256_avx512vbmi2(const uint8_t *a, const uint8_t *b, uint64_t m[4])
 {
-    return same256_avx512bw(a, b);
+    return diff256_avx512bw(a, b, m);
 }
 
 static inline int zero256_avx512vbmi2(const uint8_t *p)

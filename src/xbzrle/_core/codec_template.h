@@ -3,7 +3,9 @@
  * codec_kernels.c includes this file once per path, after defining:
  *   XBZ_PATH(name)          pastes the path suffix onto a function name;
  *   XBZ_PATH(diff64)(a, b)  64-bit mask, bit i set when a[i] != b[i] (64 bytes);
- *   XBZ_PATH(same256)(a, b) 1 when the 256 bytes at a and b are equal;
+ *   XBZ_PATH(diff256)(a, b, m)  1 when the 256 bytes at a and b differ, and
+ *                           then m[0..3] = the diff64 masks of its four words,
+ *                           taken from the same single read that decided it;
  *   XBZ_PATH(zero256)(p)    1 when the 256 bytes at p are all zero;
  *   XBZ_PATH(popcount)(x)   number of set bits of x;
  *   XBZ_PATH(copy_run)(d, s, n)  exact copy of n bytes (ranges may overlap);
@@ -13,10 +15,13 @@
  * The encoder works in three passes, so that its cost does not depend on
  * where the changes are (no branch that guesses run positions):
  *   1. scan: one streaming pass turns the page into a mask of differing
- *      bytes (a bit per byte); counting bits of the mask refuses a page that
- *      cannot fit as soon as the bytes read say so, before any output;
- *   2. gather: run boundaries (bit flips of the mask) become a list of
- *      positions, with count-trailing-zeros (or VBMI2 compress);
+ *      bytes (a bit per byte), kept only for the 256-byte blocks that
+ *      differ, with the list of those blocks; counting bits of the mask
+ *      refuses a page that cannot fit as soon as the bytes read say so,
+ *      before any output;
+ *   2. gather: run boundaries (bit flips of the mask) of the listed blocks
+ *      become a list of positions, with count-trailing-zeros (or VBMI2
+ *      compress);
  *   3. emit: each (start, end) pair becomes two lengths and the new bytes,
  *      written with fixed-size stores into a destination with slack.
  *
@@ -25,10 +30,12 @@
  * save loop encodes straight from live guest RAM).  Every structural
  * decision (where runs start and end, their lengths, whether the page
  * overflows, whether it is unchanged) comes from the mask, and each bit of
- * the mask comes from exactly one read of its byte pair: a 256-byte block
- * found equal by same256 gets zero masks without being read again, a block
- * found different is read once more by diff64 and only that second read
- * counts.  Nothing after the scan reads old or new to decide anything.
+ * the mask comes from exactly one read of its byte pair: diff256 decides
+ * whether a 256-byte block differs and gives its masks from the same
+ * compares (the portable path reads a block found different once more, and
+ * only that second read counts, the decision included); a block left out
+ * of the list has all-zero masks.  Nothing after the scan reads old or new
+ * to decide anything.
  * The emit pass copies the run's bytes from new again; those may differ
  * from what the scan saw (the delta then carries a byte the writer just
  * wrote, or an unchanged byte inside a run), which is still a well-formed
@@ -39,119 +46,95 @@
  * tests/codec/test_codec_concurrent_writer.py (a thread rewrites the pages under
  * encode on every SIMD path). */
 
-/* Number of runs (of set bits) in masks[0..words), the word before the
- * first counting as zero. */
-static inline size_t XBZ_PATH(count_runs)(const uint64_t *masks, size_t words)
+/* Bytes of the page handled as one block by the scan, and the most blocks
+ * a page can have (a page shorter than a multiple of 256 bytes has one
+ * partial block at its end). */
+#define XBZ_BLOCK 256
+#define XBZ_MAX_BLOCKS ((XBZ_MAX_PAGE_SIZE + XBZ_BLOCK - 1) / XBZ_BLOCK)
+
+/* Masks of the final block when the page does not end on a block edge: a
+ * word per 64 bytes, bits past the page end 0, words past it 0.  Each byte
+ * pair is read once. */
+static inline uint64_t XBZ_PATH(diff_last_block)(const uint8_t *a, const uint8_t *b, size_t n,
+                                                 uint64_t m[4])
 {
-    size_t runs = 0;
-    uint64_t carry = 0;
-    for (size_t w = 0; w < words; w++) {
-        uint64_t m = masks[w];
-        runs += (size_t)XBZ_PATH(popcount)(m & ~((m << 1) | carry));
-        carry = m >> 63;
+    uint64_t any = 0;
+    for (size_t k = 0; k < 4; k++) {
+        size_t at = 64 * k;
+        uint64_t word = 0;
+        if (at + 64 <= n)
+            word = XBZ_PATH(diff64)(a + at, b + at);
+        else if (at < n)
+            word = diff_tail(a + at, b + at, n - at);
+        m[k] = word;
+        any |= word;
     }
-    return runs;
+    return any != 0;
 }
 
-/* Masks of differing bytes, one 64-bit word per 64 bytes (bits past the
- * page end are 0), with a bit per non-zero word in busy.  Returns the number
- * of differing bytes, or XBZ_SCAN_OVERFLOW as soon as the bytes read so far
- * cannot fit in dlen: every run costs its bytes plus at least one byte for
- * each of its two lengths.  Runs are only counted once the differing bytes
- * alone come near the limit (3 * differing > dlen), so sparse pages pay
- * nothing for it, while a page that differs everywhere stops after about
- * two thirds of it instead of reading it all. */
+/* The scan: one streaming pass, 256 bytes at a time.  A block that differs
+ * keeps its four mask words (a bit per byte) in masks, compacted (block j
+ * of the list at masks[4j..4j+3]), and its index in blocks; equal blocks
+ * leave nothing, so a page with few changes costs the gather and the emit
+ * only for its few blocks.  Runs are counted as the blocks come (the start
+ * bits of a word: m & ~(m << 1 | carry)), and every run costs its bytes plus
+ * at least one byte for each of its two lengths, so a page that cannot fit
+ * in dlen is refused as soon as the bytes read say so, before any output.
+ * Returns the number of differing blocks (0: the page is unchanged), or
+ * XBZ_SCAN_OVERFLOW. */
 #define XBZ_SCAN_OVERFLOW ((size_t)-1)
 static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page, size_t len,
-                                    uint64_t *masks, uint64_t *busy, size_t dlen)
+                                    uint64_t *masks, uint16_t *blocks, size_t dlen)
 {
-    size_t blk = 0, w = 0, ndiff = 0, runs = 0;
-    int counting = 0;
-    uint64_t carry = 0, busy_word = 0;
+    size_t nb = 0, least = 0, blk = 0, off = 0;
+    uint64_t carry = 0;
 
-    for (; blk + 256 <= len; blk += 256, w += 4) {
-        if (XBZ_PATH(same256)(old + blk, new_page + blk)) {
-            masks[w] = masks[w + 1] = masks[w + 2] = masks[w + 3] = 0;
+    for (; off < len; off += XBZ_BLOCK, blk++) {
+        uint64_t *m = masks + 4 * nb;
+        int differs = off + XBZ_BLOCK <= len
+                          ? XBZ_PATH(diff256)(old + off, new_page + off, m)
+                          : (int)XBZ_PATH(diff_last_block)(old + off, new_page + off, len - off, m);
+        if (!differs) {
             carry = 0;
-        } else {
-            uint64_t m0 = XBZ_PATH(diff64)(old + blk, new_page + blk);
-            uint64_t m1 = XBZ_PATH(diff64)(old + blk + 64, new_page + blk + 64);
-            uint64_t m2 = XBZ_PATH(diff64)(old + blk + 128, new_page + blk + 128);
-            uint64_t m3 = XBZ_PATH(diff64)(old + blk + 192, new_page + blk + 192);
-            masks[w] = m0;
-            masks[w + 1] = m1;
-            masks[w + 2] = m2;
-            masks[w + 3] = m3;
-            busy_word |= (uint64_t)((m0 != 0) | (m1 != 0) << 1 | (m2 != 0) << 2 | (m3 != 0) << 3)
-                         << (w % 64);
-            ndiff += (size_t)(XBZ_PATH(popcount)(m0) + XBZ_PATH(popcount)(m1) +
-                              XBZ_PATH(popcount)(m2) + XBZ_PATH(popcount)(m3));
-            if (counting) {
-                runs += (size_t)(XBZ_PATH(popcount)(m0 & ~((m0 << 1) | carry)) +
-                                 XBZ_PATH(popcount)(m1 & ~((m1 << 1) | (m0 >> 63))) +
-                                 XBZ_PATH(popcount)(m2 & ~((m2 << 1) | (m1 >> 63))) +
-                                 XBZ_PATH(popcount)(m3 & ~((m3 << 1) | (m2 >> 63))));
-                if (ndiff + 2 * runs > dlen)
-                    return XBZ_SCAN_OVERFLOW;
-            } else if (3 * ndiff > dlen) {
-                counting = 1;
-                runs = XBZ_PATH(count_runs)(masks, w + 4);
-                if (ndiff + 2 * runs > dlen)
-                    return XBZ_SCAN_OVERFLOW;
-            }
-            carry = m3 >> 63;
+            continue;
         }
-        if ((w + 4) % 64 == 0) {
-            busy[w / 64] = busy_word;
-            busy_word = 0;
-        }
+        uint64_t m0 = m[0], m1 = m[1], m2 = m[2], m3 = m[3];
+        blocks[nb++] = (uint16_t)blk;
+        least += (size_t)(XBZ_PATH(popcount)(m0) + XBZ_PATH(popcount)(m1) +
+                          XBZ_PATH(popcount)(m2) + XBZ_PATH(popcount)(m3));
+        least += 2 * (size_t)(XBZ_PATH(popcount)(m0 & ~((m0 << 1) | carry)) +
+                              XBZ_PATH(popcount)(m1 & ~((m1 << 1) | (m0 >> 63))) +
+                              XBZ_PATH(popcount)(m2 & ~((m2 << 1) | (m1 >> 63))) +
+                              XBZ_PATH(popcount)(m3 & ~((m3 << 1) | (m2 >> 63))));
+        if (least > dlen)
+            return XBZ_SCAN_OVERFLOW;
+        carry = m3 >> 63;
     }
-    for (; blk < len; blk += 64, w++) {
-        uint64_t m = blk + 64 <= len ? XBZ_PATH(diff64)(old + blk, new_page + blk)
-                                     : diff_tail(old + blk, new_page + blk, len - blk);
-        masks[w] = m;
-        busy_word |= (uint64_t)(m != 0) << (w % 64);
-        ndiff += (size_t)XBZ_PATH(popcount)(m);
-        if ((w + 1) % 64 == 0) {
-            busy[w / 64] = busy_word;
-            busy_word = 0;
-        }
-    }
-    if (w % 64 != 0)
-        busy[w / 64] = busy_word;
-    return ndiff;
-}
-
-/* A lower bound of the encoded length: every run costs its bytes plus at
- * least one byte for each of its two lengths.  Runs are only counted when
- * the bytes alone leave the answer open (dense pages). */
-static inline size_t XBZ_PATH(least_size)(const uint64_t *masks, size_t words, size_t differing,
-                                          size_t dlen)
-{
-    if (differing > dlen || 3 * differing <= dlen)
-        return differing;
-    return differing + 2 * XBZ_PATH(count_runs)(masks, words);
+    return nb;
 }
 
 /* Positions where the mask flips: run starts and ends, alternating, the
- * first being a start; a run reaching the page end ends at len.  Only words
- * marked busy (non-zero) are visited.  Each word writes its first four
+ * first being a start; a run reaching the page end ends at len.  Only the
+ * blocks of the list are visited.  Each word writes its first four
  * positions unconditionally (slack in bounds takes the unused ones) and
  * loops only for more, so sparse pages cost no misprediction per
  * position. */
-static inline size_t XBZ_PATH(gather)(const uint64_t *masks, const uint64_t *busy, size_t len,
-                                      uint16_t *bounds)
+static inline size_t XBZ_PATH(gather)(const uint64_t *masks, const uint16_t *blocks, size_t nb,
+                                      size_t len, uint16_t *bounds)
 {
-    size_t count = 0, words = (len + 63) / 64;
-    for (size_t group = 0; group * 64 < words; group++) {
-        for (uint64_t todo = busy[group]; todo; todo &= todo - 1) {
-            size_t w = group * 64 + (size_t)__builtin_ctzll(todo);
-            uint64_t m = masks[w];
-            uint64_t carry = w > 0 ? masks[w - 1] >> 63 : 0;
+    size_t count = 0;
+    for (size_t j = 0; j < nb; j++) {
+        size_t blk = blocks[j];
+        /* The bit before the block: set when the previous block is in the
+         * list, adjacent, and its last byte differs. */
+        uint64_t carry = j > 0 && blocks[j - 1] + 1u == blk ? masks[4 * j - 1] >> 63 : 0;
+        for (size_t k = 0; k < 4; k++) {
+            uint64_t m = masks[4 * j + k];
             uint64_t flips = m ^ ((m << 1) | carry);
             size_t n = (size_t)XBZ_PATH(popcount)(flips);
-            uint16_t base = (uint16_t)(w * 64);
+            uint16_t base = (uint16_t)(blk * XBZ_BLOCK + 64 * k);
             uint16_t *out = bounds + count;
+            carry = m >> 63;
             /* ctz of flips | 1 << 63 is ctz(flips) when flips != 0, and a
              * harmless 63 when it is 0 (an unused slot). */
             out[0] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
@@ -163,18 +146,19 @@ static inline size_t XBZ_PATH(gather)(const uint64_t *masks, const uint64_t *bus
             out[3] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
             flips &= flips - 1;
             if (n > 4) {
-                for (size_t k = 4; k < n; k++) {
-                    out[k] = (uint16_t)(base + __builtin_ctzll(flips));
+                for (size_t i = 4; i < n; i++) {
+                    out[i] = (uint16_t)(base + __builtin_ctzll(flips));
                     flips &= flips - 1;
                 }
             }
             count += n;
-            /* A run reaching the end of this word ends at the next word's
-             * start, unless that word is busy and reports it itself. */
-            size_t next = (w + 1) * 64 < len ? (w + 1) * 64 : len;
-            bounds[count] = (uint16_t)next;
-            count += (size_t)((m >> 63) & (w + 1 == words || masks[w + 1] == 0));
         }
+        /* A run reaching the end of the block ends at the next block's
+         * start (or at len), unless that block is in the list and reports
+         * it itself. */
+        size_t next = (blk + 1) * XBZ_BLOCK < len ? (blk + 1) * XBZ_BLOCK : len;
+        bounds[count] = (uint16_t)next;
+        count += (size_t)(carry & (j + 1 == nb || blocks[j + 1] != blk + 1));
     }
     return count;
 }
@@ -183,18 +167,16 @@ static inline size_t XBZ_PATH(gather)(const uint64_t *masks, const uint64_t *bus
 static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, size_t len,
                                 uint8_t *dst, size_t dlen)
 {
-    uint64_t masks[XBZ_MAX_PAGE_SIZE / 64];
-    uint64_t busy[XBZ_MAX_PAGE_SIZE / 64 / 64];
-    uint16_t bounds[XBZ_MAX_PAGE_SIZE + 2 + 32]; /* 32: slack for vector stores */
+    uint64_t masks[4 * XBZ_MAX_BLOCKS];
+    uint16_t blocks[XBZ_MAX_BLOCKS];
+    uint16_t bounds[XBZ_MAX_PAGE_SIZE + 2 + 64]; /* 64: slack for fixed and vector stores */
 
-    size_t differing = XBZ_PATH(scan)(old, new_page, len, masks, busy, dlen);
-    if (differing == 0)
+    size_t nb = XBZ_PATH(scan)(old, new_page, len, masks, blocks, dlen);
+    if (nb == 0)
         return 0;
-    if (differing == XBZ_SCAN_OVERFLOW)
+    if (nb == XBZ_SCAN_OVERFLOW)
         return -1; /* refused while reading: nothing written */
-    if (XBZ_PATH(least_size)(masks, (len + 63) / 64, differing, dlen) > dlen)
-        return -1; /* the overflow fast path: nothing written */
-    size_t count = XBZ_GATHER(masks, busy, len, bounds);
+    size_t count = XBZ_GATHER(masks, blocks, nb, len, bounds);
 
     size_t d = 0, prev_end = 0;
     for (size_t k = 0; k < count; k += 2) {
