@@ -120,6 +120,11 @@ static inline void copy_run_portable(uint8_t *dst, const uint8_t *src, size_t n)
     copy_small(dst, src, n);
 }
 
+static inline void copy64_portable(uint8_t *dst, const uint8_t *src)
+{
+    memcpy(dst, src, 64);
+}
+
 /* Bit k set when byte k of x is non-zero (SWAR, then gather the 8 flags). */
 static inline uint64_t nonzero_byte_flags(uint64_t x)
 {
@@ -182,6 +187,16 @@ static inline int popcount_avx2(uint64_t x)
 static inline void copy_run_avx2(uint8_t *dst, const uint8_t *src, size_t n)
 {
     copy_small(dst, src, n);
+}
+
+/* Two 32-byte moves (the compiler's own memcpy of 64 bytes uses four
+ * 16-byte ones here). */
+static inline void copy64_avx2(uint8_t *dst, const uint8_t *src)
+{
+    __m256i lo = _mm256_loadu_si256((const __m256i *)src);
+    __m256i hi = _mm256_loadu_si256((const __m256i *)(src + 32));
+    _mm256_storeu_si256((__m256i *)dst, lo);
+    _mm256_storeu_si256((__m256i *)(dst + 32), hi);
 }
 
 static inline uint64_t diff64_avx2(const uint8_t *a, const uint8_t *b)
@@ -257,6 +272,11 @@ static inline void copy_run_avx512bw(uint8_t *dst, const uint8_t *src, size_t n)
     }
 }
 
+static inline void copy64_avx512bw(uint8_t *dst, const uint8_t *src)
+{
+    _mm512_storeu_si512(dst, _mm512_loadu_si512(src));
+}
+
 static inline uint64_t diff64_avx512bw(const uint8_t *a, const uint8_t *b)
 {
     return _mm512_cmpneq_epi8_mask(_mm512_loadu_si512(a), _mm512_loadu_si512(b));
@@ -297,34 +317,34 @@ static inline int zero256_avx512bw(const uint8_t *p)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vbmi2,avx2,bmi,bmi2,popcnt")
 
-/* The gather of codec_template.h over the same block list, each 64-byte
+/* The gather of codec_template.h over the same list of kept words, each
  * word's flip positions packed into the list with two compress
  * instructions. */
-static size_t gather_compress(const uint64_t *masks, const uint16_t *blocks, size_t nb,
+static size_t gather_compress(const uint64_t *masks, const uint16_t *words, size_t kept,
                               size_t len, uint16_t *bounds)
 {
     const __m512i lanes =
         _mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14,
                          13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    size_t count = 0;
-    for (size_t j = 0; j < nb; j++) {
-        size_t blk = blocks[j];
-        uint64_t carry = j > 0 && blocks[j - 1] + 1u == blk ? masks[4 * j - 1] >> 63 : 0;
-        for (size_t k = 0; k < 4; k++) {
-            uint64_t m = masks[4 * j + k];
-            uint64_t flips = m ^ ((m << 1) | carry);
-            carry = m >> 63;
-            __m512i low = _mm512_add_epi16(lanes, _mm512_set1_epi16((short)(blk * 256 + 64 * k)));
-            __m512i high = _mm512_add_epi16(low, _mm512_set1_epi16(32));
-            _mm512_storeu_si512(bounds + count, _mm512_maskz_compress_epi16((__mmask32)flips, low));
-            count += (size_t)__builtin_popcount((uint32_t)flips);
-            _mm512_storeu_si512(bounds + count,
-                                _mm512_maskz_compress_epi16((__mmask32)(flips >> 32), high));
-            count += (size_t)__builtin_popcount((uint32_t)(flips >> 32));
-        }
-        size_t next = (blk + 1) * 256 < len ? (blk + 1) * 256 : len;
+    size_t count = 0, prev_w = SIZE_MAX - 1;
+    uint64_t prev_m = 0;
+    for (size_t j = 0; j < kept; j++) {
+        size_t w = words[j];
+        uint64_t m = masks[j];
+        uint64_t carry = (prev_m >> 63) & (prev_w + 1 == w);
+        uint64_t flips = m ^ ((m << 1) | carry);
+        __m512i low = _mm512_add_epi16(lanes, _mm512_set1_epi16((short)(w * 64)));
+        __m512i high = _mm512_add_epi16(low, _mm512_set1_epi16(32));
+        _mm512_storeu_si512(bounds + count, _mm512_maskz_compress_epi16((__mmask32)flips, low));
+        count += (size_t)__builtin_popcount((uint32_t)flips);
+        _mm512_storeu_si512(bounds + count,
+                            _mm512_maskz_compress_epi16((__mmask32)(flips >> 32), high));
+        count += (size_t)__builtin_popcount((uint32_t)(flips >> 32));
+        size_t next = (w + 1) * 64 < len ? (w + 1) * 64 : len;
         bounds[count] = (uint16_t)next;
-        count += (size_t)(carry & (j + 1 == nb || blocks[j + 1] != blk + 1));
+        count += (size_t)((m >> 63) & (words[j + 1] != w + 1)); /* words[kept]: sentinel */
+        prev_w = w;
+        prev_m = m;
     }
     return count;
 }
@@ -337,6 +357,11 @@ static inline int popcount_avx512vbmi2(uint64_t x)
 static inline void copy_run_avx512vbmi2(uint8_t *dst, const uint8_t *src, size_t n)
 {
     copy_run_avx512bw(dst, src, n);
+}
+
+static inline void copy64_avx512vbmi2(uint8_t *dst, const uint8_t *src)
+{
+    copy64_avx512bw(dst, src);
 }
 
 static inline uint64_t diff64_avx512vbmi2(const uint8_t *a, const uint8_t *b)

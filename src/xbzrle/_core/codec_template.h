@@ -9,6 +9,7 @@
  *   XBZ_PATH(zero256)(p)    1 when the 256 bytes at p are all zero;
  *   XBZ_PATH(popcount)(x)   number of set bits of x;
  *   XBZ_PATH(copy_run)(d, s, n)  exact copy of n bytes (ranges may overlap);
+ *   XBZ_PATH(copy64)(d, s)  copy of 64 bytes, with the widest loads and stores;
  *   XBZ_GATHER              the gather function to use (normally XBZ_PATH(gather)).
  * Everything here is compiled with that path's target options.
  *
@@ -19,7 +20,7 @@
  *      differ, with the list of those blocks; counting bits of the mask
  *      refuses a page that cannot fit as soon as the bytes read say so,
  *      before any output;
- *   2. gather: run boundaries (bit flips of the mask) of the listed blocks
+ *   2. gather: run boundaries (bit flips of the mask) of the kept words
  *      become a list of positions, with count-trailing-zeros (or VBMI2
  *      compress);
  *   3. emit: each (start, end) pair becomes two lengths and the new bytes,
@@ -33,8 +34,8 @@
  * the mask comes from exactly one read of its byte pair: diff256 decides
  * whether a 256-byte block differs and gives its masks from the same
  * compares (the portable path reads a block found different once more, and
- * only that second read counts, the decision included); a block left out
- * of the list has all-zero masks.  Nothing after the scan reads old or new
+ * only that second read counts, the decision included); a word left out
+ * of the list is all zero.  Nothing after the scan reads old or new
  * to decide anything.
  * The emit pass copies the run's bytes from new again; those may differ
  * from what the scan saw (the delta then carries a byte the writer just
@@ -46,11 +47,9 @@
  * tests/codec/test_codec_concurrent_writer.py (a thread rewrites the pages under
  * encode on every SIMD path). */
 
-/* Bytes of the page handled as one block by the scan, and the most blocks
- * a page can have (a page shorter than a multiple of 256 bytes has one
- * partial block at its end). */
+/* Bytes of the page the scan takes at a time (a page whose length is not a
+ * multiple of it ends with a partial block). */
 #define XBZ_BLOCK 256
-#define XBZ_MAX_BLOCKS ((XBZ_MAX_PAGE_SIZE + XBZ_BLOCK - 1) / XBZ_BLOCK)
 
 /* Masks of the final block when the page does not end on a block edge: a
  * word per 64 bytes, bits past the page end 0, words past it 0.  Each byte
@@ -72,25 +71,25 @@ static inline uint64_t XBZ_PATH(diff_last_block)(const uint8_t *a, const uint8_t
     return any != 0;
 }
 
-/* The scan: one streaming pass, 256 bytes at a time.  A block that differs
- * keeps its four mask words (a bit per byte) in masks, compacted (block j
- * of the list at masks[4j..4j+3]), and its index in blocks; equal blocks
- * leave nothing, so a page with few changes costs the gather and the emit
- * only for its few blocks.  Runs are counted as the blocks come (the start
- * bits of a word: m & ~(m << 1 | carry)), and every run costs its bytes plus
- * at least one byte for each of its two lengths, so a page that cannot fit
- * in dlen is refused as soon as the bytes read say so, before any output.
- * Returns the number of differing blocks (0: the page is unchanged), or
- * XBZ_SCAN_OVERFLOW. */
+/* The scan: one streaming pass, 256 bytes at a time.  Each non-zero mask
+ * word (a bit per differing byte of 64) is kept in masks, compacted, with
+ * its index (64-byte word of the page) in words; equal blocks and zero
+ * words leave nothing, so a page with few changes costs the gather and the
+ * emit only for its few words, and nothing is cleared.  Runs are counted as
+ * the blocks come (the start bits of a word: m & ~(m << 1 | carry)), and
+ * every run costs its bytes plus at least one byte for each of its two
+ * lengths, so a page that cannot fit in dlen is refused as soon as the
+ * bytes read say so, before any output.  Returns the number of words kept
+ * (0: the page is unchanged), or XBZ_SCAN_OVERFLOW; words[kept] is then a
+ * sentinel that follows no word. */
 #define XBZ_SCAN_OVERFLOW ((size_t)-1)
 static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page, size_t len,
-                                    uint64_t *masks, uint16_t *blocks, size_t dlen)
+                                    uint64_t *masks, uint16_t *words, size_t dlen)
 {
-    size_t nb = 0, least = 0, blk = 0, off = 0;
-    uint64_t carry = 0;
+    size_t kept = 0, least = 0, w = 0, off = 0;
+    uint64_t carry = 0, m[4];
 
-    for (; off < len; off += XBZ_BLOCK, blk++) {
-        uint64_t *m = masks + 4 * nb;
+    for (; off < len; off += XBZ_BLOCK, w += 4) {
         int differs = off + XBZ_BLOCK <= len
                           ? XBZ_PATH(diff256)(old + off, new_page + off, m)
                           : (int)XBZ_PATH(diff_last_block)(old + off, new_page + off, len - off, m);
@@ -99,7 +98,19 @@ static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page,
             continue;
         }
         uint64_t m0 = m[0], m1 = m[1], m2 = m[2], m3 = m[3];
-        blocks[nb++] = (uint16_t)blk;
+        /* Appended without a branch: a zero word is overwritten next. */
+        masks[kept] = m0;
+        words[kept] = (uint16_t)w;
+        kept += m0 != 0;
+        masks[kept] = m1;
+        words[kept] = (uint16_t)(w + 1);
+        kept += m1 != 0;
+        masks[kept] = m2;
+        words[kept] = (uint16_t)(w + 2);
+        kept += m2 != 0;
+        masks[kept] = m3;
+        words[kept] = (uint16_t)(w + 3);
+        kept += m3 != 0;
         least += (size_t)(XBZ_PATH(popcount)(m0) + XBZ_PATH(popcount)(m1) +
                           XBZ_PATH(popcount)(m2) + XBZ_PATH(popcount)(m3));
         least += 2 * (size_t)(XBZ_PATH(popcount)(m0 & ~((m0 << 1) | carry)) +
@@ -110,55 +121,55 @@ static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page,
             return XBZ_SCAN_OVERFLOW;
         carry = m3 >> 63;
     }
-    return nb;
+    words[kept] = UINT16_MAX; /* a sentinel for the gather: adjacent to no word */
+    return kept;
 }
 
 /* Positions where the mask flips: run starts and ends, alternating, the
  * first being a start; a run reaching the page end ends at len.  Only the
- * blocks of the list are visited.  Each word writes its first four
+ * kept (non-zero) words are visited.  Each word writes its first four
  * positions unconditionally (slack in bounds takes the unused ones) and
  * loops only for more, so sparse pages cost no misprediction per
  * position. */
-static inline size_t XBZ_PATH(gather)(const uint64_t *masks, const uint16_t *blocks, size_t nb,
+static inline size_t XBZ_PATH(gather)(const uint64_t *masks, const uint16_t *words, size_t kept,
                                       size_t len, uint16_t *bounds)
 {
-    size_t count = 0;
-    for (size_t j = 0; j < nb; j++) {
-        size_t blk = blocks[j];
-        /* The bit before the block: set when the previous block is in the
-         * list, adjacent, and its last byte differs. */
-        uint64_t carry = j > 0 && blocks[j - 1] + 1u == blk ? masks[4 * j - 1] >> 63 : 0;
-        for (size_t k = 0; k < 4; k++) {
-            uint64_t m = masks[4 * j + k];
-            uint64_t flips = m ^ ((m << 1) | carry);
-            size_t n = (size_t)XBZ_PATH(popcount)(flips);
-            uint16_t base = (uint16_t)(blk * XBZ_BLOCK + 64 * k);
-            uint16_t *out = bounds + count;
-            carry = m >> 63;
-            /* ctz of flips | 1 << 63 is ctz(flips) when flips != 0, and a
-             * harmless 63 when it is 0 (an unused slot). */
-            out[0] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
-            flips &= flips - 1;
-            out[1] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
-            flips &= flips - 1;
-            out[2] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
-            flips &= flips - 1;
-            out[3] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
-            flips &= flips - 1;
-            if (n > 4) {
-                for (size_t i = 4; i < n; i++) {
-                    out[i] = (uint16_t)(base + __builtin_ctzll(flips));
-                    flips &= flips - 1;
-                }
+    size_t count = 0, prev_w = SIZE_MAX - 1;
+    uint64_t prev_m = 0;
+    for (size_t j = 0; j < kept; j++) {
+        size_t w = words[j];
+        uint64_t m = masks[j];
+        /* The bit before the word: set when the previous word is kept,
+         * adjacent, and its last byte differs. */
+        uint64_t carry = (prev_m >> 63) & (prev_w + 1 == w);
+        uint64_t flips = m ^ ((m << 1) | carry);
+        size_t n = (size_t)XBZ_PATH(popcount)(flips);
+        uint16_t base = (uint16_t)(w * 64);
+        uint16_t *out = bounds + count;
+        /* ctz of flips | 1 << 63 is ctz(flips) when flips != 0, and a
+         * harmless 63 when it is 0 (an unused slot). */
+        out[0] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
+        flips &= flips - 1;
+        out[1] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
+        flips &= flips - 1;
+        out[2] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
+        flips &= flips - 1;
+        out[3] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
+        flips &= flips - 1;
+        if (n > 4) {
+            for (size_t i = 4; i < n; i++) {
+                out[i] = (uint16_t)(base + __builtin_ctzll(flips));
+                flips &= flips - 1;
             }
-            count += n;
         }
-        /* A run reaching the end of the block ends at the next block's
-         * start (or at len), unless that block is in the list and reports
-         * it itself. */
-        size_t next = (blk + 1) * XBZ_BLOCK < len ? (blk + 1) * XBZ_BLOCK : len;
+        count += n;
+        /* A run reaching the end of this word ends at the next word's
+         * start (or at len), unless that word is kept and reports it. */
+        size_t next = (w + 1) * 64 < len ? (w + 1) * 64 : len;
         bounds[count] = (uint16_t)next;
-        count += (size_t)(carry & (j + 1 == nb || blocks[j + 1] != blk + 1));
+        count += (size_t)((m >> 63) & (words[j + 1] != w + 1)); /* words[kept]: sentinel */
+        prev_w = w;
+        prev_m = m;
     }
     return count;
 }
@@ -167,16 +178,16 @@ static inline size_t XBZ_PATH(gather)(const uint64_t *masks, const uint16_t *blo
 static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, size_t len,
                                 uint8_t *dst, size_t dlen)
 {
-    uint64_t masks[4 * XBZ_MAX_BLOCKS];
-    uint16_t blocks[XBZ_MAX_BLOCKS];
+    uint64_t masks[XBZ_MAX_PAGE_SIZE / 64 + 4]; /* + 4: slack of the branchless append */
+    uint16_t words[XBZ_MAX_PAGE_SIZE / 64 + 4];
     uint16_t bounds[XBZ_MAX_PAGE_SIZE + 2 + 64]; /* 64: slack for fixed and vector stores */
 
-    size_t nb = XBZ_PATH(scan)(old, new_page, len, masks, blocks, dlen);
-    if (nb == 0)
+    size_t kept = XBZ_PATH(scan)(old, new_page, len, masks, words, dlen);
+    if (kept == 0)
         return 0;
-    if (nb == XBZ_SCAN_OVERFLOW)
+    if (kept == XBZ_SCAN_OVERFLOW)
         return -1; /* refused while reading: nothing written */
-    size_t count = XBZ_GATHER(masks, blocks, nb, len, bounds);
+    size_t count = XBZ_GATHER(masks, words, kept, len, bounds);
 
     size_t d = 0, prev_end = 0;
     for (size_t k = 0; k < count; k += 2) {
@@ -185,7 +196,7 @@ static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, siz
         if (nzrun > XBZ_MAX_RUN || d + nzrun > dlen)
             return -1;
         if (nzrun <= 64 && start + 64 <= len)
-            memcpy(dst + d, new_page + start, 64); /* fixed stores; extra bytes are slack */
+            XBZ_PATH(copy64)(dst + d, new_page + start); /* fixed stores; extra bytes are slack */
         else
             memcpy(dst + d, new_page + start, nzrun);
         d += nzrun;
