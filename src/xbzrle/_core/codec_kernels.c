@@ -21,8 +21,10 @@
 static inline size_t put_lengths(uint8_t *out, uint32_t zrun, uint32_t nzrun)
 {
     uint32_t z2 = zrun > 0x7f, n2 = nzrun > 0x7f;
-    uint32_t zenc = (zrun & 0x7f) | (z2 << 7) | ((zrun >> 7) << 8);
-    uint32_t nenc = (nzrun & 0x7f) | (n2 << 7) | ((nzrun >> 7) << 8);
+    /* v = lo + 128 * hi becomes lo | (hi != 0) << 7 | hi << 8, that is
+     * v + 128 * hi + 128 * (hi != 0). */
+    uint32_t zenc = zrun + (zrun & 0x3f80) + (z2 << 7);
+    uint32_t nenc = nzrun + (nzrun & 0x3f80) + (n2 << 7);
     uint32_t both = zenc | (nenc << (8 + 8 * z2));
 #if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     both = __builtin_bswap32(both);
@@ -216,18 +218,22 @@ static inline uint64_t diff64_avx2(const uint8_t *a, const uint8_t *b)
  * is read once, and the test and the masks come from the same compares). */
 static inline int diff256_avx2(const uint8_t *a, const uint8_t *b, uint64_t m[4])
 {
-    __m256i eq[8];
-    for (int i = 0; i < 8; i++)
-        eq[i] = _mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i *)(a + 32 * i)),
-                                  _mm256_loadu_si256((const __m256i *)(b + 32 * i)));
-    __m256i all = _mm256_and_si256(
-        _mm256_and_si256(_mm256_and_si256(eq[0], eq[1]), _mm256_and_si256(eq[2], eq[3])),
-        _mm256_and_si256(_mm256_and_si256(eq[4], eq[5]), _mm256_and_si256(eq[6], eq[7])));
+    /* Named vectors, not an array: GCC 12 sent each load of an array
+     * version through the stack. */
+#define XBZ_EQ32(i)                                                                               \
+    _mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i *)(a + 32 * (i))),                        \
+                      _mm256_loadu_si256((const __m256i *)(b + 32 * (i))))
+    __m256i e0 = XBZ_EQ32(0), e1 = XBZ_EQ32(1), e2 = XBZ_EQ32(2), e3 = XBZ_EQ32(3);
+    __m256i e4 = XBZ_EQ32(4), e5 = XBZ_EQ32(5), e6 = XBZ_EQ32(6), e7 = XBZ_EQ32(7);
+#undef XBZ_EQ32
+    __m256i all = _mm256_and_si256(_mm256_and_si256(_mm256_and_si256(e0, e1), _mm256_and_si256(e2, e3)),
+                                   _mm256_and_si256(_mm256_and_si256(e4, e5), _mm256_and_si256(e6, e7)));
     if (_mm256_testc_si256(all, _mm256_set1_epi8(-1)))
         return 0;
-    for (int k = 0; k < 4; k++)
-        m[k] = ~(((uint64_t)(uint32_t)_mm256_movemask_epi8(eq[2 * k + 1]) << 32) |
-                 (uint32_t)_mm256_movemask_epi8(eq[2 * k]));
+    m[0] = ~(((uint64_t)(uint32_t)_mm256_movemask_epi8(e1) << 32) | (uint32_t)_mm256_movemask_epi8(e0));
+    m[1] = ~(((uint64_t)(uint32_t)_mm256_movemask_epi8(e3) << 32) | (uint32_t)_mm256_movemask_epi8(e2));
+    m[2] = ~(((uint64_t)(uint32_t)_mm256_movemask_epi8(e5) << 32) | (uint32_t)_mm256_movemask_epi8(e4));
+    m[3] = ~(((uint64_t)(uint32_t)_mm256_movemask_epi8(e7) << 32) | (uint32_t)_mm256_movemask_epi8(e6));
     return 1;
 }
 

@@ -53,8 +53,10 @@
 
 /* Masks of the final block when the page does not end on a block edge: a
  * word per 64 bytes, bits past the page end 0, words past it 0.  Each byte
- * pair is read once. */
-static inline uint64_t XBZ_PATH(diff_last_block)(const uint8_t *a, const uint8_t *b, size_t n,
+ * pair is read once.  Kept out of line: inlined, GCC 12 vectorized its
+ * byte loop into the scan and then sent every load of the scan's main
+ * loop through the stack. */
+static __attribute__((noinline)) int XBZ_PATH(diff_last_block)(const uint8_t *a, const uint8_t *b, size_t n,
                                                  uint64_t m[4])
 {
     uint64_t any = 0;
@@ -81,10 +83,12 @@ static inline uint64_t XBZ_PATH(diff_last_block)(const uint8_t *a, const uint8_t
  * lengths, so a page that cannot fit in dlen is refused as soon as the
  * bytes read say so, before any output.  Returns the number of words kept
  * (0: the page is unchanged), or XBZ_SCAN_OVERFLOW; words[kept] is then a
- * sentinel that follows no word. */
+ * sentinel that follows no word, and *least_size the differing bytes plus
+ * two per run. */
 #define XBZ_SCAN_OVERFLOW ((size_t)-1)
 static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page, size_t len,
-                                    uint64_t *masks, uint16_t *words, size_t dlen)
+                                    uint64_t *masks, uint16_t *words, size_t dlen,
+                                    size_t *least_size)
 {
     size_t kept = 0, least = 0, w = 0, off = 0;
     uint64_t carry = 0, m[4];
@@ -92,7 +96,7 @@ static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page,
     for (; off < len; off += XBZ_BLOCK, w += 4) {
         int differs = off + XBZ_BLOCK <= len
                           ? XBZ_PATH(diff256)(old + off, new_page + off, m)
-                          : (int)XBZ_PATH(diff_last_block)(old + off, new_page + off, len - off, m);
+                          : XBZ_PATH(diff_last_block)(old + off, new_page + off, len - off, m);
         if (!differs) {
             carry = 0;
             continue;
@@ -122,6 +126,7 @@ static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page,
         carry = m3 >> 63;
     }
     words[kept] = UINT16_MAX; /* a sentinel for the gather: adjacent to no word */
+    *least_size = least;
     return kept;
 }
 
@@ -182,7 +187,8 @@ static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, siz
     uint16_t words[XBZ_MAX_PAGE_SIZE / 64 + 4];
     uint16_t bounds[XBZ_MAX_PAGE_SIZE + 2 + 64]; /* 64: slack for fixed and vector stores */
 
-    size_t kept = XBZ_PATH(scan)(old, new_page, len, masks, words, dlen);
+    size_t least;
+    size_t kept = XBZ_PATH(scan)(old, new_page, len, masks, words, dlen, &least);
     if (kept == 0)
         return 0;
     if (kept == XBZ_SCAN_OVERFLOW)
@@ -190,6 +196,23 @@ static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, siz
     size_t count = XBZ_GATHER(masks, words, kept, len, bounds);
 
     size_t d = 0, prev_end = 0;
+    /* count / 2 runs, each with at most two more length bytes than least
+     * counts: when even that fits, no run can overflow (nor be longer
+     * than a length can say, on pages up to XBZ_MAX_RUN), and the loop
+     * needs no check. */
+    if (least + count <= dlen && len <= XBZ_MAX_RUN) {
+        for (size_t k = 0; k < count; k += 2) {
+            size_t start = bounds[k], end = bounds[k + 1], nzrun = end - start;
+            d += put_lengths(dst + d, (uint32_t)(start - prev_end), (uint32_t)nzrun);
+            if (nzrun <= 64 && start + 64 <= len)
+                XBZ_PATH(copy64)(dst + d, new_page + start);
+            else
+                memcpy(dst + d, new_page + start, nzrun);
+            d += nzrun;
+            prev_end = end;
+        }
+        return (ssize_t)d;
+    }
     for (size_t k = 0; k < count; k += 2) {
         size_t start = bounds[k], end = bounds[k + 1], nzrun = end - start;
         d += put_lengths(dst + d, (uint32_t)(start - prev_end), (uint32_t)nzrun);
