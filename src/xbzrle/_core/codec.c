@@ -349,8 +349,11 @@ PyDoc_STRVAR(encode_pages_doc,
 typedef ssize_t (*page_encoder)(const uint8_t *, const uint8_t *, size_t, uint8_t *, size_t);
 
 /* Bytes of the next page pair that encode_batch asks the CPU for ahead of
- * time (512 measured better than none and than 2048). */
-#define XBZ_PREFETCH_BYTES 512
+ * time: the first line of each page is enough to start the hardware
+ * prefetcher's stream early; 128 to 512 bytes measured no better for
+ * unchanged pages and worse for sparse ones (the extra requests compete
+ * with the current page's loads). */
+#define XBZ_PREFETCH_BYTES 64
 
 /* encode_pages with a given page encoder.  The deltas are written straight into the bytes object
  * that is returned, grown when needed and shrunk in place at the end, so a
@@ -417,10 +420,9 @@ static PyObject *encode_batch(PyObject *args, PyObject *kwargs, const char *form
         const uint8_t *b = (const uint8_t *)new_page.buf + p * size;
         for (; p < pages && capacity - used >= size + XBZ_ENCODE_SLACK; p++, a += size, b += size) {
             /* The hardware prefetcher stops at each 4 KiB edge and must
-             * find the stream again; asking for the first lines of the
-             * next pair now lets their loads overlap this page's gather and
-             * emit (measured: unchanged 0.81 -> 0.95 of memcmp, every
-             * second byte 0.74 -> 1.0, seed 0.72 -> 0.75). */
+             * find the stream again; asking for the next pair's first line
+             * now lets its stream start while this page is gathered and
+             * emitted (docs/codec.md has the figures). */
             if (p + 1 < pages)
                 for (size_t at = 0; at < XBZ_PREFETCH_BYTES && at < size; at += 64) {
                     __builtin_prefetch(a + size + at);

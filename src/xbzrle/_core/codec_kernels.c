@@ -117,6 +117,11 @@ static inline int popcount_portable(uint64_t x)
     return (int)((x * UINT64_C(0x0101010101010101)) >> 56);
 }
 
+static inline int tzcnt_portable(uint64_t x)
+{
+    return x ? __builtin_ctzll(x) : 64;
+}
+
 static inline void copy_run_portable(uint8_t *dst, const uint8_t *src, size_t n)
 {
     copy_small(dst, src, n);
@@ -184,6 +189,11 @@ static inline int zero256_portable(const uint8_t *p)
 static inline int popcount_avx2(uint64_t x)
 {
     return __builtin_popcountll(x);
+}
+
+static inline int tzcnt_avx2(uint64_t x)
+{
+    return (int)_tzcnt_u64(x); /* BMI1: 64 for 0, no branch */
 }
 
 static inline void copy_run_avx2(uint8_t *dst, const uint8_t *src, size_t n)
@@ -260,6 +270,11 @@ static inline int zero256_avx2(const uint8_t *p)
 static inline int popcount_avx512bw(uint64_t x)
 {
     return __builtin_popcountll(x);
+}
+
+static inline int tzcnt_avx512bw(uint64_t x)
+{
+    return (int)_tzcnt_u64(x);
 }
 
 /* Runs of up to 16 bytes (the common case of sparse deltas) with two plain
@@ -358,6 +373,11 @@ static size_t gather_compress(const uint64_t *masks, const uint16_t *words, size
 static inline int popcount_avx512vbmi2(uint64_t x)
 {
     return popcount_avx512bw(x);
+}
+
+static inline int tzcnt_avx512vbmi2(uint64_t x)
+{
+    return (int)_tzcnt_u64(x);
 }
 
 static inline void copy_run_avx512vbmi2(uint8_t *dst, const uint8_t *src, size_t n)

@@ -8,6 +8,7 @@
  *                           taken from the same single read that decided it;
  *   XBZ_PATH(zero256)(p)    1 when the 256 bytes at p are all zero;
  *   XBZ_PATH(popcount)(x)   number of set bits of x;
+ *   XBZ_PATH(tzcnt)(x)      number of trailing zero bits of x, 64 when x is 0;
  *   XBZ_PATH(copy_run)(d, s, n)  exact copy of n bytes (ranges may overlap);
  *   XBZ_PATH(copy64)(d, s)  copy of 64 bytes, with the widest loads and stores;
  *   XBZ_GATHER              the gather function to use (normally XBZ_PATH(gather)).
@@ -73,24 +74,42 @@ static __attribute__((noinline)) int XBZ_PATH(diff_last_block)(const uint8_t *a,
     return any != 0;
 }
 
+/* Number of runs (of set bits) in the kept words masks[0..kept), words[j]
+ * telling where each word sits (a word continues a run only from the word
+ * just before it). */
+static inline size_t XBZ_PATH(count_runs)(const uint64_t *masks, const uint16_t *words,
+                                          size_t kept)
+{
+    size_t runs = 0;
+    for (size_t j = 0; j < kept; j++) {
+        uint64_t m = masks[j];
+        uint64_t carry = j > 0 ? (masks[j - 1] >> 63) & (words[j - 1] + 1u == words[j]) : 0;
+        runs += (size_t)XBZ_PATH(popcount)(m & ~((m << 1) | carry));
+    }
+    return runs;
+}
+
 /* The scan: one streaming pass, 256 bytes at a time.  Each non-zero mask
  * word (a bit per differing byte of 64) is kept in masks, compacted, with
  * its index (64-byte word of the page) in words; equal blocks and zero
  * words leave nothing, so a page with few changes costs the gather and the
- * emit only for its few words, and nothing is cleared.  Runs are counted as
- * the blocks come (the start bits of a word: m & ~(m << 1 | carry)), and
- * every run costs its bytes plus at least one byte for each of its two
- * lengths, so a page that cannot fit in dlen is refused as soon as the
- * bytes read say so, before any output.  Returns the number of words kept
- * (0: the page is unchanged), or XBZ_SCAN_OVERFLOW; words[kept] is then a
- * sentinel that follows no word, and *least_size the differing bytes plus
- * two per run. */
+ * emit only for its few words, and nothing is cleared.  Every run costs its
+ * bytes plus at least one byte for each of its two lengths, so a page that
+ * cannot fit in dlen is refused as soon as the bytes read say so, before
+ * any output.  Runs are only counted once the differing bytes alone come
+ * near the limit (3 * differing > dlen): sparse pages pay nothing for it,
+ * and a page that differs in every second byte still stops after about two
+ * thirds of it (where the bytes read first prove it cannot fit).  Returns
+ * the number of words kept (0: the page is unchanged), or
+ * XBZ_SCAN_OVERFLOW; words[kept] is then a sentinel that follows no word,
+ * and *differing_bytes the number of set bits. */
 #define XBZ_SCAN_OVERFLOW ((size_t)-1)
 static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page, size_t len,
                                     uint64_t *masks, uint16_t *words, size_t dlen,
-                                    size_t *least_size)
+                                    size_t *differing_bytes)
 {
-    size_t kept = 0, least = 0, w = 0, off = 0;
+    size_t kept = 0, differing = 0, runs = 0, w = 0, off = 0;
+    int counting = 0;
     uint64_t carry = 0, m[4];
 
     for (; off < len; off += XBZ_BLOCK, w += 4) {
@@ -115,18 +134,25 @@ static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page,
         masks[kept] = m3;
         words[kept] = (uint16_t)(w + 3);
         kept += m3 != 0;
-        least += (size_t)(XBZ_PATH(popcount)(m0) + XBZ_PATH(popcount)(m1) +
-                          XBZ_PATH(popcount)(m2) + XBZ_PATH(popcount)(m3));
-        least += 2 * (size_t)(XBZ_PATH(popcount)(m0 & ~((m0 << 1) | carry)) +
-                              XBZ_PATH(popcount)(m1 & ~((m1 << 1) | (m0 >> 63))) +
-                              XBZ_PATH(popcount)(m2 & ~((m2 << 1) | (m1 >> 63))) +
-                              XBZ_PATH(popcount)(m3 & ~((m3 << 1) | (m2 >> 63))));
-        if (least > dlen)
-            return XBZ_SCAN_OVERFLOW;
+        differing += (size_t)(XBZ_PATH(popcount)(m0) + XBZ_PATH(popcount)(m1) +
+                              XBZ_PATH(popcount)(m2) + XBZ_PATH(popcount)(m3));
+        if (counting) {
+            runs += (size_t)(XBZ_PATH(popcount)(m0 & ~((m0 << 1) | carry)) +
+                             XBZ_PATH(popcount)(m1 & ~((m1 << 1) | (m0 >> 63))) +
+                             XBZ_PATH(popcount)(m2 & ~((m2 << 1) | (m1 >> 63))) +
+                             XBZ_PATH(popcount)(m3 & ~((m3 << 1) | (m2 >> 63))));
+            if (differing + 2 * runs > dlen)
+                return XBZ_SCAN_OVERFLOW;
+        } else if (3 * differing > dlen) {
+            counting = 1;
+            runs = XBZ_PATH(count_runs)(masks, words, kept);
+            if (differing + 2 * runs > dlen)
+                return XBZ_SCAN_OVERFLOW;
+        }
         carry = m3 >> 63;
     }
     words[kept] = UINT16_MAX; /* a sentinel for the gather: adjacent to no word */
-    *least_size = least;
+    *differing_bytes = differing;
     return kept;
 }
 
@@ -151,15 +177,15 @@ static inline size_t XBZ_PATH(gather)(const uint64_t *masks, const uint16_t *wor
         size_t n = (size_t)XBZ_PATH(popcount)(flips);
         uint16_t base = (uint16_t)(w * 64);
         uint16_t *out = bounds + count;
-        /* ctz of flips | 1 << 63 is ctz(flips) when flips != 0, and a
-         * harmless 63 when it is 0 (an unused slot). */
-        out[0] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
+        /* tzcnt is ctz(flips) when flips != 0, and a harmless 64 when it
+         * is 0 (an unused slot). */
+        out[0] = (uint16_t)(base + XBZ_PATH(tzcnt)(flips));
         flips &= flips - 1;
-        out[1] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
+        out[1] = (uint16_t)(base + XBZ_PATH(tzcnt)(flips));
         flips &= flips - 1;
-        out[2] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
+        out[2] = (uint16_t)(base + XBZ_PATH(tzcnt)(flips));
         flips &= flips - 1;
-        out[3] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
+        out[3] = (uint16_t)(base + XBZ_PATH(tzcnt)(flips));
         flips &= flips - 1;
         if (n > 4) {
             for (size_t i = 4; i < n; i++) {
@@ -187,8 +213,8 @@ static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, siz
     uint16_t words[XBZ_MAX_PAGE_SIZE / 64 + 4];
     uint16_t bounds[XBZ_MAX_PAGE_SIZE + 2 + 64]; /* 64: slack for fixed and vector stores */
 
-    size_t least;
-    size_t kept = XBZ_PATH(scan)(old, new_page, len, masks, words, dlen, &least);
+    size_t differing;
+    size_t kept = XBZ_PATH(scan)(old, new_page, len, masks, words, dlen, &differing);
     if (kept == 0)
         return 0;
     if (kept == XBZ_SCAN_OVERFLOW)
@@ -196,11 +222,11 @@ static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, siz
     size_t count = XBZ_GATHER(masks, words, kept, len, bounds);
 
     size_t d = 0, prev_end = 0;
-    /* count / 2 runs, each with at most two more length bytes than least
-     * counts: when even that fits, no run can overflow (nor be longer
-     * than a length can say, on pages up to XBZ_MAX_RUN), and the loop
-     * needs no check. */
-    if (least + count <= dlen && len <= XBZ_MAX_RUN) {
+    /* count / 2 runs, each costing its bytes and at most four length
+     * bytes: when even that fits, no run can overflow (nor be longer than
+     * a length can say, on pages up to XBZ_MAX_RUN), and the loop needs no
+     * check. */
+    if (differing + 2 * count <= dlen && len <= XBZ_MAX_RUN) {
         for (size_t k = 0; k < count; k += 2) {
             size_t start = bounds[k], end = bounds[k + 1], nzrun = end - start;
             d += put_lengths(dst + d, (uint32_t)(start - prev_end), (uint32_t)nzrun);
