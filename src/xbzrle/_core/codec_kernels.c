@@ -236,14 +236,17 @@ static inline int diff256_avx2(const uint8_t *a, const uint8_t *b, uint64_t m[4]
     __m256i e0 = XBZ_EQ32(0), e1 = XBZ_EQ32(1), e2 = XBZ_EQ32(2), e3 = XBZ_EQ32(3);
     __m256i e4 = XBZ_EQ32(4), e5 = XBZ_EQ32(5), e6 = XBZ_EQ32(6), e7 = XBZ_EQ32(7);
 #undef XBZ_EQ32
-    __m256i all = _mm256_and_si256(_mm256_and_si256(_mm256_and_si256(e0, e1), _mm256_and_si256(e2, e3)),
-                                   _mm256_and_si256(_mm256_and_si256(e4, e5), _mm256_and_si256(e6, e7)));
-    if (_mm256_testc_si256(all, _mm256_set1_epi8(-1)))
+    __m256i low = _mm256_and_si256(_mm256_and_si256(e0, e1), _mm256_and_si256(e2, e3));
+    __m256i high = _mm256_and_si256(_mm256_and_si256(e4, e5), _mm256_and_si256(e6, e7));
+    if (_mm256_testc_si256(_mm256_and_si256(low, high), _mm256_set1_epi8(-1)))
         return 0;
-    m[0] = ~(((uint64_t)(uint32_t)_mm256_movemask_epi8(e1) << 32) | (uint32_t)_mm256_movemask_epi8(e0));
-    m[1] = ~(((uint64_t)(uint32_t)_mm256_movemask_epi8(e3) << 32) | (uint32_t)_mm256_movemask_epi8(e2));
-    m[2] = ~(((uint64_t)(uint32_t)_mm256_movemask_epi8(e5) << 32) | (uint32_t)_mm256_movemask_epi8(e4));
-    m[3] = ~(((uint64_t)(uint32_t)_mm256_movemask_epi8(e7) << 32) | (uint32_t)_mm256_movemask_epi8(e6));
+#define XBZ_NE64(lo, hi)                                                                          \
+    ~(((uint64_t)(uint32_t)_mm256_movemask_epi8(hi) << 32) | (uint32_t)_mm256_movemask_epi8(lo))
+    m[0] = XBZ_NE64(e0, e1);
+    m[1] = XBZ_NE64(e2, e3);
+    m[2] = XBZ_NE64(e4, e5);
+    m[3] = XBZ_NE64(e6, e7);
+#undef XBZ_NE64
     return 1;
 }
 

@@ -17,10 +17,10 @@
  * The encoder works in three passes, so that its cost does not depend on
  * where the changes are (no branch that guesses run positions):
  *   1. scan: one streaming pass turns the page into a mask of differing
- *      bytes (a bit per byte), kept only for the 256-byte blocks that
- *      differ, with the list of those blocks; counting bits of the mask
- *      refuses a page that cannot fit as soon as the bytes read say so,
- *      before any output;
+ *      bytes (a bit per byte), of which only the non-zero 64-bit words
+ *      are kept, with their positions; counting bits of the mask refuses a
+ *      page that cannot fit as soon as the bytes read say so, before any
+ *      output;
  *   2. gather: run boundaries (bit flips of the mask) of the kept words
  *      become a list of positions, with count-trailing-zeros (or VBMI2
  *      compress);
@@ -57,8 +57,9 @@
  * pair is read once.  Kept out of line: inlined, GCC 12 vectorized its
  * byte loop into the scan and then sent every load of the scan's main
  * loop through the stack. */
-static __attribute__((noinline)) int XBZ_PATH(diff_last_block)(const uint8_t *a, const uint8_t *b, size_t n,
-                                                 uint64_t m[4])
+static __attribute__((noinline)) int XBZ_PATH(diff_last_block)(const uint8_t *a,
+                                                                const uint8_t *b, size_t n,
+                                                                uint64_t m[4])
 {
     uint64_t any = 0;
     for (size_t k = 0; k < 4; k++) {
