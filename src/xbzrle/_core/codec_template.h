@@ -221,10 +221,45 @@ static int XBZ_PATH(is_zero)(const uint8_t *p, size_t len)
     return is_zero_tail(p + i, len - i);
 }
 
-/* The apply step of the decoder (see xbz_decode_apply_within). */
-static void XBZ_PATH(apply)(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len)
+/* ---- the apply pass of the decoder (see xbz_decode_apply_within) ----
+ * Called only on deltas that passed xbz_decode_check, but it re-checks
+ * every bound it relies on (predicted branches, never taken in practice),
+ * so that a delta rewritten by another thread since its check cannot make
+ * it read outside the delta or write outside the page: it stops at the
+ * first inconsistency.  Like the checker, it walks with fast_lengths (no
+ * branch on the length sizes) while 8 bytes are left, then finishes with
+ * the exact loop. */
+
+/* One run; the caller guarantees 8 readable bytes at w->p. */
+static inline void XBZ_PATH(apply_step)(struct apply_walk *w, const uint8_t *end, uint8_t *page,
+                                        size_t page_len)
 {
-    size_t i = 0, pos = 0;
+    uint32_t zlen, c;
+    const uint8_t *at_run = w->p;
+    const uint8_t *next = fast_lengths(at_run, &zlen, &c);
+    if (__builtin_expect(c >= 0x80, 0)) {
+        uint32_t z2 = at_run[0] >> 7, n = 0;
+        if (uleb_get(at_run + 1 + z2, &n) < 0)
+            n = 0x7fffffff; /* stops below */
+        c = n;
+        next = at_run + 3 + z2 + n;
+    }
+    size_t at = w->pos + zlen;
+    /* w->pos <= page_len and zlen, c < 2**31: no sum wraps. */
+    if (__builtin_expect((at + c > page_len) | ((uintptr_t)next > (uintptr_t)end), 0)) {
+        w->p = end;
+        w->stopped = 1;
+        return;
+    }
+    XBZ_PATH(copy_run)(page + at, next - c, c);
+    w->pos = at + c;
+    w->p = next;
+}
+
+/* The exact loop, from offset i and page position pos. */
+static void XBZ_PATH(apply_tail)(const uint8_t *delta, size_t dlen, uint8_t *page,
+                                 size_t page_len, size_t i, size_t pos)
+{
     uint32_t n;
     int used;
 
@@ -243,5 +278,61 @@ static void XBZ_PATH(apply)(const uint8_t *delta, size_t dlen, uint8_t *page, si
         XBZ_PATH(copy_run)(page + pos, delta + i, n);
         pos += n;
         i += n;
+    }
+}
+
+static inline void XBZ_PATH(apply_finish)(const struct apply_walk *w, const uint8_t *delta,
+                                          const uint8_t *end, uint8_t *page, size_t page_len)
+{
+    if (!w->stopped)
+        XBZ_PATH(apply_tail)(delta, (size_t)(end - delta), page, page_len,
+                             (size_t)(w->p - delta), w->pos);
+}
+
+static void XBZ_PATH(apply)(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len)
+{
+    const uint8_t *end = delta + dlen;
+    struct apply_walk w = {delta, 0, 0};
+    while (end - w.p >= 8)
+        XBZ_PATH(apply_step)(&w, end, page, page_len);
+    XBZ_PATH(apply_finish)(&w, delta, end, page, page_len);
+}
+
+/* decode_pages' apply pass: the deltas of two pages walked side by side.
+ * Each walk is a chain (a run's offset needs the previous run's length);
+ * two independent chains let the CPU overlap them, which a single walk
+ * cannot, however its branches are predicted. */
+static void XBZ_PATH(apply_pages)(const uint8_t *deltas, const long long *lengths, size_t count,
+                                  uint8_t *pages, size_t page_len)
+{
+    size_t p = 0;
+    for (;;) {
+        while (p < count && lengths[p] <= 0)
+            p++;
+        if (p >= count)
+            return;
+        size_t q = p + 1;
+        while (q < count && lengths[q] <= 0)
+            q++;
+        const uint8_t *a_end = deltas + lengths[p];
+        if (q >= count) {
+            XBZ_PATH(apply)(deltas, (size_t)lengths[p], pages + p * page_len, page_len);
+            return;
+        }
+        const uint8_t *b_end = a_end + lengths[q];
+        uint8_t *a_page = pages + p * page_len, *b_page = pages + q * page_len;
+        struct apply_walk a = {deltas, 0, 0}, b = {a_end, 0, 0};
+        while (a_end - a.p >= 8 && b_end - b.p >= 8) {
+            XBZ_PATH(apply_step)(&a, a_end, a_page, page_len);
+            XBZ_PATH(apply_step)(&b, b_end, b_page, page_len);
+        }
+        while (a_end - a.p >= 8)
+            XBZ_PATH(apply_step)(&a, a_end, a_page, page_len);
+        while (b_end - b.p >= 8)
+            XBZ_PATH(apply_step)(&b, b_end, b_page, page_len);
+        XBZ_PATH(apply_finish)(&a, deltas, a_end, a_page, page_len);
+        XBZ_PATH(apply_finish)(&b, a_end, b_end, b_page, page_len);
+        deltas = b_end;
+        p = q + 1;
     }
 }
