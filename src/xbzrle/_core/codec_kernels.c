@@ -63,23 +63,30 @@ static inline int uleb_get(const uint8_t *in, uint32_t *n)
  * decoder loses most of its time there. */
 static inline const uint8_t *fast_lengths(const uint8_t *d, uint32_t *zlen, uint32_t *c)
 {
-    uint32_t b0 = d[0], b1 = d[1], b2 = d[2];
-    uint32_t z2 = b0 >> 7;
+    uint32_t b01, b1 = d[1], b2 = d[2];
+    memcpy(&b01, d, 2); /* the two bytes a zero run length may take */
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    b01 = (b01 >> 8 | b01 << 8) & 0xffff;
+#endif
+    b01 &= 0xffff;
     uintptr_t len = b1, after = (uintptr_t)d + 2 + b1;
     uintptr_t len2 = b2, after2 = (uintptr_t)d + 3 + b2;
+    uintptr_t zero = b01 & 0xff, zero2 = (b01 & 0x7f) | ((b01 >> 1) & 0x7f80);
 #if defined(__x86_64__)
     __asm__("testl $0x80, %k[flag]\n\t"
             "cmovnzq %[len2], %[len]\n\t"
-            "cmovnzq %[after2], %[after]"
-            : [len] "+r"(len), [after] "+r"(after)
-            : [len2] "r"(len2), [after2] "r"(after2), [flag] "r"(b0)
+            "cmovnzq %[after2], %[after]\n\t"
+            "cmovnzq %[zero2], %[zero]"
+            : [len] "+r"(len), [after] "+r"(after), [zero] "+r"(zero)
+            : [len2] "r"(len2), [after2] "r"(after2), [zero2] "r"(zero2), [flag] "r"(b01)
             : "cc");
 #else
-    uintptr_t high = 0 - (uintptr_t)z2;
+    uintptr_t high = 0 - (uintptr_t)((b01 >> 7) & 1);
     len ^= (len ^ len2) & high;
     after ^= (after ^ after2) & high;
+    zero ^= (zero ^ zero2) & high;
 #endif
-    *zlen = (b0 & 0x7f) | ((b1 & (0 - z2)) << 7);
+    *zlen = (uint32_t)zero;
     *c = (uint32_t)len;
     return (const uint8_t *)after;
 }
@@ -91,6 +98,16 @@ struct apply_walk {
     size_t pos;
     int stopped;
 };
+
+/* The last place a fast step may start (4 bytes before the end), or 0 when
+ * the delta is shorter than that.  A step reads at most 4 bytes (3, and a
+ * 4th when a non-zero length takes two bytes), so it stays inside the
+ * delta; and with 4 bytes left, both lengths have the 2 bytes QEMU asks
+ * for, so the fast walk never has to check for truncation. */
+static inline uintptr_t fast_walk_limit(const uint8_t *delta, const uint8_t *end)
+{
+    return end - delta >= 4 ? (uintptr_t)end - 4 : 0;
+}
 
 static inline uint64_t load64(const uint8_t *p)
 {
@@ -540,12 +557,12 @@ int xbz_is_zero(const uint8_t *p, size_t len)
  * than 2 * 0x7fff to it, so it is compared with the page length once, at
  * the end.  Any of these, or a run whose data ends past the delta, sends
  * the whole delta to the exact checker, which finds the first fault and its
- * offset as QEMU would.  The walk stops 8 bytes before the delta end, so it
+ * offset as QEMU would.  The walk stops 4 bytes before the delta end, so it
  * never reads past it; the exact checker goes on from there. */
 struct fast_walk {
     const uint8_t *p; /* the next run */
     size_t pos;
-    uint32_t faults, first; /* first: 1 until the first run (which may be empty) */
+    uint32_t faults;
 };
 
 static inline void fast_walk_start(struct fast_walk *w, const uint8_t *delta)
@@ -553,17 +570,11 @@ static inline void fast_walk_start(struct fast_walk *w, const uint8_t *delta)
     w->p = delta;
     w->pos = 0;
     w->faults = 0;
-    w->first = 1;
 }
 
-/* 1 while at least 8 bytes are left (so that a step reads inside the delta). */
-static inline int fast_walk_room(const struct fast_walk *w, const uint8_t *end)
-{
-    return (uintptr_t)end - (uintptr_t)w->p >= 8 && (uintptr_t)w->p <= (uintptr_t)end;
-}
-
-/* One run; the caller checked fast_walk_room. */
-static inline void fast_walk_step(struct fast_walk *w)
+/* One run; the caller checked w->p <= limit.  first: this is the first run
+ * (whose zero run may be empty). */
+static inline void fast_walk_step(struct fast_walk *w, int first)
 {
     uint32_t zlen, c;
     const uint8_t *next = fast_lengths(w->p, &zlen, &c);
@@ -574,8 +585,7 @@ static inline void fast_walk_step(struct fast_walk *w)
         c = n;
         next = w->p + 3 + z2 + n;
     }
-    w->faults |= zlen | (zlen - 1 + w->first) | (c - 1);
-    w->first = 0;
+    w->faults |= zlen | (c - 1) | (first ? 0 : zlen - 1);
     w->pos += zlen + c;
     w->p = next;
 }
@@ -641,11 +651,13 @@ int xbz_decode_check(const uint8_t *delta, size_t dlen, size_t page_len, size_t 
 {
     struct fast_walk w;
     const uint8_t *end = delta + dlen;
+    uintptr_t limit = fast_walk_limit(delta, end);
     size_t i = 0, pos = 0;
     fast_walk_start(&w, delta);
-    if (dlen <= ((size_t)1 << 40)) { /* keeps pos from wrapping */
-        while (fast_walk_room(&w, end))
-            fast_walk_step(&w);
+    if (dlen <= ((size_t)1 << 40) && (uintptr_t)w.p <= limit) { /* 2**40: pos cannot wrap */
+        fast_walk_step(&w, 1);
+        while ((uintptr_t)w.p <= limit)
+            fast_walk_step(&w, 0);
         if (fast_walk_clean(&w, end, page_len)) {
             i = (size_t)(w.p - delta);
             pos = w.pos;
@@ -686,17 +698,31 @@ ssize_t xbz_decode_check_pages(const uint8_t *deltas, const long long *lengths, 
             return xbz_decode_check(deltas, (size_t)lengths[p], page_len, err_offset,
                                     err_reason) < 0 ? (ssize_t)p : -1;
         const uint8_t *b_end = a_end + lengths[q];
+        if (lengths[p] > ((long long)1 << 40) || lengths[q] > ((long long)1 << 40)) {
+            if (xbz_decode_check(deltas, (size_t)lengths[p], page_len, err_offset, err_reason) < 0)
+                return (ssize_t)p;
+            if (xbz_decode_check(a_end, (size_t)lengths[q], page_len, err_offset, err_reason) < 0)
+                return (ssize_t)q;
+            deltas = b_end;
+            p = q + 1;
+            continue;
+        }
         struct fast_walk a, b;
+        uintptr_t a_limit = fast_walk_limit(deltas, a_end), b_limit = fast_walk_limit(a_end, b_end);
         fast_walk_start(&a, deltas);
         fast_walk_start(&b, a_end);
-        while (fast_walk_room(&a, a_end) && fast_walk_room(&b, b_end)) {
-            fast_walk_step(&a);
-            fast_walk_step(&b);
+        if ((uintptr_t)a.p <= a_limit)
+            fast_walk_step(&a, 1);
+        if ((uintptr_t)b.p <= b_limit)
+            fast_walk_step(&b, 1);
+        while ((uintptr_t)a.p <= a_limit && (uintptr_t)b.p <= b_limit) {
+            fast_walk_step(&a, 0);
+            fast_walk_step(&b, 0);
         }
-        while (fast_walk_room(&a, a_end))
-            fast_walk_step(&a);
-        while (fast_walk_room(&b, b_end))
-            fast_walk_step(&b);
+        while ((uintptr_t)a.p <= a_limit)
+            fast_walk_step(&a, 0);
+        while ((uintptr_t)b.p <= b_limit)
+            fast_walk_step(&b, 0);
         if (check_finish(&a, deltas, a_end, page_len, err_offset, err_reason) < 0)
             return (ssize_t)p;
         if (check_finish(&b, a_end, b_end, page_len, err_offset, err_reason) < 0)

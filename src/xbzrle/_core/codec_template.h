@@ -227,10 +227,10 @@ static int XBZ_PATH(is_zero)(const uint8_t *p, size_t len)
  * so that a delta rewritten by another thread since its check cannot make
  * it read outside the delta or write outside the page: it stops at the
  * first inconsistency.  Like the checker, it walks with fast_lengths (no
- * branch on the length sizes) while 8 bytes are left, then finishes with
+ * branch on the length sizes) while 4 bytes are left, then finishes with
  * the exact loop. */
 
-/* One run; the caller guarantees 8 readable bytes at w->p. */
+/* One run; the caller guarantees 4 readable bytes at w->p (fast_walk_limit). */
 static inline void XBZ_PATH(apply_step)(struct apply_walk *w, const uint8_t *end, uint8_t *page,
                                         size_t page_len)
 {
@@ -292,8 +292,9 @@ static inline void XBZ_PATH(apply_finish)(const struct apply_walk *w, const uint
 static void XBZ_PATH(apply)(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len)
 {
     const uint8_t *end = delta + dlen;
+    uintptr_t limit = fast_walk_limit(delta, end);
     struct apply_walk w = {delta, 0, 0};
-    while (end - w.p >= 8)
+    while ((uintptr_t)w.p <= limit)
         XBZ_PATH(apply_step)(&w, end, page, page_len);
     XBZ_PATH(apply_finish)(&w, delta, end, page, page_len);
 }
@@ -321,14 +322,15 @@ static void XBZ_PATH(apply_pages)(const uint8_t *deltas, const long long *length
         }
         const uint8_t *b_end = a_end + lengths[q];
         uint8_t *a_page = pages + p * page_len, *b_page = pages + q * page_len;
+        uintptr_t a_limit = fast_walk_limit(deltas, a_end), b_limit = fast_walk_limit(a_end, b_end);
         struct apply_walk a = {deltas, 0, 0}, b = {a_end, 0, 0};
-        while (a_end - a.p >= 8 && b_end - b.p >= 8) {
+        while ((uintptr_t)a.p <= a_limit && (uintptr_t)b.p <= b_limit) {
             XBZ_PATH(apply_step)(&a, a_end, a_page, page_len);
             XBZ_PATH(apply_step)(&b, b_end, b_page, page_len);
         }
-        while (a_end - a.p >= 8)
+        while ((uintptr_t)a.p <= a_limit)
             XBZ_PATH(apply_step)(&a, a_end, a_page, page_len);
-        while (b_end - b.p >= 8)
+        while ((uintptr_t)b.p <= b_limit)
             XBZ_PATH(apply_step)(&b, b_end, b_page, page_len);
         XBZ_PATH(apply_finish)(&a, deltas, a_end, a_page, page_len);
         XBZ_PATH(apply_finish)(&b, a_end, b_end, b_page, page_len);
