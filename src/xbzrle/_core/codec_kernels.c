@@ -63,12 +63,12 @@ static inline int uleb_get(const uint8_t *in, uint32_t *n)
  * decoder loses most of its time there. */
 static inline const uint8_t *fast_lengths(const uint8_t *d, uint32_t *zlen, uint32_t *c)
 {
-    uint32_t b01, b1 = d[1], b2 = d[2];
-    memcpy(&b01, d, 2); /* the two bytes a zero run length may take */
+    uint16_t first_two;
+    memcpy(&first_two, d, 2); /* the two bytes a zero run length may take */
 #if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    b01 = (b01 >> 8 | b01 << 8) & 0xffff;
+    first_two = __builtin_bswap16(first_two);
 #endif
-    b01 &= 0xffff;
+    uint32_t b01 = first_two, b1 = d[1], b2 = d[2];
     uintptr_t len = b1, after = (uintptr_t)d + 2 + b1;
     uintptr_t len2 = b2, after2 = (uintptr_t)d + 3 + b2;
     uintptr_t zero = b01 & 0xff, zero2 = (b01 & 0x7f) | ((b01 >> 1) & 0x7f80);
@@ -91,13 +91,13 @@ static inline const uint8_t *fast_lengths(const uint8_t *d, uint32_t *zlen, uint
     return (const uint8_t *)after;
 }
 
-/* The apply pass's walk (codec_template.h): the next run, the page
- * position, and 1 once it stopped on an inconsistent delta. */
+/* The apply pass's walk (codec_template.h): the next run (APPLY_STOPPED
+ * once it stopped on an inconsistent delta) and where the page stands. */
 struct apply_walk {
     const uint8_t *p;
-    size_t pos;
-    int stopped;
+    uint8_t *dst;
 };
+#define APPLY_STOPPED ((const uint8_t *)UINTPTR_MAX)
 
 /* The last place a fast step may start (4 bytes before the end), or 0 when
  * the delta is shorter than that.  A step reads at most 4 bytes (3, and a

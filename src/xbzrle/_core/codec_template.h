@@ -230,9 +230,10 @@ static int XBZ_PATH(is_zero)(const uint8_t *p, size_t len)
  * branch on the length sizes) while 4 bytes are left, then finishes with
  * the exact loop. */
 
-/* One run; the caller guarantees 4 readable bytes at w->p (fast_walk_limit). */
-static inline void XBZ_PATH(apply_step)(struct apply_walk *w, const uint8_t *end, uint8_t *page,
-                                        size_t page_len)
+/* One run; the caller checked w->p <= limit (fast_walk_limit: the delta
+ * ends at limit + 4).  page_end: the end of the page. */
+static inline void XBZ_PATH(apply_step)(struct apply_walk *w, uintptr_t limit,
+                                        const uint8_t *page_end)
 {
     uint32_t zlen, c;
     const uint8_t *at_run = w->p;
@@ -244,15 +245,15 @@ static inline void XBZ_PATH(apply_step)(struct apply_walk *w, const uint8_t *end
         c = n;
         next = at_run + 3 + z2 + n;
     }
-    size_t at = w->pos + zlen;
-    /* w->pos <= page_len and zlen, c < 2**31: no sum wraps. */
-    if (__builtin_expect((at + c > page_len) | ((uintptr_t)next > (uintptr_t)end), 0)) {
-        w->p = end;
-        w->stopped = 1;
+    uint8_t *dst = w->dst + zlen;
+    /* w->dst <= page_end and zlen, c < 2**31: no sum wraps. */
+    if (__builtin_expect(((uintptr_t)dst + c > (uintptr_t)page_end) |
+                         ((uintptr_t)next > limit + 4), 0)) {
+        w->p = APPLY_STOPPED;
         return;
     }
-    XBZ_PATH(copy_run)(page + at, next - c, c);
-    w->pos = at + c;
+    XBZ_PATH(copy_run)(dst, next - c, c);
+    w->dst = dst + c;
     w->p = next;
 }
 
@@ -284,18 +285,22 @@ static void XBZ_PATH(apply_tail)(const uint8_t *delta, size_t dlen, uint8_t *pag
 static inline void XBZ_PATH(apply_finish)(const struct apply_walk *w, const uint8_t *delta,
                                           const uint8_t *end, uint8_t *page, size_t page_len)
 {
-    if (!w->stopped)
+    if (w->p != APPLY_STOPPED)
         XBZ_PATH(apply_tail)(delta, (size_t)(end - delta), page, page_len,
-                             (size_t)(w->p - delta), w->pos);
+                             (size_t)(w->p - delta), (size_t)(w->dst - page));
 }
 
 static void XBZ_PATH(apply)(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len)
 {
     const uint8_t *end = delta + dlen;
     uintptr_t limit = fast_walk_limit(delta, end);
-    struct apply_walk w = {delta, 0, 0};
+    /* xbz_decode_apply passes SIZE_MAX: the page end is then the end of
+     * the address space, and only the delta bounds the walk. */
+    const uint8_t *page_end =
+        page_len > UINTPTR_MAX - (uintptr_t)page ? APPLY_STOPPED : page + page_len;
+    struct apply_walk w = {delta, page};
     while ((uintptr_t)w.p <= limit)
-        XBZ_PATH(apply_step)(&w, end, page, page_len);
+        XBZ_PATH(apply_step)(&w, limit, page_end);
     XBZ_PATH(apply_finish)(&w, delta, end, page, page_len);
 }
 
@@ -322,16 +327,17 @@ static void XBZ_PATH(apply_pages)(const uint8_t *deltas, const long long *length
         }
         const uint8_t *b_end = a_end + lengths[q];
         uint8_t *a_page = pages + p * page_len, *b_page = pages + q * page_len;
+        const uint8_t *a_page_end = a_page + page_len, *b_page_end = b_page + page_len;
         uintptr_t a_limit = fast_walk_limit(deltas, a_end), b_limit = fast_walk_limit(a_end, b_end);
-        struct apply_walk a = {deltas, 0, 0}, b = {a_end, 0, 0};
+        struct apply_walk a = {deltas, a_page}, b = {a_end, b_page};
         while ((uintptr_t)a.p <= a_limit && (uintptr_t)b.p <= b_limit) {
-            XBZ_PATH(apply_step)(&a, a_end, a_page, page_len);
-            XBZ_PATH(apply_step)(&b, b_end, b_page, page_len);
+            XBZ_PATH(apply_step)(&a, a_limit, a_page_end);
+            XBZ_PATH(apply_step)(&b, b_limit, b_page_end);
         }
         while ((uintptr_t)a.p <= a_limit)
-            XBZ_PATH(apply_step)(&a, a_end, a_page, page_len);
+            XBZ_PATH(apply_step)(&a, a_limit, a_page_end);
         while ((uintptr_t)b.p <= b_limit)
-            XBZ_PATH(apply_step)(&b, b_end, b_page, page_len);
+            XBZ_PATH(apply_step)(&b, b_limit, b_page_end);
         XBZ_PATH(apply_finish)(&a, deltas, a_end, a_page, page_len);
         XBZ_PATH(apply_finish)(&b, a_end, b_end, b_page, page_len);
         deltas = b_end;
