@@ -63,25 +63,21 @@ static inline int uleb_get(const uint8_t *in, uint32_t *n)
  * decoder loses most of its time there. */
 static inline const uint8_t *fast_lengths(const uint8_t *d, uint32_t *zlen, uint32_t *c)
 {
-    uint16_t first_two;
-    memcpy(&first_two, d, 2); /* the two bytes a zero run length may take */
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    first_two = __builtin_bswap16(first_two);
-#endif
-    uint32_t b01 = first_two, b1 = d[1], b2 = d[2];
+    uint32_t b0 = d[0], b1 = d[1], b2 = d[2];
     uintptr_t len = b1, after = (uintptr_t)d + 2 + b1;
     uintptr_t len2 = b2, after2 = (uintptr_t)d + 3 + b2;
-    uintptr_t zero = b01 & 0xff, zero2 = (b01 & 0x7f) | ((b01 >> 1) & 0x7f80);
+    /* Two bytes: (b0 & 0x7f) | b1 << 7, which is b0 - 0x80 + b1 * 0x80. */
+    uintptr_t zero = b0, zero2 = b0 + (b1 << 7) - 0x80;
 #if defined(__x86_64__)
     __asm__("testl $0x80, %k[flag]\n\t"
             "cmovnzq %[len2], %[len]\n\t"
             "cmovnzq %[after2], %[after]\n\t"
             "cmovnzq %[zero2], %[zero]"
             : [len] "+r"(len), [after] "+r"(after), [zero] "+r"(zero)
-            : [len2] "r"(len2), [after2] "r"(after2), [zero2] "r"(zero2), [flag] "r"(b01)
+            : [len2] "r"(len2), [after2] "r"(after2), [zero2] "r"(zero2), [flag] "r"(b0)
             : "cc");
 #else
-    uintptr_t high = 0 - (uintptr_t)((b01 >> 7) & 1);
+    uintptr_t high = 0 - (uintptr_t)(b0 >> 7);
     len ^= (len ^ len2) & high;
     after ^= (after ^ after2) & high;
     zero ^= (zero ^ zero2) & high;
