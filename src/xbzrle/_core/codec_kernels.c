@@ -671,6 +671,8 @@ static inline int check_finish(const struct fast_walk *w, const uint8_t *delta,
 {
     size_t i = 0, pos = 0;
     if (fast_walk_clean(w, end, page_len)) {
+        if (w->p == end)
+            return 0; /* the fast walk checked it all */
         i = (size_t)(w->p - delta);
         pos = w->pos;
     }

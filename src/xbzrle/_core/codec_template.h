@@ -285,7 +285,7 @@ static void XBZ_PATH(apply_tail)(const uint8_t *delta, size_t dlen, uint8_t *pag
 static inline void XBZ_PATH(apply_finish)(const struct apply_walk *w, const uint8_t *delta,
                                           const uint8_t *end, uint8_t *page, size_t page_len)
 {
-    if (w->p != APPLY_STOPPED)
+    if (w->p != APPLY_STOPPED && w->p != end)
         XBZ_PATH(apply_tail)(delta, (size_t)(end - delta), page, page_len,
                              (size_t)(w->p - delta), (size_t)(w->dst - page));
 }
