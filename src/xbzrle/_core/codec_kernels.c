@@ -194,6 +194,11 @@ static inline void copy_run_portable(uint8_t *dst, const uint8_t *src, size_t n)
     copy_small(dst, src, n);
 }
 
+static inline void copy_run_dense_portable(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    copy_small(dst, src, n);
+}
+
 /* Bit k set when byte k of x is non-zero (SWAR, then gather the 8 flags). */
 static inline uint64_t nonzero_byte_flags(uint64_t x)
 {
@@ -249,6 +254,11 @@ static inline void copy_run_avx2(uint8_t *dst, const uint8_t *src, size_t n)
     copy_small(dst, src, n);
 }
 
+static inline void copy_run_dense_avx2(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    copy_small(dst, src, n);
+}
+
 static inline uint64_t diff64_avx2(const uint8_t *a, const uint8_t *b)
 {
     __m256i a0 = _mm256_loadu_si256((const __m256i *)a);
@@ -294,15 +304,30 @@ static inline int popcount_avx512bw(uint64_t x)
     return __builtin_popcountll(x);
 }
 
-/* Runs of up to 16 bytes (the common case of sparse deltas) with two plain
- * overlapping stores, longer ones with one masked load and store: masked
- * stores are slow on some CPUs (Zen 4), so they are kept for the runs where
- * they replace a loop. */
+/* Runs of 1 to 3 bytes (the common case of sparse deltas) with plain byte
+ * stores, others up to 64 bytes with one masked load and store. */
 static inline void copy_run_avx512bw(uint8_t *dst, const uint8_t *src, size_t n)
 {
-    if (n <= 16) {
-        copy_small(dst, src, n);
+    if (n - 1 < 3) {
+        uint8_t first = src[0], middle = src[n / 2], last = src[n - 1];
+        dst[0] = first;
+        dst[n / 2] = middle;
+        dst[n - 1] = last;
     } else if (n <= 64) {
+        __mmask64 k = _bzhi_u64(~UINT64_C(0), (unsigned)n);
+        _mm512_mask_storeu_epi8(dst, k, _mm512_maskz_loadu_epi8(k, src));
+    } else {
+        memmove(dst, src, n);
+    }
+}
+
+/* Dense deltas: every run up to 64 bytes with a masked load and store, no
+ * branch on its length (lengths 1 to 8 are all common there).  Masked
+ * stores are slow on some CPUs (Zen 4), but a mispredicted branch per run
+ * costs more. */
+static inline void copy_run_dense_avx512bw(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    if (n <= 64) {
         __mmask64 k = _bzhi_u64(~UINT64_C(0), (unsigned)n);
         _mm512_mask_storeu_epi8(dst, k, _mm512_maskz_loadu_epi8(k, src));
     } else {
@@ -382,6 +407,11 @@ static inline int popcount_avx512vbmi2(uint64_t x)
 static inline void copy_run_avx512vbmi2(uint8_t *dst, const uint8_t *src, size_t n)
 {
     copy_run_avx512bw(dst, src, n);
+}
+
+static inline void copy_run_dense_avx512vbmi2(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    copy_run_dense_avx512bw(dst, src, n);
 }
 
 static inline uint64_t diff64_avx512vbmi2(const uint8_t *a, const uint8_t *b)

@@ -7,6 +7,8 @@
  *   XBZ_PATH(zero256)(p)    1 when the 256 bytes at p are all zero;
  *   XBZ_PATH(popcount)(x)   number of set bits of x;
  *   XBZ_PATH(copy_run)(d, s, n)  exact copy of n bytes (ranges may overlap);
+ *   XBZ_PATH(copy_run_dense)(d, s, n)  the same, tuned for deltas where
+ *                           runs of every length up to 64 are common;
  *   XBZ_GATHER              the gather function to use (normally XBZ_PATH(gather)).
  * Everything here is compiled with that path's target options.
  *
@@ -233,7 +235,7 @@ static int XBZ_PATH(is_zero)(const uint8_t *p, size_t len)
 /* One run; the caller checked w->p <= limit (fast_walk_limit: the delta
  * ends at limit + 4).  page_end: the end of the page. */
 static inline void XBZ_PATH(apply_step)(struct apply_walk *w, uintptr_t limit,
-                                        const uint8_t *page_end)
+                                        const uint8_t *page_end, int dense)
 {
     uint32_t zlen, c;
     const uint8_t *at_run = w->p;
@@ -252,7 +254,10 @@ static inline void XBZ_PATH(apply_step)(struct apply_walk *w, uintptr_t limit,
         w->p = APPLY_STOPPED;
         return;
     }
-    XBZ_PATH(copy_run)(dst, next - c, c);
+    if (dense)
+        XBZ_PATH(copy_run_dense)(dst, next - c, c);
+    else
+        XBZ_PATH(copy_run)(dst, next - c, c);
     w->dst = dst + c;
     w->p = next;
 }
@@ -300,14 +305,37 @@ static void XBZ_PATH(apply)(const uint8_t *delta, size_t dlen, uint8_t *page, si
         page_len > UINTPTR_MAX - (uintptr_t)page ? APPLY_STOPPED : page + page_len;
     struct apply_walk w = {delta, page};
     while ((uintptr_t)w.p <= limit)
-        XBZ_PATH(apply_step)(&w, limit, page_end);
+        XBZ_PATH(apply_step)(&w, limit, page_end, 0);
     XBZ_PATH(apply_finish)(&w, delta, end, page, page_len);
+}
+
+/* Two deltas walked side by side (dense: which copy to use; a constant, so
+ * that each flavour compiles to its own loop). */
+static inline void XBZ_PATH(apply_pair)(const uint8_t *a_delta, const uint8_t *a_end,
+                                        uint8_t *a_page, const uint8_t *b_end, uint8_t *b_page,
+                                        size_t page_len, int dense)
+{
+    const uint8_t *a_page_end = a_page + page_len, *b_page_end = b_page + page_len;
+    uintptr_t a_limit = fast_walk_limit(a_delta, a_end), b_limit = fast_walk_limit(a_end, b_end);
+    struct apply_walk a = {a_delta, a_page}, b = {a_end, b_page};
+    while ((uintptr_t)a.p <= a_limit && (uintptr_t)b.p <= b_limit) {
+        XBZ_PATH(apply_step)(&a, a_limit, a_page_end, dense);
+        XBZ_PATH(apply_step)(&b, b_limit, b_page_end, dense);
+    }
+    while ((uintptr_t)a.p <= a_limit)
+        XBZ_PATH(apply_step)(&a, a_limit, a_page_end, dense);
+    while ((uintptr_t)b.p <= b_limit)
+        XBZ_PATH(apply_step)(&b, b_limit, b_page_end, dense);
+    XBZ_PATH(apply_finish)(&a, a_delta, a_end, a_page, page_len);
+    XBZ_PATH(apply_finish)(&b, a_end, b_end, b_page, page_len);
 }
 
 /* decode_pages' apply pass: the deltas of two pages walked side by side.
  * Each walk is a chain (a run's offset needs the previous run's length);
  * two independent chains let the CPU overlap them, which a single walk
- * cannot, however its branches are predicted. */
+ * cannot, however its branches are predicted.  Deltas longer than a
+ * quarter of their pages (many short runs of every length) take the dense
+ * copy. */
 static void XBZ_PATH(apply_pages)(const uint8_t *deltas, const long long *lengths, size_t count,
                                   uint8_t *pages, size_t page_len)
 {
@@ -326,20 +354,12 @@ static void XBZ_PATH(apply_pages)(const uint8_t *deltas, const long long *length
             return;
         }
         const uint8_t *b_end = a_end + lengths[q];
-        uint8_t *a_page = pages + p * page_len, *b_page = pages + q * page_len;
-        const uint8_t *a_page_end = a_page + page_len, *b_page_end = b_page + page_len;
-        uintptr_t a_limit = fast_walk_limit(deltas, a_end), b_limit = fast_walk_limit(a_end, b_end);
-        struct apply_walk a = {deltas, a_page}, b = {a_end, b_page};
-        while ((uintptr_t)a.p <= a_limit && (uintptr_t)b.p <= b_limit) {
-            XBZ_PATH(apply_step)(&a, a_limit, a_page_end);
-            XBZ_PATH(apply_step)(&b, b_limit, b_page_end);
-        }
-        while ((uintptr_t)a.p <= a_limit)
-            XBZ_PATH(apply_step)(&a, a_limit, a_page_end);
-        while ((uintptr_t)b.p <= b_limit)
-            XBZ_PATH(apply_step)(&b, b_limit, b_page_end);
-        XBZ_PATH(apply_finish)(&a, deltas, a_end, a_page, page_len);
-        XBZ_PATH(apply_finish)(&b, a_end, b_end, b_page, page_len);
+        if ((size_t)(b_end - deltas) > page_len / 2)
+            XBZ_PATH(apply_pair)(deltas, a_end, pages + p * page_len, b_end,
+                                 pages + q * page_len, page_len, 1);
+        else
+            XBZ_PATH(apply_pair)(deltas, a_end, pages + p * page_len, b_end,
+                                 pages + q * page_len, page_len, 0);
         deltas = b_end;
         p = q + 1;
     }
