@@ -191,7 +191,10 @@ static inline int popcount_portable(uint64_t x)
 
 static inline void copy_run_portable(uint8_t *dst, const uint8_t *src, size_t n)
 {
-    copy_small(dst, src, n);
+    if (n == 1)
+        *dst = *src;
+    else
+        copy_small(dst, src, n);
 }
 
 static inline void copy_run_dense_portable(uint8_t *dst, const uint8_t *src, size_t n)
@@ -251,7 +254,10 @@ static inline int popcount_avx2(uint64_t x)
 
 static inline void copy_run_avx2(uint8_t *dst, const uint8_t *src, size_t n)
 {
-    copy_small(dst, src, n);
+    if (n == 1)
+        *dst = *src;
+    else
+        copy_small(dst, src, n);
 }
 
 static inline void copy_run_dense_avx2(uint8_t *dst, const uint8_t *src, size_t n)
@@ -308,7 +314,9 @@ static inline int popcount_avx512bw(uint64_t x)
  * stores, others up to 64 bytes with one masked load and store. */
 static inline void copy_run_avx512bw(uint8_t *dst, const uint8_t *src, size_t n)
 {
-    if (n - 1 < 3) {
+    if (n == 1) {
+        *dst = *src;
+    } else if (n - 1 < 3) {
         uint8_t first = src[0], middle = src[n / 2], last = src[n - 1];
         dst[0] = first;
         dst[n / 2] = middle;
