@@ -10,13 +10,22 @@ prints both rates and their ratio.  Then our source alone into
 of the resulting stream (manifest with SHA-256, then with the RAM digest).
 Every figure is the median of ``--runs`` runs.
 
+Then the floors, measured in the same run: what this machine can do at all
+for the same bytes, whoever does it.  Populating SIZE of fresh anonymous
+memory (``MADV_POPULATE_WRITE``: the kernel zeroing the pages a destination
+must own), one ``memcpy`` of SIZE into memory already populated, and SIZE
+over loopback TCP from this process into a child that receives into one
+reused buffer (no RAM to fill).  A migration over TCP cannot beat the TCP
+line; its destination also pays at least the populate line.
+
 Our source is the library ``Guest`` in this process (its migration thread
 does the work); our destination is a child ``xbzrle vm -S --incoming``.  A
 run ends when the destination holds the RAM: for us the source's
 ``completed`` (it waits for the destination's verdict, given after the digest
 check); for QEMU the later of the two sides' ``completed``.
 
-    python benchmarks/wire.py [--size 1G] [--runs 5] [--no-qemu] [--only wire,exec,file,extract]
+    python benchmarks/wire.py [--size 1G] [--runs 5] [--no-qemu]
+                              [--only wire,exec,file,extract,floor]
 
 The machine is shared: read the ratios (measured in the same run), not the
 absolute rates.
@@ -27,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import mmap
 import os
 import resource
 import shutil
@@ -173,6 +183,11 @@ def our_destination(size: int) -> tuple[subprocess.Popen, int]:
     return proc, int(line.split()[1])
 
 
+DOWNTIMES: dict[str, list[int]] = {}
+"""``downtime`` (ms, from the guest's stop to the end) of each of our migrations, by URI
+scheme: for a paused guest that is the switch-over, the RAM digests and the verdict."""
+
+
 def our_migration(guest: Guest, uri: str) -> tuple[float, float, float]:
     """Seconds from ``migrate`` to ``completed`` (fails loudly otherwise), the CPU
     seconds of this process (the source) and of the children reaped meanwhile."""
@@ -187,6 +202,7 @@ def our_migration(guest: Guest, uri: str) -> tuple[float, float, float]:
     info = manager.query()
     if info["status"] != "completed":
         raise RuntimeError(f"our migration to {uri}: {info['status']}: {mig.error}")
+    DOWNTIMES.setdefault(uri.split(":", 1)[0], []).append(int(info["downtime"]))
     return elapsed, cpu, child
 
 
@@ -225,6 +241,72 @@ def write_floor(guest: Guest, path: Path) -> tuple[float, float]:
     return result
 
 
+MADV_POPULATE_WRITE = 23  # Linux 5.14
+SINK = """
+import socket, sys
+size, port = int(sys.argv[1]), int(sys.argv[2])
+buf = bytearray(1 << 20)
+with socket.create_connection(("127.0.0.1", port)) as s:
+    left = size
+    while left:
+        n = s.recv_into(buf, min(left, len(buf)))
+        if not n:
+            sys.exit(1)
+        left -= n
+    s.sendall(b"k")
+"""
+
+
+def populate_floor(size: int) -> tuple[float]:
+    """Seconds to populate SIZE of fresh anonymous memory (the kernel zeroes each page)."""
+    area = mmap.mmap(-1, size)
+    try:
+        started = time.monotonic()
+        area.madvise(MADV_POPULATE_WRITE)
+        return (time.monotonic() - started,)
+    finally:
+        area.close()
+
+
+def memcpy_floor(guest: Guest) -> tuple[float]:
+    """Seconds of one memcpy of the guest's RAM into memory already populated."""
+    with memoryview(guest.blocks["pc.ram"]) as src:
+        area = mmap.mmap(-1, len(src))
+        try:
+            area.madvise(MADV_POPULATE_WRITE)
+            with memoryview(area) as dst:
+                started = time.monotonic()
+                dst[:] = src
+                return (time.monotonic() - started,)
+        finally:
+            area.close()
+
+
+def tcp_floor(guest: Guest) -> tuple[float, float, float]:
+    """Seconds (and CPU of sender and receiver) to send the guest's RAM over loopback
+    TCP, 1 MiB sends, into a child that receives into one reused 1 MiB buffer."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        child0 = children_cpu()
+        with memoryview(guest.blocks["pc.ram"]) as view:
+            size = len(view)
+        proc = subprocess.Popen([sys.executable, "-c", SINK, str(size),
+                                 str(server.getsockname()[1])])
+        conn, _ = server.accept()
+        with conn, memoryview(guest.blocks["pc.ram"]) as view:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            cpu0, started = time.process_time(), time.monotonic()
+            for at in range(0, len(view), 1 << 20):
+                conn.sendall(view[at:at + (1 << 20)])
+            if conn.recv(1) != b"k":
+                raise RuntimeError("the TCP sink did not receive everything")
+            elapsed, cpu = time.monotonic() - started, time.process_time() - cpu0
+        if proc.wait(30) != 0:
+            raise RuntimeError("the TCP sink failed")
+        return elapsed, cpu, children_cpu() - child0
+
+
 def gbps(size: int, seconds: float) -> float:
     return size / seconds / 1e9
 
@@ -243,7 +325,7 @@ def main() -> int:
     ap.add_argument("--size", default="1G")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--no-qemu", action="store_true", help="ours alone even if QEMU is here")
-    ap.add_argument("--only", default="wire,exec,file,extract")
+    ap.add_argument("--only", default="wire,exec,file,extract,floor")
     args = ap.parse_args()
     size = parse_size(args.size)
     parts = set(args.only.split(","))
@@ -269,9 +351,13 @@ def main() -> int:
                       f"(medians {qemu / mine:.2f}x)")
             else:
                 line("xbzrle -> xbzrle, tcp loopback", ours, size)
+            print(f"  downtime (stop -> verdict, both digests): "
+                  f"{statistics.median(DOWNTIMES['tcp']):.0f} ms", flush=True)
         if "exec" in parts:
             runs = [our_migration(guest, "exec:cat > /dev/null") for _ in range(args.runs)]
             line("xbzrle source -> exec:cat > /dev/null", runs, size, "(cpu: source, cat)")
+            print(f"  downtime (stop -> last byte, the source's digest): "
+                  f"{statistics.median(DOWNTIMES['exec']):.0f} ms", flush=True)
         stream = work / "stream"
         if "file" in parts or "extract" in parts:
             runs = []
@@ -300,6 +386,16 @@ def main() -> int:
             for checksum in checksums:
                 line(f"xbzrle extract --checksum {checksum}", runs[checksum], size,
                      "(tmpfs -> tmpfs, with the interpreter's start)")
+        if "floor" in parts:
+            floors = {"populate": [], "memcpy": [], "tcp": []}
+            for _ in range(args.runs):
+                floors["populate"].append(populate_floor(size))
+                floors["memcpy"].append(memcpy_floor(guest))
+                floors["tcp"].append(tcp_floor(guest))
+            line("floor: populate fresh RAM (MADV_POPULATE_WRITE)", floors["populate"], size)
+            line("floor: one memcpy of the RAM", floors["memcpy"], size)
+            line("floor: loopback TCP into a reused buffer", floors["tcp"], size,
+                 "(cpu: sender, receiver)")
     finally:
         guest.close()
         shutil.rmtree(work, ignore_errors=True)

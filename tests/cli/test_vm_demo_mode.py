@@ -28,6 +28,7 @@ def test_destination_reports_one_migration_and_exits(tmp_path, dest_xbzrle):
             manager = MigrationManager(guest)
             rewrite_between_rounds(manager, guest)  # XBZRLE pages by design, not luck
             manager.set_capability("xbzrle", True)
+            manager.set_capability("x-ram-digest-full", True)  # catches lost dirty pages
             manager.set_parameters(max_bandwidth=16 << 20, xbzrle_cache_size=4 << 20,
                                    downtime_limit=0)  # rounds enough for xbzrle pages
             status = manager.migrate(f"tcp:127.0.0.1:{port}", max_rounds=4).wait(60)

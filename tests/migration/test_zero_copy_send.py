@@ -6,6 +6,7 @@ refuse it where the cache is filled from the bytes sent (XBZRLE rounds)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import ssl
@@ -46,7 +47,7 @@ def _copy_path(ram, buf_size, mode=_core.SAVE_PLAIN):
     return out
 
 
-def _zero_copy_path(ram, buf_size, mode=_core.SAVE_PLAIN):
+def _zero_copy_path(ram, buf_size, mode=_core.SAVE_PLAIN, splice=False):
     """Each buffer through write_records into a pipe; returns the chunks read back."""
     out, page, cont, bitmap = [], 0, False, _bitmap(len(ram) // PAGE)
     buf = bytearray(buf_size)
@@ -59,7 +60,7 @@ def _zero_copy_path(ram, buf_size, mode=_core.SAVE_PLAIN):
             got = bytearray()
             reader = threading.Thread(target=_drain, args=(r, got))
             reader.start()
-            sent = _core.write_records(w, buf, pos, refs, nrefs, ram)
+            sent = _core.write_records(w, buf, pos, refs, nrefs, ram, -1, splice)
             os.close(w)
             w = -1
             reader.join()
@@ -77,12 +78,39 @@ def _drain(fd: int, into: bytearray) -> None:
         into += chunk
 
 
+@pytest.mark.parametrize("splice", [False, True], ids=["writev", "vmsplice"])
 @pytest.mark.parametrize("mode", [_core.SAVE_PLAIN, _core.SAVE_LAST])
-def test_write_records_sends_the_copy_paths_bytes_cut_in_the_same_buffers(mode):
+def test_write_records_sends_the_copy_paths_bytes_cut_in_the_same_buffers(mode, splice):
     """Same records, same buffer boundaries (so the same PART sections), through a
-    pipe whose 64 KiB capacity forces partial writevs."""
+    pipe whose 64 KiB capacity forces partial writevs (or vmsplices)."""
     ram = _ram_with_every_kind(300)
-    assert _zero_copy_path(ram, 1 << 16, mode) == _copy_path(ram, 1 << 16, mode)
+    assert _zero_copy_path(ram, 1 << 16, mode, splice) == _copy_path(ram, 1 << 16, mode)
+
+
+def test_into_a_pipe_the_header_buffer_may_be_reused_before_the_reader_reads():
+    """Into a pipe the pages are spliced, not copied, and nobody has read them when
+    write_records returns: scribbling over the buffer of headers (the source
+    reuses it for the next records at once) must not change what the reader gets."""
+    ram = _ram_with_every_kind(12)
+    buf = bytearray(1 << 16)
+    refs = bytearray(_core.SAVE_REF_SIZE * 20)
+    pos, _, _, _, nrefs = _core.save_pages(buf, 0, ram, _bitmap(12), 0, NAME, 0,
+                                           _core.SAVE_PLAIN, None, False, refs)
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 18)  # room for it all: no reader yet
+        expected = _copy_path(ram, 1 << 16)[0]
+        assert _core.write_records(w, buf, pos, refs, nrefs, ram, -1, True) == len(expected)
+        buf[:] = bytes([0xEE]) * len(buf)
+        os.close(w)
+        w = -1
+        got = bytearray()
+        _drain(r, got)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    assert bytes(got) == expected
 
 
 def test_zero_copy_is_refused_where_the_cache_is_filled_from_the_record():

@@ -74,6 +74,10 @@ static inline void xbz_soft_mark(uint64_t *words, size_t page)
 /* The core's one 64-bit page hash (ramhash.c): the ScanTracker's change
  * detector and the RAM digest's per-page value. */
 uint64_t xbz_page_hash(const uint8_t *page);
+/* A page's entry in a digest table (one uint64 per page, kept by the save
+ * and load loops): 0 for a zero page (the RAM digest leaves zero pages out),
+ * else xbz_page_hash, which is never 0. */
+uint64_t xbz_digest_hash(const uint8_t *page);
 
 int xbz_bitmap_register(PyObject *module);
 int xbz_ramhash_register(PyObject *module);

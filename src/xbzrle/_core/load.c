@@ -11,6 +11,7 @@
 #include <sys/mman.h>
 
 #include "codec.h"
+#include "guest.h"
 #include "pyerrors.h"
 
 enum { L_NEED_DATA = 0, L_OTHER = 2 };
@@ -21,6 +22,7 @@ typedef struct {
     uint8_t *host;
     size_t size;
     uint8_t *maybe_data; /* optional: 0 for a page known to be zero, else 1 */
+    uint64_t *hashes;    /* optional digest table: xbz_digest_hash of every page written */
 } load_block_t;
 
 typedef struct {
@@ -162,6 +164,9 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
         }
         uint8_t *host = b->host + offset;
         uint8_t *maybe = b->maybe_data ? b->maybe_data + offset / XBZ_PAGE : NULL;
+        /* The digest table's entry takes the hash of the page just written, while
+         * it is in cache (a ZERO record: 0, the zero page's entry). */
+        uint64_t *slot = b->hashes ? b->hashes + offset / XBZ_PAGE : NULL;
         if (kind == XBZ_F_ZERO) {
             if (end - p < 1)
                 break;
@@ -174,6 +179,8 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
                 if (maybe)
                     *maybe = 1;
             }
+            if (slot)
+                *slot = fill ? xbz_digest_hash(host) : 0;
             c[XBZ_C_ZERO]++;
         } else if (kind == XBZ_F_PAGE) {
             if (end - p < XBZ_PAGE)
@@ -181,6 +188,8 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
             memcpy(host, buf + p, XBZ_PAGE);
             if (maybe)
                 *maybe = 1;
+            if (slot)
+                *slot = xbz_digest_hash(host);
             p += XBZ_PAGE;
             c[XBZ_C_NORMAL]++;
         } else {
@@ -215,6 +224,8 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
             xbz_decode_apply(buf + p + 3, len, host);
             if (maybe)
                 *maybe = 1;
+            if (slot)
+                *slot = xbz_digest_hash(host);
             p += 3 + len;
             c[XBZ_C_XBZRLE]++;
         }
@@ -230,55 +241,116 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
 PyDoc_STRVAR(load_pages_doc,
 "load_pages(buf, pos, blocks, last, xbzrle_ok, base_offset) -> (pos, last, status, counts)\n\n"
 "Apply page records from buf[pos:] to the destination's RAM.  blocks: a\n"
-"sequence of (name: bytes, ram: writable buffer[, maybe_data: writable buffer\n"
-"of one byte per page, 0 = known zero, kept up to date]).  last: index of the block\n"
+"sequence of (name: bytes, ram: writable buffer[, maybe_data[, hashes]]):\n"
+"maybe_data, None or a writable buffer of one byte per page, 0 = known zero,\n"
+"kept up to date; hashes, None or a digest table (one native uint64 per\n"
+"page, see table_pairs) whose entry of every page written takes the page's\n"
+"hash (0 for a zero page).  last: index of the block\n"
 "CONTINUE refers to, or -1.  status: 0 need more data, 2 a record that is\n"
 "not a page (EOS, MEM_SIZE...: left for the stream parser).\n"
 "Raises StreamError with the stream offset (base_offset + position) on a\n"
 "malformed record; nothing of that record is written.");
 
+/* The block list both entry points take: a sequence of tuples, one per RAM
+ * block, in the order the indexes (last, prev_block) refer to.  With ram
+ * (load_pages): (name: bytes, ram: writable buffer[, maybe_data[, hashes]]),
+ * the buffers held until block_list_release.  Without (scan_pages): (name:
+ * bytes, size: int); the names stay alive in the sequence for the call. */
+typedef struct {
+    PyObject *seq;
+    Py_ssize_t n, got;   /* blocks, entries taken so far */
+    load_block_t *blocks;
+    Py_buffer *held; /* with ram: 4 per block (name, ram, maybe_data, hashes) */
+} block_list_t;
+
+static void block_list_release(block_list_t *bl)
+{
+    if (bl->held != NULL) {
+        /* the entry that failed may hold some buffers too: every unused one has obj NULL */
+        for (Py_ssize_t i = 0; i < 4 * (bl->n + 1); i++) {
+            if (bl->held[i].obj != NULL)
+                PyBuffer_Release(&bl->held[i]);
+        }
+    }
+    PyMem_Free(bl->held);
+    PyMem_Free(bl->blocks);
+    Py_XDECREF(bl->seq);
+}
+
+/* An optional buffer of a block entry: None leaves *out NULL; a buffer must
+ * be writable and hold at least `need` bytes. */
+static int block_list_optional(PyObject *obj, Py_buffer *view, size_t need, const char *what,
+                               void **out)
+{
+    if (obj == NULL || obj == Py_None)
+        return 0;
+    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE) < 0)
+        return -1;
+    if ((size_t)view->len < need) {
+        PyErr_Format(PyExc_ValueError, "load_pages: %s shorter than the block", what);
+        return -1;
+    }
+    *out = view->buf;
+    return 0;
+}
+
+static int block_list_take(block_list_t *bl, PyObject *obj, int with_ram)
+{
+    *bl = (block_list_t){NULL, 0, 0, NULL, NULL};
+    bl->seq = PySequence_Fast(obj, with_ram ? "blocks must be a sequence of (name, buffer)"
+                                            : "blocks must be a sequence of (name, size)");
+    if (bl->seq == NULL)
+        return -1;
+    bl->n = PySequence_Fast_GET_SIZE(bl->seq);
+    bl->blocks = PyMem_Calloc((size_t)bl->n + 1, sizeof(*bl->blocks));
+    bl->held = with_ram ? PyMem_Calloc(4 * ((size_t)bl->n + 1), sizeof(Py_buffer)) : NULL;
+    if (bl->blocks == NULL || (with_ram && bl->held == NULL)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (; bl->got < bl->n; bl->got++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(bl->seq, bl->got);
+        load_block_t *b = &bl->blocks[bl->got];
+        if (!with_ram) {
+            PyObject *name;
+            unsigned long long size;
+            if (!PyArg_ParseTuple(item, "SK", &name, &size))
+                return -1;
+            *b = (load_block_t){(const uint8_t *)PyBytes_AS_STRING(name),
+                                (size_t)PyBytes_GET_SIZE(name), NULL, (size_t)size, NULL, NULL};
+            continue;
+        }
+        Py_buffer *h = &bl->held[4 * bl->got];
+        PyObject *maybe_obj = NULL, *hashes_obj = NULL;
+        void *maybe = NULL, *hashes = NULL;
+        if (!PyArg_ParseTuple(item, "y*w*|OO", &h[0], &h[1], &maybe_obj, &hashes_obj))
+            return -1;
+        size_t npages = (size_t)h[1].len / XBZ_PAGE;
+        if (block_list_optional(maybe_obj, &h[2], npages, "maybe_data map", &maybe) < 0 ||
+            block_list_optional(hashes_obj, &h[3], npages * 8, "digest table", &hashes) < 0)
+            return -1;
+        *b = (load_block_t){h[0].buf, (size_t)h[0].len, h[1].buf, (size_t)h[1].len, maybe,
+                            hashes};
+    }
+    return 0;
+}
+
 static PyObject *load_pages(PyObject *self, PyObject *args)
 {
     Py_buffer buf;
     Py_ssize_t pos, last, base_offset;
-    PyObject *blocks_obj, *result = NULL, *seq = NULL;
+    PyObject *blocks_obj, *result = NULL;
     int xbzrle_ok;
     uint64_t c[XBZ_C_COUNT] = {0};
+    block_list_t bl;
 
     if (!PyArg_ParseTuple(args, "y*nOnpn", &buf, &pos, &blocks_obj, &last, &xbzrle_ok,
                           &base_offset))
         return NULL;
-    seq = PySequence_Fast(blocks_obj, "blocks must be a sequence of (name, buffer)");
-    if (seq == NULL) {
-        PyBuffer_Release(&buf);
-        return NULL;
-    }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    load_block_t *blocks = PyMem_Calloc((size_t)n + 1, sizeof(*blocks));
-    Py_buffer *names = PyMem_Calloc((size_t)n + 1, sizeof(Py_buffer));
-    Py_buffer *rams = PyMem_Calloc((size_t)n + 1, sizeof(Py_buffer));
-    Py_buffer *maps = PyMem_Calloc((size_t)n + 1, sizeof(Py_buffer));
-    Py_ssize_t got = 0;
-    if (blocks == NULL || names == NULL || rams == NULL || maps == NULL) {
-        PyErr_NoMemory();
+    if (block_list_take(&bl, blocks_obj, 1) < 0)
         goto done;
-    }
-    for (; got < n; got++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, got);
-        maps[got].obj = NULL;
-        if (!PyArg_ParseTuple(item, "y*w*|w*", &names[got], &rams[got], &maps[got]))
-            goto done;
-        blocks[got] = (load_block_t){names[got].buf, (size_t)names[got].len, rams[got].buf,
-                                     (size_t)rams[got].len, NULL};
-        if (maps[got].obj != NULL) {
-            if ((size_t)maps[got].len < (size_t)rams[got].len / XBZ_PAGE) {
-                PyErr_SetString(PyExc_ValueError, "load_pages: maybe_data map shorter than the block");
-                got++;
-                goto done;
-            }
-            blocks[got].maybe_data = maps[got].buf;
-        }
-    }
+    load_block_t *blocks = bl.blocks;
+    Py_ssize_t n = bl.n;
     if (pos < 0 || pos > buf.len || last >= n) {
         PyErr_SetString(PyExc_ValueError, "load_pages: position or last block out of range");
         goto done;
@@ -302,17 +374,7 @@ static PyObject *load_pages(PyObject *self, PyObject *args)
     if (counts != NULL)
         result = Py_BuildValue("nniN", (Py_ssize_t)p, last, status, counts);
 done:
-    for (Py_ssize_t i = 0; i < got; i++) {
-        PyBuffer_Release(&names[i]);
-        PyBuffer_Release(&rams[i]);
-        if (maps[i].obj != NULL)
-            PyBuffer_Release(&maps[i]);
-    }
-    PyMem_Free(maps);
-    PyMem_Free(blocks);
-    PyMem_Free(names);
-    PyMem_Free(rams);
-    Py_DECREF(seq);
+    block_list_release(&bl);
     PyBuffer_Release(&buf);
     return result;
 }
@@ -326,15 +388,10 @@ done:
  * own), at any record that is not a page, at an incomplete record and, when
  * ordered, at a record whose (block index, offset) is not after the previous
  * one's: the analyzer starts a new round there. */
-typedef struct {
-    const uint8_t *name;
-    size_t name_len;
-    uint64_t size;
-} scan_block_t;
 
 enum { S_ZERO = 0, S_NORMAL, S_XBZRLE };
 
-static void scan_loop(const uint8_t *buf, size_t *pos_io, size_t end, const scan_block_t *blocks,
+static void scan_loop(const uint8_t *buf, size_t *pos_io, size_t end, const load_block_t *blocks,
                       size_t nblocks, Py_ssize_t *last, int ordered, Py_ssize_t *prev_bi,
                       uint64_t *prev_off, uint64_t pages[3], uint64_t bytes[3])
 {
@@ -376,7 +433,7 @@ static void scan_loop(const uint8_t *buf, size_t *pos_io, size_t end, const scan
         }
         if (bi < 0)
             break; /* CONTINUE with no block, or an unknown name: the parser's error */
-        const scan_block_t *b = &blocks[bi];
+        const load_block_t *b = &blocks[bi];
         if (offset >= b->size || b->size - offset < XBZ_PAGE)
             break;
         if (ordered && *prev_bi != -2 &&
@@ -429,32 +486,16 @@ static PyObject *scan_pages(PyObject *self, PyObject *args)
     Py_ssize_t pos, last, prev_bi;
     unsigned long long prev_off;
     int ordered;
-    PyObject *blocks_obj, *result = NULL, *seq = NULL;
+    PyObject *blocks_obj, *result = NULL;
+    block_list_t bl;
 
     if (!PyArg_ParseTuple(args, "y*nOnpnK", &buf, &pos, &blocks_obj, &last, &ordered, &prev_bi,
                           &prev_off))
         return NULL;
-    seq = PySequence_Fast(blocks_obj, "blocks must be a sequence of (name, size)");
-    if (seq == NULL) {
-        PyBuffer_Release(&buf);
-        return NULL;
-    }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    scan_block_t *blocks = PyMem_Calloc((size_t)n + 1, sizeof(*blocks));
-    if (blocks == NULL) {
-        PyErr_NoMemory();
+    if (block_list_take(&bl, blocks_obj, 0) < 0)
         goto done;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
-        PyObject *name;
-        unsigned long long size;
-        /* The names stay alive in the list for the whole call (no GIL release). */
-        if (!PyArg_ParseTuple(item, "SK", &name, &size))
-            goto done;
-        blocks[i] = (scan_block_t){(const uint8_t *)PyBytes_AS_STRING(name),
-                                   (size_t)PyBytes_GET_SIZE(name), (uint64_t)size};
-    }
+    load_block_t *blocks = bl.blocks;
+    Py_ssize_t n = bl.n;
     if (pos < 0 || pos > buf.len || last < -1 || last >= n || prev_bi < -2 || prev_bi >= n) {
         PyErr_SetString(PyExc_ValueError, "scan_pages: position or block index out of range");
         goto done;
@@ -469,8 +510,7 @@ static PyObject *scan_pages(PyObject *self, PyObject *args)
                            (unsigned long long)bytes[0], (unsigned long long)bytes[1],
                            (unsigned long long)bytes[2]);
 done:
-    PyMem_Free(blocks);
-    Py_DECREF(seq);
+    block_list_release(&bl);
     PyBuffer_Release(&buf);
     return result;
 }

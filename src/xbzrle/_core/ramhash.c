@@ -3,7 +3,10 @@
  *
  * xbz_page_hash is the one page hash of the core: the ScanTracker
  * (dirtylog.c) compares it across syncs and page_hashes feeds it to the RAM
- * digest (xbzrle.guest.digest). */
+ * digest (xbzrle.guest.digest).  xbz_digest_hash is a page's entry in a
+ * digest table: the save and load loops keep one uint64 per page of what the
+ * destination holds, and table_pairs turns the table into the same (index,
+ * hash) pairs as page_hashes gives for a full read of that RAM. */
 #define _GNU_SOURCE
 #include "guest.h"
 
@@ -160,7 +163,13 @@ static uint64_t page_hash_with(const uint8_t *page,
     h ^= h >> 29;
     h *= HASH_M1;
     h ^= h >> 32;
-    return h;
+    /* Never 0: a digest table keeps 0 for "zero page" (xbz_digest_hash). */
+    return h | (h == 0);
+}
+
+uint64_t xbz_digest_hash(const uint8_t *page)
+{
+    return xbz_is_zero(page, PAGE) ? 0 : xbz_page_hash(page);
 }
 
 /* ----------------------------------------------------------- digest pairs */
@@ -310,7 +319,104 @@ static PyObject *data_map(PyObject *self, PyObject *args)
     return out;
 }
 
-static PyObject *page_hash_portable(PyObject *self, PyObject *arg)
+/* ------------------------------------------------------------ digest tables */
+
+PyDoc_STRVAR(table_pairs_doc,
+"table_pairs(table, first_index=0) -> bytes\n\n"
+"The (page index, hash) pairs, little-endian uint64, of the non-zero entries\n"
+"of a digest table (one native uint64 per page, 0 for a zero page, as the\n"
+"save and load loops keep it): by construction the bytes page_hashes gives\n"
+"for a full read of the RAM the table describes.  Cost: the table's 8 bytes\n"
+"per page, not the RAM's 4096.");
+
+static PyObject *table_pairs(PyObject *self, PyObject *args)
+{
+    Py_buffer table;
+    unsigned long long index_base = 0;
+    if (!PyArg_ParseTuple(args, "y*|K", &table, &index_base))
+        return NULL;
+    size_t n = (size_t)table.len / 8;
+    const uint64_t *entry = table.buf;
+    size_t count = 0;
+    for (size_t p = 0; p < n; p++)
+        count += entry[p] != 0;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(count * 16));
+    if (result != NULL) {
+        uint64_t *out = (uint64_t *)PyBytes_AS_STRING(result);
+        for (size_t p = 0; p < n; p++) {
+            if (entry[p] != 0) {
+                *out++ = index_base + p;
+                *out++ = entry[p];
+            }
+        }
+    }
+    PyBuffer_Release(&table);
+    return result;
+}
+
+typedef struct {
+    const uint8_t *base;
+    const uint8_t *data_map; /* NULL: every page may hold data */
+    uint64_t *table;
+    size_t first, last;
+} fill_job_t;
+
+static void *fill_worker(void *arg)
+{
+    fill_job_t *job = arg;
+    for (size_t p = job->first; p < job->last; p++)
+        job->table[p] = job->data_map != NULL && !job->data_map[p]
+                            ? 0
+                            : xbz_digest_hash(job->base + p * PAGE);
+    return NULL;
+}
+
+PyDoc_STRVAR(table_fill_doc,
+"table_fill(ram, table, data_map=None)\n\n"
+"Set every entry of a digest table (one native uint64 per page of ram) from\n"
+"what ram holds now: the starting point of a table that the load loop then\n"
+"keeps.  data_map (one byte per page, 0 = known zero, as data_map() gives):\n"
+"pages known to be zero are not read.  Two threads.");
+
+static PyObject *table_fill(PyObject *self, PyObject *args)
+{
+    Py_buffer ram, table, map = {0};
+    PyObject *map_obj = Py_None, *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*w*|O", &ram, &table, &map_obj))
+        return NULL;
+    size_t npages = (size_t)ram.len / PAGE;
+    if (map_obj != Py_None && PyObject_GetBuffer(map_obj, &map, PyBUF_SIMPLE) < 0)
+        goto done;
+    if ((size_t)ram.len % PAGE != 0 || (size_t)table.len / 8 < npages ||
+        (map.buf != NULL && (size_t)map.len < npages)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "table_fill: RAM not whole pages, or table or data_map too short");
+        goto done;
+    }
+    fill_job_t jobs[2] = {
+        {ram.buf, map.buf, table.buf, 0, npages / 2},
+        {ram.buf, map.buf, table.buf, npages / 2, npages},
+    };
+    Py_BEGIN_ALLOW_THREADS
+    pthread_t helper;
+    int threaded = npages >= 4096 && pthread_create(&helper, NULL, fill_worker, &jobs[1]) == 0;
+    fill_worker(&jobs[0]);
+    if (threaded)
+        pthread_join(helper, NULL);
+    else
+        fill_worker(&jobs[1]);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    if (map.buf != NULL)
+        PyBuffer_Release(&map);
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
+/* One page given as a buffer of exactly a page -> hash(page) as a Python int. */
+static PyObject *hash_one_page(PyObject *arg, uint64_t (*hash)(const uint8_t *))
 {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
@@ -320,9 +426,24 @@ static PyObject *page_hash_portable(PyObject *self, PyObject *arg)
         PyErr_Format(PyExc_ValueError, "a page is %zu bytes", (size_t)PAGE);
         return NULL;
     }
-    uint64_t h = page_hash_with(view.buf, hash_lanes_generic);
+    uint64_t h = hash(view.buf);
     PyBuffer_Release(&view);
     return PyLong_FromUnsignedLongLong(h);
+}
+
+static uint64_t page_hash_generic(const uint8_t *page)
+{
+    return page_hash_with(page, hash_lanes_generic);
+}
+
+static PyObject *page_hash_portable(PyObject *self, PyObject *arg)
+{
+    return hash_one_page(arg, page_hash_generic);
+}
+
+static PyObject *page_digest_hash(PyObject *self, PyObject *arg)
+{
+    return hash_one_page(arg, xbz_digest_hash);
 }
 
 static PyMethodDef ramhash_methods[] = {
@@ -331,6 +452,11 @@ static PyMethodDef ramhash_methods[] = {
      "with the SIMD path's guest_page_hash)."},
     {"data_map", data_map, METH_VARARGS, data_map_doc},
     {"page_hashes", page_hashes, METH_VARARGS, page_hashes_doc},
+    {"table_pairs", table_pairs, METH_VARARGS, table_pairs_doc},
+    {"table_fill", table_fill, METH_VARARGS, table_fill_doc},
+    {"page_digest_hash", page_digest_hash, METH_O,
+     "page_digest_hash(page) -> int: the page's digest-table entry (0 for a zero page, "
+     "else its 64-bit hash, never 0)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -10,13 +10,17 @@
 #include "loops.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 
 #include "cache.h"
 #include "codec.h"
+#include "guest.h"
 
 /* MODE_QEMU_COPY is QEMU's design (a private copy of the page, the zero
  * check and the encode on the copy, the copy written into the cache): the
@@ -76,7 +80,10 @@ static inline void emit_zero(writer_t *w, uint64_t offset, uint64_t *c)
     c[XBZ_C_ZERO]++;
 }
 
-static inline void emit_normal(writer_t *w, uint64_t offset, const uint8_t *data, uint64_t *c)
+/* A PAGE record; returns the bytes that go on the wire (the copy in the
+ * record, or the guest page itself when referenced). */
+static inline const uint8_t *emit_normal(writer_t *w, uint64_t offset, const uint8_t *data,
+                                         uint64_t *c)
 {
     size_t h = put_header(w, offset, XBZ_F_PAGE);
     if (w->refs != NULL) {
@@ -89,12 +96,31 @@ static inline void emit_normal(writer_t *w, uint64_t offset, const uint8_t *data
         w->referenced += XBZ_PAGE;
         w->cont = 1;
         c[XBZ_C_NORMAL]++;
-        return;
+        return data;
     }
-    memcpy(w->out + w->pos + h, data, XBZ_PAGE);
+    uint8_t *copy = w->out + w->pos + h;
+    memcpy(copy, data, XBZ_PAGE);
     w->pos += h + XBZ_PAGE;
     w->cont = 1;
     c[XBZ_C_NORMAL]++;
+    return copy;
+}
+
+/* The digest table (see xbz_digest_hash): slot is this page's entry or NULL.
+ * It takes the hash of what the destination holds once the record is
+ * applied: the bytes of a PAGE record (hashed while they are in cache, just
+ * before the kernel copies them), the cached copy after an XBZRLE delta
+ * (the cache equals the destination), 0 after a ZERO record. */
+static inline void note_sent(uint64_t *slot, const uint8_t *bytes)
+{
+    if (slot != NULL)
+        *slot = xbz_digest_hash(bytes);
+}
+
+static inline void note_zero(uint64_t *slot)
+{
+    if (slot != NULL)
+        *slot = 0;
 }
 
 /* Bring a cached page up to date with the delta just sent: the cache then
@@ -159,23 +185,25 @@ static inline void finish_xbzrle(writer_t *w, size_t h, size_t n, uint64_t *c)
  * round sends the difference.  In the last stage (MODE_LAST) the guest is
  * stopped and the cache is left alone. */
 static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, uint64_t addr,
-                            int mode, xbz_cache *cache, uint8_t *backoff, uint64_t *c)
+                            int mode, xbz_cache *cache, uint8_t *backoff, uint64_t *slot,
+                            uint64_t *c)
 {
     if (xbz_is_zero(page, XBZ_PAGE)) {
         /* Refresh the cached copy too, or the next delta is against stale bytes. */
         if (mode == MODE_XBZRLE && cache != NULL)
             xbz_cache_insert(cache, addr, zero_page);
         emit_zero(w, offset, c);
+        note_zero(slot);
         return;
     }
     if (mode == MODE_PLAIN || cache == NULL) {
-        emit_normal(w, offset, page, c);
+        note_sent(slot, emit_normal(w, offset, page, c));
         return;
     }
     uint8_t *cached = xbz_cache_lookup(cache, addr);
     if (cached == NULL) {
         c[XBZ_C_MISS]++;
-        emit_normal(w, offset, page, c);
+        note_sent(slot, emit_normal(w, offset, page, c));
         if (mode == MODE_XBZRLE)
             xbz_cache_insert(cache, addr, w->out + w->pos - XBZ_PAGE);
         return;
@@ -186,7 +214,7 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
          * delta is right the day the encoder is tried again. */
         *backoff -= 1;
         c[XBZ_C_SKIPPED]++;
-        emit_normal(w, offset, page, c);
+        note_sent(slot, emit_normal(w, offset, page, c));
         if (mode == MODE_XBZRLE)
             memcpy(cached, w->out + w->pos - XBZ_PAGE, XBZ_PAGE);
         return;
@@ -199,12 +227,17 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
         if (backoff != NULL)
             *backoff = 0; /* it encodes again: back to trying every time */
         c[XBZ_C_UNCHANGED]++;
-        return; /* nothing to send: the destination already holds these bytes */
+        return; /* nothing to send: the destination already holds these bytes (and slot
+                   already holds their hash) */
     }
     if (n > 0 && (mode != MODE_XBZRLE || cache_follow_delta(cached, delta, (size_t)n) == 0)) {
         if (backoff != NULL)
             *backoff = 0;
         finish_xbzrle(w, h, (size_t)n, c);
+        /* The destination applies the delta to what the cache holds; in the last
+         * stage the cache is left alone, but the guest is stopped, so the page
+         * is exactly what the delta rebuilds. */
+        note_sent(slot, mode == MODE_XBZRLE ? cached : page);
         return;
     }
     /* Overflow: the page goes whole, and the cache takes the bytes sent. */
@@ -212,24 +245,28 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
         backoff_overflowed(backoff);
     c[XBZ_C_OVERFLOW]++;
     c[XBZ_C_XBZRLE_BYTES] += XBZ_PAGE;
-    emit_normal(w, offset, page, c);
+    note_sent(slot, emit_normal(w, offset, page, c));
     if (mode == MODE_XBZRLE)
         memcpy(cached, w->out + w->pos - XBZ_PAGE, XBZ_PAGE);
 }
 
 /* QEMU's design, for the benchmark only (see MODE_QEMU_COPY). */
 static inline void save_one_copy(writer_t *w, const uint8_t *page, uint64_t offset,
-                                 uint64_t addr, xbz_cache *cache, uint8_t *scratch, uint64_t *c)
+                                 uint64_t addr, xbz_cache *cache, uint8_t *scratch,
+                                 uint64_t *slot, uint64_t *c)
 {
     memcpy(scratch, page, XBZ_PAGE);
     if (xbz_is_zero(scratch, XBZ_PAGE)) {
         xbz_cache_insert(cache, addr, zero_page);
         emit_zero(w, offset, c);
+        note_zero(slot);
         return;
     }
+    /* Every record below leaves the destination with the scratch copy's bytes. */
     uint8_t *cached = xbz_cache_lookup(cache, addr);
     if (cached == NULL) {
         c[XBZ_C_MISS]++;
+        note_sent(slot, scratch);
         xbz_cache_insert(cache, addr, scratch);
         emit_normal(w, offset, scratch, c);
         return;
@@ -241,6 +278,7 @@ static inline void save_one_copy(writer_t *w, const uint8_t *page, uint64_t offs
         c[XBZ_C_UNCHANGED]++;
         return;
     }
+    note_sent(slot, scratch);
     memcpy(cached, scratch, XBZ_PAGE);
     if (n < 0) {
         c[XBZ_C_OVERFLOW]++;
@@ -253,7 +291,7 @@ static inline void save_one_copy(writer_t *w, const uint8_t *page, uint64_t offs
 
 PyDoc_STRVAR(save_pages_doc,
 "save_pages(out, pos, ram, bitmap, start_page, name, addr_base, mode, cache, cont,\n"
-"           refs=None, backoff=None) -> (pos, next_page, cont, counts[, nrefs])\n\n"
+"           refs=None, backoff=None, hashes=None) -> (pos, next_page, cont, counts[, nrefs])\n\n"
 "Write page records for the dirty pages of one RAM block into out[pos:],\n"
 "clearing their bits, until out has no room for another record or the\n"
 "bitmap is exhausted.  mode: 0 plain, 1 XBZRLE, 2 XBZRLE last stage (cache\n"
@@ -267,7 +305,11 @@ PyDoc_STRVAR(save_pages_doc,
 "the pages were copied, so the stream is byte for byte the copy path's.\n\n"
 "backoff: None, or a writable buffer of one byte per page of the block for\n"
 "the overflow back-off (all zero when a migration starts; the loop keeps it;\n"
-"modes 1 and 2).");
+"modes 1 and 2).\n\n"
+"hashes: None, or a writable digest table of the block (one native uint64\n"
+"per page): for each page it sends, the loop stores the hash of what the\n"
+"destination holds once the record is applied (0 for a zero page); see\n"
+"table_pairs().");
 
 static PyObject *save_pages(PyObject *self, PyObject *args)
 {
@@ -275,14 +317,21 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
     Py_ssize_t pos, start_page;
     unsigned long long addr_base;
     int mode, cont;
-    PyObject *cache_obj, *refs_obj = Py_None, *backoff_obj = Py_None, *result = NULL;
-    Py_buffer refs = {0}, backoff_buf = {0};
+    PyObject *cache_obj, *refs_obj = Py_None, *backoff_obj = Py_None, *hashes_obj = Py_None;
+    PyObject *result = NULL;
+    Py_buffer refs = {0}, backoff_buf = {0}, hashes_buf = {0};
     uint64_t c[XBZ_C_COUNT] = {0};
 
-    if (!PyArg_ParseTuple(args, "w*ny*w*ny*KiOp|OO", &out, &pos, &ram, &bitmap, &start_page,
+    if (!PyArg_ParseTuple(args, "w*ny*w*ny*KiOp|OOO", &out, &pos, &ram, &bitmap, &start_page,
                           &name, &addr_base, &mode, &cache_obj, &cont, &refs_obj,
-                          &backoff_obj))
+                          &backoff_obj, &hashes_obj))
         return NULL;
+    uint64_t *hashes = NULL;
+    if (hashes_obj != Py_None) {
+        if (PyObject_GetBuffer(hashes_obj, &hashes_buf, PyBUF_WRITABLE) < 0)
+            goto done;
+        hashes = hashes_buf.buf;
+    }
     uint8_t *backoff = NULL;
     if (backoff_obj != Py_None) {
         if (PyObject_GetBuffer(backoff_obj, &backoff_buf, PyBUF_WRITABLE) < 0)
@@ -324,11 +373,13 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
     }
     if (ram.len % XBZ_PAGE != 0 || (size_t)bitmap.len < nwords * 8 || name.len > 255 ||
         mode < MODE_PLAIN || mode > MODE_QEMU_COPY || pos < 0 || pos > out.len || start_page < 0 ||
-        (backoff != NULL && (size_t)backoff_buf.len < npages)) {
+        (backoff != NULL && (size_t)backoff_buf.len < npages) ||
+        (hashes != NULL && ((size_t)hashes_buf.len / 8 < npages ||
+                            (uintptr_t)hashes % sizeof(uint64_t) != 0))) {
         PyErr_SetString(PyExc_ValueError,
                         "save_pages: bad arguments (ram not whole pages, bitmap too short, "
                         "name over 255 bytes, bad mode or position, backoff shorter than "
-                        "the block's pages)");
+                        "the block's pages, hashes not 8 aligned bytes per page)");
         goto done;
     }
 
@@ -368,10 +419,11 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
         words[wi] &= ~(1ULL << (p % 64));
         uint64_t offset = (uint64_t)p * XBZ_PAGE;
         if (mode == MODE_QEMU_COPY)
-            save_one_copy(&w, base + offset, offset, addr_base + offset, cache, scratch, c);
+            save_one_copy(&w, base + offset, offset, addr_base + offset, cache, scratch,
+                          hashes != NULL ? hashes + p : NULL, c);
         else
             save_one(&w, base + offset, offset, addr_base + offset, mode, cache,
-                     backoff != NULL ? backoff + p : NULL, c);
+                     backoff != NULL ? backoff + p : NULL, hashes != NULL ? hashes + p : NULL, c);
         c[XBZ_C_SCANNED]++;
         page = p + 1;
         if (page % 64 == 0)
@@ -398,6 +450,8 @@ done:
         PyBuffer_Release(&refs);
     if (backoff_buf.buf != NULL)
         PyBuffer_Release(&backoff_buf);
+    if (hashes_buf.buf != NULL)
+        PyBuffer_Release(&hashes_buf);
     PyBuffer_Release(&out);
     PyBuffer_Release(&ram);
     PyBuffer_Release(&bitmap);
@@ -405,15 +459,17 @@ done:
     return result;
 }
 
-/* writev() every iovec of iov[0:n], resuming after partial writes; on a
+/* writev() (or, into a pipe with splice_pages, vmsplice()) every iovec of
+ * iov[0:n], resuming after partial writes; on a
  * non-blocking descriptor (a socket with a timeout) wait for room at most
  * timeout_ms each time (-1: no limit).  Returns 0, or -1 with errno set
  * (ETIMEDOUT when no byte could be written for timeout_ms). */
-static int writev_all(int fd, struct iovec *iov, int n, int timeout_ms)
+static int writev_all(int fd, struct iovec *iov, int n, int timeout_ms, int splice_pages)
 {
     while (n > 0) {
         int batch = n < IOV_MAX ? n : IOV_MAX;
-        ssize_t done = writev(fd, iov, batch);
+        ssize_t done = splice_pages ? vmsplice(fd, iov, (unsigned long)batch, 0)
+                                    : writev(fd, iov, batch);
         if (done < 0) {
             if (errno == EINTR)
                 continue;
@@ -444,27 +500,32 @@ static int writev_all(int fd, struct iovec *iov, int n, int timeout_ms)
 }
 
 PyDoc_STRVAR(write_records_doc,
-"write_records(fd, out, end, refs, nrefs, ram, timeout_ms=-1) -> bytes written\n\n"
+"write_records(fd, out, end, refs, nrefs, ram, timeout_ms=-1, splice=False)\n"
+"    -> bytes written\n\n"
 "Send what save_pages(..., refs=...) produced: out[0:end] with each referenced\n"
 "page of ram inserted at its position, in writev() calls (no copy in user\n"
-"space: the kernel reads the payloads straight from guest RAM).  The bytes are\n"
+"space: the kernel reads the payloads straight from guest RAM), or, with\n"
+"splice and fd a pipe, in vmsplice() calls (no copy at all on this side: the\n"
+"pipe references the guest's pages and its reader copies them out; out may be\n"
+"reused at once, its bytes were copied aside).  splice is for a pipe whose\n"
+"reader the caller waits for before it lets the guest run again.  The bytes are\n"
 "those of the copy path.  A page the guest writes between the save loop's\n"
 "zero check and this call goes out with whatever it holds when the kernel\n"
-"copies it, as in QEMU, which also sends from guest RAM: the write dirtied\n"
+"(or the pipe's reader) copies it, as in QEMU, which also sends from guest RAM: the write dirtied\n"
 "the page, so the next round sends it again (the last stage runs with the\n"
 "guest stopped).  timeout_ms bounds a wait for room on a non-blocking fd.\n"
 "Raises OSError (TimeoutError on a stall) without closing fd.");
 
 static PyObject *write_records(PyObject *self, PyObject *args)
 {
-    int fd, timeout_ms = -1;
+    int fd, timeout_ms = -1, splice = 0;
     Py_buffer out, refs, ram;
     Py_ssize_t end, nrefs;
     PyObject *result = NULL;
     struct iovec *iov = NULL;
 
-    if (!PyArg_ParseTuple(args, "iy*ny*ny*|i", &fd, &out, &end, &refs, &nrefs, &ram,
-                          &timeout_ms))
+    if (!PyArg_ParseTuple(args, "iy*ny*ny*|ip", &fd, &out, &end, &refs, &nrefs, &ram,
+                          &timeout_ms, &splice))
         return NULL;
     const page_ref_t *r = refs.buf;
     if (end < 0 || end > out.len || nrefs < 0 ||
@@ -488,18 +549,38 @@ static PyObject *write_records(PyObject *self, PyObject *args)
     }
     int n = 0;
     prev = 0;
+    struct stat st;
+    uint8_t *heads = out.buf;
+    size_t heads_len = 0;
+    /* Into a pipe (exec:), the pages are not even copied: vmsplice() hangs the
+     * guest's pages themselves in the pipe, and the reader copies them out.  The
+     * headers go in from a private copy made for this call (the caller reuses
+     * out at once), unmapped right away: the pipe holds its own references. */
+    int splice_pages = splice && fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode) && end > 0;
+    if (splice_pages) {
+        heads_len = ((size_t)end + 4095) & ~(size_t)4095;
+        heads = mmap(NULL, heads_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (heads == MAP_FAILED) {
+            heads = out.buf;
+            splice_pages = 0;
+        } else {
+            memcpy(heads, out.buf, (size_t)end);
+        }
+    }
     for (Py_ssize_t i = 0; i < nrefs; i++) {
         if (r[i].pos > prev)
-            iov[n++] = (struct iovec){(uint8_t *)out.buf + prev, r[i].pos - prev};
+            iov[n++] = (struct iovec){heads + prev, r[i].pos - prev};
         iov[n++] = (struct iovec){(uint8_t *)ram.buf + r[i].ram_offset, XBZ_PAGE};
         prev = r[i].pos;
     }
     if ((uint64_t)end > prev)
-        iov[n++] = (struct iovec){(uint8_t *)out.buf + prev, (uint64_t)end - prev};
+        iov[n++] = (struct iovec){heads + prev, (uint64_t)end - prev};
     int rc, err;
     Py_BEGIN_ALLOW_THREADS
-    rc = writev_all(fd, iov, n, timeout_ms);
+    rc = writev_all(fd, iov, n, timeout_ms, splice_pages);
     err = errno;
+    if (splice_pages)
+        munmap(heads, heads_len);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         errno = err;

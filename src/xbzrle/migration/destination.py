@@ -60,6 +60,7 @@ class IncomingMigration(Migration):
         resume: bool = True,
         admission: Admission | None = None,
         ram_digest: Callable[[], bool] = lambda: True,
+        ram_digest_full: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__(MigrationStats(
             total_ram=sum(b.size for b in guest.blocks.values()), xbzrle=False), on_status)
@@ -68,6 +69,7 @@ class IncomingMigration(Migration):
         # Both read when the stream arrives: the operator may set them late.
         self._xbzrle = xbzrle
         self._ram_digest = ram_digest
+        self._ram_digest_full = ram_digest_full
         self.resume = resume
         self._channel: SocketChannel | FileChannel | None = None
         #: The RAM digests compared at the end, as hex per block: what the source
@@ -128,15 +130,19 @@ class IncomingMigration(Migration):
             self._conclude(MigrationStatus.FAILED, error)
 
     def _receive(self) -> None:
-        loader = PageLoader(self.guest.blocks, self._xbzrle(), anonymous=True)
         expect_digest = self._ram_digest()
+        # The load loop keeps a digest table unless x-ram-digest-full asks for a
+        # read of all RAM after EOF (or no digest is expected at all).
+        tables = expect_digest and not self._ram_digest_full()
+        loader = PageLoader(self.guest.blocks, self._xbzrle(), anonymous=True, tables=tables)
         try:
             digest = self._load(loader, expect_digest)
         finally:
             loader.release()
         if digest is None:
             return
-        mine = self.guest.digest()
+        mine = {name: loader.digest(name) or block.digest()
+                for name, block in self.guest.blocks.items()}
         self.digests = {"source": {name: want.hex() for name, (_size, want) in digest.items()},
                         "destination": dict(mine)}
         for name, (_size, want) in digest.items():

@@ -146,6 +146,7 @@ class MigrationManager:
                 max_rounds=max_rounds,
                 transport=source_transport(self.objects, p),
                 ram_digest=self.settings.capability("x-ram-digest"),
+                ram_digest_full=self.settings.capability("x-ram-digest-full"),
                 auto_converge=self.settings.capability("auto-converge"),
                 throttle=throttle_settings(p),
                 throttle_raw_bytes=p.x_throttle_raw_bytes,
@@ -172,7 +173,9 @@ class MigrationManager:
                                     lambda: self.settings.capability("xbzrle"),
                                     self._notify, resume=resume,
                                     admission=admission(self.objects, self.settings.parameters),
-                                    ram_digest=lambda: self.settings.capability("x-ram-digest"))
+                                    ram_digest=lambda: self.settings.capability("x-ram-digest"),
+                                    ram_digest_full=lambda: self.settings.capability(
+                                        "x-ram-digest-full"))
             self.current = mig
             mig.start()
         return mig

@@ -24,6 +24,12 @@ CAPABILITY_DEFAULTS: dict[str, bool] = {
     # a guest whose RAM differs.  QEMU knows no such section and rejects the
     # stream, so a user turns it off on both sides to migrate with a real QEMU.
     "x-ram-digest": True,
+    # Ours: with x-ram-digest, each side takes its digest by reading all of its
+    # RAM once the pages are in (the source after the guest stopped) instead
+    # of from the per-page table its save or load loop kept.  Slower, on the
+    # downtime path, but the source's full read also catches a dirty page the
+    # tracking lost (the table only knows what was sent).
+    "x-ram-digest-full": False,
     # auto-converge: throttle the guest when it dirties faster than the link.
     "auto-converge": False,
 }

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from .._backend import load_core
 from ..errors import Cancelled, TransportError, XbzrleError
+from ..guest.digest import DigestTable, digest_table, table_digest
 from ..guest.dirtylog import DirtyBitmap
 from ..sizes import PAGE_SIZE
 from ..stream import constants as K
@@ -51,6 +52,7 @@ class SourceConfig:
     max_rounds: int = 0  # 0 = no cap; a cap forces the switch-over (tests)
     transport: dict = field(default_factory=dict)  # connect(): tls, tls_hostname, stall_timeout
     ram_digest: bool = True  # x-ram-digest: send a digest of all RAM, expect a verdict
+    ram_digest_full: bool = False  # x-ram-digest-full: read all RAM for it, not the table
     copy_pages: bool = False  # copy PAGE payloads into the buffer even where writev could
     #                           send them from guest RAM (tests compare both paths)
     auto_converge: bool = False  # throttle the guest when it dirties faster than the link
@@ -128,6 +130,7 @@ class SourceMigration(Migration):
         self._pending_throttle: ThrottleSettings | None = None
         self._converge: AutoConverge | None = None
         self._backoff: dict[str, bytearray] = {}  # overflow back-off state per block
+        self._tables: dict[str, DigestTable] = {}  # digest table per block (see _final_digests)
         self._channel: SocketChannel | FileChannel | None = None
         self._stopped_guest = False
         self.cache = None  # _core.PageCache once setup allocated it
@@ -210,7 +213,8 @@ class SourceMigration(Migration):
         timeout = getattr(channel, "stall_timeout", None)
         try:
             return _core.write_records(channel.writev_fd(), buf, end, refs, nrefs, block,
-                                       -1 if timeout is None else int(timeout * 1000))
+                                       -1 if timeout is None else int(timeout * 1000),
+                                       getattr(channel, "splices_pages", False))
         except OSError as exc:
             raise channel.send_failed(exc) from exc
 
@@ -257,6 +261,10 @@ class SourceMigration(Migration):
         # Overflow back-off: one byte per page, kept by the save loop (see save.c).
         self._backoff = {n: bytearray(blocks[n].npages) for n in names} \
             if cfg.xbzrle and cfg.overflow_backoff else {}
+        # The digest table: the save loop notes, per page sent, the hash of what the
+        # destination holds (8 bytes a page, allocated once per migration).
+        self._tables = {n: digest_table(blocks[n].size) for n in names} \
+            if cfg.ram_digest and not cfg.ram_digest_full else {}
         if cfg.xbzrle:
             self.cache = _core.PageCache(cfg.cache_size)  # the save loop needs the C one
             with self._lock:
@@ -318,9 +326,7 @@ class SourceMigration(Migration):
         self._round(round_index, bitmaps, last_mode, final_pages, dirty_rate, final=True)
         tail = b""
         if cfg.ram_digest:
-            digests = {n: (blocks[n].size, bytes.fromhex(d))
-                       for n, d in self.guest.digest().items()}
-            tail = writer.digest(digests, section_id=K.DIGEST_SECTION_ID)
+            tail = writer.digest(self._final_digests(), section_id=K.DIGEST_SECTION_ID)
         tail += writer.eof() + writer.vmdescription(VM_DESCRIPTION)
         self._send(tail)
         with self._lock:
@@ -332,6 +338,21 @@ class SourceMigration(Migration):
         with self._lock:
             self.stats.downtime_ms = int((time.monotonic() - stop_time) * 1000)
         self._finish(MigrationStatus.COMPLETED, None)
+
+    def _final_digests(self) -> dict[str, tuple[int, bytes]]:
+        """The digest of every block, the guest stopped and every page sent.
+
+        From the digest table the save loop kept (every page was sent at least
+        once, by the first round), unless x-ram-digest-full asks for a read of
+        all RAM: that read also catches a dirty page the tracking lost, which
+        the table, knowing only what was sent, cannot.
+        """
+        blocks = self.guest.blocks
+        if self.config.ram_digest_full:
+            hexes = self.guest.digest()
+        else:
+            hexes = {n: table_digest(blocks[n].size, t) for n, t in self._tables.items()}
+        return {n: (blocks[n].size, bytes.fromhex(d)) for n, d in hexes.items()}
 
     def _maybe_throttle(self, record: RoundRecord, dirty_pages: int, plain_round: bool,
                         cache_warmup: bool) -> None:
@@ -441,13 +462,14 @@ class SourceMigration(Migration):
                     raise Cancelled()
                 buf[: len(prefix)] = prefix
                 backoff = self._backoff.get(name)
+                table = self._tables.get(name)
                 args = (buf, len(prefix), block, bitmap, page, encoded_name,
                         self._addr_base[name], mode, self.cache if mode else None,
                         self._last_block == name)
                 if zero_copy:
-                    pos, page, _, raw, nrefs = _core.save_pages(*args, refs, backoff)
+                    pos, page, _, raw, nrefs = _core.save_pages(*args, refs, backoff, table)
                 else:
-                    pos, page, _, raw = _core.save_pages(*args, None, backoff)
+                    pos, page, _, raw = _core.save_pages(*args, None, backoff, table)
                 counts = BatchCounts.from_loop(raw)
                 if counts.wire_bytes:
                     self._last_block = name

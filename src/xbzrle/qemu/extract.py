@@ -142,7 +142,13 @@ class StreamExtractor:
             self._write_device_state(event.data)
         elif isinstance(event, ev.RamBlocks):
             self.ram = RamFiles(self.out_dir, event.blocks, self.max_ram, event.stream_offset)
-            self.loader = PageLoader(self.ram.maps, xbzrle=True)
+            # New sparse files are all zero: the loader's digest tables start from
+            # nothing and give the manifest's RAM digests without reading the files
+            # (a mapped-ram stream's pages are copied here without the loader, so
+            # those files are read for their digests).
+            self.loader = PageLoader(
+                self.ram.maps, xbzrle=True, zeroed=True,
+                tables=self.checksum == "ram-digest" and not self.parser.mapped_ram)
             if self.parser.mapped_ram:
                 self._load_mapped_ram(event)
             else:
@@ -210,8 +216,12 @@ class StreamExtractor:
 
     def _write_outputs(self, error: str | None) -> dict[str, Any]:
         counts = self.loader.counts if self.loader is not None else None
+        known: dict[str, str] = {}
+        if self.loader is not None and self.ram is not None:
+            known = {name: d for name in self.ram.sizes()
+                     if (d := self.loader.digest(name)) is not None}
         self._close_files()
-        blocks = self.ram.manifest_blocks(self.checksum) if self.ram is not None else []
+        blocks = self.ram.manifest_blocks(self.checksum, known) if self.ram is not None else []
         if self._mapped:
             # The pages a mapped-ram file carries, beside the digest of the whole block.
             for block in blocks:

@@ -39,8 +39,10 @@ MAX_STEM = 80
 """Characters of a block name kept in its file name (255 bytes is the usual limit)."""
 CHECKSUMS = ("ram-digest", "sha256", "none")
 """What the manifest holds per block: xbzrle's RAM digest (the default: the
-x-ram-digest section's value, read from the file's data extents only, so a
-sparse block costs what it holds), SHA-256 of the file (any tool checks it,
+x-ram-digest section's value, taken from the digest table the page loader
+keeps as it writes each page, or for a block written otherwise (mapped-ram)
+read from the file's data extents only, so a sparse block costs what it
+holds), SHA-256 of the file (any tool checks it,
 but it reads every byte of the holes too), or nothing."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9@._+-]+")
 _DIGEST_CHUNK = 16 << 20
@@ -144,8 +146,13 @@ class RamFiles:
     def sizes(self) -> dict[str, int]:
         return dict(self._sizes)
 
-    def manifest_blocks(self, checksum: str = "ram-digest") -> list[dict[str, object]]:
-        """Name, file, size and checksum (see CHECKSUMS) of every block (after close)."""
+    def manifest_blocks(self, checksum: str = "ram-digest",
+                        known: dict[str, str] | None = None) -> list[dict[str, object]]:
+        """Name, file, size and checksum (see CHECKSUMS) of every block (after close).
+
+        ``known``: RAM digests already taken (from the loader's digest tables);
+        the files of the other blocks are read for theirs.
+        """
         if checksum not in CHECKSUMS:
             raise ParameterError(f"unknown checksum {checksum!r}: one of {', '.join(CHECKSUMS)}")
         blocks: list[dict[str, object]] = []
@@ -156,7 +163,7 @@ class RamFiles:
             if checksum == "sha256":
                 entry["sha256"] = _file_sha256(path)
             elif checksum == "ram-digest":
-                entry["ram_digest"] = file_digest(path, size)
+                entry["ram_digest"] = (known or {}).get(name) or file_digest(path, size)
             blocks.append(entry)
         return blocks
 

@@ -7,6 +7,17 @@ either one by one (:meth:`PageLoader.apply`) or as a run of raw records that
 the compiled load loop applies in place (:meth:`PageLoader.sink`, the
 parser's ``page_sink`` fast path).  Every offset is checked against the
 block it names; nothing is written outside a block.
+
+With ``tables``, the loader keeps a digest table per block
+(:mod:`xbzrle.guest.digest`): every page it writes, by either path, has its
+entry set to the hash of what it now holds, while the page is in cache, so
+the RAM digest at the end costs 8 bytes a page instead of a read of all RAM.
+A table starts from what the block holds: nothing to read for ``zeroed``
+blocks (new files), the populated pages of anonymous memory (a fresh guest
+has none), every page of any other buffer.  :meth:`PageLoader.forget`
+drops the table of a block written some other way; :meth:`PageLoader.digest`
+then says None and the caller reads the RAM: a table never gives a wrong
+digest.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from __future__ import annotations
 from .. import codec
 from .._backend import load_core
 from ..errors import DecodeError, StreamError
+from ..guest.digest import DigestTable, digest_table, table_digest
 from . import constants as K
 from . import records as ev
 from .counts import BatchCounts
@@ -35,9 +47,13 @@ class PageLoader:
 
     ``blocks`` maps block names to writable buffers (a guest's RAM blocks,
     mmaps of files, bytearrays): the loader only needs their bytes.
+    ``tables``: keep a digest table per block (see the module's docstring);
+    ``zeroed``: the caller knows every block is all zero (new files), so the
+    tables start without reading anything.
     """
 
-    def __init__(self, blocks, xbzrle: bool, anonymous: bool = False) -> None:
+    def __init__(self, blocks, xbzrle: bool, anonymous: bool = False, *,
+                 tables: bool = False, zeroed: bool = False) -> None:
         self.blocks = blocks
         self.xbzrle = xbzrle  # read when the stream arrives: the operator may enable it late
         self.counts = BatchCounts()
@@ -47,9 +63,28 @@ class PageLoader:
         swap = _swap_configured()
         self._maps = ({name: _core.data_map(view, swap) for name, view in self._views.items()}
                       if anonymous else {})
-        self._table = [(name.encode(), self._views[name], *((self._maps[name],)
-                        if anonymous else ())) for name in blocks]
+        self._sizes = {name: len(view) for name, view in self._views.items()}
+        self._tables = {name: self._start_table(name, zeroed) for name in blocks} \
+            if tables else {}
+        self._entries = {name: memoryview(t).cast("Q") for name, t in self._tables.items()
+                         if t is not None}
+        self._table = [(name.encode(), self._views[name], self._maps.get(name),
+                        self._tables.get(name)) for name in blocks]
         self._index = {name: i for i, name in enumerate(blocks)}
+
+    def _start_table(self, name: str, zeroed: bool) -> DigestTable | None:
+        """A digest table that describes the block as it is now, or None if that
+        would take a read of data we cannot locate (then the digest reads the RAM)."""
+        view, size = self._views[name], self._sizes[name]
+        table = digest_table(size)
+        if zeroed:
+            return table
+        if size % K.PAGE_SIZE:
+            return None
+        # Anonymous memory: only the pages the kernel populated are read; any
+        # other buffer is read whole, once, before the first record.
+        _core.table_fill(view, table, self._maps.get(name))
+        return table
 
     def check_layout(self, event: ev.RamBlocks) -> None:
         for name, size in event.blocks:
@@ -67,6 +102,21 @@ class PageLoader:
             view.release()
         self._views = {}
         self._table = []
+
+    def forget(self, name: str) -> None:
+        """Block ``name`` was written by something else than this loader: no table for it."""
+        if name in self._tables:
+            self._tables[name] = None
+            entries = self._entries.pop(name, None)
+            if entries is not None:
+                entries.release()
+            self._table = [(n, view, data_map, None if n == name.encode() else table)
+                           for n, view, data_map, table in self._table]
+
+    def digest(self, name: str) -> str | None:
+        """The RAM digest of block ``name`` from its table (hex), or None without one."""
+        table = self._tables.get(name)
+        return None if table is None else table_digest(self._sizes[name], table)
 
     def _page(self, event) -> memoryview:
         view = self._views.get(event.block)
@@ -105,6 +155,9 @@ class PageLoader:
                                   f"{exc}", event.stream_offset) from exc
             c.xbzrle += 1
         c.scanned += 1
+        entries = self._entries.get(event.block)
+        if entries is not None:
+            entries[event.offset // K.PAGE_SIZE] = _core.page_digest_hash(page)
 
     def sink(self, buf: bytearray, pos: int, base: int,
              last: str | None) -> tuple[int, str | None, tuple[int, ...]]:

@@ -280,6 +280,13 @@ class FileChannel:
         """Files and pipes take page payloads straight from guest RAM."""
         return self.fd
 
+    @property
+    def splices_pages(self) -> bool:
+        """An exec: command's pipe may hold references to guest pages (vmsplice)
+        instead of copies: close() waits for the command to exit, so it has
+        read every page before the migration completes and the guest may run."""
+        return self.proc is not None
+
     def send_failed(self, exc: OSError) -> TransportError:
         return TransportError(f"migration output failed: {exc}")
 

@@ -30,13 +30,14 @@ from .uri import MigrationURI
 
 TLS_HANDSHAKE_RECORD = 0x16
 PIPE_SIZE = 1 << 20
-"""Pipe capacity asked for an incoming exec: channel (capped at fs.pipe-max-size).
+"""Pipe capacity asked for an exec: channel, both ways (capped at fs.pipe-max-size).
 
 A default pipe holds 64 KiB, so each read returns at most 64 KiB: sixteen
 reads and sixteen trips through the stream parser per MiB of RAM.  With
 1 MiB the destination's CPU time for a 1 GiB stream halved (measured, see
-docs/migration.md).  The outgoing side keeps the default: a wider pipe made
-no measurable difference to the source."""
+docs/migration.md).  On the source a 1 MiB write (one buffer of records)
+then goes in one piece instead of sixteen wake-ups of the reader: 1 GiB
+into ``exec:cat > /dev/null`` went from 0.64-0.68 s to 0.48-0.60 s."""
 
 
 def widen_pipe(fd: int) -> None:
@@ -111,6 +112,7 @@ def connect(uri: MigrationURI, timeout: float = 10.0, *, tls: ssl.SSLContext | N
         assert proc.stdin is not None
         fd = os.dup(proc.stdin.fileno())
         proc.stdin.close()
+        widen_pipe(fd)  # one buffer of records per write (see PIPE_SIZE)
         return FileChannel(fd, proc)
     except OSError as exc:
         raise TransportError(f"cannot open migration channel {uri}: {exc}") from exc
