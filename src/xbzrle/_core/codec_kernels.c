@@ -189,6 +189,9 @@ static inline int popcount_portable(uint64_t x)
     return (int)((x * UINT64_C(0x0101010101010101)) >> 56);
 }
 
+/* The decoder's copies (copy_small); sparse deltas are mostly one-byte
+ * runs, which a first, well predicted test sends to a single store, while
+ * dense ones (runs of every length from 1 to 8) would mispredict it. */
 static inline void copy_run_portable(uint8_t *dst, const uint8_t *src, size_t n)
 {
     if (n == 1)
@@ -252,6 +255,9 @@ static inline int popcount_avx2(uint64_t x)
     return __builtin_popcountll(x);
 }
 
+/* The decoder's copies (copy_small); sparse deltas are mostly one-byte
+ * runs, which a first, well predicted test sends to a single store, while
+ * dense ones (runs of every length from 1 to 8) would mispredict it. */
 static inline void copy_run_avx2(uint8_t *dst, const uint8_t *src, size_t n)
 {
     if (n == 1)
@@ -581,8 +587,8 @@ int xbz_is_zero(const uint8_t *p, size_t len)
     return current_path()->is_zero(p, len);
 }
 
-/* The fast half of the checker: a walk over the delta that only answers
- * "certainly valid up to offset *i_out" (1) or "maybe not" (0), fast in the
+/* The fast half of the checker: a walk over the delta that either vouches
+ * for the part it walked (fast_walk_clean) or says "maybe not", fast in the
  * common case where every length takes one or two bytes and non-zero runs
  * are shorter than 128 bytes (fast_lengths).  The checks that need not stop
  * the walk are folded into one word: a zero run length of 0x4000 or more
