@@ -652,27 +652,10 @@ static PyObject *decode_batch(PyObject *args, PyObject *kwargs, const char *form
     size_t err_offset = 0;
     const char *err_reason = NULL;
     Py_BEGIN_ALLOW_THREADS
-    const uint8_t *delta = deltas.buf;
-    for (Py_ssize_t p = 0; p < count; p++) {
-        if (lengths[p] <= 0)
-            continue;
-        if (xbz_decode_check(delta, (size_t)lengths[p], (size_t)page_size, &err_offset,
-                             &err_reason) < 0) {
-            bad_page = p;
-            break;
-        }
-        delta += lengths[p];
-    }
-    if (bad_page < 0) {
-        delta = deltas.buf;
-        for (Py_ssize_t p = 0; p < count; p++) {
-            if (lengths[p] <= 0)
-                continue;
-            xbz_decode_apply_within(delta, (size_t)lengths[p],
-                                    (uint8_t *)pages.buf + p * page_size, (size_t)page_size);
-            delta += lengths[p];
-        }
-    }
+    bad_page = xbz_decode_check_pages(deltas.buf, lengths, (size_t)count, (size_t)page_size,
+                                      &err_offset, &err_reason);
+    if (bad_page < 0)
+        xbz_decode_apply_pages(deltas.buf, lengths, (size_t)count, pages.buf, (size_t)page_size);
     Py_END_ALLOW_THREADS
     if (bad_page >= 0)
         raise_decode_error(PyUnicode_FromFormat("XBZRLE delta of page %zd at offset %zu: %s",

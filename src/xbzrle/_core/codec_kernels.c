@@ -49,6 +49,64 @@ static inline int uleb_get(const uint8_t *in, uint32_t *n)
     return 2;
 }
 
+/* The lengths of the run that starts at d, for the decoder's fast walks:
+ * the zero run (*zlen, one or two bytes, read as QEMU reads them, so a
+ * second byte with bit 7 set gives a value of 0x4000 or more), the
+ * non-zero run (*c, its length byte alone), and where the next run starts
+ * (returned: d + 2 or 3 + *c).  A *c of 0x80 or more means the non-zero length
+ * takes two bytes (or is malformed): the caller reads it again the slow way.
+ * Three bytes are read whatever the sizes; the caller guarantees them.
+ *
+ * No branch on the sizes: the offset of the next run is picked with a
+ * conditional move (compilers turn a plain ?: here into a branch), so the
+ * chain from one run to the next is a load, a test, a move and an add.  A
+ * branch would be mispredicted whenever the sizes vary at random (1% random
+ * bytes: zero runs of about 100 bytes, either side of 128), and QEMU's
+ * decoder loses most of its time there. */
+static inline const uint8_t *fast_lengths(const uint8_t *d, uint32_t *zlen, uint32_t *c)
+{
+    uint32_t b0 = d[0], b1 = d[1], b2 = d[2];
+    uintptr_t len = b1, after = (uintptr_t)d + 2 + b1;
+    uintptr_t len2 = b2, after2 = (uintptr_t)d + 3 + b2;
+    /* Two bytes: (b0 & 0x7f) | b1 << 7, which is b0 - 0x80 + b1 * 0x80. */
+    uintptr_t zero = b0, zero2 = b0 + (b1 << 7) - 0x80;
+#if defined(__x86_64__)
+    __asm__("testl $0x80, %k[flag]\n\t"
+            "cmovnzq %[len2], %[len]\n\t"
+            "cmovnzq %[after2], %[after]\n\t"
+            "cmovnzq %[zero2], %[zero]"
+            : [len] "+r"(len), [after] "+r"(after), [zero] "+r"(zero)
+            : [len2] "r"(len2), [after2] "r"(after2), [zero2] "r"(zero2), [flag] "r"(b0)
+            : "cc");
+#else
+    uintptr_t high = 0 - (uintptr_t)(b0 >> 7);
+    len ^= (len ^ len2) & high;
+    after ^= (after ^ after2) & high;
+    zero ^= (zero ^ zero2) & high;
+#endif
+    *zlen = (uint32_t)zero;
+    *c = (uint32_t)len;
+    return (const uint8_t *)after;
+}
+
+/* The apply pass's walk (codec_template.h): the next run (APPLY_STOPPED
+ * once it stopped on an inconsistent delta) and where the page stands. */
+struct apply_walk {
+    const uint8_t *p;
+    uint8_t *dst;
+};
+#define APPLY_STOPPED ((const uint8_t *)UINTPTR_MAX)
+
+/* The last place a fast step may start (4 bytes before the end), or 0 when
+ * the delta is shorter than that.  A step reads at most 4 bytes (3, and a
+ * 4th when a non-zero length takes two bytes), so it stays inside the
+ * delta; and with 4 bytes left, both lengths have the 2 bytes QEMU asks
+ * for, so the fast walk never has to check for truncation. */
+static inline uintptr_t fast_walk_limit(const uint8_t *delta, const uint8_t *end)
+{
+    return end - delta >= 4 ? (uintptr_t)end - 4 : 0;
+}
+
 static inline uint64_t load64(const uint8_t *p)
 {
     uint64_t v;
@@ -59,28 +117,44 @@ static inline uint64_t load64(const uint8_t *p)
     return v; /* byte i of memory sits in bits 8i..8i+7 */
 }
 
-/* Copy n bytes, correct even when the ranges overlap: small sizes load
- * everything before storing, larger ones use memmove. */
+/* Copy n bytes, correct even when the ranges overlap: every size up to 64
+ * loads all it copies before storing, with two to four overlapping stores
+ * and no byte written outside dst[0..n); larger ones use memmove.  Sizes
+ * are tested smallest first (the common runs of sparse pages are 1 to 3
+ * bytes), and 16 to 64 bytes take one branch-free case: four 16-byte
+ * blocks at 0, 16, 32 and 48, each moved back to end at n at the latest. */
 static inline void copy_small(uint8_t *dst, const uint8_t *src, size_t n)
 {
-    if (n >= 8 && n <= 16) {
-        uint64_t head, tail;
-        memcpy(&head, src, 8);
-        memcpy(&tail, src + n - 8, 8);
-        memcpy(dst, &head, 8);
-        memcpy(dst + n - 8, &tail, 8);
-    } else if (n >= 4 && n < 8) {
+    if (n - 1 < 3) {
+        uint8_t first = src[0], middle = src[n / 2], last = src[n - 1];
+        dst[0] = first;
+        dst[n / 2] = middle;
+        dst[n - 1] = last;
+    } else if (n - 4 < 4) {
         uint32_t head, tail;
         memcpy(&head, src, 4);
         memcpy(&tail, src + n - 4, 4);
         memcpy(dst, &head, 4);
         memcpy(dst + n - 4, &tail, 4);
-    } else if (n > 0 && n < 4) {
-        uint8_t first = src[0], middle = src[n / 2], last = src[n - 1];
-        dst[0] = first;
-        dst[n / 2] = middle;
-        dst[n - 1] = last;
-    } else if (n > 16) {
+    } else if (n - 8 < 8) {
+        uint64_t head, tail;
+        memcpy(&head, src, 8);
+        memcpy(&tail, src + n - 8, 8);
+        memcpy(dst, &head, 8);
+        memcpy(dst + n - 8, &tail, 8);
+    } else if (n - 16 <= 48) {
+        size_t last = n - 16;
+        size_t o1 = last < 16 ? last : 16, o2 = last < 32 ? last : 32, o3 = last;
+        uint8_t b0[16], b1[16], b2[16], b3[16];
+        memcpy(b0, src, 16);
+        memcpy(b1, src + o1, 16);
+        memcpy(b2, src + o2, 16);
+        memcpy(b3, src + o3, 16);
+        memcpy(dst, b0, 16);
+        memcpy(dst + o1, b1, 16);
+        memcpy(dst + o2, b2, 16);
+        memcpy(dst + o3, b3, 16);
+    } else if (n > 0) {
         memmove(dst, src, n);
     }
 }
@@ -122,7 +196,18 @@ static inline int tzcnt_portable(uint64_t x)
     return x ? __builtin_ctzll(x) : 64;
 }
 
+/* The decoder's copies (copy_small); sparse deltas are mostly one-byte
+ * runs, which a first, well predicted test sends to a single store, while
+ * dense ones (runs of every length from 1 to 8) would mispredict it. */
 static inline void copy_run_portable(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    if (n == 1)
+        *dst = *src;
+    else
+        copy_small(dst, src, n);
+}
+
+static inline void copy_run_dense_portable(uint8_t *dst, const uint8_t *src, size_t n)
 {
     copy_small(dst, src, n);
 }
@@ -196,7 +281,18 @@ static inline int tzcnt_avx2(uint64_t x)
     return (int)_tzcnt_u64(x); /* BMI1: 64 for 0, no branch */
 }
 
+/* The decoder's copies (copy_small); sparse deltas are mostly one-byte
+ * runs, which a first, well predicted test sends to a single store, while
+ * dense ones (runs of every length from 1 to 8) would mispredict it. */
 static inline void copy_run_avx2(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    if (n == 1)
+        *dst = *src;
+    else
+        copy_small(dst, src, n);
+}
+
+static inline void copy_run_dense_avx2(uint8_t *dst, const uint8_t *src, size_t n)
 {
     copy_small(dst, src, n);
 }
@@ -280,14 +376,17 @@ static inline int tzcnt_avx512bw(uint64_t x)
     return (int)_tzcnt_u64(x);
 }
 
-/* Runs of up to 16 bytes (the common case of sparse deltas) with two plain
- * overlapping stores, longer ones with one masked load and store: masked
- * stores are slow on some CPUs (Zen 4), so they are kept for the runs where
- * they replace a loop. */
+/* Runs of 1 to 3 bytes (the common case of sparse deltas) with plain byte
+ * stores, others up to 64 bytes with one masked load and store. */
 static inline void copy_run_avx512bw(uint8_t *dst, const uint8_t *src, size_t n)
 {
-    if (n <= 16) {
-        copy_small(dst, src, n);
+    if (n == 1) {
+        *dst = *src;
+    } else if (n - 1 < 3) {
+        uint8_t first = src[0], middle = src[n / 2], last = src[n - 1];
+        dst[0] = first;
+        dst[n / 2] = middle;
+        dst[n - 1] = last;
     } else if (n <= 64) {
         __mmask64 k = _bzhi_u64(~UINT64_C(0), (unsigned)n);
         _mm512_mask_storeu_epi8(dst, k, _mm512_maskz_loadu_epi8(k, src));
@@ -299,6 +398,20 @@ static inline void copy_run_avx512bw(uint8_t *dst, const uint8_t *src, size_t n)
 static inline void copy64_avx512bw(uint8_t *dst, const uint8_t *src)
 {
     _mm512_storeu_si512(dst, _mm512_loadu_si512(src));
+}
+
+/* Dense deltas: every run up to 64 bytes with a masked load and store, no
+ * branch on its length (lengths 1 to 8 are all common there).  Masked
+ * stores are slow on some CPUs (Zen 4), but a mispredicted branch per run
+ * costs more. */
+static inline void copy_run_dense_avx512bw(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    if (n <= 64) {
+        __mmask64 k = _bzhi_u64(~UINT64_C(0), (unsigned)n);
+        _mm512_mask_storeu_epi8(dst, k, _mm512_maskz_loadu_epi8(k, src));
+    } else {
+        memmove(dst, src, n);
+    }
 }
 
 static inline uint64_t diff64_avx512bw(const uint8_t *a, const uint8_t *b)
@@ -393,6 +506,11 @@ static inline void copy64_avx512vbmi2(uint8_t *dst, const uint8_t *src)
     copy64_avx512bw(dst, src);
 }
 
+static inline void copy_run_dense_avx512vbmi2(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    copy_run_dense_avx512bw(dst, src, n);
+}
+
 static inline uint64_t diff64_avx512vbmi2(const uint8_t *a, const uint8_t *b)
 {
     return diff64_avx512bw(a, b);
@@ -452,17 +570,20 @@ struct simd_path {
     ssize_t (*encode)(const uint8_t *, const uint8_t *, size_t, uint8_t *, size_t);
     int (*is_zero)(const uint8_t *, size_t);
     void (*apply)(const uint8_t *, size_t, uint8_t *, size_t);
+    void (*apply_pages)(const uint8_t *, const long long *, size_t, uint8_t *, size_t);
     int (*cpu_has)(void);
 };
 
 static const struct simd_path simd_paths[] = {
 #ifdef XBZ_HAVE_X86
     {"avx512vbmi2", encode_avx512vbmi2, is_zero_avx512vbmi2, apply_avx512vbmi2,
-     cpu_has_avx512vbmi2},
-    {"avx512bw", encode_avx512bw, is_zero_avx512bw, apply_avx512bw, cpu_has_avx512bw},
-    {"avx2", encode_avx2, is_zero_avx2, apply_avx2, cpu_has_avx2},
+     apply_pages_avx512vbmi2, cpu_has_avx512vbmi2},
+    {"avx512bw", encode_avx512bw, is_zero_avx512bw, apply_avx512bw, apply_pages_avx512bw,
+     cpu_has_avx512bw},
+    {"avx2", encode_avx2, is_zero_avx2, apply_avx2, apply_pages_avx2, cpu_has_avx2},
 #endif
-    {"portable", encode_portable, is_zero_portable, apply_portable, cpu_has_portable},
+    {"portable", encode_portable, is_zero_portable, apply_portable, apply_pages_portable,
+     cpu_has_portable},
 };
 
 #define SIMD_PATH_COUNT (sizeof simd_paths / sizeof simd_paths[0])
@@ -549,12 +670,64 @@ int xbz_is_zero(const uint8_t *p, size_t len)
     return current_path()->is_zero(p, len);
 }
 
-/* The order of checks follows QEMU's decoder, so both accept and refuse the
- * same deltas; each error points at the length field that caused it. */
-int xbz_decode_check(const uint8_t *delta, size_t dlen, size_t page_len, size_t *err_offset,
-                     const char **err_reason)
+/* The fast half of the checker: a walk over the delta that either vouches
+ * for the part it walked (fast_walk_clean) or says "maybe not", fast in the
+ * common case where every length takes one or two bytes and non-zero runs
+ * are shorter than 128 bytes (fast_lengths).  The checks that need not stop
+ * the walk are folded into one word: a zero run length of 0x4000 or more
+ * (a second byte with bit 7 set), an empty run (length - 1 wraps), all set
+ * bits above bit 13.  The page position only grows and no step adds more
+ * than 2 * 0x7fff to it, so it is compared with the page length once, at
+ * the end.  Any of these, or a run whose data ends past the delta, sends
+ * the whole delta to the exact checker, which finds the first fault and its
+ * offset as QEMU would.  The walk stops 4 bytes before the delta end, so it
+ * never reads past it; the exact checker goes on from there. */
+struct fast_walk {
+    const uint8_t *p; /* the next run */
+    size_t pos;
+    uint32_t faults;
+};
+
+static inline void fast_walk_start(struct fast_walk *w, const uint8_t *delta)
 {
-    size_t i = 0, pos = 0;
+    w->p = delta;
+    w->pos = 0;
+    w->faults = 0;
+}
+
+/* One run; the caller checked w->p <= limit.  first: this is the first run
+ * (whose zero run may be empty). */
+static inline void fast_walk_step(struct fast_walk *w, int first)
+{
+    uint32_t zlen, c;
+    const uint8_t *next = fast_lengths(w->p, &zlen, &c);
+    if (__builtin_expect(c >= 0x80, 0)) {
+        uint32_t z2 = w->p[0] >> 7, n = 0;
+        if (uleb_get(w->p + 1 + z2, &n) < 0)
+            w->faults |= 0x80000000u;
+        c = n;
+        next = w->p + 3 + z2 + n;
+    }
+    w->faults |= zlen | (c - 1) | (first ? 0 : zlen - 1);
+    w->pos += zlen + c;
+    w->p = next;
+}
+
+/* 1 when the walk found nothing wrong up to w->p (which is then <= end). */
+static inline int fast_walk_clean(const struct fast_walk *w, const uint8_t *end, size_t page_len)
+{
+    return (w->faults & ~(uint32_t)0x3fff) == 0 && w->pos <= page_len &&
+           (uintptr_t)w->p <= (uintptr_t)end;
+}
+
+/* The order of checks follows QEMU's decoder, so both accept and refuse the
+ * same deltas; each error points at the length field that caused it.  The
+ * fast walk above vouches for a prefix of the delta (or for none of it);
+ * this exact loop checks the rest, or all of it when the fast walk saw
+ * anything wrong, so its first refusal is QEMU's. */
+static int check_exact(const uint8_t *delta, size_t dlen, size_t page_len, size_t i, size_t pos,
+                       size_t *err_offset, const char **err_reason)
+{
     uint32_t n;
     int used;
 
@@ -594,6 +767,100 @@ int xbz_decode_check(const uint8_t *delta, size_t dlen, size_t page_len, size_t 
     }
 #undef XBZ_REFUSE
     return 0;
+}
+
+int xbz_decode_check(const uint8_t *delta, size_t dlen, size_t page_len, size_t *err_offset,
+                     const char **err_reason)
+{
+    struct fast_walk w;
+    const uint8_t *end = delta + dlen;
+    uintptr_t limit = fast_walk_limit(delta, end);
+    size_t i = 0, pos = 0;
+    fast_walk_start(&w, delta);
+    if (dlen <= ((size_t)1 << 40) && (uintptr_t)w.p <= limit) { /* 2**40: pos cannot wrap */
+        fast_walk_step(&w, 1);
+        while ((uintptr_t)w.p <= limit)
+            fast_walk_step(&w, 0);
+        if (fast_walk_clean(&w, end, page_len)) {
+            i = (size_t)(w.p - delta);
+            pos = w.pos;
+        }
+    }
+    return check_exact(delta, dlen, page_len, i, pos, err_offset, err_reason);
+}
+
+/* The checker of decode_pages: the deltas of two pages walked side by side
+ * (see apply_pages in codec_template.h for why), each then finished or
+ * re-checked exactly, in page order. */
+static inline int check_finish(const struct fast_walk *w, const uint8_t *delta,
+                               const uint8_t *end, size_t page_len, size_t *err_offset,
+                               const char **err_reason)
+{
+    size_t i = 0, pos = 0;
+    if (fast_walk_clean(w, end, page_len)) {
+        if (w->p == end)
+            return 0; /* the fast walk checked it all */
+        i = (size_t)(w->p - delta);
+        pos = w->pos;
+    }
+    return check_exact(delta, (size_t)(end - delta), page_len, i, pos, err_offset, err_reason);
+}
+
+ssize_t xbz_decode_check_pages(const uint8_t *deltas, const long long *lengths, size_t count,
+                               size_t page_len, size_t *err_offset, const char **err_reason)
+{
+    size_t p = 0;
+    for (;;) {
+        while (p < count && lengths[p] <= 0)
+            p++;
+        if (p >= count)
+            return -1;
+        size_t q = p + 1;
+        while (q < count && lengths[q] <= 0)
+            q++;
+        const uint8_t *a_end = deltas + lengths[p];
+        if (q >= count)
+            return xbz_decode_check(deltas, (size_t)lengths[p], page_len, err_offset,
+                                    err_reason) < 0 ? (ssize_t)p : -1;
+        const uint8_t *b_end = a_end + lengths[q];
+        if (lengths[p] > ((long long)1 << 40) || lengths[q] > ((long long)1 << 40)) {
+            if (xbz_decode_check(deltas, (size_t)lengths[p], page_len, err_offset, err_reason) < 0)
+                return (ssize_t)p;
+            if (xbz_decode_check(a_end, (size_t)lengths[q], page_len, err_offset, err_reason) < 0)
+                return (ssize_t)q;
+            deltas = b_end;
+            p = q + 1;
+            continue;
+        }
+        struct fast_walk a, b;
+        uintptr_t a_limit = fast_walk_limit(deltas, a_end), b_limit = fast_walk_limit(a_end, b_end);
+        fast_walk_start(&a, deltas);
+        fast_walk_start(&b, a_end);
+        if ((uintptr_t)a.p <= a_limit)
+            fast_walk_step(&a, 1);
+        if ((uintptr_t)b.p <= b_limit)
+            fast_walk_step(&b, 1);
+        while ((uintptr_t)a.p <= a_limit && (uintptr_t)b.p <= b_limit) {
+            fast_walk_step(&a, 0);
+            fast_walk_step(&b, 0);
+        }
+        while ((uintptr_t)a.p <= a_limit)
+            fast_walk_step(&a, 0);
+        while ((uintptr_t)b.p <= b_limit)
+            fast_walk_step(&b, 0);
+        if (check_finish(&a, deltas, a_end, page_len, err_offset, err_reason) < 0)
+            return (ssize_t)p;
+        if (check_finish(&b, a_end, b_end, page_len, err_offset, err_reason) < 0)
+            return (ssize_t)q;
+        deltas = b_end;
+        p = q + 1;
+    }
+}
+
+void xbz_decode_apply_pages(const uint8_t *deltas, const long long *lengths, size_t count,
+                            uint8_t *pages, size_t page_len)
+{
+    current_path()->apply_pages(deltas, lengths, count, pages, page_len);
 }
 
 void xbz_decode_apply_within(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len)

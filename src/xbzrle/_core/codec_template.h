@@ -11,6 +11,8 @@
  *   XBZ_PATH(tzcnt)(x)      number of trailing zero bits of x, 64 when x is 0;
  *   XBZ_PATH(copy_run)(d, s, n)  exact copy of n bytes (ranges may overlap);
  *   XBZ_PATH(copy64)(d, s)  copy of 64 bytes, with the widest loads and stores;
+ *   XBZ_PATH(copy_run_dense)(d, s, n)  the same, tuned for deltas where
+ *                           runs of every length up to 64 are common;
  *   XBZ_GATHER              the gather function to use (normally XBZ_PATH(gather)).
  * Everything here is compiled with that path's target options.
  *
@@ -264,10 +266,49 @@ static int XBZ_PATH(is_zero)(const uint8_t *p, size_t len)
     return is_zero_tail(p + i, len - i);
 }
 
-/* The apply step of the decoder (see xbz_decode_apply_within). */
-static void XBZ_PATH(apply)(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len)
+/* ---- the apply pass of the decoder (see xbz_decode_apply_within) ----
+ * Called only on deltas that passed xbz_decode_check, but it re-checks
+ * every bound it relies on (predicted branches, never taken in practice),
+ * so that a delta rewritten by another thread since its check cannot make
+ * it read outside the delta or write outside the page: it stops at the
+ * first inconsistency.  Like the checker, it walks with fast_lengths (no
+ * branch on the length sizes) while 4 bytes are left, then finishes with
+ * the exact loop. */
+
+/* One run; the caller checked w->p <= limit (fast_walk_limit: the delta
+ * ends at limit + 4).  page_end: the end of the page. */
+static inline void XBZ_PATH(apply_step)(struct apply_walk *w, uintptr_t limit,
+                                        const uint8_t *page_end, int dense)
 {
-    size_t i = 0, pos = 0;
+    uint32_t zlen, c;
+    const uint8_t *at_run = w->p;
+    const uint8_t *next = fast_lengths(at_run, &zlen, &c);
+    if (__builtin_expect(c >= 0x80, 0)) {
+        uint32_t z2 = at_run[0] >> 7, n = 0;
+        if (uleb_get(at_run + 1 + z2, &n) < 0)
+            n = 0x7fffffff; /* stops below */
+        c = n;
+        next = at_run + 3 + z2 + n;
+    }
+    uint8_t *dst = w->dst + zlen;
+    /* w->dst <= page_end and zlen, c < 2**31: no sum wraps. */
+    if (__builtin_expect(((uintptr_t)dst + c > (uintptr_t)page_end) |
+                         ((uintptr_t)next > limit + 4), 0)) {
+        w->p = APPLY_STOPPED;
+        return;
+    }
+    if (dense)
+        XBZ_PATH(copy_run_dense)(dst, next - c, c);
+    else
+        XBZ_PATH(copy_run)(dst, next - c, c);
+    w->dst = dst + c;
+    w->p = next;
+}
+
+/* The exact loop, from offset i and page position pos. */
+static void XBZ_PATH(apply_tail)(const uint8_t *delta, size_t dlen, uint8_t *page,
+                                 size_t page_len, size_t i, size_t pos)
+{
     uint32_t n;
     int used;
 
@@ -286,5 +327,83 @@ static void XBZ_PATH(apply)(const uint8_t *delta, size_t dlen, uint8_t *page, si
         XBZ_PATH(copy_run)(page + pos, delta + i, n);
         pos += n;
         i += n;
+    }
+}
+
+static inline void XBZ_PATH(apply_finish)(const struct apply_walk *w, const uint8_t *delta,
+                                          const uint8_t *end, uint8_t *page, size_t page_len)
+{
+    if (w->p != APPLY_STOPPED && w->p != end)
+        XBZ_PATH(apply_tail)(delta, (size_t)(end - delta), page, page_len,
+                             (size_t)(w->p - delta), (size_t)(w->dst - page));
+}
+
+static void XBZ_PATH(apply)(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len)
+{
+    const uint8_t *end = delta + dlen;
+    uintptr_t limit = fast_walk_limit(delta, end);
+    /* xbz_decode_apply passes SIZE_MAX: the page end is then the end of
+     * the address space, and only the delta bounds the walk. */
+    const uint8_t *page_end =
+        page_len > UINTPTR_MAX - (uintptr_t)page ? APPLY_STOPPED : page + page_len;
+    struct apply_walk w = {delta, page};
+    while ((uintptr_t)w.p <= limit)
+        XBZ_PATH(apply_step)(&w, limit, page_end, 0);
+    XBZ_PATH(apply_finish)(&w, delta, end, page, page_len);
+}
+
+/* Two deltas walked side by side (dense: which copy to use; a constant, so
+ * that each flavour compiles to its own loop). */
+static inline void XBZ_PATH(apply_pair)(const uint8_t *a_delta, const uint8_t *a_end,
+                                        uint8_t *a_page, const uint8_t *b_end, uint8_t *b_page,
+                                        size_t page_len, int dense)
+{
+    const uint8_t *a_page_end = a_page + page_len, *b_page_end = b_page + page_len;
+    uintptr_t a_limit = fast_walk_limit(a_delta, a_end), b_limit = fast_walk_limit(a_end, b_end);
+    struct apply_walk a = {a_delta, a_page}, b = {a_end, b_page};
+    while ((uintptr_t)a.p <= a_limit && (uintptr_t)b.p <= b_limit) {
+        XBZ_PATH(apply_step)(&a, a_limit, a_page_end, dense);
+        XBZ_PATH(apply_step)(&b, b_limit, b_page_end, dense);
+    }
+    while ((uintptr_t)a.p <= a_limit)
+        XBZ_PATH(apply_step)(&a, a_limit, a_page_end, dense);
+    while ((uintptr_t)b.p <= b_limit)
+        XBZ_PATH(apply_step)(&b, b_limit, b_page_end, dense);
+    XBZ_PATH(apply_finish)(&a, a_delta, a_end, a_page, page_len);
+    XBZ_PATH(apply_finish)(&b, a_end, b_end, b_page, page_len);
+}
+
+/* decode_pages' apply pass: the deltas of two pages walked side by side.
+ * Each walk is a chain (a run's offset needs the previous run's length);
+ * two independent chains let the CPU overlap them, which a single walk
+ * cannot, however its branches are predicted.  Deltas longer than a
+ * quarter of their pages (many short runs of every length) take the dense
+ * copy. */
+static void XBZ_PATH(apply_pages)(const uint8_t *deltas, const long long *lengths, size_t count,
+                                  uint8_t *pages, size_t page_len)
+{
+    size_t p = 0;
+    for (;;) {
+        while (p < count && lengths[p] <= 0)
+            p++;
+        if (p >= count)
+            return;
+        size_t q = p + 1;
+        while (q < count && lengths[q] <= 0)
+            q++;
+        const uint8_t *a_end = deltas + lengths[p];
+        if (q >= count) {
+            XBZ_PATH(apply)(deltas, (size_t)lengths[p], pages + p * page_len, page_len);
+            return;
+        }
+        const uint8_t *b_end = a_end + lengths[q];
+        if ((size_t)(b_end - deltas) > page_len / 2)
+            XBZ_PATH(apply_pair)(deltas, a_end, pages + p * page_len, b_end,
+                                 pages + q * page_len, page_len, 1);
+        else
+            XBZ_PATH(apply_pair)(deltas, a_end, pages + p * page_len, b_end,
+                                 pages + q * page_len, page_len, 0);
+        deltas = b_end;
+        p = q + 1;
     }
 }
