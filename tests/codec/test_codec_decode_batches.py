@@ -111,14 +111,6 @@ def length_fields(delta: bytes) -> list[int]:
     return fields
 
 
-@pytest.fixture(params=core.simd_paths() if core else [])
-def simd_path(request):
-    live = core.simd_path()
-    core.select_simd(request.param)
-    yield request.param
-    core.select_simd(live)
-
-
 @pytest.mark.parametrize("page_size", [4096, 16384])
 def test_a_fault_at_any_length_field_is_found_where_the_reference_finds_it(simd_path, page_size):
     """Long deltas (the fast walk's ground: one- and two-byte zero runs, runs
