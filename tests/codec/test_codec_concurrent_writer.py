@@ -82,14 +82,6 @@ def writer_masks(rng) -> list:
     return [sparse, runs, edges, dense]
 
 
-@pytest.fixture(params=core.simd_paths() if core else [])
-def simd_path(request):
-    live = core.simd_path()
-    core.select_simd(request.param)
-    yield request.param
-    core.select_simd(live)
-
-
 def test_deltas_stay_well_formed_while_a_thread_writes_the_page(simd_path):
     rng = np.random.default_rng(10)
     old = rng.integers(0, 256, PAGE * PAGES, dtype=np.uint8)

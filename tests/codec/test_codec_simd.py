@@ -19,14 +19,6 @@ pytestmark = pytest.mark.skipif(core is None, reason="no compiled core")
 SRC = str(Path(xbzrle.__file__).resolve().parent.parent)
 
 
-@pytest.fixture(params=core.simd_paths() if core else [])
-def simd_path(request):
-    live = core.simd_path()
-    core.select_simd(request.param)
-    yield request.param
-    core.select_simd(live)
-
-
 def corpus():
     """Page pairs that hit block edges, tails and run-length boundaries."""
     rng = random.Random(7)

@@ -36,4 +36,16 @@ ssize_t xbz_encode_with_slack(const uint8_t *old, const uint8_t *new_page, size_
  * between the check and the apply (it stops at the first inconsistency). */
 void xbz_decode_apply_within(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len);
 
+/* decode_pages' two passes.  lengths[p] is the length of page p's delta (the
+ * deltas follow each other from deltas on; pages with a length of 0 or less
+ * carry none), page p is pages + p * page_len.  The lengths must already be
+ * known to fit the deltas buffer.  check_pages returns -1 when every delta
+ * is valid, else the first page whose delta is not, with *err_offset and
+ * *err_reason as xbz_decode_check sets them; apply_pages applies them all,
+ * with the guarantees of xbz_decode_apply_within. */
+ssize_t xbz_decode_check_pages(const uint8_t *deltas, const long long *lengths, size_t count,
+                               size_t page_len, size_t *err_offset, const char **err_reason);
+void xbz_decode_apply_pages(const uint8_t *deltas, const long long *lengths, size_t count,
+                            uint8_t *pages, size_t page_len);
+
 #endif

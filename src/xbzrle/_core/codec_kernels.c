@@ -21,8 +21,10 @@
 static inline size_t put_lengths(uint8_t *out, uint32_t zrun, uint32_t nzrun)
 {
     uint32_t z2 = zrun > 0x7f, n2 = nzrun > 0x7f;
-    uint32_t zenc = (zrun & 0x7f) | (z2 << 7) | ((zrun >> 7) << 8);
-    uint32_t nenc = (nzrun & 0x7f) | (n2 << 7) | ((nzrun >> 7) << 8);
+    /* v = lo + 128 * hi becomes lo | (hi != 0) << 7 | hi << 8, that is
+     * v + 128 * hi + 128 * (hi != 0). */
+    uint32_t zenc = zrun + (zrun & 0x3f80) + (z2 << 7);
+    uint32_t nenc = nzrun + (nzrun & 0x3f80) + (n2 << 7);
     uint32_t both = zenc | (nenc << (8 + 8 * z2));
 #if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     both = __builtin_bswap32(both);
@@ -47,6 +49,64 @@ static inline int uleb_get(const uint8_t *in, uint32_t *n)
     return 2;
 }
 
+/* The lengths of the run that starts at d, for the decoder's fast walks:
+ * the zero run (*zlen, one or two bytes, read as QEMU reads them, so a
+ * second byte with bit 7 set gives a value of 0x4000 or more), the
+ * non-zero run (*c, its length byte alone), and where the next run starts
+ * (returned: d + 2 or 3 + *c).  A *c of 0x80 or more means the non-zero length
+ * takes two bytes (or is malformed): the caller reads it again the slow way.
+ * Three bytes are read whatever the sizes; the caller guarantees them.
+ *
+ * No branch on the sizes: the offset of the next run is picked with a
+ * conditional move (compilers turn a plain ?: here into a branch), so the
+ * chain from one run to the next is a load, a test, a move and an add.  A
+ * branch would be mispredicted whenever the sizes vary at random (1% random
+ * bytes: zero runs of about 100 bytes, either side of 128), and QEMU's
+ * decoder loses most of its time there. */
+static inline const uint8_t *fast_lengths(const uint8_t *d, uint32_t *zlen, uint32_t *c)
+{
+    uint32_t b0 = d[0], b1 = d[1], b2 = d[2];
+    uintptr_t len = b1, after = (uintptr_t)d + 2 + b1;
+    uintptr_t len2 = b2, after2 = (uintptr_t)d + 3 + b2;
+    /* Two bytes: (b0 & 0x7f) | b1 << 7, which is b0 - 0x80 + b1 * 0x80. */
+    uintptr_t zero = b0, zero2 = b0 + (b1 << 7) - 0x80;
+#if defined(__x86_64__)
+    __asm__("testl $0x80, %k[flag]\n\t"
+            "cmovnzq %[len2], %[len]\n\t"
+            "cmovnzq %[after2], %[after]\n\t"
+            "cmovnzq %[zero2], %[zero]"
+            : [len] "+r"(len), [after] "+r"(after), [zero] "+r"(zero)
+            : [len2] "r"(len2), [after2] "r"(after2), [zero2] "r"(zero2), [flag] "r"(b0)
+            : "cc");
+#else
+    uintptr_t high = 0 - (uintptr_t)(b0 >> 7);
+    len ^= (len ^ len2) & high;
+    after ^= (after ^ after2) & high;
+    zero ^= (zero ^ zero2) & high;
+#endif
+    *zlen = (uint32_t)zero;
+    *c = (uint32_t)len;
+    return (const uint8_t *)after;
+}
+
+/* The apply pass's walk (codec_template.h): the next run (APPLY_STOPPED
+ * once it stopped on an inconsistent delta) and where the page stands. */
+struct apply_walk {
+    const uint8_t *p;
+    uint8_t *dst;
+};
+#define APPLY_STOPPED ((const uint8_t *)UINTPTR_MAX)
+
+/* The last place a fast step may start (4 bytes before the end), or 0 when
+ * the delta is shorter than that.  A step reads at most 4 bytes (3, and a
+ * 4th when a non-zero length takes two bytes), so it stays inside the
+ * delta; and with 4 bytes left, both lengths have the 2 bytes QEMU asks
+ * for, so the fast walk never has to check for truncation. */
+static inline uintptr_t fast_walk_limit(const uint8_t *delta, const uint8_t *end)
+{
+    return end - delta >= 4 ? (uintptr_t)end - 4 : 0;
+}
+
 static inline uint64_t load64(const uint8_t *p)
 {
     uint64_t v;
@@ -57,28 +117,44 @@ static inline uint64_t load64(const uint8_t *p)
     return v; /* byte i of memory sits in bits 8i..8i+7 */
 }
 
-/* Copy n bytes, correct even when the ranges overlap: small sizes load
- * everything before storing, larger ones use memmove. */
+/* Copy n bytes, correct even when the ranges overlap: every size up to 64
+ * loads all it copies before storing, with two to four overlapping stores
+ * and no byte written outside dst[0..n); larger ones use memmove.  Sizes
+ * are tested smallest first (the common runs of sparse pages are 1 to 3
+ * bytes), and 16 to 64 bytes take one branch-free case: four 16-byte
+ * blocks at 0, 16, 32 and 48, each moved back to end at n at the latest. */
 static inline void copy_small(uint8_t *dst, const uint8_t *src, size_t n)
 {
-    if (n >= 8 && n <= 16) {
-        uint64_t head, tail;
-        memcpy(&head, src, 8);
-        memcpy(&tail, src + n - 8, 8);
-        memcpy(dst, &head, 8);
-        memcpy(dst + n - 8, &tail, 8);
-    } else if (n >= 4 && n < 8) {
+    if (n - 1 < 3) {
+        uint8_t first = src[0], middle = src[n / 2], last = src[n - 1];
+        dst[0] = first;
+        dst[n / 2] = middle;
+        dst[n - 1] = last;
+    } else if (n - 4 < 4) {
         uint32_t head, tail;
         memcpy(&head, src, 4);
         memcpy(&tail, src + n - 4, 4);
         memcpy(dst, &head, 4);
         memcpy(dst + n - 4, &tail, 4);
-    } else if (n > 0 && n < 4) {
-        uint8_t first = src[0], middle = src[n / 2], last = src[n - 1];
-        dst[0] = first;
-        dst[n / 2] = middle;
-        dst[n - 1] = last;
-    } else if (n > 16) {
+    } else if (n - 8 < 8) {
+        uint64_t head, tail;
+        memcpy(&head, src, 8);
+        memcpy(&tail, src + n - 8, 8);
+        memcpy(dst, &head, 8);
+        memcpy(dst + n - 8, &tail, 8);
+    } else if (n - 16 <= 48) {
+        size_t last = n - 16;
+        size_t o1 = last < 16 ? last : 16, o2 = last < 32 ? last : 32, o3 = last;
+        uint8_t b0[16], b1[16], b2[16], b3[16];
+        memcpy(b0, src, 16);
+        memcpy(b1, src + o1, 16);
+        memcpy(b2, src + o2, 16);
+        memcpy(b3, src + o3, 16);
+        memcpy(dst, b0, 16);
+        memcpy(dst + o1, b1, 16);
+        memcpy(dst + o2, b2, 16);
+        memcpy(dst + o3, b3, 16);
+    } else if (n > 0) {
         memmove(dst, src, n);
     }
 }
@@ -115,9 +191,30 @@ static inline int popcount_portable(uint64_t x)
     return (int)((x * UINT64_C(0x0101010101010101)) >> 56);
 }
 
+static inline int tzcnt_portable(uint64_t x)
+{
+    return x ? __builtin_ctzll(x) : 64;
+}
+
+/* The decoder's copies (copy_small); sparse deltas are mostly one-byte
+ * runs, which a first, well predicted test sends to a single store, while
+ * dense ones (runs of every length from 1 to 8) would mispredict it. */
 static inline void copy_run_portable(uint8_t *dst, const uint8_t *src, size_t n)
 {
+    if (n == 1)
+        *dst = *src;
+    else
+        copy_small(dst, src, n);
+}
+
+static inline void copy_run_dense_portable(uint8_t *dst, const uint8_t *src, size_t n)
+{
     copy_small(dst, src, n);
+}
+
+static inline void copy64_portable(uint8_t *dst, const uint8_t *src)
+{
+    memcpy(dst, src, 64);
 }
 
 /* Bit k set when byte k of x is non-zero (SWAR, then gather the 8 flags). */
@@ -136,12 +233,21 @@ static inline uint64_t diff64_portable(const uint8_t *a, const uint8_t *b)
     return mask;
 }
 
-static inline int same256_portable(const uint8_t *a, const uint8_t *b)
+/* Masks of the differing bytes of a 256-byte block; 1 when any differs.  An
+ * equal block (the common case) is found with a cheap XOR pass and gets no
+ * masks; a block found different is read again by diff64, and only that
+ * second read decides (its masks are what the function returns, even if
+ * the page changed in between). */
+static inline int diff256_portable(const uint8_t *a, const uint8_t *b, uint64_t m[4])
 {
     uint64_t acc = 0;
     for (int w = 0; w < 32; w++)
         acc |= load64(a + 8 * w) ^ load64(b + 8 * w);
-    return acc == 0;
+    if (acc == 0)
+        return 0;
+    for (int k = 0; k < 4; k++)
+        m[k] = diff64_portable(a + 64 * k, b + 64 * k);
+    return (m[0] | m[1] | m[2] | m[3]) != 0;
 }
 
 static inline int zero256_portable(const uint8_t *p)
@@ -170,9 +276,35 @@ static inline int popcount_avx2(uint64_t x)
     return __builtin_popcountll(x);
 }
 
+static inline int tzcnt_avx2(uint64_t x)
+{
+    return (int)_tzcnt_u64(x); /* BMI1: 64 for 0, no branch */
+}
+
+/* The decoder's copies (copy_small); sparse deltas are mostly one-byte
+ * runs, which a first, well predicted test sends to a single store, while
+ * dense ones (runs of every length from 1 to 8) would mispredict it. */
 static inline void copy_run_avx2(uint8_t *dst, const uint8_t *src, size_t n)
 {
+    if (n == 1)
+        *dst = *src;
+    else
+        copy_small(dst, src, n);
+}
+
+static inline void copy_run_dense_avx2(uint8_t *dst, const uint8_t *src, size_t n)
+{
     copy_small(dst, src, n);
+}
+
+/* Two 32-byte moves (the compiler's own memcpy of 64 bytes uses four
+ * 16-byte ones here). */
+static inline void copy64_avx2(uint8_t *dst, const uint8_t *src)
+{
+    __m256i lo = _mm256_loadu_si256((const __m256i *)src);
+    __m256i hi = _mm256_loadu_si256((const __m256i *)(src + 32));
+    _mm256_storeu_si256((__m256i *)dst, lo);
+    _mm256_storeu_si256((__m256i *)(dst + 32), hi);
 }
 
 static inline uint64_t diff64_avx2(const uint8_t *a, const uint8_t *b)
@@ -186,13 +318,32 @@ static inline uint64_t diff64_avx2(const uint8_t *a, const uint8_t *b)
     return ~(((uint64_t)eq1 << 32) | eq0);
 }
 
-static inline int same256_avx2(const uint8_t *a, const uint8_t *b)
+/* Masks of the differing bytes of a 256-byte block; 1 when any differs.
+ * Eight 32-byte compares; their AND tells an equal block with one test,
+ * and only a block that differs turns them into mask words (so each byte
+ * is read once, and the test and the masks come from the same compares). */
+static inline int diff256_avx2(const uint8_t *a, const uint8_t *b, uint64_t m[4])
 {
-    __m256i acc = _mm256_setzero_si256();
-    for (int i = 0; i < 256; i += 32)
-        acc = _mm256_or_si256(acc, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a + i)),
-                                                    _mm256_loadu_si256((const __m256i *)(b + i))));
-    return _mm256_testz_si256(acc, acc);
+    /* Named vectors, not an array: GCC 12 sent each load of an array
+     * version through the stack. */
+#define XBZ_EQ32(i)                                                                               \
+    _mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i *)(a + 32 * (i))),                        \
+                      _mm256_loadu_si256((const __m256i *)(b + 32 * (i))))
+    __m256i e0 = XBZ_EQ32(0), e1 = XBZ_EQ32(1), e2 = XBZ_EQ32(2), e3 = XBZ_EQ32(3);
+    __m256i e4 = XBZ_EQ32(4), e5 = XBZ_EQ32(5), e6 = XBZ_EQ32(6), e7 = XBZ_EQ32(7);
+#undef XBZ_EQ32
+    __m256i low = _mm256_and_si256(_mm256_and_si256(e0, e1), _mm256_and_si256(e2, e3));
+    __m256i high = _mm256_and_si256(_mm256_and_si256(e4, e5), _mm256_and_si256(e6, e7));
+    if (_mm256_testc_si256(_mm256_and_si256(low, high), _mm256_set1_epi8(-1)))
+        return 0;
+#define XBZ_NE64(lo, hi)                                                                          \
+    ~(((uint64_t)(uint32_t)_mm256_movemask_epi8(hi) << 32) | (uint32_t)_mm256_movemask_epi8(lo))
+    m[0] = XBZ_NE64(e0, e1);
+    m[1] = XBZ_NE64(e2, e3);
+    m[2] = XBZ_NE64(e4, e5);
+    m[3] = XBZ_NE64(e6, e7);
+#undef XBZ_NE64
+    return 1;
 }
 
 static inline int zero256_avx2(const uint8_t *p)
@@ -220,15 +371,42 @@ static inline int popcount_avx512bw(uint64_t x)
     return __builtin_popcountll(x);
 }
 
-/* Runs of up to 16 bytes (the common case of sparse deltas) with two plain
- * overlapping stores, longer ones with one masked load and store: masked
- * stores are slow on some CPUs (Zen 4), so they are kept for the runs where
- * they replace a loop. */
+static inline int tzcnt_avx512bw(uint64_t x)
+{
+    return (int)_tzcnt_u64(x);
+}
+
+/* Runs of 1 to 3 bytes (the common case of sparse deltas) with plain byte
+ * stores, others up to 64 bytes with one masked load and store. */
 static inline void copy_run_avx512bw(uint8_t *dst, const uint8_t *src, size_t n)
 {
-    if (n <= 16) {
-        copy_small(dst, src, n);
+    if (n == 1) {
+        *dst = *src;
+    } else if (n - 1 < 3) {
+        uint8_t first = src[0], middle = src[n / 2], last = src[n - 1];
+        dst[0] = first;
+        dst[n / 2] = middle;
+        dst[n - 1] = last;
     } else if (n <= 64) {
+        __mmask64 k = _bzhi_u64(~UINT64_C(0), (unsigned)n);
+        _mm512_mask_storeu_epi8(dst, k, _mm512_maskz_loadu_epi8(k, src));
+    } else {
+        memmove(dst, src, n);
+    }
+}
+
+static inline void copy64_avx512bw(uint8_t *dst, const uint8_t *src)
+{
+    _mm512_storeu_si512(dst, _mm512_loadu_si512(src));
+}
+
+/* Dense deltas: every run up to 64 bytes with a masked load and store, no
+ * branch on its length (lengths 1 to 8 are all common there).  Masked
+ * stores are slow on some CPUs (Zen 4), but a mispredicted branch per run
+ * costs more. */
+static inline void copy_run_dense_avx512bw(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    if (n <= 64) {
         __mmask64 k = _bzhi_u64(~UINT64_C(0), (unsigned)n);
         _mm512_mask_storeu_epi8(dst, k, _mm512_maskz_loadu_epi8(k, src));
     } else {
@@ -241,14 +419,17 @@ static inline uint64_t diff64_avx512bw(const uint8_t *a, const uint8_t *b)
     return _mm512_cmpneq_epi8_mask(_mm512_loadu_si512(a), _mm512_loadu_si512(b));
 }
 
-static inline int same256_avx512bw(const uint8_t *a, const uint8_t *b)
+/* Masks of the differing bytes of a 256-byte block, stored whether or not
+ * any differs (the caller keeps them only then); 1 when any differs. */
+static inline int diff256_avx512bw(const uint8_t *a, const uint8_t *b, uint64_t m[4])
 {
-    __m512i x0 = _mm512_xor_si512(_mm512_loadu_si512(a), _mm512_loadu_si512(b));
-    __m512i x1 = _mm512_xor_si512(_mm512_loadu_si512(a + 64), _mm512_loadu_si512(b + 64));
-    __m512i x2 = _mm512_xor_si512(_mm512_loadu_si512(a + 128), _mm512_loadu_si512(b + 128));
-    __m512i x3 = _mm512_xor_si512(_mm512_loadu_si512(a + 192), _mm512_loadu_si512(b + 192));
-    __m512i acc = _mm512_or_si512(_mm512_or_si512(x0, x1), _mm512_or_si512(x2, x3));
-    return _mm512_test_epi64_mask(acc, acc) == 0;
+    uint64_t m0 = diff64_avx512bw(a, b), m1 = diff64_avx512bw(a + 64, b + 64);
+    uint64_t m2 = diff64_avx512bw(a + 128, b + 128), m3 = diff64_avx512bw(a + 192, b + 192);
+    m[0] = m0;
+    m[1] = m1;
+    m[2] = m2;
+    m[3] = m3;
+    return ((m0 | m1) | (m2 | m3)) != 0;
 }
 
 static inline int zero256_avx512bw(const uint8_t *p)
@@ -273,29 +454,34 @@ static inline int zero256_avx512bw(const uint8_t *p)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vbmi2,avx2,bmi,bmi2,popcnt")
 
-static size_t gather_compress(const uint64_t *masks, const uint64_t *busy, size_t len,
-                           uint16_t *bounds)
+/* The gather of codec_template.h over the same list of kept words, each
+ * word's flip positions packed into the list with two compress
+ * instructions. */
+static size_t gather_compress(const uint64_t *masks, const uint16_t *words, size_t kept,
+                              size_t len, uint16_t *bounds)
 {
     const __m512i lanes =
         _mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14,
                          13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    size_t count = 0, words = (len + 63) / 64;
-    for (size_t group = 0; group * 64 < words; group++) {
-        for (uint64_t todo = busy[group]; todo; todo &= todo - 1) {
-            size_t w = group * 64 + (size_t)__builtin_ctzll(todo);
-            uint64_t m = masks[w];
-            uint64_t carry = w > 0 ? masks[w - 1] >> 63 : 0;
-            uint64_t flips = m ^ ((m << 1) | carry);
-            __m512i low = _mm512_add_epi16(lanes, _mm512_set1_epi16((short)(w * 64)));
-            __m512i high = _mm512_add_epi16(low, _mm512_set1_epi16(32));
-            _mm512_storeu_si512(bounds + count, _mm512_maskz_compress_epi16((__mmask32)flips, low));
-            count += (size_t)__builtin_popcount((uint32_t)flips);
-            _mm512_storeu_si512(bounds + count,
-                                _mm512_maskz_compress_epi16((__mmask32)(flips >> 32), high));
-            count += (size_t)__builtin_popcount((uint32_t)(flips >> 32));
-            if ((m >> 63) && (w + 1 == words || masks[w + 1] == 0))
-                bounds[count++] = (uint16_t)((w + 1) * 64 < len ? (w + 1) * 64 : len);
-        }
+    size_t count = 0, prev_w = SIZE_MAX - 1;
+    uint64_t prev_m = 0;
+    for (size_t j = 0; j < kept; j++) {
+        size_t w = words[j];
+        uint64_t m = masks[j];
+        uint64_t carry = (prev_m >> 63) & (prev_w + 1 == w);
+        uint64_t flips = m ^ ((m << 1) | carry);
+        __m512i low = _mm512_add_epi16(lanes, _mm512_set1_epi16((short)(w * 64)));
+        __m512i high = _mm512_add_epi16(low, _mm512_set1_epi16(32));
+        _mm512_storeu_si512(bounds + count, _mm512_maskz_compress_epi16((__mmask32)flips, low));
+        count += (size_t)__builtin_popcount((uint32_t)flips);
+        _mm512_storeu_si512(bounds + count,
+                            _mm512_maskz_compress_epi16((__mmask32)(flips >> 32), high));
+        count += (size_t)__builtin_popcount((uint32_t)(flips >> 32));
+        size_t next = (w + 1) * 64 < len ? (w + 1) * 64 : len;
+        bounds[count] = (uint16_t)next;
+        count += (size_t)((m >> 63) & (words[j + 1] != w + 1)); /* words[kept]: sentinel */
+        prev_w = w;
+        prev_m = m;
     }
     return count;
 }
@@ -305,9 +491,24 @@ static inline int popcount_avx512vbmi2(uint64_t x)
     return popcount_avx512bw(x);
 }
 
+static inline int tzcnt_avx512vbmi2(uint64_t x)
+{
+    return (int)_tzcnt_u64(x);
+}
+
 static inline void copy_run_avx512vbmi2(uint8_t *dst, const uint8_t *src, size_t n)
 {
     copy_run_avx512bw(dst, src, n);
+}
+
+static inline void copy64_avx512vbmi2(uint8_t *dst, const uint8_t *src)
+{
+    copy64_avx512bw(dst, src);
+}
+
+static inline void copy_run_dense_avx512vbmi2(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    copy_run_dense_avx512bw(dst, src, n);
 }
 
 static inline uint64_t diff64_avx512vbmi2(const uint8_t *a, const uint8_t *b)
@@ -315,9 +516,9 @@ static inline uint64_t diff64_avx512vbmi2(const uint8_t *a, const uint8_t *b)
     return diff64_avx512bw(a, b);
 }
 
-static inline int same256_avx512vbmi2(const uint8_t *a, const uint8_t *b)
+static inline int diff256_avx512vbmi2(const uint8_t *a, const uint8_t *b, uint64_t m[4])
 {
-    return same256_avx512bw(a, b);
+    return diff256_avx512bw(a, b, m);
 }
 
 static inline int zero256_avx512vbmi2(const uint8_t *p)
@@ -369,17 +570,20 @@ struct simd_path {
     ssize_t (*encode)(const uint8_t *, const uint8_t *, size_t, uint8_t *, size_t);
     int (*is_zero)(const uint8_t *, size_t);
     void (*apply)(const uint8_t *, size_t, uint8_t *, size_t);
+    void (*apply_pages)(const uint8_t *, const long long *, size_t, uint8_t *, size_t);
     int (*cpu_has)(void);
 };
 
 static const struct simd_path simd_paths[] = {
 #ifdef XBZ_HAVE_X86
     {"avx512vbmi2", encode_avx512vbmi2, is_zero_avx512vbmi2, apply_avx512vbmi2,
-     cpu_has_avx512vbmi2},
-    {"avx512bw", encode_avx512bw, is_zero_avx512bw, apply_avx512bw, cpu_has_avx512bw},
-    {"avx2", encode_avx2, is_zero_avx2, apply_avx2, cpu_has_avx2},
+     apply_pages_avx512vbmi2, cpu_has_avx512vbmi2},
+    {"avx512bw", encode_avx512bw, is_zero_avx512bw, apply_avx512bw, apply_pages_avx512bw,
+     cpu_has_avx512bw},
+    {"avx2", encode_avx2, is_zero_avx2, apply_avx2, apply_pages_avx2, cpu_has_avx2},
 #endif
-    {"portable", encode_portable, is_zero_portable, apply_portable, cpu_has_portable},
+    {"portable", encode_portable, is_zero_portable, apply_portable, apply_pages_portable,
+     cpu_has_portable},
 };
 
 #define SIMD_PATH_COUNT (sizeof simd_paths / sizeof simd_paths[0])
@@ -466,12 +670,64 @@ int xbz_is_zero(const uint8_t *p, size_t len)
     return current_path()->is_zero(p, len);
 }
 
-/* The order of checks follows QEMU's decoder, so both accept and refuse the
- * same deltas; each error points at the length field that caused it. */
-int xbz_decode_check(const uint8_t *delta, size_t dlen, size_t page_len, size_t *err_offset,
-                     const char **err_reason)
+/* The fast half of the checker: a walk over the delta that either vouches
+ * for the part it walked (fast_walk_clean) or says "maybe not", fast in the
+ * common case where every length takes one or two bytes and non-zero runs
+ * are shorter than 128 bytes (fast_lengths).  The checks that need not stop
+ * the walk are folded into one word: a zero run length of 0x4000 or more
+ * (a second byte with bit 7 set), an empty run (length - 1 wraps), all set
+ * bits above bit 13.  The page position only grows and no step adds more
+ * than 2 * 0x7fff to it, so it is compared with the page length once, at
+ * the end.  Any of these, or a run whose data ends past the delta, sends
+ * the whole delta to the exact checker, which finds the first fault and its
+ * offset as QEMU would.  The walk stops 4 bytes before the delta end, so it
+ * never reads past it; the exact checker goes on from there. */
+struct fast_walk {
+    const uint8_t *p; /* the next run */
+    size_t pos;
+    uint32_t faults;
+};
+
+static inline void fast_walk_start(struct fast_walk *w, const uint8_t *delta)
 {
-    size_t i = 0, pos = 0;
+    w->p = delta;
+    w->pos = 0;
+    w->faults = 0;
+}
+
+/* One run; the caller checked w->p <= limit.  first: this is the first run
+ * (whose zero run may be empty). */
+static inline void fast_walk_step(struct fast_walk *w, int first)
+{
+    uint32_t zlen, c;
+    const uint8_t *next = fast_lengths(w->p, &zlen, &c);
+    if (__builtin_expect(c >= 0x80, 0)) {
+        uint32_t z2 = w->p[0] >> 7, n = 0;
+        if (uleb_get(w->p + 1 + z2, &n) < 0)
+            w->faults |= 0x80000000u;
+        c = n;
+        next = w->p + 3 + z2 + n;
+    }
+    w->faults |= zlen | (c - 1) | (first ? 0 : zlen - 1);
+    w->pos += zlen + c;
+    w->p = next;
+}
+
+/* 1 when the walk found nothing wrong up to w->p (which is then <= end). */
+static inline int fast_walk_clean(const struct fast_walk *w, const uint8_t *end, size_t page_len)
+{
+    return (w->faults & ~(uint32_t)0x3fff) == 0 && w->pos <= page_len &&
+           (uintptr_t)w->p <= (uintptr_t)end;
+}
+
+/* The order of checks follows QEMU's decoder, so both accept and refuse the
+ * same deltas; each error points at the length field that caused it.  The
+ * fast walk above vouches for a prefix of the delta (or for none of it);
+ * this exact loop checks the rest, or all of it when the fast walk saw
+ * anything wrong, so its first refusal is QEMU's. */
+static int check_exact(const uint8_t *delta, size_t dlen, size_t page_len, size_t i, size_t pos,
+                       size_t *err_offset, const char **err_reason)
+{
     uint32_t n;
     int used;
 
@@ -511,6 +767,100 @@ int xbz_decode_check(const uint8_t *delta, size_t dlen, size_t page_len, size_t 
     }
 #undef XBZ_REFUSE
     return 0;
+}
+
+int xbz_decode_check(const uint8_t *delta, size_t dlen, size_t page_len, size_t *err_offset,
+                     const char **err_reason)
+{
+    struct fast_walk w;
+    const uint8_t *end = delta + dlen;
+    uintptr_t limit = fast_walk_limit(delta, end);
+    size_t i = 0, pos = 0;
+    fast_walk_start(&w, delta);
+    if (dlen <= ((size_t)1 << 40) && (uintptr_t)w.p <= limit) { /* 2**40: pos cannot wrap */
+        fast_walk_step(&w, 1);
+        while ((uintptr_t)w.p <= limit)
+            fast_walk_step(&w, 0);
+        if (fast_walk_clean(&w, end, page_len)) {
+            i = (size_t)(w.p - delta);
+            pos = w.pos;
+        }
+    }
+    return check_exact(delta, dlen, page_len, i, pos, err_offset, err_reason);
+}
+
+/* The checker of decode_pages: the deltas of two pages walked side by side
+ * (see apply_pages in codec_template.h for why), each then finished or
+ * re-checked exactly, in page order. */
+static inline int check_finish(const struct fast_walk *w, const uint8_t *delta,
+                               const uint8_t *end, size_t page_len, size_t *err_offset,
+                               const char **err_reason)
+{
+    size_t i = 0, pos = 0;
+    if (fast_walk_clean(w, end, page_len)) {
+        if (w->p == end)
+            return 0; /* the fast walk checked it all */
+        i = (size_t)(w->p - delta);
+        pos = w->pos;
+    }
+    return check_exact(delta, (size_t)(end - delta), page_len, i, pos, err_offset, err_reason);
+}
+
+ssize_t xbz_decode_check_pages(const uint8_t *deltas, const long long *lengths, size_t count,
+                               size_t page_len, size_t *err_offset, const char **err_reason)
+{
+    size_t p = 0;
+    for (;;) {
+        while (p < count && lengths[p] <= 0)
+            p++;
+        if (p >= count)
+            return -1;
+        size_t q = p + 1;
+        while (q < count && lengths[q] <= 0)
+            q++;
+        const uint8_t *a_end = deltas + lengths[p];
+        if (q >= count)
+            return xbz_decode_check(deltas, (size_t)lengths[p], page_len, err_offset,
+                                    err_reason) < 0 ? (ssize_t)p : -1;
+        const uint8_t *b_end = a_end + lengths[q];
+        if (lengths[p] > ((long long)1 << 40) || lengths[q] > ((long long)1 << 40)) {
+            if (xbz_decode_check(deltas, (size_t)lengths[p], page_len, err_offset, err_reason) < 0)
+                return (ssize_t)p;
+            if (xbz_decode_check(a_end, (size_t)lengths[q], page_len, err_offset, err_reason) < 0)
+                return (ssize_t)q;
+            deltas = b_end;
+            p = q + 1;
+            continue;
+        }
+        struct fast_walk a, b;
+        uintptr_t a_limit = fast_walk_limit(deltas, a_end), b_limit = fast_walk_limit(a_end, b_end);
+        fast_walk_start(&a, deltas);
+        fast_walk_start(&b, a_end);
+        if ((uintptr_t)a.p <= a_limit)
+            fast_walk_step(&a, 1);
+        if ((uintptr_t)b.p <= b_limit)
+            fast_walk_step(&b, 1);
+        while ((uintptr_t)a.p <= a_limit && (uintptr_t)b.p <= b_limit) {
+            fast_walk_step(&a, 0);
+            fast_walk_step(&b, 0);
+        }
+        while ((uintptr_t)a.p <= a_limit)
+            fast_walk_step(&a, 0);
+        while ((uintptr_t)b.p <= b_limit)
+            fast_walk_step(&b, 0);
+        if (check_finish(&a, deltas, a_end, page_len, err_offset, err_reason) < 0)
+            return (ssize_t)p;
+        if (check_finish(&b, a_end, b_end, page_len, err_offset, err_reason) < 0)
+            return (ssize_t)q;
+        deltas = b_end;
+        p = q + 1;
+    }
+}
+
+void xbz_decode_apply_pages(const uint8_t *deltas, const long long *lengths, size_t count,
+                            uint8_t *pages, size_t page_len)
+{
+    current_path()->apply_pages(deltas, lengths, count, pages, page_len);
 }
 
 void xbz_decode_apply_within(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len)

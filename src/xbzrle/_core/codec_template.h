@@ -3,20 +3,29 @@
  * codec_kernels.c includes this file once per path, after defining:
  *   XBZ_PATH(name)          pastes the path suffix onto a function name;
  *   XBZ_PATH(diff64)(a, b)  64-bit mask, bit i set when a[i] != b[i] (64 bytes);
- *   XBZ_PATH(same256)(a, b) 1 when the 256 bytes at a and b are equal;
+ *   XBZ_PATH(diff256)(a, b, m)  1 when the 256 bytes at a and b differ, and
+ *                           then m[0..3] = the diff64 masks of its four words,
+ *                           taken from the same single read that decided it;
  *   XBZ_PATH(zero256)(p)    1 when the 256 bytes at p are all zero;
  *   XBZ_PATH(popcount)(x)   number of set bits of x;
+ *   XBZ_PATH(tzcnt)(x)      number of trailing zero bits of x, 64 when x is 0;
  *   XBZ_PATH(copy_run)(d, s, n)  exact copy of n bytes (ranges may overlap);
+ *   XBZ_PATH(copy64)(d, s)  copy of 64 bytes, with the widest loads and stores;
+ *   XBZ_PATH(copy_run_dense)(d, s, n)  the same, tuned for deltas where
+ *                           runs of every length up to 64 are common;
  *   XBZ_GATHER              the gather function to use (normally XBZ_PATH(gather)).
  * Everything here is compiled with that path's target options.
  *
  * The encoder works in three passes, so that its cost does not depend on
  * where the changes are (no branch that guesses run positions):
  *   1. scan: one streaming pass turns the page into a mask of differing
- *      bytes (a bit per byte); counting bits of the mask refuses a page that
- *      cannot fit as soon as the bytes read say so, before any output;
- *   2. gather: run boundaries (bit flips of the mask) become a list of
- *      positions, with count-trailing-zeros (or VBMI2 compress);
+ *      bytes (a bit per byte), of which only the non-zero 64-bit words
+ *      are kept, with their positions; counting bits of the mask refuses a
+ *      page that cannot fit as soon as the bytes read say so, before any
+ *      output;
+ *   2. gather: run boundaries (bit flips of the mask) of the kept words
+ *      become a list of positions, with count-trailing-zeros (or VBMI2
+ *      compress);
  *   3. emit: each (start, end) pair becomes two lengths and the new bytes,
  *      written with fixed-size stores into a destination with slack.
  *
@@ -25,10 +34,12 @@
  * save loop encodes straight from live guest RAM).  Every structural
  * decision (where runs start and end, their lengths, whether the page
  * overflows, whether it is unchanged) comes from the mask, and each bit of
- * the mask comes from exactly one read of its byte pair: a 256-byte block
- * found equal by same256 gets zero masks without being read again, a block
- * found different is read once more by diff64 and only that second read
- * counts.  Nothing after the scan reads old or new to decide anything.
+ * the mask comes from exactly one read of its byte pair: diff256 decides
+ * whether a 256-byte block differs and gives its masks from the same
+ * compares (the portable path reads a block found different once more, and
+ * only that second read counts, the decision included); a word left out
+ * of the list is all zero.  Nothing after the scan reads old or new
+ * to decide anything.
  * The emit pass copies the run's bytes from new again; those may differ
  * from what the scan saw (the delta then carries a byte the writer just
  * wrote, or an unchanged byte inside a run), which is still a well-formed
@@ -39,142 +50,160 @@
  * tests/codec/test_codec_concurrent_writer.py (a thread rewrites the pages under
  * encode on every SIMD path). */
 
-/* Number of runs (of set bits) in masks[0..words), the word before the
- * first counting as zero. */
-static inline size_t XBZ_PATH(count_runs)(const uint64_t *masks, size_t words)
+/* Bytes of the page the scan takes at a time (a page whose length is not a
+ * multiple of it ends with a partial block). */
+#define XBZ_BLOCK 256
+
+/* Masks of the final block when the page does not end on a block edge: a
+ * word per 64 bytes, bits past the page end 0, words past it 0.  Each byte
+ * pair is read once.  Kept out of line: inlined, GCC 12 vectorized its
+ * byte loop into the scan and then sent every load of the scan's main
+ * loop through the stack. */
+static __attribute__((noinline)) int XBZ_PATH(diff_last_block)(const uint8_t *a,
+                                                                const uint8_t *b, size_t n,
+                                                                uint64_t m[4])
+{
+    uint64_t any = 0;
+    for (size_t k = 0; k < 4; k++) {
+        size_t at = 64 * k;
+        uint64_t word = 0;
+        if (at + 64 <= n)
+            word = XBZ_PATH(diff64)(a + at, b + at);
+        else if (at < n)
+            word = diff_tail(a + at, b + at, n - at);
+        m[k] = word;
+        any |= word;
+    }
+    return any != 0;
+}
+
+/* Number of runs (of set bits) in the kept words masks[0..kept), words[j]
+ * telling where each word sits (a word continues a run only from the word
+ * just before it). */
+static inline size_t XBZ_PATH(count_runs)(const uint64_t *masks, const uint16_t *words,
+                                          size_t kept)
 {
     size_t runs = 0;
-    uint64_t carry = 0;
-    for (size_t w = 0; w < words; w++) {
-        uint64_t m = masks[w];
+    for (size_t j = 0; j < kept; j++) {
+        uint64_t m = masks[j];
+        uint64_t carry = j > 0 ? (masks[j - 1] >> 63) & (words[j - 1] + 1u == words[j]) : 0;
         runs += (size_t)XBZ_PATH(popcount)(m & ~((m << 1) | carry));
-        carry = m >> 63;
     }
     return runs;
 }
 
-/* Masks of differing bytes, one 64-bit word per 64 bytes (bits past the
- * page end are 0), with a bit per non-zero word in busy.  Returns the number
- * of differing bytes, or XBZ_SCAN_OVERFLOW as soon as the bytes read so far
- * cannot fit in dlen: every run costs its bytes plus at least one byte for
- * each of its two lengths.  Runs are only counted once the differing bytes
- * alone come near the limit (3 * differing > dlen), so sparse pages pay
- * nothing for it, while a page that differs everywhere stops after about
- * two thirds of it instead of reading it all. */
+/* The scan: one streaming pass, 256 bytes at a time.  Each non-zero mask
+ * word (a bit per differing byte of 64) is kept in masks, compacted, with
+ * its index (64-byte word of the page) in words; equal blocks and zero
+ * words leave nothing, so a page with few changes costs the gather and the
+ * emit only for its few words, and nothing is cleared.  Every run costs its
+ * bytes plus at least one byte for each of its two lengths, so a page that
+ * cannot fit in dlen is refused as soon as the bytes read say so, before
+ * any output.  Runs are only counted once the differing bytes alone come
+ * near the limit (3 * differing > dlen): sparse pages pay nothing for it,
+ * and a page that differs in every second byte still stops after about two
+ * thirds of it (where the bytes read first prove it cannot fit).  Returns
+ * the number of words kept (0: the page is unchanged), or
+ * XBZ_SCAN_OVERFLOW; words[kept] is then a sentinel that follows no word,
+ * and *differing_bytes the number of set bits. */
 #define XBZ_SCAN_OVERFLOW ((size_t)-1)
 static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page, size_t len,
-                                    uint64_t *masks, uint64_t *busy, size_t dlen)
+                                    uint64_t *masks, uint16_t *words, size_t dlen,
+                                    size_t *differing_bytes)
 {
-    size_t blk = 0, w = 0, ndiff = 0, runs = 0;
+    size_t kept = 0, differing = 0, runs = 0, w = 0, off = 0;
     int counting = 0;
-    uint64_t carry = 0, busy_word = 0;
+    uint64_t carry = 0, m[4];
 
-    for (; blk + 256 <= len; blk += 256, w += 4) {
-        if (XBZ_PATH(same256)(old + blk, new_page + blk)) {
-            masks[w] = masks[w + 1] = masks[w + 2] = masks[w + 3] = 0;
+    for (; off < len; off += XBZ_BLOCK, w += 4) {
+        int differs = off + XBZ_BLOCK <= len
+                          ? XBZ_PATH(diff256)(old + off, new_page + off, m)
+                          : XBZ_PATH(diff_last_block)(old + off, new_page + off, len - off, m);
+        if (!differs) {
             carry = 0;
-        } else {
-            uint64_t m0 = XBZ_PATH(diff64)(old + blk, new_page + blk);
-            uint64_t m1 = XBZ_PATH(diff64)(old + blk + 64, new_page + blk + 64);
-            uint64_t m2 = XBZ_PATH(diff64)(old + blk + 128, new_page + blk + 128);
-            uint64_t m3 = XBZ_PATH(diff64)(old + blk + 192, new_page + blk + 192);
-            masks[w] = m0;
-            masks[w + 1] = m1;
-            masks[w + 2] = m2;
-            masks[w + 3] = m3;
-            busy_word |= (uint64_t)((m0 != 0) | (m1 != 0) << 1 | (m2 != 0) << 2 | (m3 != 0) << 3)
-                         << (w % 64);
-            ndiff += (size_t)(XBZ_PATH(popcount)(m0) + XBZ_PATH(popcount)(m1) +
+            continue;
+        }
+        uint64_t m0 = m[0], m1 = m[1], m2 = m[2], m3 = m[3];
+        /* Appended without a branch: a zero word is overwritten next. */
+        masks[kept] = m0;
+        words[kept] = (uint16_t)w;
+        kept += m0 != 0;
+        masks[kept] = m1;
+        words[kept] = (uint16_t)(w + 1);
+        kept += m1 != 0;
+        masks[kept] = m2;
+        words[kept] = (uint16_t)(w + 2);
+        kept += m2 != 0;
+        masks[kept] = m3;
+        words[kept] = (uint16_t)(w + 3);
+        kept += m3 != 0;
+        differing += (size_t)(XBZ_PATH(popcount)(m0) + XBZ_PATH(popcount)(m1) +
                               XBZ_PATH(popcount)(m2) + XBZ_PATH(popcount)(m3));
-            if (counting) {
-                runs += (size_t)(XBZ_PATH(popcount)(m0 & ~((m0 << 1) | carry)) +
-                                 XBZ_PATH(popcount)(m1 & ~((m1 << 1) | (m0 >> 63))) +
-                                 XBZ_PATH(popcount)(m2 & ~((m2 << 1) | (m1 >> 63))) +
-                                 XBZ_PATH(popcount)(m3 & ~((m3 << 1) | (m2 >> 63))));
-                if (ndiff + 2 * runs > dlen)
-                    return XBZ_SCAN_OVERFLOW;
-            } else if (3 * ndiff > dlen) {
-                counting = 1;
-                runs = XBZ_PATH(count_runs)(masks, w + 4);
-                if (ndiff + 2 * runs > dlen)
-                    return XBZ_SCAN_OVERFLOW;
-            }
-            carry = m3 >> 63;
+        if (counting) {
+            runs += (size_t)(XBZ_PATH(popcount)(m0 & ~((m0 << 1) | carry)) +
+                             XBZ_PATH(popcount)(m1 & ~((m1 << 1) | (m0 >> 63))) +
+                             XBZ_PATH(popcount)(m2 & ~((m2 << 1) | (m1 >> 63))) +
+                             XBZ_PATH(popcount)(m3 & ~((m3 << 1) | (m2 >> 63))));
+            if (differing + 2 * runs > dlen)
+                return XBZ_SCAN_OVERFLOW;
+        } else if (3 * differing > dlen) {
+            counting = 1;
+            runs = XBZ_PATH(count_runs)(masks, words, kept);
+            if (differing + 2 * runs > dlen)
+                return XBZ_SCAN_OVERFLOW;
         }
-        if ((w + 4) % 64 == 0) {
-            busy[w / 64] = busy_word;
-            busy_word = 0;
-        }
+        carry = m3 >> 63;
     }
-    for (; blk < len; blk += 64, w++) {
-        uint64_t m = blk + 64 <= len ? XBZ_PATH(diff64)(old + blk, new_page + blk)
-                                     : diff_tail(old + blk, new_page + blk, len - blk);
-        masks[w] = m;
-        busy_word |= (uint64_t)(m != 0) << (w % 64);
-        ndiff += (size_t)XBZ_PATH(popcount)(m);
-        if ((w + 1) % 64 == 0) {
-            busy[w / 64] = busy_word;
-            busy_word = 0;
-        }
-    }
-    if (w % 64 != 0)
-        busy[w / 64] = busy_word;
-    return ndiff;
-}
-
-/* A lower bound of the encoded length: every run costs its bytes plus at
- * least one byte for each of its two lengths.  Runs are only counted when
- * the bytes alone leave the answer open (dense pages). */
-static inline size_t XBZ_PATH(least_size)(const uint64_t *masks, size_t words, size_t differing,
-                                          size_t dlen)
-{
-    if (differing > dlen || 3 * differing <= dlen)
-        return differing;
-    return differing + 2 * XBZ_PATH(count_runs)(masks, words);
+    words[kept] = UINT16_MAX; /* a sentinel for the gather: adjacent to no word */
+    *differing_bytes = differing;
+    return kept;
 }
 
 /* Positions where the mask flips: run starts and ends, alternating, the
- * first being a start; a run reaching the page end ends at len.  Only words
- * marked busy (non-zero) are visited.  Each word writes its first four
+ * first being a start; a run reaching the page end ends at len.  Only the
+ * kept (non-zero) words are visited.  Each word writes its first four
  * positions unconditionally (slack in bounds takes the unused ones) and
  * loops only for more, so sparse pages cost no misprediction per
  * position. */
-static inline size_t XBZ_PATH(gather)(const uint64_t *masks, const uint64_t *busy, size_t len,
-                                      uint16_t *bounds)
+static inline size_t XBZ_PATH(gather)(const uint64_t *masks, const uint16_t *words, size_t kept,
+                                      size_t len, uint16_t *bounds)
 {
-    size_t count = 0, words = (len + 63) / 64;
-    for (size_t group = 0; group * 64 < words; group++) {
-        for (uint64_t todo = busy[group]; todo; todo &= todo - 1) {
-            size_t w = group * 64 + (size_t)__builtin_ctzll(todo);
-            uint64_t m = masks[w];
-            uint64_t carry = w > 0 ? masks[w - 1] >> 63 : 0;
-            uint64_t flips = m ^ ((m << 1) | carry);
-            size_t n = (size_t)XBZ_PATH(popcount)(flips);
-            uint16_t base = (uint16_t)(w * 64);
-            uint16_t *out = bounds + count;
-            /* ctz of flips | 1 << 63 is ctz(flips) when flips != 0, and a
-             * harmless 63 when it is 0 (an unused slot). */
-            out[0] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
-            flips &= flips - 1;
-            out[1] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
-            flips &= flips - 1;
-            out[2] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
-            flips &= flips - 1;
-            out[3] = (uint16_t)(base + __builtin_ctzll(flips | (UINT64_C(1) << 63)));
-            flips &= flips - 1;
-            if (n > 4) {
-                for (size_t k = 4; k < n; k++) {
-                    out[k] = (uint16_t)(base + __builtin_ctzll(flips));
-                    flips &= flips - 1;
-                }
+    size_t count = 0, prev_w = SIZE_MAX - 1;
+    uint64_t prev_m = 0;
+    for (size_t j = 0; j < kept; j++) {
+        size_t w = words[j];
+        uint64_t m = masks[j];
+        /* The bit before the word: set when the previous word is kept,
+         * adjacent, and its last byte differs. */
+        uint64_t carry = (prev_m >> 63) & (prev_w + 1 == w);
+        uint64_t flips = m ^ ((m << 1) | carry);
+        size_t n = (size_t)XBZ_PATH(popcount)(flips);
+        uint16_t base = (uint16_t)(w * 64);
+        uint16_t *out = bounds + count;
+        /* tzcnt is ctz(flips) when flips != 0, and a harmless 64 when it
+         * is 0 (an unused slot). */
+        out[0] = (uint16_t)(base + XBZ_PATH(tzcnt)(flips));
+        flips &= flips - 1;
+        out[1] = (uint16_t)(base + XBZ_PATH(tzcnt)(flips));
+        flips &= flips - 1;
+        out[2] = (uint16_t)(base + XBZ_PATH(tzcnt)(flips));
+        flips &= flips - 1;
+        out[3] = (uint16_t)(base + XBZ_PATH(tzcnt)(flips));
+        flips &= flips - 1;
+        if (n > 4) {
+            for (size_t i = 4; i < n; i++) {
+                out[i] = (uint16_t)(base + __builtin_ctzll(flips));
+                flips &= flips - 1;
             }
-            count += n;
-            /* A run reaching the end of this word ends at the next word's
-             * start, unless that word is busy and reports it itself. */
-            size_t next = (w + 1) * 64 < len ? (w + 1) * 64 : len;
-            bounds[count] = (uint16_t)next;
-            count += (size_t)((m >> 63) & (w + 1 == words || masks[w + 1] == 0));
         }
+        count += n;
+        /* A run reaching the end of this word ends at the next word's
+         * start (or at len), unless that word is kept and reports it. */
+        size_t next = (w + 1) * 64 < len ? (w + 1) * 64 : len;
+        bounds[count] = (uint16_t)next;
+        count += (size_t)((m >> 63) & (words[j + 1] != w + 1)); /* words[kept]: sentinel */
+        prev_w = w;
+        prev_m = m;
     }
     return count;
 }
@@ -183,27 +212,43 @@ static inline size_t XBZ_PATH(gather)(const uint64_t *masks, const uint64_t *bus
 static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, size_t len,
                                 uint8_t *dst, size_t dlen)
 {
-    uint64_t masks[XBZ_MAX_PAGE_SIZE / 64];
-    uint64_t busy[XBZ_MAX_PAGE_SIZE / 64 / 64];
-    uint16_t bounds[XBZ_MAX_PAGE_SIZE + 2 + 32]; /* 32: slack for vector stores */
+    uint64_t masks[XBZ_MAX_PAGE_SIZE / 64 + 4]; /* + 4: slack of the branchless append */
+    uint16_t words[XBZ_MAX_PAGE_SIZE / 64 + 4];
+    uint16_t bounds[XBZ_MAX_PAGE_SIZE + 2 + 64]; /* 64: slack for fixed and vector stores */
 
-    size_t differing = XBZ_PATH(scan)(old, new_page, len, masks, busy, dlen);
-    if (differing == 0)
+    size_t differing;
+    size_t kept = XBZ_PATH(scan)(old, new_page, len, masks, words, dlen, &differing);
+    if (kept == 0)
         return 0;
-    if (differing == XBZ_SCAN_OVERFLOW)
+    if (kept == XBZ_SCAN_OVERFLOW)
         return -1; /* refused while reading: nothing written */
-    if (XBZ_PATH(least_size)(masks, (len + 63) / 64, differing, dlen) > dlen)
-        return -1; /* the overflow fast path: nothing written */
-    size_t count = XBZ_GATHER(masks, busy, len, bounds);
+    size_t count = XBZ_GATHER(masks, words, kept, len, bounds);
 
     size_t d = 0, prev_end = 0;
+    /* count / 2 runs, each costing its bytes and at most four length
+     * bytes: when even that fits, no run can overflow (nor be longer than
+     * a length can say, on pages up to XBZ_MAX_RUN), and the loop needs no
+     * check. */
+    if (differing + 2 * count <= dlen && len <= XBZ_MAX_RUN) {
+        for (size_t k = 0; k < count; k += 2) {
+            size_t start = bounds[k], end = bounds[k + 1], nzrun = end - start;
+            d += put_lengths(dst + d, (uint32_t)(start - prev_end), (uint32_t)nzrun);
+            if (nzrun <= 64 && start + 64 <= len)
+                XBZ_PATH(copy64)(dst + d, new_page + start);
+            else
+                memcpy(dst + d, new_page + start, nzrun);
+            d += nzrun;
+            prev_end = end;
+        }
+        return (ssize_t)d;
+    }
     for (size_t k = 0; k < count; k += 2) {
         size_t start = bounds[k], end = bounds[k + 1], nzrun = end - start;
         d += put_lengths(dst + d, (uint32_t)(start - prev_end), (uint32_t)nzrun);
         if (nzrun > XBZ_MAX_RUN || d + nzrun > dlen)
             return -1;
         if (nzrun <= 64 && start + 64 <= len)
-            memcpy(dst + d, new_page + start, 64); /* fixed stores; extra bytes are slack */
+            XBZ_PATH(copy64)(dst + d, new_page + start); /* fixed stores; extra bytes are slack */
         else
             memcpy(dst + d, new_page + start, nzrun);
         d += nzrun;
@@ -221,10 +266,49 @@ static int XBZ_PATH(is_zero)(const uint8_t *p, size_t len)
     return is_zero_tail(p + i, len - i);
 }
 
-/* The apply step of the decoder (see xbz_decode_apply_within). */
-static void XBZ_PATH(apply)(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len)
+/* ---- the apply pass of the decoder (see xbz_decode_apply_within) ----
+ * Called only on deltas that passed xbz_decode_check, but it re-checks
+ * every bound it relies on (predicted branches, never taken in practice),
+ * so that a delta rewritten by another thread since its check cannot make
+ * it read outside the delta or write outside the page: it stops at the
+ * first inconsistency.  Like the checker, it walks with fast_lengths (no
+ * branch on the length sizes) while 4 bytes are left, then finishes with
+ * the exact loop. */
+
+/* One run; the caller checked w->p <= limit (fast_walk_limit: the delta
+ * ends at limit + 4).  page_end: the end of the page. */
+static inline void XBZ_PATH(apply_step)(struct apply_walk *w, uintptr_t limit,
+                                        const uint8_t *page_end, int dense)
 {
-    size_t i = 0, pos = 0;
+    uint32_t zlen, c;
+    const uint8_t *at_run = w->p;
+    const uint8_t *next = fast_lengths(at_run, &zlen, &c);
+    if (__builtin_expect(c >= 0x80, 0)) {
+        uint32_t z2 = at_run[0] >> 7, n = 0;
+        if (uleb_get(at_run + 1 + z2, &n) < 0)
+            n = 0x7fffffff; /* stops below */
+        c = n;
+        next = at_run + 3 + z2 + n;
+    }
+    uint8_t *dst = w->dst + zlen;
+    /* w->dst <= page_end and zlen, c < 2**31: no sum wraps. */
+    if (__builtin_expect(((uintptr_t)dst + c > (uintptr_t)page_end) |
+                         ((uintptr_t)next > limit + 4), 0)) {
+        w->p = APPLY_STOPPED;
+        return;
+    }
+    if (dense)
+        XBZ_PATH(copy_run_dense)(dst, next - c, c);
+    else
+        XBZ_PATH(copy_run)(dst, next - c, c);
+    w->dst = dst + c;
+    w->p = next;
+}
+
+/* The exact loop, from offset i and page position pos. */
+static void XBZ_PATH(apply_tail)(const uint8_t *delta, size_t dlen, uint8_t *page,
+                                 size_t page_len, size_t i, size_t pos)
+{
     uint32_t n;
     int used;
 
@@ -243,5 +327,83 @@ static void XBZ_PATH(apply)(const uint8_t *delta, size_t dlen, uint8_t *page, si
         XBZ_PATH(copy_run)(page + pos, delta + i, n);
         pos += n;
         i += n;
+    }
+}
+
+static inline void XBZ_PATH(apply_finish)(const struct apply_walk *w, const uint8_t *delta,
+                                          const uint8_t *end, uint8_t *page, size_t page_len)
+{
+    if (w->p != APPLY_STOPPED && w->p != end)
+        XBZ_PATH(apply_tail)(delta, (size_t)(end - delta), page, page_len,
+                             (size_t)(w->p - delta), (size_t)(w->dst - page));
+}
+
+static void XBZ_PATH(apply)(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len)
+{
+    const uint8_t *end = delta + dlen;
+    uintptr_t limit = fast_walk_limit(delta, end);
+    /* xbz_decode_apply passes SIZE_MAX: the page end is then the end of
+     * the address space, and only the delta bounds the walk. */
+    const uint8_t *page_end =
+        page_len > UINTPTR_MAX - (uintptr_t)page ? APPLY_STOPPED : page + page_len;
+    struct apply_walk w = {delta, page};
+    while ((uintptr_t)w.p <= limit)
+        XBZ_PATH(apply_step)(&w, limit, page_end, 0);
+    XBZ_PATH(apply_finish)(&w, delta, end, page, page_len);
+}
+
+/* Two deltas walked side by side (dense: which copy to use; a constant, so
+ * that each flavour compiles to its own loop). */
+static inline void XBZ_PATH(apply_pair)(const uint8_t *a_delta, const uint8_t *a_end,
+                                        uint8_t *a_page, const uint8_t *b_end, uint8_t *b_page,
+                                        size_t page_len, int dense)
+{
+    const uint8_t *a_page_end = a_page + page_len, *b_page_end = b_page + page_len;
+    uintptr_t a_limit = fast_walk_limit(a_delta, a_end), b_limit = fast_walk_limit(a_end, b_end);
+    struct apply_walk a = {a_delta, a_page}, b = {a_end, b_page};
+    while ((uintptr_t)a.p <= a_limit && (uintptr_t)b.p <= b_limit) {
+        XBZ_PATH(apply_step)(&a, a_limit, a_page_end, dense);
+        XBZ_PATH(apply_step)(&b, b_limit, b_page_end, dense);
+    }
+    while ((uintptr_t)a.p <= a_limit)
+        XBZ_PATH(apply_step)(&a, a_limit, a_page_end, dense);
+    while ((uintptr_t)b.p <= b_limit)
+        XBZ_PATH(apply_step)(&b, b_limit, b_page_end, dense);
+    XBZ_PATH(apply_finish)(&a, a_delta, a_end, a_page, page_len);
+    XBZ_PATH(apply_finish)(&b, a_end, b_end, b_page, page_len);
+}
+
+/* decode_pages' apply pass: the deltas of two pages walked side by side.
+ * Each walk is a chain (a run's offset needs the previous run's length);
+ * two independent chains let the CPU overlap them, which a single walk
+ * cannot, however its branches are predicted.  Deltas longer than a
+ * quarter of their pages (many short runs of every length) take the dense
+ * copy. */
+static void XBZ_PATH(apply_pages)(const uint8_t *deltas, const long long *lengths, size_t count,
+                                  uint8_t *pages, size_t page_len)
+{
+    size_t p = 0;
+    for (;;) {
+        while (p < count && lengths[p] <= 0)
+            p++;
+        if (p >= count)
+            return;
+        size_t q = p + 1;
+        while (q < count && lengths[q] <= 0)
+            q++;
+        const uint8_t *a_end = deltas + lengths[p];
+        if (q >= count) {
+            XBZ_PATH(apply)(deltas, (size_t)lengths[p], pages + p * page_len, page_len);
+            return;
+        }
+        const uint8_t *b_end = a_end + lengths[q];
+        if ((size_t)(b_end - deltas) > page_len / 2)
+            XBZ_PATH(apply_pair)(deltas, a_end, pages + p * page_len, b_end,
+                                 pages + q * page_len, page_len, 1);
+        else
+            XBZ_PATH(apply_pair)(deltas, a_end, pages + p * page_len, b_end,
+                                 pages + q * page_len, page_len, 0);
+        deltas = b_end;
+        p = q + 1;
     }
 }
