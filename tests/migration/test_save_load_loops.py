@@ -160,6 +160,67 @@ def test_zero_page_refreshes_the_cached_copy():
     assert cache.lookup(PAGE) == bytes(PAGE)
 
 
+def _round_with_table(ram, mode, cache, table, cont, buf_size):
+    chunks, page, npages = [], 0, len(ram) // PAGE
+    buf, bitmap, totals = bytearray(buf_size), all_dirty(npages), BatchCounts()
+    while page < npages:
+        pos, page, cont, counts = _core.save_pages(buf, 0, ram, bitmap, page, NAME, 0, mode,
+                                                   cache, cont, None, None, table)
+        chunks.append(bytes(buf[:pos]))
+        totals.add(BatchCounts.from_loop(counts))
+    return chunks, totals, cont
+
+
+@pytest.mark.parametrize("buf_size", [1 << 16, 3 * PAGE + 100])
+def test_zero_pages_of_xbzrle_rounds_are_zero_records_whatever_the_cache_held(buf_size):
+    """Our round checks a cached page for zero behind the encode, not ahead
+    of it; QEMU's design (SAVE_QEMU_COPY, the check first) must still give
+    the same stream, counts, cache and digest table: a page turned zero from
+    random bytes (an overflow), from a few bytes (a delta), a zero page
+    unchanged, a zero page written, ordinary deltas and unchanged pages.  The
+    small buffer puts records at its end, where the encoder has no slack."""
+    npages = 24
+    rng = random.Random(10)
+    ram = bytearray(rng.randbytes(npages * PAGE))
+    for p in range(8, 12):  # sparse pages: a few non-zero bytes
+        ram[p * PAGE:(p + 1) * PAGE] = bytes(PAGE)
+        for off in rng.sample(range(PAGE), 3):
+            ram[p * PAGE + off] = 0x77
+    for p in range(12, 16):  # zero pages
+        ram[p * PAGE:(p + 1) * PAGE] = bytes(PAGE)
+    ours, theirs = _core.PageCache(1 << 20), _core.PageCache(1 << 20)
+    dest = bytearray(len(ram))
+    tables = (bytearray(8 * npages), bytearray(8 * npages))
+    cont = (False, False)
+    last = -1
+    for change in range(4):
+        if change:
+            for p in range(0, 4):  # random -> zero (overflow), then back
+                ram[p * PAGE:(p + 1) * PAGE] = (bytes(PAGE) if change % 2
+                                                else rng.randbytes(PAGE))
+            for p in range(8, 10):  # a few bytes -> zero (a delta), then back
+                ram[p * PAGE:(p + 1) * PAGE] = bytes(PAGE)
+                if change % 2 == 0:
+                    ram[p * PAGE + 5] = 0x11
+            ram[12 * PAGE + 100] = change  # zero -> a byte (or back to zero)
+            for p in range(16, 20):  # ordinary deltas
+                ram[p * PAGE + rng.randrange(PAGE)] ^= 0x5A
+        a = _round_with_table(ram, _core.SAVE_XBZRLE, ours, tables[0], cont[0], buf_size)
+        b = _round_with_table(ram, _core.SAVE_QEMU_COPY, theirs, tables[1], cont[1], buf_size)
+        assert a[0] == b[0] and a[1] == b[1]
+        if change % 2:  # 4 overflow -> zero, 2 delta -> zero, 3 zero unchanged
+            assert (a[1].zero, a[1].overflow, a[1].unchanged) == (9, 0, 10)
+        elif change:  # the 4 pages back from zero to random bytes: overflows
+            assert (a[1].zero, a[1].overflow) == (3, 4)
+        cont = (a[2], b[2])
+        assert ours.stats() == theirs.stats()
+        for p in range(npages):
+            assert ours.lookup(p * PAGE) == theirs.lookup(p * PAGE)
+        assert tables[0] == tables[1]
+        last = load_all(a[0], dest, last=last)
+        assert dest == ram
+
+
 def test_save_loop_races_a_writer_and_everything_stays_consistent():
     """Cache, wire and destination agree on every page even while another
     thread rewrites pages under the loop (the cache follows the bytes sent)."""
