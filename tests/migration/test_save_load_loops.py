@@ -172,13 +172,14 @@ def _round_with_table(ram, mode, cache, table, cont, buf_size):
 
 
 @pytest.mark.parametrize("buf_size", [1 << 16, 3 * PAGE + 100])
-def test_zero_pages_of_xbzrle_rounds_are_zero_records_whatever_the_cache_held(buf_size):
-    """Our round checks a cached page for zero behind the encode, not ahead
-    of it; QEMU's design (SAVE_QEMU_COPY, the check first) must still give
-    the same stream, counts, cache and digest table: a page turned zero from
-    random bytes (an overflow), from a few bytes (a delta), a zero page
-    unchanged, a zero page written, ordinary deltas and unchanged pages.  The
-    small buffer puts records at its end, where the encoder has no slack."""
+def test_xbzrle_rounds_give_the_stream_cache_and_table_of_qemus_design(buf_size):
+    """Our round encodes from the live page straight into the record and
+    applies the delta to the cached copy; QEMU's design (SAVE_QEMU_COPY: a
+    private copy, encoded, then copied into the cache) must give the same
+    stream, counts, cache and digest table: pages turned zero from random
+    bytes and from a few bytes, a zero page unchanged and written, ordinary
+    deltas, overflows and unchanged pages.  The small buffer puts records at
+    its end."""
     npages = 24
     rng = random.Random(10)
     ram = bytearray(rng.randbytes(npages * PAGE))
@@ -219,6 +220,31 @@ def test_zero_pages_of_xbzrle_rounds_are_zero_records_whatever_the_cache_held(bu
         assert tables[0] == tables[1]
         last = load_all(a[0], dest, last=last)
         assert dest == ram
+
+
+def test_a_delta_where_the_buffer_leaves_the_encoder_no_slack_is_the_same_record():
+    """The encoder writes past its delta; the loop encodes straight into the
+    record only where the buffer has that slack, and near its end (a long
+    block name, a record that just fits) through a scratch page: the record
+    is the same either way, and the same as QEMU's design."""
+    name = b"r" * 250
+    max_record = 8 + 1 + 255 + 3 + PAGE  # the loop stops below this much room
+    ram = bytearray(random.Random(3).randbytes(PAGE))
+    ours, theirs = _core.PageCache(1 << 20), _core.PageCache(1 << 20)
+    for cache, mode in ((ours, _core.SAVE_XBZRLE), (theirs, _core.SAVE_QEMU_COPY)):
+        _core.save_pages(bytearray(1 << 16), 0, ram, all_dirty(1), 0, name, 0, mode, cache, False)
+    cap = 1 << 16
+    for room in (max_record, max_record + 100, max_record + 300):
+        ram[room % PAGE] ^= 0x3C
+        records = []
+        for cache, mode in ((ours, _core.SAVE_XBZRLE), (theirs, _core.SAVE_QEMU_COPY)):
+            buf = bytearray(cap)
+            pos, _, _, counts = _core.save_pages(buf, cap - room, ram, all_dirty(1), 0, name, 0,
+                                                 mode, cache, False)
+            assert BatchCounts.from_loop(counts).xbzrle == 1
+            records.append(bytes(buf[cap - room:pos]))
+        assert records[0] == records[1]
+        assert ours.lookup(0) == theirs.lookup(0) == bytes(ram)
 
 
 def test_save_loop_races_a_writer_and_everything_stays_consistent():

@@ -187,85 +187,6 @@ static inline ssize_t encode_into_record(writer_t *w, size_t h, const uint8_t *o
     return xbz_encode(old, page, XBZ_PAGE, delta, XBZ_PAGE);
 }
 
-/* The cached copy of addr without touching the cache's counters or ages
- * (xbz_cache_lookup counts the hit once the page is known not to be zero,
- * as when the zero check came first), or NULL. */
-static inline uint8_t *cache_peek(const xbz_cache *cache, uint64_t addr)
-{
-    size_t slot = xbz_cache_slot(cache, addr);
-    return cache->addrs[slot] == addr ? xbz_cache_page(cache, slot) : NULL;
-}
-
-/* A zero page of an XBZRLE round: the ZERO record, and the cached copy zeroed
- * too, or the next delta is against stale bytes. */
-static inline void save_zero(writer_t *w, uint64_t offset, uint64_t addr, int mode,
-                             xbz_cache *cache, uint64_t *slot, uint64_t *c)
-{
-    if (mode == MODE_XBZRLE && cache != NULL)
-        xbz_cache_insert(cache, addr, zero_page);
-    emit_zero(w, offset, c);
-    note_zero(slot);
-}
-
-/* A cache hit of an XBZRLE round (MODE_XBZRLE, not backing off): the page
- * is read once, by the encoder, with no zero check ahead of it.  The zero
- * check moves behind the encode and reads bytes the encode just brought into
- * the CPU's cache: the cached copy when the page is unchanged (it then holds
- * the page's bytes) or after the delta is applied (it then holds what the
- * destination rebuilds), the record's copy after an overflow.  A zero page
- * becomes the ZERO record exactly as when the check came first, so the
- * stream, the cache, its counters and the digest table are the same; for a
- * page that is not zero the check stops at its first non-zero bytes. */
-static inline void save_hit(writer_t *w, const uint8_t *page, uint64_t offset, uint64_t addr,
-                            xbz_cache *cache, uint8_t *cached, uint8_t *backoff,
-                            uint64_t *slot, uint64_t *c)
-{
-    size_t h = put_header(w, offset, XBZ_F_XBZRLE);
-    ssize_t n = encode_into_record(w, h, cached, page);
-    if (n == 0) {
-        if (xbz_is_zero(cached, XBZ_PAGE)) {
-            save_zero(w, offset, addr, MODE_XBZRLE, cache, slot, c);
-            return;
-        }
-        xbz_cache_lookup(cache, addr); /* the hit, counted */
-        if (backoff != NULL)
-            *backoff = 0;
-        c[XBZ_C_UNCHANGED]++;
-        return; /* the destination already holds these bytes, slot their hash */
-    }
-    if (n > 0 && cache_follow_delta(cached, w->out + w->pos + h + 3, (size_t)n) == 0) {
-        if (xbz_is_zero(cached, XBZ_PAGE)) {
-            save_zero(w, offset, addr, MODE_XBZRLE, cache, slot, c);
-            return;
-        }
-        xbz_cache_lookup(cache, addr);
-        if (backoff != NULL)
-            *backoff = 0;
-        finish_xbzrle(w, h, (size_t)n, c);
-        note_sent(slot, cached); /* the cache equals the destination */
-        return;
-    }
-    /* Overflow (or a delta that does not check): the page goes whole from
-     * the record's copy, unless that copy is all zero. */
-    size_t start = w->pos;
-    int cont = w->cont;
-    const uint8_t *copy = emit_normal(w, offset, page, c);
-    if (xbz_is_zero(copy, XBZ_PAGE)) {
-        w->pos = start;
-        w->cont = cont;
-        c[XBZ_C_NORMAL]--;
-        save_zero(w, offset, addr, MODE_XBZRLE, cache, slot, c);
-        return;
-    }
-    xbz_cache_lookup(cache, addr);
-    if (backoff != NULL)
-        backoff_overflowed(backoff);
-    c[XBZ_C_OVERFLOW]++;
-    c[XBZ_C_XBZRLE_BYTES] += XBZ_PAGE;
-    note_sent(slot, copy);
-    memcpy(cached, copy, XBZ_PAGE);
-}
-
 /* One dirty page of the save loop (backoff: this page's back-off byte or NULL).
  *
  * The guest may write the page while this runs (the rounds before the
@@ -285,15 +206,12 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
                             int mode, xbz_cache *cache, uint8_t *backoff, uint64_t *slot,
                             uint64_t *c)
 {
-    if (mode == MODE_XBZRLE && cache != NULL && (backoff == NULL || (*backoff & 0x0f) == 0)) {
-        uint8_t *cached = cache_peek(cache, addr);
-        if (cached != NULL) {
-            save_hit(w, page, offset, addr, cache, cached, backoff, slot, c);
-            return;
-        }
-    }
     if (xbz_is_zero(page, XBZ_PAGE)) {
-        save_zero(w, offset, addr, mode, cache, slot, c);
+        /* Refresh the cached copy too, or the next delta is against stale bytes. */
+        if (mode == MODE_XBZRLE && cache != NULL)
+            xbz_cache_insert(cache, addr, zero_page);
+        emit_zero(w, offset, c);
+        note_zero(slot);
         return;
     }
     if (mode == MODE_PLAIN || cache == NULL) {
@@ -386,39 +304,6 @@ static inline void save_one_copy(writer_t *w, const uint8_t *page, uint64_t offs
         return;
     }
     finish_xbzrle(w, h, (size_t)n, c);
-}
-
-/* Bytes of the next dirty page and of its cache slot asked for ahead of
- * time, as codec.encode_pages does (XBZ_PREFETCH_BYTES in codec.c): the
- * hardware prefetcher stops at each 4 KiB edge, and the first line of each
- * page lets its stream start while the current pair is encoded. */
-#define SAVE_PREFETCH_BYTES 64
-
-/* Ask for the first line(s) of the dirty page after p (in this bitmap word
- * or the next one) and of the cache slot its address maps to, whatever that
- * slot holds: finding the slot needs no memory read, and the hint is
- * harmless if the page turns out to be a miss or zero. */
-static inline void prefetch_next_pair(const uint64_t *words, size_t wi, size_t p, size_t nwords,
-                                      size_t npages, const uint8_t *base, const xbz_cache *cache,
-                                      uint64_t addr_base)
-{
-    uint64_t rest = (p % 64 == 63) ? 0 : words[wi] & (~0ULL << (p % 64 + 1));
-    size_t q;
-    if (rest != 0)
-        q = wi * 64 + (size_t)__builtin_ctzll(rest);
-    else if (wi + 1 < nwords && words[wi + 1] != 0)
-        q = (wi + 1) * 64 + (size_t)__builtin_ctzll(words[wi + 1]);
-    else
-        return;
-    if (q >= npages)
-        return;
-    const uint8_t *next = base + (uint64_t)q * XBZ_PAGE;
-    const uint8_t *slot =
-        xbz_cache_page(cache, xbz_cache_slot(cache, addr_base + (uint64_t)q * XBZ_PAGE));
-    for (size_t at = 0; at < SAVE_PREFETCH_BYTES; at += 64) {
-        __builtin_prefetch(next + at);
-        __builtin_prefetch(slot + at);
-    }
 }
 
 PyDoc_STRVAR(save_pages_doc,
@@ -527,9 +412,6 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
     uint8_t scratch[XBZ_PAGE] __attribute__((aligned(64)));
     if (mode == MODE_QEMU_COPY && cache == NULL)
         mode = MODE_PLAIN;
-    /* Our XBZRLE rounds ask for the next pair ahead (QEMU's design, kept for
-     * the benchmark's comparison, does not). */
-    int prefetch_pairs = cache != NULL && (mode == MODE_XBZRLE || mode == MODE_LAST);
     if (cache_owner != NULL)
         cache_owner->busy = 1;
     Py_BEGIN_ALLOW_THREADS
@@ -553,8 +435,6 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
         }
         words[wi] &= ~(1ULL << (p % 64));
         uint64_t offset = (uint64_t)p * XBZ_PAGE;
-        if (prefetch_pairs)
-            prefetch_next_pair(words, wi, p, nwords, npages, base, cache, addr_base);
         if (mode == MODE_QEMU_COPY)
             save_one_copy(&w, base + offset, offset, addr_base + offset, cache, scratch,
                           hashes != NULL ? hashes + p : NULL, c);
