@@ -4,6 +4,7 @@ and the destination's page stay equal even while a writer races the loop."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import threading
@@ -158,6 +159,95 @@ def test_zero_page_refreshes_the_cached_copy():
     ram[PAGE:2 * PAGE] = bytes(PAGE)
     save_all(ram, all_dirty(npages), _core.SAVE_XBZRLE, cache)
     assert cache.lookup(PAGE) == bytes(PAGE)
+
+
+def _round_with_table(ram, mode, cache, table, cont, buf_size):
+    chunks, page, npages = [], 0, len(ram) // PAGE
+    buf, bitmap, totals = bytearray(buf_size), all_dirty(npages), BatchCounts()
+    while page < npages:
+        pos, page, cont, counts = _core.save_pages(buf, 0, ram, bitmap, page, NAME, 0, mode,
+                                                   cache, cont, None, None, table)
+        chunks.append(bytes(buf[:pos]))
+        totals.add(BatchCounts.from_loop(counts))
+    return chunks, totals, cont
+
+
+@pytest.mark.parametrize("buf_size", [1 << 16, 3 * PAGE + 100])
+def test_xbzrle_rounds_give_the_stream_cache_and_table_of_qemus_design(buf_size):
+    """Our round encodes from the live page straight into the record and
+    applies the delta to the cached copy; QEMU's design (SAVE_QEMU_COPY: a
+    private copy, encoded, then copied into the cache) must give the same
+    stream, counts, cache and digest table: pages turned zero from random
+    bytes and from a few bytes, a zero page unchanged and written, ordinary
+    deltas, overflows and unchanged pages.  The small buffer puts records at
+    its end."""
+    npages = 24
+    rng = random.Random(10)
+    ram = bytearray(rng.randbytes(npages * PAGE))
+    for p in range(8, 12):  # sparse pages: a few non-zero bytes
+        ram[p * PAGE:(p + 1) * PAGE] = bytes(PAGE)
+        for off in rng.sample(range(PAGE), 3):
+            ram[p * PAGE + off] = 0x77
+    for p in range(12, 16):  # zero pages
+        ram[p * PAGE:(p + 1) * PAGE] = bytes(PAGE)
+    ours, theirs = _core.PageCache(1 << 20), _core.PageCache(1 << 20)
+    dest = bytearray(len(ram))
+    tables = (bytearray(8 * npages), bytearray(8 * npages))
+    cont = (False, False)
+    last = -1
+    for change in range(4):
+        if change:
+            for p in range(0, 4):  # random -> zero (overflow), then back
+                ram[p * PAGE:(p + 1) * PAGE] = (bytes(PAGE) if change % 2
+                                                else rng.randbytes(PAGE))
+            for p in range(8, 10):  # a few bytes -> zero (a delta), then back
+                ram[p * PAGE:(p + 1) * PAGE] = bytes(PAGE)
+                if change % 2 == 0:
+                    ram[p * PAGE + 5] = 0x11
+            ram[12 * PAGE + 100] = change  # zero -> a byte (or back to zero)
+            for p in range(16, 20):  # ordinary deltas
+                ram[p * PAGE + rng.randrange(PAGE)] ^= 0x5A
+        a = _round_with_table(ram, _core.SAVE_XBZRLE, ours, tables[0], cont[0], buf_size)
+        b = _round_with_table(ram, _core.SAVE_QEMU_COPY, theirs, tables[1], cont[1], buf_size)
+        assert a[0] == b[0]
+        # encode_*: a clock sample that only our loop takes (x-encode-time)
+        assert dataclasses.replace(a[1], encode_ns=0, encode_timed=0) == b[1]
+        if change % 2:  # 4 overflow -> zero, 2 delta -> zero, 3 zero unchanged
+            assert (a[1].zero, a[1].overflow, a[1].unchanged) == (9, 0, 10)
+        elif change:  # the 4 pages back from zero to random bytes: overflows
+            assert (a[1].zero, a[1].overflow) == (3, 4)
+        cont = (a[2], b[2])
+        assert ours.stats() == theirs.stats()
+        for p in range(npages):
+            assert ours.lookup(p * PAGE) == theirs.lookup(p * PAGE)
+        assert tables[0] == tables[1]
+        last = load_all(a[0], dest, last=last)
+        assert dest == ram
+
+
+def test_a_delta_where_the_buffer_leaves_the_encoder_no_slack_is_the_same_record():
+    """The encoder writes past its delta; the loop encodes straight into the
+    record only where the buffer has that slack, and near its end (a long
+    block name, a record that just fits) through a scratch page: the record
+    is the same either way, and the same as QEMU's design."""
+    name = b"r" * 250
+    max_record = 8 + 1 + 255 + 3 + PAGE  # the loop stops below this much room
+    ram = bytearray(random.Random(3).randbytes(PAGE))
+    ours, theirs = _core.PageCache(1 << 20), _core.PageCache(1 << 20)
+    for cache, mode in ((ours, _core.SAVE_XBZRLE), (theirs, _core.SAVE_QEMU_COPY)):
+        _core.save_pages(bytearray(1 << 16), 0, ram, all_dirty(1), 0, name, 0, mode, cache, False)
+    cap = 1 << 16
+    for room in (max_record, max_record + 100, max_record + 300):
+        ram[room % PAGE] ^= 0x3C
+        records = []
+        for cache, mode in ((ours, _core.SAVE_XBZRLE), (theirs, _core.SAVE_QEMU_COPY)):
+            buf = bytearray(cap)
+            pos, _, _, counts = _core.save_pages(buf, cap - room, ram, all_dirty(1), 0, name, 0,
+                                                 mode, cache, False)
+            assert BatchCounts.from_loop(counts).xbzrle == 1
+            records.append(bytes(buf[cap - room:pos]))
+        assert records[0] == records[1]
+        assert ours.lookup(0) == theirs.lookup(0) == bytes(ram)
 
 
 def test_save_loop_races_a_writer_and_everything_stays_consistent():

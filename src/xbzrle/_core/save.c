@@ -21,6 +21,7 @@
 
 #include "cache.h"
 #include "codec.h"
+#include "codec_internal.h"
 #include "guest.h"
 
 /* MODE_QEMU_COPY is QEMU's design (a private copy of the page, the zero
@@ -170,6 +171,23 @@ static inline void finish_xbzrle(writer_t *w, size_t h, size_t n, uint64_t *c)
     c[XBZ_C_XBZRLE_BYTES] += (uint64_t)n + 3;
 }
 
+/* Encode old -> page into the record being written at w->out + w->pos + h + 3
+ * (the delta's place), at most a page of delta as QEMU allows.  The encoder
+ * writes in fixed-size blocks past its result; with XBZ_ENCODE_SLACK bytes
+ * of room beyond the largest delta it writes straight into the record, and
+ * only near the end of the buffer (where that room is missing) through
+ * xbz_encode's scratch page and a copy.  The bytes past the delta are not
+ * part of the stream: the next record (or the caller's section tail)
+ * overwrites them. */
+static inline ssize_t encode_into_record(writer_t *w, size_t h, const uint8_t *old,
+                                         const uint8_t *page)
+{
+    uint8_t *delta = w->out + w->pos + h + 3;
+    if (w->cap - w->pos >= h + 3 + XBZ_PAGE + XBZ_ENCODE_SLACK)
+        return xbz_encode_with_slack(old, page, XBZ_PAGE, delta, XBZ_PAGE);
+    return xbz_encode(old, page, XBZ_PAGE, delta, XBZ_PAGE);
+}
+
 /* One dirty page of the save loop (backoff: this page's back-off byte or NULL).
  *
  * The guest may write the page while this runs (the rounds before the
@@ -221,8 +239,7 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
         return;
     }
     size_t h = put_header(w, offset, XBZ_F_XBZRLE);
-    uint8_t *rec = w->out + w->pos;
-    uint8_t *delta = rec + h + 3;
+    uint8_t *delta = w->out + w->pos + h + 3;
     /* The encoder's own time (x-encode-time), sampled: the runs on every
      * 32nd page of the block are timed, and Python scales their sum by
      * runs / timed runs.  A clock read costs 40-100 ns here, a run
@@ -235,7 +252,7 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
     struct timespec t0, t1;
     if (timed)
         clock_gettime(CLOCK_MONOTONIC, &t0);
-    ssize_t n = xbz_encode(cached, page, XBZ_PAGE, delta, XBZ_PAGE);
+    ssize_t n = encode_into_record(w, h, cached, page);
     if (timed) {
         clock_gettime(CLOCK_MONOTONIC, &t1);
         int64_t run_ns = (t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec);
