@@ -343,19 +343,7 @@ PyDoc_STRVAR(encode_pages_doc,
              "lengths): lengths is array('i'), per page 0 unchanged, -1 overflow, else\n"
              "the length of its delta; deltas are concatenated in page order.");
 
-/* A page encoder with encode_pages' contract: len bytes, at most dlen bytes
- * of output (written with up to XBZ_ENCODE_SLACK bytes past it), 0 when
- * equal, -1 on overflow. */
-typedef ssize_t (*page_encoder)(const uint8_t *, const uint8_t *, size_t, uint8_t *, size_t);
-
-/* Bytes of the next page pair that encode_batch asks the CPU for ahead of
- * time: the first line of each page is enough to start the hardware
- * prefetcher's stream early; 128 to 512 bytes measured no better for
- * unchanged pages and worse for sparse ones (the extra requests compete
- * with the current page's loads). */
-#define XBZ_PREFETCH_BYTES 64
-
-/* encode_pages with a given page encoder.  The deltas are written straight into the bytes object
+/* encode_pages.  The deltas are written straight into the bytes object
  * that is returned, grown when needed and shrunk in place at the end, so a
  * delta byte is copied at most when the object grows.  It starts at a
  * quarter of the input (at least 1 MiB): reserving the worst case instead
@@ -363,7 +351,7 @@ typedef ssize_t (*page_encoder)(const uint8_t *, const uint8_t *, size_t, uint8_
  * fresh from the kernel and every 4 KiB written then costs a page fault,
  * while smaller ones are reused from the heap. */
 static PyObject *encode_batch(PyObject *args, PyObject *kwargs, const char *format,
-                              const char *func, page_encoder encoder)
+                              const char *func)
 {
     static char *keywords[] = {"old", "new", "page_size", NULL};
     static const char *const names[] = {"old", "new"};
@@ -416,22 +404,8 @@ static PyObject *encode_batch(PyObject *args, PyObject *kwargs, const char *form
     for (;;) {
         uint8_t *out = (uint8_t *)PyBytes_AS_STRING(deltas);
         Py_BEGIN_ALLOW_THREADS
-        const uint8_t *a = (const uint8_t *)old.buf + p * size;
-        const uint8_t *b = (const uint8_t *)new_page.buf + p * size;
-        for (; p < pages && capacity - used >= size + XBZ_ENCODE_SLACK; p++, a += size, b += size) {
-            /* The hardware prefetcher stops at each 4 KiB edge and must
-             * find the stream again; asking for the next pair's first line
-             * now lets its stream start while this page is gathered and
-             * emitted (docs/codec.md has the figures). */
-            if (p + 1 < pages)
-                for (size_t at = 0; at < XBZ_PREFETCH_BYTES && at < size; at += 64) {
-                    __builtin_prefetch(a + size + at);
-                    __builtin_prefetch(b + size + at);
-                }
-            ssize_t written = encoder(a, b, size, out + used, size);
-            page_lengths[p] = (int)written;
-            used += written > 0 ? (size_t)written : 0;
-        }
+        p = xbz_encode_pages_with_slack(old.buf, new_page.buf, size, p, pages, out, capacity,
+                                        &used, page_lengths);
         Py_END_ALLOW_THREADS
         if (p == pages)
             break;
@@ -459,7 +433,7 @@ done:
 
 static PyObject *codec_encode_pages(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    return encode_batch(args, kwargs, "OO|O:encode_pages", "encode_pages", xbz_encode_with_slack);
+    return encode_batch(args, kwargs, "OO|O:encode_pages", "encode_pages");
 }
 
 /* One integer of a buffer item, signed or not, of 1, 2, 4 or 8 bytes. */

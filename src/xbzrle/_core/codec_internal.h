@@ -31,6 +31,16 @@ const char *xbz_simd_current(void);
 ssize_t xbz_encode_with_slack(const uint8_t *old, const uint8_t *new_page, size_t len,
                               uint8_t *dst, size_t dlen);
 
+/* encode_pages' loop: pages first..pages-1 of old and new (size bytes each,
+ * at most XBZ_MAX_PAGE_SIZE), each page's delta (limit: the page size)
+ * appended at out + *used and its length (0 unchanged, -1 overflow) in
+ * lengths[p], while capacity - *used leaves room for a page and
+ * XBZ_ENCODE_SLACK.  Returns the first page not encoded (pages when all
+ * are) and updates *used. */
+size_t xbz_encode_pages_with_slack(const uint8_t *old, const uint8_t *new_page, size_t size,
+                                   size_t first, size_t pages, uint8_t *out, size_t capacity,
+                                   size_t *used, int *lengths);
+
 /* Like xbz_decode_apply, but never writes outside page[0..page_len) nor
  * reads outside delta[0..dlen), even if another thread rewrites the delta
  * between the check and the apply (it stops at the first inconsistency). */

@@ -568,6 +568,8 @@ static int cpu_has_portable(void)
 struct simd_path {
     const char *name;
     ssize_t (*encode)(const uint8_t *, const uint8_t *, size_t, uint8_t *, size_t);
+    size_t (*encode_pages)(const uint8_t *, const uint8_t *, size_t, size_t, size_t, uint8_t *,
+                           size_t, size_t *, int *);
     int (*is_zero)(const uint8_t *, size_t);
     void (*apply)(const uint8_t *, size_t, uint8_t *, size_t);
     void (*apply_pages)(const uint8_t *, const long long *, size_t, uint8_t *, size_t);
@@ -576,13 +578,13 @@ struct simd_path {
 
 static const struct simd_path simd_paths[] = {
 #ifdef XBZ_HAVE_X86
-    {"avx512vbmi2", encode_avx512vbmi2, is_zero_avx512vbmi2, apply_avx512vbmi2,
+    {"avx512vbmi2", encode_avx512vbmi2, encode_pages_avx512vbmi2, is_zero_avx512vbmi2, apply_avx512vbmi2,
      apply_pages_avx512vbmi2, cpu_has_avx512vbmi2},
-    {"avx512bw", encode_avx512bw, is_zero_avx512bw, apply_avx512bw, apply_pages_avx512bw,
+    {"avx512bw", encode_avx512bw, encode_pages_avx512bw, is_zero_avx512bw, apply_avx512bw, apply_pages_avx512bw,
      cpu_has_avx512bw},
-    {"avx2", encode_avx2, is_zero_avx2, apply_avx2, apply_pages_avx2, cpu_has_avx2},
+    {"avx2", encode_avx2, encode_pages_avx2, is_zero_avx2, apply_avx2, apply_pages_avx2, cpu_has_avx2},
 #endif
-    {"portable", encode_portable, is_zero_portable, apply_portable, apply_pages_portable,
+    {"portable", encode_portable, encode_pages_portable, is_zero_portable, apply_portable, apply_pages_portable,
      cpu_has_portable},
 };
 
@@ -648,6 +650,14 @@ ssize_t xbz_encode_with_slack(const uint8_t *old, const uint8_t *new_page, size_
     if (len == 0)
         return 0;
     return current_path()->encode(old, new_page, len, dst, dlen);
+}
+
+size_t xbz_encode_pages_with_slack(const uint8_t *old, const uint8_t *new_page, size_t size,
+                                   size_t first, size_t pages, uint8_t *out, size_t capacity,
+                                   size_t *used, int *lengths)
+{
+    return current_path()->encode_pages(old, new_page, size, first, pages, out, capacity, used,
+                                        lengths);
 }
 
 ssize_t xbz_encode(const uint8_t *old, const uint8_t *new_page, size_t len, uint8_t *dst,

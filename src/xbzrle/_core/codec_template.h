@@ -208,9 +208,14 @@ static inline size_t XBZ_PATH(gather)(const uint64_t *masks, const uint16_t *wor
     return count;
 }
 
-/* dst must have dlen + XBZ_ENCODE_SLACK writable bytes. */
-static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, size_t len,
-                                uint8_t *dst, size_t dlen)
+/* dst must have dlen + XBZ_ENCODE_SLACK writable bytes.  ahead (a
+ * constant at each call): ahead_old and ahead_new are the next page pair
+ * of a batch, of which the emit asks for one line per run (see
+ * encode_pages below). */
+static inline __attribute__((always_inline)) ssize_t
+XBZ_PATH(encode_core)(const uint8_t *old, const uint8_t *new_page, size_t len, uint8_t *dst,
+                      size_t dlen, int ahead, const uint8_t *ahead_old,
+                      const uint8_t *ahead_new)
 {
     uint64_t masks[XBZ_MAX_PAGE_SIZE / 64 + 4]; /* + 4: slack of the branchless append */
     uint16_t words[XBZ_MAX_PAGE_SIZE / 64 + 4];
@@ -225,6 +230,16 @@ static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, siz
     size_t count = XBZ_GATHER(masks, words, kept, len, bounds);
 
     size_t d = 0, prev_end = 0;
+    /* Run k / 2 asks for line k / 2 + 1 of the next pair (its line 0 is
+     * asked for by the caller before this page starts). */
+#define XBZ_AHEAD(k)                                                                              \
+    do {                                                                                          \
+        size_t at_ = ((k) / 2 + 1) * 64;                                                          \
+        if (ahead && at_ < len) {                                                     \
+            __builtin_prefetch(ahead_old + at_);                                                  \
+            __builtin_prefetch(ahead_new + at_);                                                  \
+        }                                                                                         \
+    } while (0)
     /* count / 2 runs, each costing its bytes and at most four length
      * bytes: when even that fits, no run can overflow (nor be longer than
      * a length can say, on pages up to XBZ_MAX_RUN), and the loop needs no
@@ -232,6 +247,7 @@ static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, siz
     if (differing + 2 * count <= dlen && len <= XBZ_MAX_RUN) {
         for (size_t k = 0; k < count; k += 2) {
             size_t start = bounds[k], end = bounds[k + 1], nzrun = end - start;
+            XBZ_AHEAD(k);
             d += put_lengths(dst + d, (uint32_t)(start - prev_end), (uint32_t)nzrun);
             if (nzrun <= 64 && start + 64 <= len)
                 XBZ_PATH(copy64)(dst + d, new_page + start);
@@ -244,6 +260,7 @@ static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, siz
     }
     for (size_t k = 0; k < count; k += 2) {
         size_t start = bounds[k], end = bounds[k + 1], nzrun = end - start;
+        XBZ_AHEAD(k);
         d += put_lengths(dst + d, (uint32_t)(start - prev_end), (uint32_t)nzrun);
         if (nzrun > XBZ_MAX_RUN || d + nzrun > dlen)
             return -1;
@@ -254,7 +271,41 @@ static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, siz
         d += nzrun;
         prev_end = end;
     }
+#undef XBZ_AHEAD
     return (ssize_t)d;
+}
+
+static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, size_t len,
+                                uint8_t *dst, size_t dlen)
+{
+    return XBZ_PATH(encode_core)(old, new_page, len, dst, dlen, 0, NULL, NULL);
+}
+
+/* encode_pages' loop (xbz_encode_pages_with_slack): pages first..pages-1
+ * of size bytes each, the deltas appended at out + *used while a whole page
+ * and the slack still fit in capacity; returns the first page not encoded.
+ * The hardware prefetcher stops at each 4 KiB edge and must find the stream
+ * again, so the next pair's first line is asked for before each page, and
+ * one more line of it per run emitted, so that its loads overlap this
+ * page's gather and emit (docs/codec.md has the figures). */
+static size_t XBZ_PATH(encode_pages)(const uint8_t *old, const uint8_t *new_page, size_t size,
+                                     size_t first, size_t pages, uint8_t *out, size_t capacity,
+                                     size_t *used, int *lengths)
+{
+    size_t p = first, u = *used;
+    const uint8_t *a = old + p * size, *b = new_page + p * size;
+    for (; p < pages && capacity - u >= size + XBZ_ENCODE_SLACK; p++, a += size, b += size) {
+        /* The last page asks for its own lines again (no-ops). */
+        size_t next = p + 1 < pages ? size : 0;
+        __builtin_prefetch(a + next);
+        __builtin_prefetch(b + next);
+        ssize_t written =
+            XBZ_PATH(encode_core)(a, b, size, out + u, size, 1, a + next, b + next);
+        lengths[p] = (int)written;
+        u += written > 0 ? (size_t)written : 0;
+    }
+    *used = u;
+    return p;
 }
 
 static int XBZ_PATH(is_zero)(const uint8_t *p, size_t len)
