@@ -235,7 +235,7 @@ XBZ_PATH(encode_core)(const uint8_t *old, const uint8_t *new_page, size_t len, u
 #define XBZ_AHEAD(k)                                                                              \
     do {                                                                                          \
         size_t at_ = ((k) / 2 + 1) * 64;                                                          \
-        if (ahead && at_ < len) {                                                     \
+        if (ahead && at_ < len) {                                                                 \
             __builtin_prefetch(ahead_old + at_);                                                  \
             __builtin_prefetch(ahead_new + at_);                                                  \
         }                                                                                         \
