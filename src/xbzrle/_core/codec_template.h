@@ -107,15 +107,29 @@ static inline size_t XBZ_PATH(count_runs)(const uint64_t *masks, const uint16_t 
  * XBZ_SCAN_OVERFLOW; words[kept] is then a sentinel that follows no word,
  * and *differing_bytes the number of set bits. */
 #define XBZ_SCAN_OVERFLOW ((size_t)-1)
+/* Where the scan asks for the first line of the next page pair (ahead_old
+ * and ahead_new, when not NULL): that first access to a new 4 KiB page
+ * waits for its address translation (a two-level walk in a virtual
+ * machine), which here overlaps the rest of this page's scan.  Asked for at
+ * the start of the page instead, it held up the scan's first loads (a
+ * fifth of the samples of the seed class sat on it); 256, 512 and 768
+ * bytes measured alike, 768 a little better (docs/codec.md). */
+#define XBZ_AHEAD_AT 768
 static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page, size_t len,
                                     uint64_t *masks, uint16_t *words, size_t dlen,
-                                    size_t *differing_bytes)
+                                    size_t *differing_bytes, const uint8_t *ahead_old,
+                                    const uint8_t *ahead_new)
 {
     size_t kept = 0, differing = 0, runs = 0, w = 0, off = 0;
     int counting = 0;
     uint64_t carry = 0, m[4];
+    size_t ahead_at = len > XBZ_AHEAD_AT ? XBZ_AHEAD_AT : 0;
 
     for (; off < len; off += XBZ_BLOCK, w += 4) {
+        if (ahead_old != NULL && off == ahead_at) {
+            __builtin_prefetch(ahead_old);
+            __builtin_prefetch(ahead_new);
+        }
         int differs = off + XBZ_BLOCK <= len
                           ? XBZ_PATH(diff256)(old + off, new_page + off, m)
                           : XBZ_PATH(diff_last_block)(old + off, new_page + off, len - off, m);
@@ -222,7 +236,8 @@ XBZ_PATH(encode_core)(const uint8_t *old, const uint8_t *new_page, size_t len, u
     uint16_t bounds[XBZ_MAX_PAGE_SIZE + 2 + 64]; /* 64: slack for fixed and vector stores */
 
     size_t differing;
-    size_t kept = XBZ_PATH(scan)(old, new_page, len, masks, words, dlen, &differing);
+    size_t kept = XBZ_PATH(scan)(old, new_page, len, masks, words, dlen, &differing,
+                                 ahead ? ahead_old : NULL, ahead ? ahead_new : NULL);
     if (kept == 0)
         return 0;
     if (kept == XBZ_SCAN_OVERFLOW)
@@ -285,9 +300,11 @@ static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, siz
  * of size bytes each, the deltas appended at out + *used while a whole page
  * and the slack still fit in capacity; returns the first page not encoded.
  * The hardware prefetcher stops at each 4 KiB edge and must find the stream
- * again, so the next pair's first line is asked for before each page, and
- * one more line of it per run emitted, so that its loads overlap this
- * page's gather and emit (docs/codec.md has the figures). */
+ * again, so the scan asks for the next pair's first line (XBZ_AHEAD_AT),
+ * and the emit for one more line of it per run, so that its loads overlap
+ * this page's gather and emit instead of waiting for them (docs/codec.md
+ * has the figures).  One loop per path, with the encoder inlined: no call
+ * through the path table per page. */
 static size_t XBZ_PATH(encode_pages)(const uint8_t *old, const uint8_t *new_page, size_t size,
                                      size_t first, size_t pages, uint8_t *out, size_t capacity,
                                      size_t *used, int *lengths)
@@ -297,8 +314,6 @@ static size_t XBZ_PATH(encode_pages)(const uint8_t *old, const uint8_t *new_page
     for (; p < pages && capacity - u >= size + XBZ_ENCODE_SLACK; p++, a += size, b += size) {
         /* The last page asks for its own lines again (no-ops). */
         size_t next = p + 1 < pages ? size : 0;
-        __builtin_prefetch(a + next);
-        __builtin_prefetch(b + next);
         ssize_t written =
             XBZ_PATH(encode_core)(a, b, size, out + u, size, 1, a + next, b + next);
         lengths[p] = (int)written;
