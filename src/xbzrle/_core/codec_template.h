@@ -246,7 +246,7 @@ XBZ_PATH(encode_core)(const uint8_t *old, const uint8_t *new_page, size_t len, u
 
     size_t d = 0, prev_end = 0;
     /* Run k / 2 asks for line k / 2 + 1 of the next pair (its line 0 is
-     * asked for by the caller before this page starts). */
+     * asked for by the scan, XBZ_AHEAD_AT). */
 #define XBZ_AHEAD(k)                                                                              \
     do {                                                                                          \
         size_t at_ = ((k) / 2 + 1) * 64;                                                          \
