@@ -109,6 +109,22 @@ static void populate_ahead(const uint8_t *buf, size_t pos, size_t end, load_bloc
 
 /* Parse and apply page records from buf[pos:end].  Returns the status; *pos
  * advances past every record applied; *last is the CONTINUE block. */
+/* The head of the record at buf[p]: its page offset and flags.  Returns 0
+ * when fewer than 8 bytes are left, -1 when it is not a page record (ZERO,
+ * PAGE or XBZRLE: the loops stop there and leave it to the parser), 1
+ * otherwise.  One reading of the header for the load and the scan loops. */
+static inline int page_record_head(const uint8_t *buf, size_t p, size_t end, uint64_t *offset,
+                                   unsigned *flags)
+{
+    if (end - p < 8)
+        return 0;
+    uint64_t word = xbz_get_be64(buf + p);
+    *flags = (unsigned)(word & (XBZ_PAGE - 1));
+    *offset = word & ~(uint64_t)(XBZ_PAGE - 1);
+    unsigned kind = *flags & ~XBZ_F_CONTINUE;
+    return kind == XBZ_F_ZERO || kind == XBZ_F_PAGE || kind == XBZ_F_XBZRLE ? 1 : -1;
+}
+
 static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_t *blocks,
                      size_t nblocks, Py_ssize_t *last, int xbzrle_ok, uint64_t *c,
                      load_error_t *err)
@@ -117,13 +133,13 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
     int status = L_NEED_DATA;
     for (;;) {
         size_t p = pos;
-        if (end - p < 8)
+        uint64_t offset;
+        unsigned flags;
+        int head = page_record_head(buf, p, end, &offset, &flags);
+        if (head == 0)
             break;
-        uint64_t word = xbz_get_be64(buf + p);
-        unsigned flags = (unsigned)(word & (XBZ_PAGE - 1));
-        uint64_t offset = word & ~(uint64_t)(XBZ_PAGE - 1);
         unsigned kind = flags & ~XBZ_F_CONTINUE;
-        if (kind != XBZ_F_ZERO && kind != XBZ_F_PAGE && kind != XBZ_F_XBZRLE) {
+        if (head < 0) {
             status = L_OTHER;
             break;
         }
@@ -398,14 +414,11 @@ static void scan_loop(const uint8_t *buf, size_t *pos_io, size_t end, const load
     size_t pos = *pos_io;
     for (;;) {
         size_t p = pos;
-        if (end - p < 8)
+        uint64_t offset;
+        unsigned flags;
+        if (page_record_head(buf, p, end, &offset, &flags) <= 0)
             break;
-        uint64_t word = xbz_get_be64(buf + p);
-        unsigned flags = (unsigned)(word & (XBZ_PAGE - 1));
-        uint64_t offset = word & ~(uint64_t)(XBZ_PAGE - 1);
         unsigned kind = flags & ~XBZ_F_CONTINUE;
-        if (kind != XBZ_F_ZERO && kind != XBZ_F_PAGE && kind != XBZ_F_XBZRLE)
-            break;
         p += 8;
         Py_ssize_t bi;
         if (flags & XBZ_F_CONTINUE) {
