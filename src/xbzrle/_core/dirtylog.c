@@ -6,7 +6,14 @@
  *   pages protected too.  A sync is PAGEMAP_SCAN over the range asking for
  *   written pages and re-protecting exactly those, atomically per page table,
  *   so a racing write is either reported now or faults again and is reported
- *   next time.  Needs no cooperation from the writers.
+ *   next time.  Needs no cooperation from the writers.  Built lazy (as
+ *   Guest RAM is), it registers nothing until the first sync, which arms the
+ *   range and reports every resident page: a registered range gets no
+ *   transparent huge pages on fault, so arming at creation would leave RAM
+ *   on 4 KiB pages for good (five times the fault cost for a destination
+ *   filling 1 GiB).  Armed over huge pages, the first write to one splits it
+ *   (asynchronous write-protect resolves faults per 4 KiB page), so the log
+ *   stays page-granular.
  * SoftTracker: a software bitmap that built-in workloads set after each
  *   write; a sync swaps every word with zero.
  * ScanTracker: a 64-bit hash per page; a sync rehashes every page and
@@ -57,6 +64,9 @@ struct pm_scan_arg {
 #define PM_SCAN_WP_MATCHING (1 << 0)
 #define PM_SCAN_CHECK_WPASYNC (1 << 1)
 #define PAGE_IS_WRITTEN (1 << 1)
+#define PAGE_IS_PRESENT (1 << 3)
+#define PAGE_IS_SWAPPED (1 << 4)
+#define PAGE_IS_PFNZERO (1 << 5)
 #endif
 
 /* ------------------------------------------------------------------ uffd */
@@ -70,7 +80,8 @@ typedef struct {
     int pagemap;
     struct page_region *vec;
     size_t vec_len;
-    int lost; /* a failed sync: report every page next time */
+    int lost;  /* a failed sync: report every page next time */
+    int armed; /* registered and protected (a lazy tracker: from its first sync) */
     pthread_mutex_t lock;
 } XbzUffdTracker;
 
@@ -108,21 +119,18 @@ static int uffd_arm(XbzUffdTracker *self)
     return self->pagemap < 0 ? -1 : 0;
 }
 
-/* Collect written pages into words and re-protect them; 0 or -1 (errno). */
-static int uffd_collect(XbzUffdTracker *self, uint64_t *words)
+/* Set in words the pages PAGEMAP_SCAN matches with ``query``'s flags and
+ * categories over the whole range; 0 or -1 (errno). */
+static int uffd_walk(XbzUffdTracker *self, uint64_t *words, const struct pm_scan_arg *query)
 {
     uintptr_t base = (uintptr_t)self->base, end = base + self->size, start = base;
     while (start < end) {
-        struct pm_scan_arg arg = {
-            .size = sizeof(arg),
-            .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-            .start = start,
-            .end = end,
-            .vec = (uintptr_t)self->vec,
-            .vec_len = self->vec_len,
-            .category_mask = PAGE_IS_WRITTEN,
-            .return_mask = PAGE_IS_WRITTEN,
-        };
+        struct pm_scan_arg arg = *query;
+        arg.size = sizeof(arg);
+        arg.start = start;
+        arg.end = end;
+        arg.vec = (uintptr_t)self->vec;
+        arg.vec_len = self->vec_len;
         long n = ioctl(self->pagemap, PAGEMAP_SCAN, &arg);
         if (n < 0) {
             if (errno == EINTR)
@@ -148,7 +156,55 @@ static int uffd_collect(XbzUffdTracker *self, uint64_t *words)
     return 0;
 }
 
-static void uffd_release(XbzUffdTracker *self)
+/* Collect written pages into words and re-protect them; 0 or -1 (errno). */
+static int uffd_collect(XbzUffdTracker *self, uint64_t *words)
+{
+    const struct pm_scan_arg written = {
+        .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+        .category_mask = PAGE_IS_WRITTEN,
+        .return_mask = PAGE_IS_WRITTEN,
+    };
+    return uffd_walk(self, words, &written);
+}
+
+/* Collect the pages that hold data of their own (not the shared zero page)
+ * in one of ``kinds`` (PAGE_IS_PRESENT, PAGE_IS_SWAPPED): what a lazy
+ * tracker's first sync can know of the writes before it armed.  A huge page
+ * counts whole. */
+static int uffd_collect_resident(XbzUffdTracker *self, uint64_t *words, uint64_t kinds)
+{
+    const struct pm_scan_arg resident = {
+        .category_inverted = PAGE_IS_PFNZERO,
+        .category_mask = PAGE_IS_PFNZERO,
+        .category_anyof_mask = kinds,
+        .return_mask = kinds,
+    };
+    return uffd_walk(self, words, &resident);
+}
+
+/* A lazy tracker's first sync: the pages holding data, then the range armed.
+ * Swapped pages are looked for before arming (the protection's markers on
+ * unpopulated pages read as swap entries), present ones after it, so a write
+ * racing the arming is either seen present now or faults and is reported by
+ * the next sync. */
+static int uffd_arm_late(XbzUffdTracker *self, uint64_t *words)
+{
+    int rc;
+    self->pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (self->pagemap < 0)
+        return -1;
+    rc = uffd_collect_resident(self, words, PAGE_IS_PRESENT | PAGE_IS_SWAPPED);
+    close(self->pagemap);
+    self->pagemap = -1;
+    if (rc == 0)
+        rc = uffd_arm(self);
+    if (rc == 0)
+        rc = uffd_collect_resident(self, words, PAGE_IS_PRESENT);
+    return rc;
+}
+
+/* Close whatever uffd_arm opened, so that a failed arming can be retried. */
+static void uffd_disarm(XbzUffdTracker *self)
 {
     if (self->uffd >= 0) {
         close(self->uffd); /* unregisters the range */
@@ -158,6 +214,12 @@ static void uffd_release(XbzUffdTracker *self)
         close(self->pagemap);
         self->pagemap = -1;
     }
+    self->armed = 0;
+}
+
+static void uffd_release(XbzUffdTracker *self)
+{
+    uffd_disarm(self);
     PyMem_RawFree(self->vec);
     self->vec = NULL;
     if (self->ram != NULL) {
@@ -168,10 +230,12 @@ static void uffd_release(XbzUffdTracker *self)
 
 static PyObject *uffd_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"ram", "vec_len", NULL};
+    static char *kwlist[] = {"ram", "vec_len", "lazy", NULL};
     PyObject *ram;
     Py_ssize_t vec_len = 16384;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|n:UffdTracker", kwlist, &ram, &vec_len))
+    int lazy = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|np:UffdTracker", kwlist, &ram, &vec_len,
+                                     &lazy))
         return NULL;
     if (vec_len < 1) {
         PyErr_SetString(PyExc_ValueError, "vec_len must be at least 1");
@@ -197,9 +261,12 @@ static PyObject *uffd_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(self);
         return NULL;
     }
+    if (lazy)
+        return (PyObject *)self;
     int rc, err = 0;
     Py_BEGIN_ALLOW_THREADS
     rc = uffd_arm(self);
+    self->armed = rc == 0;
     if (rc == 0) {
         /* Probe PAGEMAP_SCAN (Linux 6.7+) now rather than at the first sync. */
         uint64_t *words = PyMem_RawCalloc((self->size >> XBZ_GUEST_PAGE_SHIFT) / 64 + 1, 8);
@@ -243,9 +310,18 @@ static PyObject *uffd_sync(XbzUffdTracker *self, PyObject *unused)
     int rc, err = 0;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&self->lock);
-    if (self->uffd < 0) {
+    if (self->ram == NULL) {
         rc = -1;
         errno = EBADF;
+    } else if (!self->armed) {
+        rc = uffd_arm_late(self, bitmap->words);
+        if (rc == 0)
+            self->armed = 1;
+        else {
+            int arm_errno = errno;
+            uffd_disarm(self);
+            errno = arm_errno;
+        }
     } else {
         rc = uffd_collect(self, bitmap->words);
     }
@@ -289,8 +365,9 @@ static PyTypeObject XbzUffdTracker_Type = {
     .tp_basicsize = sizeof(XbzUffdTracker),
     .tp_dealloc = (destructor)uffd_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "UffdTracker(ram, vec_len=16384): kernel dirty log (userfaultfd async "
-              "write-protect + PAGEMAP_SCAN).  OSError if the kernel lacks it.",
+    .tp_doc = "UffdTracker(ram, vec_len=16384, lazy=False): kernel dirty log (userfaultfd "
+              "async write-protect + PAGEMAP_SCAN).  OSError if the kernel lacks it.  lazy: "
+              "arm at the first sync, which reports every resident page.",
     .tp_methods = uffd_methods,
     .tp_new = uffd_new,
 };

@@ -60,7 +60,7 @@ static PyObject *ram_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     /* Page-granular dirty tracking wants 4 KiB pages, not 2 MiB THPs that a
      * single byte would dirty whole. */
-    (void)madvise(base, (size_t)size, MADV_NOHUGEPAGE);
+    (void)madvise(base, (size_t)size, MADV_HUGEPAGE);
     self->base = base;
     self->size = (size_t)size;
     return (PyObject *)self;

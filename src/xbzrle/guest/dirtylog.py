@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 
 from .._backend import load_core
 from ..errors import ParameterError
+from ..sizes import PAGE_SIZE
 from .ram import RamBlock
 
 _core = load_core()
@@ -28,10 +29,14 @@ TRACKERS = ("uffd", "bitmap", "scan")
 DirtyBitmap = _core.DirtyBitmap
 
 
-def uffd_problem(block: RamBlock) -> str | None:
-    """Why the kernel tracker cannot run here, or None if it can."""
+def uffd_problem() -> str | None:
+    """Why the kernel tracker cannot run here, or None if it can.
+
+    Tried on a page of its own: registering a guest's RAM, even briefly,
+    would leave it without huge pages (see :class:`DirtyLog`).
+    """
     try:
-        _core.UffdTracker(block).close()
+        _core.UffdTracker(_core.GuestRam(PAGE_SIZE)).close()
     except OSError as exc:
         return f"userfaultfd write-protect + PAGEMAP_SCAN unavailable: {exc}"
     return None
@@ -54,15 +59,18 @@ def choose_tracker(requested: str, probe: Callable[[], str | None]) -> tuple[str
 class DirtyLog:
     """Pages written since the previous :meth:`sync`, per RAM block.
 
-    Tracking is armed when the guest is created; each sync returns the pages
-    written since the previous one (or since creation) and re-arms them in
-    the same step, so no write falls between the read and the re-arm: a
-    write racing with a sync is reported by this sync or the next.
+    Each sync returns the pages written since the previous one (or since
+    creation) and re-arms them in the same step, so no write falls between
+    the read and the re-arm: a write racing with a sync is reported by this
+    sync or the next.  The kernel tracker arms at the first sync, not at
+    creation, because the kernel gives a registered range no transparent
+    huge pages; that first sync reports every page that holds data (a
+    superset of the pages written: a huge page counts whole), which a
+    migration's first round sends anyway.
     """
 
     def __init__(self, blocks: Mapping[str, RamBlock], tracker: str = "auto") -> None:
-        first = next(iter(blocks.values()))
-        self._tracker, why = choose_tracker(tracker, lambda: uffd_problem(first))
+        self._tracker, why = choose_tracker(tracker, uffd_problem)
         log.info("dirty log: %s tracker (%s)", self._tracker, why)
         self._blocks = dict(blocks)
         self._lock = threading.Lock()
@@ -77,7 +85,7 @@ class DirtyLog:
 
     def _make(self, block: RamBlock) -> object:
         if self._tracker == "uffd":
-            return _core.UffdTracker(block)
+            return _core.UffdTracker(block, lazy=True)
         if self._tracker == "scan":
             return _core.ScanTracker(block)
         return _core.SoftTracker(block.npages)
