@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import mmap
 import random
 import statistics
 import sys
@@ -124,7 +123,7 @@ def _elapsed_ns(run: Callable[[], object]) -> int:
     return time.perf_counter_ns() - start
 
 
-def load_baselines():
+def baseline_module():
     """benchmarks/codec_baseline.py, whether this file runs as a script or is imported."""
     name = "codec_baseline"
     module = sys.modules.get(name)
@@ -134,21 +133,16 @@ def load_baselines():
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
-    return module.load()
+    return module
 
 
-def _page_aligned(data: bytes | bytearray) -> mmap.mmap:
-    """A copy of data in anonymous memory, so that every page starts on a page
-    boundary as guest RAM and the page cache do (a ``bytes`` object's data
-    sits 32 or 48 bytes into a cache line, which costs every 32- and 64-byte
-    load a line split, ours and memcmp's alike, and not equally)."""
-    buf = mmap.mmap(-1, len(data))
-    buf[:] = data
-    return buf
+def load_baselines():
+    """The compiled baselines (memcmp, QEMU's plain codec)."""
+    return baseline_module().load()
 
 
 def measure(core, base_lib, case: Case, old: bytes, new: bytearray, path: str,
-            repeats: int) -> Result:
+            repeats: int, backing: str = "huge") -> Result:
     """Time memcmp, our codec and the model of QEMU's plain codec, round by round.
 
     Ratios are medians of per-round ratios, so that a load change on the
@@ -156,9 +150,10 @@ def measure(core, base_lib, case: Case, old: bytes, new: bytearray, path: str,
     (``base_lib.qemu_plain_*``) is called once per batch, as ours is.
     """
     core.select_simd(path)
-    old, new, twin = _page_aligned(old), _page_aligned(new), _page_aligned(old)
+    page_memory = baseline_module().page_memory
+    old, new, twin = (page_memory(b, backing) for b in (old, new, old))
     deltas, lengths = core.encode_pages(old, new)
-    pages, qemu_pages = _page_aligned(old), _page_aligned(old)
+    pages, qemu_pages = (page_memory(old, backing) for _ in range(2))
     base, enc, qenc, dec, qdec = [], [], [], [], []
     for _ in range(repeats):
         base.append(_elapsed_ns(lambda: base_lib.memcmp_pages(old, twin)))
@@ -225,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--path", action="append", help="SIMD path(s); default: all supported")
     parser.add_argument("--case", action="append",
                         help="only the cases whose name starts with this (repeatable)")
+    parser.add_argument("--backing", choices=("huge", "small"), default="huge",
+                        help="pages on transparent huge pages as guest RAM and the cache "
+                             "(default), or on 4 KiB pages only")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     return parser
 
@@ -252,13 +250,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.case and not any(case.name.startswith(c) for c in args.case):
                 continue
             for path in paths:
-                results.append(measure(core, base_lib, case, old, new, path, repeats))
+                results.append(measure(core, base_lib, case, old, new, path, repeats, args.backing))
     finally:
         core.select_simd(live)
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
     else:
-        print(f"{size_mib} MiB of {PAGE_SIZE}-byte pages, median of {repeats} runs")
+        print(f"{size_mib} MiB of {PAGE_SIZE}-byte pages ({args.backing} backing), "
+              f"median of {repeats} runs")
         print(format_table(results))
         print(LEGEND)
     return 0

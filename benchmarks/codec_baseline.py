@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import mmap
 import os
 import shlex
 import subprocess
@@ -23,6 +24,28 @@ HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "codec_baseline.c"
 BUILD_DIR = HERE / ".build"
 CFLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-Wall"]
+BACKINGS = ("huge", "small")
+"""How the benchmarks' pages are backed: ``huge``, as guest RAM and the page
+cache are (private anonymous memory advised to transparent huge pages, as
+QEMU advises its RAM), or ``small``, 4 KiB pages only (every page a TLB
+entry of its own)."""
+
+
+def page_memory(data: bytes | bytearray | memoryview, backing: str = "huge") -> mmap.mmap:
+    """A copy of ``data`` in memory laid out as guest RAM is (see BACKINGS).
+
+    Every page starts on a page boundary, as in guest RAM and the cache (a
+    ``bytes`` object's data sits 32 or 48 bytes into a cache line, which costs
+    every 32- and 64-byte load a line split, ours and memcmp's alike, and not
+    equally), and the backing is the same for the baseline and the measured
+    code, so a ratio compares work, not page tables.
+    """
+    if backing not in BACKINGS:
+        raise ValueError(f"backing must be one of {BACKINGS}, not {backing!r}")
+    buf = mmap.mmap(-1, len(data), flags=mmap.MAP_PRIVATE)
+    buf.madvise(mmap.MADV_HUGEPAGE if backing == "huge" else mmap.MADV_NOHUGEPAGE)
+    buf[:] = data
+    return buf
 
 
 def _address(buf, writable: bool = False) -> tuple[int, int, object]:

@@ -13,7 +13,7 @@ as many equal page pairs, our round and QEMU's round; the figures
 are medians of the per-repeat ratios, so a load change on the shared machine
 moves both sides of a ratio alike.
 
-    python benchmarks/pipeline.py [--size-mib 64] [--repeats 9] [--cpu N]
+    python benchmarks/pipeline.py [--size-mib 64] [--repeats 9] [--cpu N] [--backing small]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 
+from codec_baseline import BACKINGS, page_memory
 from codec_baseline import load as load_baselines
 from xbzrle._backend import load_core
 
@@ -53,13 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-mib", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
+    ap.add_argument("--backing", choices=BACKINGS, default="huge",
+                    help="RAM and the baseline's pages on transparent huge pages as guest RAM "
+                         "and the cache (default), or on 4 KiB pages only")
     args = ap.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     core = load_core()
     baselines = load_baselines()  # memcmp, built from benchmarks/codec_baseline.c
     size = args.size_mib << 20
-    ram = bytearray(os.urandom(size))
+    ram = page_memory(os.urandom(size), args.backing)  # laid out as guest RAM
     out = bytearray(4 << 20)
     ours, theirs = core.PageCache(2 * size), core.PageCache(2 * size)
 
@@ -75,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     # Fill both caches (every page a miss), then the measured rounds.
     one_round(core, ram, ours, core.SAVE_XBZRLE, out)
     one_round(core, ram, theirs, core.SAVE_QEMU_COPY, out)
-    prev = bytearray(ram)
+    prev = page_memory(ram, args.backing)
     ratio_enc: list[float] = []
-    twin = bytearray(ram)  # memcmp reads whole pages only where they are equal
+    twin = page_memory(ram, args.backing)  # memcmp reads whole pages only where they are equal
     ratio_ours, ratio_qemu, t_ours, t_qemu, t_cmp, t_enc = [], [], [], [], [], []
     for _ in range(args.repeats):
         ram[::1024] = bytes(ram[::1024]).translate(INCREMENT)
