@@ -31,7 +31,7 @@ QEMU advises its RAM), or ``small``, 4 KiB pages only (every page a TLB
 entry of its own)."""
 
 
-def page_memory(data: bytes | bytearray | memoryview, backing: str = "huge") -> mmap.mmap:
+def page_memory(data: bytes | bytearray | memoryview, backing: str = "small") -> mmap.mmap:
     """A copy of ``data`` in memory laid out as guest RAM is (see BACKINGS).
 
     Every page starts on a page boundary, as in guest RAM and the cache (a

@@ -13,7 +13,7 @@ as many equal page pairs, our round and QEMU's round; the figures
 are medians of the per-repeat ratios, so a load change on the shared machine
 moves both sides of a ratio alike.
 
-    python benchmarks/pipeline.py [--size-mib 64] [--repeats 9] [--cpu N] [--backing small]
+    python benchmarks/pipeline.py [--size-mib 64] [--repeats 9] [--cpu N] [--backing huge]
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-mib", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
-    ap.add_argument("--backing", choices=BACKINGS, default="huge",
-                    help="RAM and the baseline's pages on transparent huge pages as guest RAM "
-                         "and the cache (default), or on 4 KiB pages only")
+    ap.add_argument("--backing", choices=BACKINGS, default="small",
+                    help="RAM and the baseline's pages on 4 KiB pages only (default), or on "
+                         "transparent huge pages as guest RAM and the cache are")
     args = ap.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
