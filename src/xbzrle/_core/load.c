@@ -7,8 +7,11 @@
  * GIL. */
 #include "loops.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 
 #include "codec.h"
 #include "guest.h"
@@ -23,12 +26,107 @@ typedef struct {
     size_t size;
     uint8_t *maybe_data; /* optional: 0 for a page known to be zero, else 1 */
     uint64_t *hashes;    /* optional digest table: xbz_digest_hash of every page written */
+    int fd;              /* -1, or a descriptor of the file `host` maps: PAGE records are
+                          * written into it with pwritev (see page_batch_t) */
 } load_block_t;
 
 typedef struct {
     const char *msg;
     size_t offset;
+    int write_errno;   /* a failed pwritev: its errno (msg NULL) */
+    Py_ssize_t block;  /* ... and the block it wrote */
 } load_error_t;
+
+/* Full pages bound for a block file, not yet written: runs of PAGE records
+ * whose pages follow each other in one file, as iovecs pointing into the
+ * received buffer, written with one pwritev per run.
+ *
+ * Why not memcpy through the mapping: on tmpfs (and any file system) the
+ * first store to a page of a new sparse file faults, allocates the page and
+ * zeroes it, and only then is the page copied over; a write(2) that covers
+ * the whole page allocates it without zeroing and without a fault per page.
+ * The mapping and the file share the page cache, so both stay coherent, as
+ * long as nothing reads or writes a page through the mapping while its
+ * write is still pending here: page_batch_covers says when to flush first.
+ * The iovecs point into the caller's buffer: load_pages flushes before it
+ * returns, on every path. */
+#ifdef IOV_MAX
+#define XBZ_BATCH_PAGES (IOV_MAX < 1024 ? IOV_MAX : 1024)
+#else
+#define XBZ_BATCH_PAGES 16
+#endif
+
+typedef struct {
+    Py_ssize_t block; /* -1: nothing pending */
+    int fd;
+    uint64_t start;   /* file offset of the first page */
+    int n;
+    struct iovec iov[XBZ_BATCH_PAGES];
+} page_batch_t;
+
+/* Write what is pending.  Returns 0, or -1 with err->write_errno set. */
+static int page_batch_flush(page_batch_t *batch, load_error_t *err)
+{
+    struct iovec *iov = batch->iov;
+    int left = batch->n;
+    off_t at = (off_t)batch->start;
+    while (left > 0) {
+        ssize_t done = pwritev(batch->fd, iov, left, at);
+        if (done < 0 && errno == EINTR)
+            continue;
+        if (done <= 0) {
+            /* a write that makes no progress without an errno: say so */
+            err->write_errno = done < 0 ? errno : EIO;
+            err->block = batch->block;
+            batch->block = -1;
+            batch->n = 0;
+            return -1;
+        }
+        at += done;
+        /* a short write: skip the iovecs written, trim the one cut */
+        while (left > 0 && (size_t)done >= iov->iov_len) {
+            done -= (ssize_t)iov->iov_len;
+            iov++;
+            left--;
+        }
+        if (left > 0) {
+            iov->iov_base = (uint8_t *)iov->iov_base + done;
+            iov->iov_len -= (size_t)done;
+        }
+    }
+    batch->block = -1;
+    batch->n = 0;
+    return 0;
+}
+
+/* True when the page at `offset` of block `bi` is waiting in the batch. */
+static inline int page_batch_covers(const page_batch_t *batch, Py_ssize_t bi, uint64_t offset)
+{
+    return batch->block == bi && offset >= batch->start &&
+           offset - batch->start < (uint64_t)batch->n * XBZ_PAGE;
+}
+
+/* Queue the page at buf for `offset` of block bi, flushing first when it
+ * does not extend the pending run.  Returns 0, or -1 (write failed). */
+static inline int page_batch_add(page_batch_t *batch, Py_ssize_t bi, int fd, uint64_t offset,
+                                 const uint8_t *page, load_error_t *err)
+{
+    if (batch->block != -1 &&
+        (batch->block != bi || batch->n == XBZ_BATCH_PAGES ||
+         offset != batch->start + (uint64_t)batch->n * XBZ_PAGE)) {
+        if (page_batch_flush(batch, err) < 0)
+            return -1;
+    }
+    if (batch->block == -1) {
+        batch->block = bi;
+        batch->fd = fd;
+        batch->start = offset;
+    }
+    batch->iov[batch->n].iov_base = (void *)page;
+    batch->iov[batch->n].iov_len = XBZ_PAGE;
+    batch->n++;
+    return 0;
+}
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
@@ -91,7 +189,7 @@ static void populate_ahead(const uint8_t *buf, size_t pos, size_t end, load_bloc
         }
         if (end - p < payload)
             break;
-        if (kind == XBZ_F_PAGE && offset < b->size && b->size - offset >= XBZ_PAGE &&
+        if (kind == XBZ_F_PAGE && b->fd < 0 && offset < b->size && b->size - offset >= XBZ_PAGE &&
             (b->maybe_data == NULL || !b->maybe_data[offset / XBZ_PAGE])) {
             uint8_t *host = b->host + offset;
             if (run != NULL && run + run_len == host) {
@@ -127,7 +225,7 @@ static inline int page_record_head(const uint8_t *buf, size_t p, size_t end, uin
 
 static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_t *blocks,
                      size_t nblocks, Py_ssize_t *last, int xbzrle_ok, uint64_t *c,
-                     load_error_t *err)
+                     page_batch_t *batch, load_error_t *err)
 {
     size_t pos = *pos_io;
     int status = L_NEED_DATA;
@@ -183,6 +281,11 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
         /* The digest table's entry takes the hash of the page just written, while
          * it is in cache (a ZERO record: 0, the zero page's entry). */
         uint64_t *slot = b->hashes ? b->hashes + offset / XBZ_PAGE : NULL;
+        /* ZERO and XBZRLE records read the old page through the mapping: its
+         * pending write goes first (a PAGE record's own batching keeps order). */
+        if (kind != XBZ_F_PAGE && page_batch_covers(batch, bi, offset) &&
+            page_batch_flush(batch, err) < 0)
+            return -1;
         if (kind == XBZ_F_ZERO) {
             if (end - p < 1)
                 break;
@@ -201,11 +304,18 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
         } else if (kind == XBZ_F_PAGE) {
             if (end - p < XBZ_PAGE)
                 break;
-            memcpy(host, buf + p, XBZ_PAGE);
+            if (b->fd >= 0) {
+                if (page_batch_add(batch, bi, b->fd, offset, buf + p, err) < 0)
+                    return -1;
+                if (slot) /* the same bytes, hashed where they are in cache */
+                    *slot = xbz_digest_hash(buf + p);
+            } else {
+                memcpy(host, buf + p, XBZ_PAGE);
+                if (slot)
+                    *slot = xbz_digest_hash(host);
+            }
             if (maybe)
                 *maybe = 1;
-            if (slot)
-                *slot = xbz_digest_hash(host);
             p += XBZ_PAGE;
             c[XBZ_C_NORMAL]++;
         } else {
@@ -257,11 +367,14 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
 PyDoc_STRVAR(load_pages_doc,
 "load_pages(buf, pos, blocks, last, xbzrle_ok, base_offset) -> (pos, last, status, counts)\n\n"
 "Apply page records from buf[pos:] to the destination's RAM.  blocks: a\n"
-"sequence of (name: bytes, ram: writable buffer[, maybe_data[, hashes]]):\n"
+"sequence of (name: bytes, ram: writable buffer[, maybe_data[, hashes[, fd]]]):\n"
 "maybe_data, None or a writable buffer of one byte per page, 0 = known zero,\n"
 "kept up to date; hashes, None or a digest table (one native uint64 per\n"
 "page, see table_pairs) whose entry of every page written takes the page's\n"
-"hash (0 for a zero page).  last: index of the block\n"
+"hash (0 for a zero page); fd, -1 or a descriptor of the file that ram maps\n"
+"(MAP_SHARED): full pages are then written into it with pwritev, the rest\n"
+"through ram, and every write is done when the call returns; a failed\n"
+"write raises OSError(errno, strerror, block name).  last: index of the block\n"
 "CONTINUE refers to, or -1.  status: 0 need more data, 2 a record that is\n"
 "not a page (EOS, MEM_SIZE...: left for the stream parser).\n"
 "Raises StreamError with the stream offset (base_offset + position) on a\n"
@@ -333,20 +446,26 @@ static int block_list_take(block_list_t *bl, PyObject *obj, int with_ram)
             if (!PyArg_ParseTuple(item, "SK", &name, &size))
                 return -1;
             *b = (load_block_t){(const uint8_t *)PyBytes_AS_STRING(name),
-                                (size_t)PyBytes_GET_SIZE(name), NULL, (size_t)size, NULL, NULL};
+                                (size_t)PyBytes_GET_SIZE(name), NULL, (size_t)size, NULL, NULL,
+                                -1};
             continue;
         }
         Py_buffer *h = &bl->held[4 * bl->got];
         PyObject *maybe_obj = NULL, *hashes_obj = NULL;
         void *maybe = NULL, *hashes = NULL;
-        if (!PyArg_ParseTuple(item, "y*w*|OO", &h[0], &h[1], &maybe_obj, &hashes_obj))
+        int fd = -1;
+        if (!PyArg_ParseTuple(item, "y*w*|OOi", &h[0], &h[1], &maybe_obj, &hashes_obj, &fd))
             return -1;
+        if (fd < -1) {
+            PyErr_SetString(PyExc_ValueError, "load_pages: a file descriptor is -1 or >= 0");
+            return -1;
+        }
         size_t npages = (size_t)h[1].len / XBZ_PAGE;
         if (block_list_optional(maybe_obj, &h[2], npages, "maybe_data map", &maybe) < 0 ||
             block_list_optional(hashes_obj, &h[3], npages * 8, "digest table", &hashes) < 0)
             return -1;
         *b = (load_block_t){h[0].buf, (size_t)h[0].len, h[1].buf, (size_t)h[1].len, maybe,
-                            hashes};
+                            hashes, fd};
     }
     return 0;
 }
@@ -372,13 +491,37 @@ static PyObject *load_pages(PyObject *self, PyObject *args)
         goto done;
     }
     size_t p = (size_t)pos;
-    load_error_t err = {NULL, 0};
+    load_error_t err = {NULL, 0, 0, -1};
     int status;
+    page_batch_t *batch = PyMem_Malloc(sizeof(*batch));
+    if (batch == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    batch->block = -1;
+    batch->n = 0;
     Py_BEGIN_ALLOW_THREADS
     populate_ahead(buf.buf, p, (size_t)buf.len, blocks, (size_t)n, last);
     status = load_loop(buf.buf, &p, (size_t)buf.len, blocks, (size_t)n, &last, xbzrle_ok, c,
-                       &err);
+                       batch, &err);
+    /* The batch points into buf: written before buf goes back to the caller,
+     * whatever stopped the loop. */
+    if (batch->block != -1 && page_batch_flush(batch, &err) < 0)
+        status = -1;
     Py_END_ALLOW_THREADS
+    PyMem_Free(batch);
+    if (status < 0 && err.write_errno != 0) {
+        /* OSError(errno, strerror, block name): the caller knows the file */
+        PyObject *name = PyUnicode_DecodeUTF8((const char *)blocks[err.block].name,
+                                              (Py_ssize_t)blocks[err.block].name_len,
+                                              "surrogateescape");
+        if (name != NULL) {
+            errno = err.write_errno;
+            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+            Py_DECREF(name);
+        }
+        goto done;
+    }
     if (status < 0) {
         char msg[256];
         PyOS_snprintf(msg, sizeof msg, "stream offset %zd: %s",

@@ -146,9 +146,13 @@ class StreamExtractor:
             # nothing and give the manifest's RAM digests without reading the files
             # (a mapped-ram stream's pages are copied here without the loader, so
             # those files are read for their digests).
+            # Full pages of the largest blocks are written into their files
+            # (pwritev: no page fault, no zeroing per new page), the rest through
+            # the maps.
             self.loader = PageLoader(
                 self.ram.maps, xbzrle=True, zeroed=True,
-                tables=self.checksum == "ram-digest" and not self.parser.mapped_ram)
+                tables=self.checksum == "ram-digest" and not self.parser.mapped_ram,
+                files=self.ram.fds)
             if self.parser.mapped_ram:
                 self._load_mapped_ram(event)
             else:
@@ -186,9 +190,15 @@ class StreamExtractor:
 
     def _fast_path(self, buf: bytearray, pos: int, base: int,
                    last: str | None) -> tuple[int, str | None, tuple[int, ...]]:
-        assert self.loader is not None
+        assert self.loader is not None and self.ram is not None
         try:
             return self.loader.sink(buf, pos, base, last)
+        except OSError as exc:
+            if exc.filename not in self.ram.files:
+                raise
+            # a failed write into a block file (full disk...): name the file
+            raise OSError(exc.errno, exc.strerror,
+                          str(self.out_dir / self.ram.files[exc.filename])) from None
         except StreamError:
             # The compiled loop applied part of its batch before the bad record
             # and cannot say how much: replay the batch record by record so the

@@ -7,7 +7,10 @@ named from them blindly:
   never sends cost no disk and no memory;
 - the mappings hold no file descriptor (``mmap(2)`` without Python's
   ``mmap`` object, which keeps a duplicate), so a stream with more blocks than
-  ``ulimit -n`` still extracts;
+  ``ulimit -n`` still extracts; only the largest few blocks (``WRITE_FDS``)
+  keep theirs open, for the page loader to write full pages with
+  ``pwritev`` rather than through the mapping (no page fault and no zeroing
+  of each new page: the loader's ``files``);
 - a file name is derived from the block name but always valid: escaped, cut
   to a safe length and, whenever that lost anything, suffixed with a hash of
   the real name (which the manifest keeps);
@@ -44,6 +47,10 @@ keeps as it writes each page, or for a block written otherwise (mapped-ram)
 read from the file's data extents only, so a sparse block costs what it
 holds), SHA-256 of the file (any tool checks it,
 but it reads every byte of the holes too), or nothing."""
+WRITE_FDS = 8
+"""Blocks, the largest first, whose file stays open for the page loader's
+writes; the others (ROMs and the like: little data) are written through their
+mapping alone."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9@._+-]+")
 _DIGEST_CHUNK = 16 << 20
 
@@ -81,9 +88,9 @@ def block_file_name(name: str, taken: set[str]) -> str:
 class _FileMap:
     """A shared mapping of a whole file, with no descriptor kept open."""
 
-    __slots__ = ("address", "size", "view")
+    __slots__ = ("address", "size", "view", "fd")
 
-    def __init__(self, path: Path, size: int) -> None:
+    def __init__(self, path: Path, size: int, keep_fd: bool = False) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             os.ftruncate(fd, size)
@@ -92,8 +99,12 @@ class _FileMap:
             if address in (None, _MAP_FAILED):
                 code = ctypes.get_errno()
                 raise OSError(code, f"mmap of {path}: {os.strerror(code)}")
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        if not keep_fd:
+            os.close(fd)
+        self.fd = fd if keep_fd else -1
         self.address = address
         self.size = size
         self.view: memoryview = _view_of_memory(address, size, _PyBUF_WRITE)
@@ -104,13 +115,18 @@ class _FileMap:
             self.view.release()
             _libc.munmap(self.address, self.size)
             self.address = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class RamFiles:
     """One sparse, mapped file per RAM block, in ``out_dir``.
 
     ``maps`` gives a writable memoryview per block name; release every view
-    derived from them (``PageLoader.release``) before ``close``.
+    derived from them (``PageLoader.release``) before ``close``.  ``fds``:
+    an open descriptor of the file behind the map, for the largest
+    ``WRITE_FDS`` blocks (closed by ``close``).
     """
 
     def __init__(self, out_dir: Path, blocks: tuple[tuple[str, int], ...],
@@ -123,18 +139,22 @@ class RamFiles:
         self.out_dir = out_dir
         self.files: dict[str, str] = {}
         self.maps: dict[str, memoryview | bytearray] = {}
+        self.fds: dict[str, int] = {}
         self._sizes: dict[str, int] = {}
         self._mapped: list[_FileMap] = []
         taken: set[str] = set()
+        largest = sorted(range(len(blocks)), key=lambda i: -blocks[i][1])[:WRITE_FDS]
         try:
-            for name, size in blocks:
+            for index, (name, size) in enumerate(blocks):
                 file_name = block_file_name(name, taken)
                 self.files[name] = file_name
                 self._sizes[name] = size
                 if size:
-                    mapped = _FileMap(out_dir / file_name, size)
+                    mapped = _FileMap(out_dir / file_name, size, keep_fd=index in largest)
                     self._mapped.append(mapped)
                     self.maps[name] = mapped.view
+                    if mapped.fd >= 0:
+                        self.fds[name] = mapped.fd
                 else:  # an empty block cannot be mapped; it has nothing to write anyway
                     (out_dir / file_name).write_bytes(b"")
                     self.maps[name] = bytearray()
@@ -172,6 +192,7 @@ class RamFiles:
             mapped.close()
         self._mapped = []
         self.maps = {}
+        self.fds = {}
 
 
 def file_digest(path: Path, size: int) -> str:

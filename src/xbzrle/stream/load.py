@@ -22,6 +22,8 @@ digest.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from .. import codec
 from .._backend import load_core
 from ..errors import DecodeError, StreamError
@@ -49,11 +51,16 @@ class PageLoader:
     mmaps of files, bytearrays): the loader only needs their bytes.
     ``tables``: keep a digest table per block (see the module's docstring);
     ``zeroed``: the caller knows every block is all zero (new files), so the
-    tables start without reading anything.
+    tables start without reading anything.  ``files``: for blocks that are
+    shared mappings of files, a descriptor of the file by block name: the
+    compiled loop writes full pages into it (``pwritev``) instead of copying
+    them through the mapping, which on a new file costs a page fault and a
+    zeroed page each; the descriptors stay the caller's.
     """
 
     def __init__(self, blocks, xbzrle: bool, anonymous: bool = False, *,
-                 tables: bool = False, zeroed: bool = False) -> None:
+                 tables: bool = False, zeroed: bool = False,
+                 files: Mapping[str, int] | None = None) -> None:
         self.blocks = blocks
         self.xbzrle = xbzrle  # read when the stream arrives: the operator may enable it late
         self.counts = BatchCounts()
@@ -68,8 +75,9 @@ class PageLoader:
             if tables else {}
         self._entries = {name: memoryview(t).cast("Q") for name, t in self._tables.items()
                          if t is not None}
+        files = files or {}
         self._table = [(name.encode(), self._views[name], self._maps.get(name),
-                        self._tables.get(name)) for name in blocks]
+                        self._tables.get(name), files.get(name, -1)) for name in blocks]
         self._index = {name: i for i, name in enumerate(blocks)}
 
     def _start_table(self, name: str, zeroed: bool) -> DigestTable | None:
@@ -110,8 +118,8 @@ class PageLoader:
             entries = self._entries.pop(name, None)
             if entries is not None:
                 entries.release()
-            self._table = [(n, view, data_map, None if n == name.encode() else table)
-                           for n, view, data_map, table in self._table]
+            self._table = [(n, view, data_map, None if n == name.encode() else table, fd)
+                           for n, view, data_map, table, fd in self._table]
 
     def digest(self, name: str) -> str | None:
         """The RAM digest of block ``name`` from its table (hex), or None without one."""
