@@ -90,6 +90,9 @@ _COMPACT_AT = 64 * 1024
 # The longest page record: be64 word, a 255-byte block name with its length,
 # and a whole page (an XBZRLE record's 3 bytes + delta are no longer).
 _MAX_PAGE_RECORD = 8 + 1 + 255 + 3 + c.MAX_XBZRLE_LEN
+# What feed_some takes after the page sink stopped at another record: a
+# round's end (EOS, footer) and the next section header fit many times.
+_ROUND_PIECE = 512
 
 _SECTION_TYPE_NAMES = {
     c.VM_EOF: "EOF",
@@ -329,8 +332,26 @@ class StreamParser:
         buffer); the rest is copied into the buffer and parsed by
         :meth:`events`.  The caller may reuse ``data`` once this returns.
         """
+        self._feed(data, whole=True)
+
+    def feed_some(self, data: bytes | bytearray | memoryview) -> int:
+        """Take the head of ``data``; returns how many bytes were taken.
+
+        As :meth:`feed`, except where the page sink stops early in ``data``
+        at a record that is not a page (the EOS that ends a round, a section
+        header): only a few hundred bytes after it are taken.  The caller
+        pulls the events (the parser handles those records) and feeds the
+        rest, which the sink then applies in place too, instead of the rest
+        being copied into the parser's buffer.  Feeding a stream in any
+        pieces gives the same events, so this is :meth:`feed` of a shorter
+        piece.
+        """
+        return self._feed(data, whole=False)
+
+    def _feed(self, data: bytes | bytearray | memoryview, whole: bool) -> int:
         if self._closed:
             raise RuntimeError("feed() after close()")
+        taken = memoryview(data).nbytes
         if (self.page_sink is not None and self._state is _State.RAM and self._blocks
                 and self._error is None and len(self._buf) - self._pos < _MAX_PAGE_RECORD):
             data = memoryview(data).cast("B")
@@ -338,11 +359,16 @@ class StreamParser:
                 data = self._finish_split_record(data)
             if self._pos == len(self._buf) and self.page_sink is not None:
                 data = self._sink_in_place(data)
+                # More than a record left: the sink stopped at something else.
+                if not whole and len(data) > _MAX_PAGE_RECORD:
+                    taken -= len(data) - _ROUND_PIECE
+                    data = data[:_ROUND_PIECE]
         if self._pos >= _COMPACT_AT and self._pos * 2 >= len(self._buf):
             del self._buf[: self._pos]
             self._base += self._pos
             self._pos = 0
         self._buf += data
+        return taken
 
     def _finish_split_record(self, view: memoryview) -> memoryview:
         """Complete the record that the last feed cut, from the head of ``view``.
