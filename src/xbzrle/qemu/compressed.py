@@ -116,5 +116,10 @@ class ProgressReader:
         self._on_progress(self._f.tell())
         return data
 
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        n = self._f.readinto(buffer)
+        self._on_progress(self._f.tell())
+        return n
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._f, name)

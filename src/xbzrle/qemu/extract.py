@@ -317,4 +317,5 @@ def _extract_open_file(f: BinaryIO, out_dir: str | os.PathLike[str], max_ram: in
     random_access = RandomAccessFile(f, source) if stream_size(f) is not None else None
     extractor = StreamExtractor(out_dir, max_ram=max_ram, source=source,
                                 random_access=random_access, checksum=checksum)
-    return _run(extractor, file_chunks(f, extractor.parser, READ_SIZE))
+    # One read buffer, reused: the extractor keeps nothing of a chunk once fed.
+    return _run(extractor, file_chunks(f, extractor.parser, READ_SIZE, reuse=True))

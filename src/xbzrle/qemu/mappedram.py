@@ -233,24 +233,34 @@ def load_block(file: RandomAccessFile, block: MappedRamBlock, dest: memoryview) 
     return loaded
 
 
-def file_chunks(f: BinaryIO, parser: StreamParser, size: int = 1 << 20) -> Iterator[bytes]:
+def file_chunks(f: BinaryIO, parser: StreamParser, size: int = 1 << 20, *,
+                reuse: bool = False) -> Iterator[bytes | memoryview]:
     """Read a stream file for ``parser``, jumping over mapped-ram regions when ``f`` can seek.
 
     The consumer must pull the parser's events after each chunk (before asking
     for the next one): the jump happens when the parser waits for a region's end.
     A region that ends past the end of the file is not jumped to, so the
-    parser reports the stream as ending inside it.
+    parser reports the stream as ending inside it.  ``reuse``: every chunk is
+    read into one buffer (``readinto``) and given as a view of it, valid
+    until the next one is asked for: no allocation per read.
     """
     file_size = stream_size(f)
+    buffer = bytearray(size) if reuse else None
     while True:
         target = parser.skip_target
         if target is not None and file_size is not None and target <= file_size:
             f.seek(target)
             parser.jump(target)
-        chunk = f.read(size)
-        if not chunk:
+        if buffer is None:
+            chunk = f.read(size)
+            if not chunk:
+                return
+            yield chunk
+            continue
+        n = f.readinto(buffer)
+        if not n:
             return
-        yield chunk
+        yield memoryview(buffer)[:n]
 
 
 def stream_size(f: BinaryIO) -> int | None:
