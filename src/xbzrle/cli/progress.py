@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from ..migration.stats import PassProgress
+if TYPE_CHECKING:  # only a type here: extract and receive start without the migration package
+    from ..migration.stats import PassProgress
 
 MiB = 1 << 20
 PLAIN_INTERVAL = 1.0  # seconds between two plain lines
