@@ -24,7 +24,14 @@ from ..stream.load import PageLoader
 from ..stream.parser import NEED_DATA, StreamParser
 from .analyze import READ_SIZE, TailKeeper, device_list
 from .compressed import ProgressReader
-from .mappedram import LoadedBlock, RandomAccessFile, file_chunks, load_block, stream_size
+from .mappedram import (
+    LoadedBlock,
+    RandomAccessFile,
+    file_chunks,
+    load_block,
+    mapped_file_chunks,
+    stream_size,
+)
 from .ramfiles import (
     CHECKSUMS,
     DEFAULT_MAX_RAM,
@@ -35,6 +42,9 @@ from .ramfiles import (
 )
 
 MANIFEST_FORMAT = "xbzrle-ram-extract/2"
+MAPPED_CHUNK = 4 << 20
+"""Bytes of a mapped stream file handed to the parser at a time (no copy: larger
+than READ_SIZE, fewer trips through Python)."""
 
 
 class IncompleteStreamError(StreamError):
@@ -281,7 +291,8 @@ def extract_chunks(chunks: Iterable[bytes], out_dir: str | os.PathLike[str], *,
     return _run(extractor, chunks)
 
 
-def _run(extractor: StreamExtractor, chunks: Iterable[bytes]) -> dict[str, Any]:
+def _run(extractor: StreamExtractor,
+         chunks: Iterable[bytes | memoryview]) -> dict[str, Any]:
     """Feed every chunk; a malformed stream still leaves what was rebuilt, and says so."""
     try:
         for chunk in chunks:
@@ -307,15 +318,24 @@ def extract_file(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
     if str(path) == "-":
         return _extract_open_file(sys.stdin.buffer, out_dir, max_ram, "-", checksum)
     with open(path, "rb") as f:
-        watched: Any = f if on_progress is None else ProgressReader(f, on_progress)
-        return _extract_open_file(watched, out_dir, max_ram, str(path), checksum)
+        return _extract_open_file(f, out_dir, max_ram, str(path), checksum, on_progress)
 
 
 def _extract_open_file(f: BinaryIO, out_dir: str | os.PathLike[str], max_ram: int,
-                       source: str, checksum: str = "ram-digest") -> dict[str, Any]:
-    """A file that can seek is read with jumps over mapped-ram regions and random access."""
-    random_access = RandomAccessFile(f, source) if stream_size(f) is not None else None
+                       source: str, checksum: str = "ram-digest",
+                       on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """A file that can seek is read with jumps over mapped-ram regions and random access.
+
+    A regular file is handed over as views of a mapping of it (no read
+    copy, see mapped_file_chunks); anything else is read into one buffer,
+    reused: the extractor keeps nothing of a chunk once fed.
+    """
+    watched: Any = f if on_progress is None else ProgressReader(f, on_progress)
+    random_access = RandomAccessFile(watched, source) if stream_size(f) is not None else None
     extractor = StreamExtractor(out_dir, max_ram=max_ram, source=source,
                                 random_access=random_access, checksum=checksum)
-    # One read buffer, reused: the extractor keeps nothing of a chunk once fed.
-    return _run(extractor, file_chunks(f, extractor.parser, READ_SIZE, reuse=True))
+    chunks: Iterable[bytes | memoryview] | None = mapped_file_chunks(
+        f, extractor.parser, MAPPED_CHUNK, on_progress)
+    if chunks is None:
+        chunks = file_chunks(watched, extractor.parser, READ_SIZE, reuse=True)
+    return _run(extractor, chunks)

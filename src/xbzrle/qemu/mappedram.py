@@ -22,10 +22,12 @@ so an absent page is a zero page, even if stale bytes sit in its slot.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import re
+import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -261,6 +263,87 @@ def file_chunks(f: BinaryIO, parser: StreamParser, size: int = 1 << 20, *,
         if not n:
             return
         yield memoryview(buffer)[:n]
+
+
+MADV_POPULATE_READ = 22  # Linux 5.14; not in Python 3.11's mmap module
+
+
+def mapped_file_chunks(f: BinaryIO, parser: StreamParser, size: int = 4 << 20,
+                       on_progress: Callable[[int], None] | None = None,
+                       ) -> Iterator[memoryview] | None:
+    """:func:`file_chunks` for a regular file, as views of a read-only mapping of it.
+
+    The stream's bytes are handed over where they lie in the page cache:
+    no ``read`` copies them into a buffer first (on tmpfs that copy was a
+    fifth of ``extract``'s time).  Each chunk's pages are mapped with
+    ``MADV_POPULATE_READ`` before it is given out, which turns what would
+    be a SIGBUS on access (an I/O error, a file cut short meanwhile) into an
+    error here: that chunk is then read with ``pread`` instead, which
+    reports it as a read would.  The pages of a chunk are unmapped again
+    (``MADV_DONTNEED``) once the consumer asks for the next one, so the
+    process's memory does not grow with the file.  A view is valid until the
+    next chunk is asked for.  ``on_progress`` hears the position after each
+    chunk.  Returns None (read the file instead) when ``f`` is not a
+    non-empty regular file at hand or the kernel cannot populate a mapping.
+    """
+    try:
+        fd = f.fileno()
+        info = os.fstat(fd)
+        start = f.tell()
+    except (OSError, ValueError, AttributeError):
+        return None
+    file_size = info.st_size
+    if not stat.S_ISREG(info.st_mode) or file_size == 0 or start >= file_size:
+        return None
+    try:
+        mapped = mmap.mmap(fd, file_size, prot=mmap.PROT_READ)
+    except (OSError, ValueError):
+        return None
+    try:
+        mapped.madvise(MADV_POPULATE_READ, 0, mmap.PAGESIZE)
+    except OSError:  # EINVAL before Linux 5.14: no way to map pages without SIGBUS risk
+        mapped.close()
+        return None
+    return _mapped_chunks(mapped, fd, start, parser, size, on_progress)
+
+
+def _mapped_chunks(mapped: mmap.mmap, fd: int, pos: int, parser: StreamParser, size: int,
+                   on_progress: Callable[[int], None] | None) -> Iterator[memoryview]:
+    end = len(mapped)
+    whole = memoryview(mapped)
+    try:
+        while True:
+            target = parser.skip_target
+            if target is not None and target <= end:
+                pos = target
+                parser.jump(target)
+            if pos >= end:
+                return
+            n = min(size, end - pos)
+            first = pos - pos % mmap.PAGESIZE
+            try:
+                mapped.madvise(MADV_POPULATE_READ, first, pos + n - first)
+                chunk = whole[pos:pos + n]
+            except OSError:
+                # Unreadable pages, or the file was cut: a read says which.
+                chunk = memoryview(os.pread(fd, n, pos))
+                if not chunk:
+                    return
+                n = len(chunk)
+            yield chunk
+            del chunk
+            done = (pos + n) - (pos + n) % mmap.PAGESIZE
+            if done > first:
+                mapped.madvise(mmap.MADV_DONTNEED, first, done - first)
+            pos += n
+            if on_progress is not None:
+                on_progress(pos)
+    finally:
+        whole.release()
+        try:
+            mapped.close()
+        except BufferError:  # a view still held (by an exception's frames): closed when freed
+            pass
 
 
 def stream_size(f: BinaryIO) -> int | None:

@@ -1,4 +1,5 @@
-"""Extract writes full pages into the block files (pwritev), the rest through the maps.
+"""Extract's I/O: full pages written into the block files (pwritev), the rest
+through the maps; a stream file read as views of a mapping of it.
 
 The two paths share the page cache, so whatever order the records come in
 (a page written whole, then patched by an XBZRLE record or cleared by a zero
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,9 +23,10 @@ from xbzrle import codec
 from xbzrle._backend import load_core
 from xbzrle.cli import main
 from xbzrle.guest.digest import ram_digest
-from xbzrle.qemu import extract_chunks, ramfiles
+from xbzrle.qemu import extract_chunks, extract_file, ramfiles
 from xbzrle.qemu.extract import StreamExtractor
-from xbzrle.stream import StreamWriter
+from xbzrle.qemu.mappedram import mapped_file_chunks
+from xbzrle.stream import StreamParser, StreamWriter
 
 PAGE = 4096
 BLOCKS = (("pc.ram", 96 * PAGE), ("vga.vram", 24 * PAGE), ("/rom@etc/acpi/tables", 8 * PAGE))
@@ -222,3 +226,78 @@ def test_the_manifest_digest_is_the_files_digest(tmp_path):
         assert entry["ram_digest"] == ramfiles.file_digest(tmp_path / entry["file"],
                                                            entry["size"])
     assert json.loads((tmp_path / "manifest.json").read_text())["blocks"] == result["blocks"]
+
+
+# -- the stream file, mapped ------------------------------------------------------------
+
+
+def test_a_mapped_file_gives_what_a_pipe_gives(tmp_path, monkeypatch):
+    data, ram, kinds = mixed_stream(6)
+    stream = tmp_path / "s.bin"
+    stream.write_bytes(data)
+    seen = []
+    monkeypatch.setattr("xbzrle.qemu.extract.MAPPED_CHUNK", 5000)  # many chunks, cut anywhere
+    manifest = extract_file(stream, tmp_path / "mapped", on_progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == len(data) and len(seen) > 10
+    piped = extract_chunks([data], tmp_path / "piped")
+    for key in ("pages", "blocks", "stream_bytes_parsed", "complete"):
+        assert manifest[key] == piped[key]
+    for entry in manifest["blocks"]:
+        assert (tmp_path / "mapped" / entry["file"]).read_bytes() == ram[entry["name"]]
+    assert manifest["pages"] == {"total": sum(kinds.values()), **kinds}
+
+
+def test_a_stream_file_cut_while_mapped_ends_the_stream_without_sigbus(tmp_path):
+    """The chunks past the new end are not touched through the mapping."""
+    stream = tmp_path / "s.bin"
+    stream.write_bytes(bytes(range(256)) * 1024)  # 256 KiB
+    with open(stream, "rb") as f:
+        chunks = mapped_file_chunks(f, StreamParser(), 64 << 10)
+        assert chunks is not None
+        got = [bytes(next(chunks))]
+        os.truncate(stream, 100_000)  # a reader of the first chunk: not where the file ends
+        got += [bytes(c) for c in chunks]
+    assert b"".join(got) == (bytes(range(256)) * 1024)[:100_000]
+
+
+def test_only_regular_files_are_mapped(tmp_path):
+    read, write = os.pipe()
+    try:
+        with open(read, "rb", closefd=False) as f:
+            assert mapped_file_chunks(f, StreamParser()) is None
+    finally:
+        os.close(read)
+        os.close(write)
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    with open(empty, "rb") as f:
+        assert mapped_file_chunks(f, StreamParser()) is None
+
+
+_PEAK = ("import re, sys\n"
+         "from xbzrle.qemu import extract_file\n"
+         "extract_file(sys.argv[1], sys.argv[2])\n"
+         "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n")
+
+
+def test_memory_does_not_grow_with_the_stream_file(tmp_path):
+    """The mapped stream's pages are let go behind the parser (and the block's
+    pages are written, not mapped): a 256 MiB stream leaves the peak RSS far below."""
+    w = StreamWriter()
+    pages = 65536
+    page = bytes(range(256)) * 16
+    stream = tmp_path / "s.bin"
+    with open(stream, "wb") as f:
+        f.write(w.header() + w.section_start(0, "ram", 0, 4)
+                + w.ram_blocks([("pc.ram", pages * PAGE)]) + w.eos() + w.footer(0)
+                + w.section_end(0))
+        for i in range(pages):
+            f.write(w.normal_page("pc.ram", i * PAGE, page))
+        f.write(w.eos() + w.footer(0) + w.eof())
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    env.pop("LD_PRELOAD", None)  # under scripts/asan-test: the child is the normal build
+    child = subprocess.run([sys.executable, "-c", _PEAK, str(stream), str(tmp_path / "out")],
+                           env=env, capture_output=True, check=True)
+    peak_mib = int(child.stdout.split()[-1]) / 1024
+    assert peak_mib < 128, peak_mib  # about 30 MiB; 280 MiB if the pages stayed mapped
+    assert (tmp_path / "out" / "pc.ram.ram").stat().st_size == pages * PAGE
