@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ParameterError, StreamError, TransportError
 from ..stream.parser import HEADER_SIZE, header_problem
-from ..transport import Admission, Listener
-from ..transport.tls import AuthzList, TlsCredsX509, TlsObject, object_from_options
-from ..transport.uri import MigrationURI, parse_uri
 from .extract import StreamExtractor
 from .ramfiles import DEFAULT_MAX_RAM
+
+if TYPE_CHECKING:
+    from ..transport import Admission, Listener
+    from ..transport.tls import TlsObject
+
+# The transport (sockets, TLS) is imported when receive runs: `xbzrle extract`,
+# which shares this package, starts without it.
 
 READ_SIZE = 1 << 20
 
 
 def listening_address(listener: Listener) -> str:
     """The URI the source should use, with the real port when 0 was asked for."""
+    from ..transport.uri import MigrationURI
+
     uri = listener.uri
     if uri.scheme == "tcp":
         return str(MigrationURI("tcp", host=uri.host or "0.0.0.0", port=listener.port))
@@ -34,6 +40,9 @@ def admission_for(objects: Iterable[str | TlsObject] = (), tls_creds: str = "",
                   tls_authz: str = "", handshake_timeout: float = 10.0,
                   on_refused: Callable[[str], None] | None = None) -> Admission:
     """What ``receive`` demands of a connection: QEMU's TLS objects picked by id, a timeout."""
+    from ..transport import Admission
+    from ..transport.tls import AuthzList, TlsCredsX509, object_from_options
+
     by_id: dict[str, TlsObject] = {}
     for spec in objects:
         obj = object_from_options(spec) if isinstance(spec, str) else spec
@@ -71,6 +80,9 @@ def receive(uri: str, out_dir: str | os.PathLike[str], *, max_ram: int = DEFAULT
     the listener waits on.  Returns the manifest; raises
     IncompleteStreamError if the RAM is partial.
     """
+    from ..transport import Listener
+    from ..transport.uri import parse_uri
+
     parsed = parse_uri(uri)
     if parsed.scheme == "file":
         raise ParameterError("receive reads a live migration: use 'xbzrle extract FILE' for files")
