@@ -152,6 +152,8 @@ class StreamExtractor:
             self._handle(event)
 
     def _handle(self, event: ev.Event) -> None:
+        if type(event) is ev.PagesLoaded:  # the fast path's report: most events, nothing to do
+            return
         if isinstance(event, ev.ZeroPage | ev.NormalPage | ev.XbzrlePage):
             assert self.loader is not None  # the parser refuses pages before MEM_SIZE
             self.loader.apply(event)
