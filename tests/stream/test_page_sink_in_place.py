@@ -157,3 +157,89 @@ def test_page_bytes_are_not_copied_into_the_parser_whatever_the_cut():
     loader.release()
     assert dest == ram
     assert peak < 32 * 1024, peak
+
+
+def rounds_stream(rounds: int, pages: int) -> tuple[bytes, bytes]:
+    """``rounds`` PART sections of ``pages`` full pages each, as our source ends a round."""
+    w = StreamWriter()
+    ram = bytearray(pages * PAGE)
+    out = [w.header(), w.section_start(0, "ram", 0, 4), w.ram_blocks([("pc.ram", len(ram))]),
+           w.eos(), w.footer(0)]
+    for r in range(rounds):
+        out.append(w.section_end(0) if r == rounds - 1 else w.section_part(0))
+        for p in range(pages):
+            page = bytes([(r * 7 + p) % 251 + 1]) * PAGE
+            ram[p * PAGE:(p + 1) * PAGE] = page
+            out.append(w.normal_page("pc.ram", p * PAGE, page))
+        out += [w.eos(), w.footer(0)]
+    return b"".join(out + [w.eof()]), bytes(ram)
+
+
+def feed_in_pieces(parser: StreamParser, loader: PageLoader, data: memoryview, events: list):
+    """The extractor's loop: feed_some, pull the events, feed the rest."""
+    while True:
+        taken = parser.feed_some(data)
+        for event in parser.events():
+            if isinstance(event, ev.ZeroPage | ev.NormalPage | ev.XbzrlePage):
+                loader.apply(event)
+            events.append(event)
+        if taken == len(data):
+            return
+        assert 0 < taken < len(data)
+        data = data[taken:]
+
+
+@pytest.mark.parametrize("chunk", [13, 4105, 65536, 1 << 20])
+def test_feed_some_gives_the_events_and_ram_of_feed(chunk):
+    stream, ram = rounds_stream(rounds=9, pages=40)
+    fed, fed_events, fed_loader = load(stream, chunk, sink=True)
+    dest = bytearray(len(ram))
+    loader = PageLoader({"pc.ram": dest}, xbzrle=True)
+    parser = StreamParser()
+    parser.page_sink = loader.sink
+    events: list = []
+    for start in range(0, len(stream), chunk):
+        feed_in_pieces(parser, loader, memoryview(stream)[start:start + chunk], events)
+    parser.close()
+    events += list(parser.events())
+    loader.release()
+    assert bytes(dest) == ram == bytes(fed[:len(ram)])
+    assert loader.counts.normal == fed_loader.counts.normal == 9 * 40
+
+    def others(evs):
+        return [(type(e), e.stream_offset) for e in evs if not isinstance(e, ev.PagesLoaded)]
+
+    assert others(events) == others(fed_events)
+
+
+def test_feed_some_keeps_the_pages_after_a_round_out_of_the_parser():
+    """With feed, the rest of a read after a round's EOS was copied into the
+    parser's buffer; feed_some buffers a few hundred bytes of it."""
+    import tracemalloc
+
+    stream, ram = rounds_stream(rounds=24, pages=60)
+    chunk = 1 << 20
+    dest = bytearray(len(ram))
+    loader = PageLoader({"pc.ram": dest}, xbzrle=True)
+    peaks = {}
+    for mode in ("feed", "feed_some"):
+        parser = StreamParser()
+        parser.page_sink = loader.sink
+        tracemalloc.start()
+        try:
+            for index, start in enumerate(range(0, len(stream), chunk)):
+                data = memoryview(stream)[start:start + chunk]
+                if index == 2:  # the first read (header records) is parsed as usual
+                    tracemalloc.reset_peak()
+                if mode == "feed":
+                    parser.feed(data)
+                    list(parser.events())
+                else:
+                    feed_in_pieces(parser, loader, data, [])
+            _, peaks[mode] = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        parser.close()
+    loader.release()
+    assert bytes(dest) == ram
+    assert peaks["feed_some"] < 64 * 1024 < 512 * 1024 < peaks["feed"], peaks

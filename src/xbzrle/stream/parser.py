@@ -337,9 +337,10 @@ class StreamParser:
     def feed_some(self, data: bytes | bytearray | memoryview) -> int:
         """Take the head of ``data``; returns how many bytes were taken.
 
-        As :meth:`feed`, except where the page sink stops early in ``data``
-        at a record that is not a page (the EOS that ends a round, a section
-        header): only a few hundred bytes after it are taken.  The caller
+        As :meth:`feed`, except where the page sink applied pages in place
+        and then stopped early in ``data`` at a record that is not a page
+        (the EOS that ends a round): only a few hundred bytes after it are
+        taken.  The caller
         pulls the events (the parser handles those records) and feeds the
         rest, which the sink then applies in place too, instead of the rest
         being copied into the parser's buffer.  Feeding a stream in any
@@ -358,9 +359,13 @@ class StreamParser:
             if self._pos < len(self._buf):
                 data = self._finish_split_record(data)
             if self._pos == len(self._buf) and self.page_sink is not None:
+                before = len(data)
                 data = self._sink_in_place(data)
-                # More than a record left: the sink stopped at something else.
-                if not whole and len(data) > _MAX_PAGE_RECORD:
+                # Pages applied, then more than a record left: the sink stopped
+                # at something else, likely with pages after it.  (Where it
+                # applied nothing, as in a run of empty sections, pieces would
+                # only add trips.)
+                if not whole and before > len(data) > _MAX_PAGE_RECORD:
                     taken -= len(data) - _ROUND_PIECE
                     data = data[:_ROUND_PIECE]
         if self._pos >= _COMPACT_AT and self._pos * 2 >= len(self._buf):
