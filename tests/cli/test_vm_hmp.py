@@ -135,7 +135,7 @@ def test_help_lists_every_command_once_with_one_line_each(spawn):
 
 def test_start_stopped_then_cont(spawn):
     vm = spawn("vm", "--ram", "4M", "--workload", "idle", "-S")
-    assert vm.type("info status") == "VM status: paused\n"
+    assert vm.type("info status") == "VM status: paused (prelaunch)\n"  # QEMU's words
     assert vm.type("cont") == ""
     assert vm.type("info status") == "VM status: running\n"
     assert vm.type("stop") == ""

@@ -23,12 +23,14 @@ def recorder(control: VmControl) -> list[str]:
     return events
 
 
-def test_start_stopped_guest_is_paused_until_cont(guest):
+def test_start_stopped_guest_is_in_prelaunch_until_cont(guest):
     control = VmControl(guest, autostart=False)
     events = recorder(control)
-    assert control.query_status() == {"status": "paused", "singlestep": False,
+    assert control.query_status() == {"status": "prelaunch", "singlestep": False,
                                       "running": False}
     assert not guest.running
+    control.stop()  # as in QEMU, stop leaves a guest that never ran in prelaunch
+    assert control.runstate == "prelaunch" and events == []
     control.cont()
     assert guest.running and control.runstate == "running"
     assert events == ["RESUME"]
@@ -84,8 +86,8 @@ def test_pmemsave_spans_blocks_back_to_back(tmp_path):
 
 
 def test_run_states_have_qemus_names():
-    assert [str(s) for s in RunState] == ["running", "paused", "inmigrate", "finish-migrate",
-                                         "postmigrate", "shutdown"]
+    assert [str(s) for s in RunState] == ["running", "prelaunch", "paused", "inmigrate",
+                                         "finish-migrate", "postmigrate", "shutdown"]
     assert set(RUNSTATE_TRANSITIONS) == set(RunState)
 
 
@@ -116,15 +118,19 @@ def test_quit_shuts_down_and_then_refuses_cont(guest):
     assert not guest.running
 
 
-def test_a_paused_guest_whose_migration_fails_is_paused_again(guest):
+@pytest.mark.parametrize("stop_first, before", [(False, "prelaunch"), (True, "paused")])
+def test_a_stopped_guest_whose_migration_fails_is_stopped_again(guest, stop_first, before):
     """QEMU restores the state the guest had before finish-migrate."""
-    control = VmControl(guest, autostart=False)
+    control = VmControl(guest, autostart=stop_first)  # -S, or run and then stop
+    if stop_first:
+        control.stop()
+    assert control.runstate == before
     with refusing_destination() as uri:
         mig = control.migrate(uri)
         assert mig.wait(30) == "failed"
     assert mig.status.is_final and "refused by the test" in mig.error
-    assert control.runstate == "paused" and not guest.running
-    assert control.query_status()["status"] == "paused"
+    assert control.runstate == before and not guest.running
+    assert control.query_status()["status"] == before
 
 
 def test_settings_go_through_control_with_params_rules(guest):

@@ -2,8 +2,8 @@
 
 Both monitors (HMP and QMP) call this object and nothing below it, so the
 two always agree.  It owns QEMU's run state (:class:`RunState`: ``running``,
-``paused``, ``inmigrate``, ``finish-migrate``, ``postmigrate``,
-``shutdown``), changed only through a checked transition table, with
+``prelaunch``, ``paused``, ``inmigrate``, ``finish-migrate``,
+``postmigrate``, ``shutdown``), changed only through a checked transition table, with
 commands guarded by :func:`require` as qemu.qmp guards its methods.  It asks
 the migration which side it is (``mig.outgoing``), turns the migration's
 status changes into the ``MIGRATION``/``MIGRATION_PASS``/``STOP``/``RESUME``
@@ -36,11 +36,12 @@ PMEMSAVE_CHUNK = 1 << 20
 class RunState(enum.StrEnum):
     """QEMU's run states, as ``query-status`` spells them.
 
-    ``-S`` shows ``paused`` here (QEMU says ``prelaunch``): there is no
-    firmware to hold back, so the two would behave the same.
+    ``prelaunch`` is a guest started with ``-S`` that never ran yet; ``stop``
+    leaves it there, ``cont`` starts it, as in QEMU.
     """
 
     RUNNING = "running"
+    PRELAUNCH = "prelaunch"
     PAUSED = "paused"
     INMIGRATE = "inmigrate"
     FINISH_MIGRATE = "finish-migrate"
@@ -52,9 +53,11 @@ _R = RunState
 #: Which run state may follow which (QEMU's ``runstate_transitions_def``, our subset).
 RUNSTATE_TRANSITIONS: Mapping[RunState, frozenset[RunState]] = {
     _R.RUNNING: frozenset({_R.PAUSED, _R.FINISH_MIGRATE, _R.SHUTDOWN}),
+    _R.PRELAUNCH: frozenset({_R.RUNNING, _R.FINISH_MIGRATE, _R.SHUTDOWN}),
     _R.PAUSED: frozenset({_R.RUNNING, _R.FINISH_MIGRATE, _R.SHUTDOWN}),
     _R.INMIGRATE: frozenset({_R.RUNNING, _R.PAUSED, _R.SHUTDOWN}),
-    _R.FINISH_MIGRATE: frozenset({_R.POSTMIGRATE, _R.RUNNING, _R.PAUSED, _R.SHUTDOWN}),
+    _R.FINISH_MIGRATE: frozenset({_R.POSTMIGRATE, _R.RUNNING, _R.PAUSED, _R.PRELAUNCH,
+                                  _R.SHUTDOWN}),
     _R.POSTMIGRATE: frozenset({_R.RUNNING, _R.FINISH_MIGRATE, _R.SHUTDOWN}),
     _R.SHUTDOWN: frozenset(),
 }
@@ -132,7 +135,7 @@ class VmControl:
             if not guest.running:
                 guest.cont()
         else:
-            self._runstate = RunState.PAUSED
+            self._runstate = RunState.PRELAUNCH
             self._quiesce()
         self._guest_was_running = guest.running
 
@@ -241,7 +244,8 @@ class VmControl:
             self._set_runstate(RunState.PAUSED)
             self._sync_running_events()
 
-    @require(RunState.RUNNING, RunState.PAUSED, RunState.INMIGRATE, RunState.POSTMIGRATE,
+    @require(RunState.RUNNING, RunState.PRELAUNCH, RunState.PAUSED, RunState.INMIGRATE,
+             RunState.POSTMIGRATE,
              error={RunState.FINISH_MIGRATE: "The guest is being migrated: it resumes by "
                                              "itself if the migration fails"})
     def cont(self) -> None:
@@ -293,7 +297,8 @@ class VmControl:
         self.manager.set_downtime_seconds(seconds)  # type: ignore[arg-type]
 
     # -- migrations --------------------------------------------------------------
-    @require(RunState.RUNNING, RunState.PAUSED, RunState.FINISH_MIGRATE, RunState.POSTMIGRATE,
+    @require(RunState.RUNNING, RunState.PRELAUNCH, RunState.PAUSED, RunState.FINISH_MIGRATE,
+             RunState.POSTMIGRATE,
              error={RunState.INMIGRATE: "Guest is waiting for an incoming migration"})
     def migrate(self, uri: str) -> Migration:
         return self.manager.migrate(uri)
