@@ -896,8 +896,10 @@ static ssize_t check_pages_pairs(const uint8_t *deltas, const long long *lengths
 #pragma GCC push_options
 #pragma GCC target("avx2,bmi,bmi2,popcnt")
 
-/* Walks at once: two groups of eight, one walk per 32-bit lane. */
-#define XBZ_CHECK_LANES 16
+/* Walks at once: two groups of eight, one walk per 32-bit lane (one group
+ * waits on its gathers; three or four were no faster than two). */
+#define XBZ_CHECK_GROUPS 2
+#define XBZ_CHECK_LANES (8 * XBZ_CHECK_GROUPS)
 /* The deltas of the walks at once span less than this, so that every
  * offset, limit and next offset (at most 0x8003 past a limit) fits a signed
  * 32-bit lane. */
@@ -1014,31 +1016,33 @@ static ssize_t check_pages_avx2(const uint8_t *deltas, const long long *lengths,
             off[i] = 0;
             lim[i] = -1;
         }
-        struct check_lanes a = {_mm256_loadu_si256((const __m256i *)off),
-                                _mm256_loadu_si256((const __m256i *)lim), _mm256_setzero_si256(),
-                                _mm256_setzero_si256()};
-        struct check_lanes b = {_mm256_loadu_si256((const __m256i *)(off + 8)),
-                                _mm256_loadu_si256((const __m256i *)(lim + 8)),
-                                _mm256_setzero_si256(), _mm256_setzero_si256()};
-        __m256i a_walking = check_walking_avx2(&a), b_walking = check_walking_avx2(&b);
-        check_step_avx2(&a, base, a_walking, 1);
-        check_step_avx2(&b, base, b_walking, 1);
+        struct check_lanes g[XBZ_CHECK_GROUPS];
+        __m256i walking[XBZ_CHECK_GROUPS];
+        for (int k = 0; k < XBZ_CHECK_GROUPS; k++) {
+            g[k].at = _mm256_loadu_si256((const __m256i *)(off + 8 * k));
+            g[k].limit = _mm256_loadu_si256((const __m256i *)(lim + 8 * k));
+            g[k].pos = _mm256_setzero_si256();
+            g[k].faults = _mm256_setzero_si256();
+            walking[k] = check_walking_avx2(&g[k]);
+            check_step_avx2(&g[k], base, walking[k], 1);
+        }
         for (;;) {
-            a_walking = check_walking_avx2(&a);
-            b_walking = check_walking_avx2(&b);
-            if (_mm256_testz_si256(_mm256_or_si256(a_walking, b_walking),
-                                   _mm256_or_si256(a_walking, b_walking)))
+            __m256i any = _mm256_setzero_si256();
+            for (int k = 0; k < XBZ_CHECK_GROUPS; k++) {
+                walking[k] = check_walking_avx2(&g[k]);
+                any = _mm256_or_si256(any, walking[k]);
+            }
+            if (_mm256_testz_si256(any, any))
                 break;
-            check_step_avx2(&a, base, a_walking, 0);
-            check_step_avx2(&b, base, b_walking, 0);
+            for (int k = 0; k < XBZ_CHECK_GROUPS; k++)
+                check_step_avx2(&g[k], base, walking[k], 0);
         }
         uint32_t at[XBZ_CHECK_LANES], pos[XBZ_CHECK_LANES], faults[XBZ_CHECK_LANES];
-        _mm256_storeu_si256((__m256i *)at, a.at);
-        _mm256_storeu_si256((__m256i *)(at + 8), b.at);
-        _mm256_storeu_si256((__m256i *)pos, a.pos);
-        _mm256_storeu_si256((__m256i *)(pos + 8), b.pos);
-        _mm256_storeu_si256((__m256i *)faults, a.faults);
-        _mm256_storeu_si256((__m256i *)(faults + 8), b.faults);
+        for (int k = 0; k < XBZ_CHECK_GROUPS; k++) {
+            _mm256_storeu_si256((__m256i *)(at + 8 * k), g[k].at);
+            _mm256_storeu_si256((__m256i *)(pos + 8 * k), g[k].pos);
+            _mm256_storeu_si256((__m256i *)(faults + 8 * k), g[k].faults);
+        }
         for (size_t i = 0; i < n; i++) {
             struct fast_walk w = {base + at[i], pos[i], faults[i]};
             if (check_finish(&w, start[i], start[i] + lengths[page[i]], page_len, err_offset,
