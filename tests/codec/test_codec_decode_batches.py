@@ -1,7 +1,9 @@
-"""decode_pages walks two deltas side by side, with a fast walk that folds
-most checks into flags and re-checks a delta exactly when they trip: it must
-still accept and refuse exactly what the reference does, name the same page
-and offset, and write nothing when any delta of the batch is refused."""
+"""decode_pages checks the deltas of several pages at once (two side by side
+on the portable path, sixteen in vector lanes on the x86 paths), with a fast
+walk that folds most checks into flags and re-checks a delta exactly when
+they trip: it must still accept and refuse exactly what the reference does,
+name the same page and offset, and write nothing when any delta of the batch
+is refused."""
 
 from __future__ import annotations
 
@@ -150,3 +152,45 @@ def test_a_fault_at_any_length_field_is_found_where_the_reference_finds_it(simd_
                 except DecodeError as exc:
                     results.append((str(exc), exc.offset))
             assert results[0] == results[1] and got == want, (at, damaged[at : at + 3])
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_batches_longer_than_the_lanes_match_the_reference(simd_path, seed):
+    """Batches of 17 to 60 pages (more than one round of sixteen lanes), with
+    unchanged and overflowing pages, deltas of 1 to 3 bytes, and damaged
+    deltas anywhere, on every SIMD path."""
+    rng = random.Random(seed)
+    page_count = rng.randrange(17, 61)
+    old = rng.randbytes(PAGE * page_count)
+    deltas, lengths = [], []
+    damaged = set(rng.sample(range(page_count), rng.choice([0, 0, 1, 2])))
+    for index in range(page_count):
+        page = old[index * PAGE : (index + 1) * PAGE]
+        choice = rng.random()
+        if choice < 0.1:
+            lengths.append(rng.choice([0, -1]))
+            continue
+        if choice < 0.2:
+            delta = rng.choice([b"\x00\x01\x07", b"\x05\x01\x09", b"\x00\x02\x01\x02"])
+        else:
+            delta, _ = valid_delta(rng, page)
+        if index in damaged:
+            delta = mutate(rng, delta)
+        deltas.append(delta)
+        lengths.append(len(delta))
+    joined = b"".join(deltas)
+    assert outcome(core, joined, lengths, old) == outcome(reference, joined, lengths, old)
+
+
+def test_a_page_position_past_32_bits_is_refused(simd_path):
+    """A delta of 262,144 runs, each a zero run of 16,383 bytes and one byte:
+    its page position reaches 2**32 (where a 32-bit lane would wrap back to
+    0, inside the page); the second run is already past the page end."""
+    page_size = 16384
+    delta = b"\xff\x7f\x01\x55" * 262144
+    pages = bytearray(2 * page_size)
+    with pytest.raises(DecodeError) as caught:
+        core.decode_pages(b"\x00\x01\x09" + delta, [3, len(delta)], pages, page_size=page_size)
+    assert caught.value.page == 1 and caught.value.offset == 4
+    assert "zero run past the page end" in str(caught.value)
+    assert pages == bytes(2 * page_size)
