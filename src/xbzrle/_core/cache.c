@@ -25,13 +25,7 @@ static unsigned log2_of(size_t power_of_two)
 static uint8_t *slab_alloc(size_t bytes)
 {
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        return NULL;
-    /* Huge pages, like guest RAM: the encoder reads a cached page and a guest
-     * page at scattered addresses, and each 4 KiB translation it misses costs
-     * as much as reading a few cache lines. */
-    (void)madvise(p, bytes, MADV_HUGEPAGE);
-    return (uint8_t *)p;
+    return p == MAP_FAILED ? NULL : (uint8_t *)p;
 }
 
 static void slab_free(uint8_t *slab, size_t bytes)

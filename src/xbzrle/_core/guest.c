@@ -58,9 +58,11 @@ static PyObject *ram_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(self);
         return NULL;
     }
-    /* Page-granular dirty tracking wants 4 KiB pages, not 2 MiB THPs that a
-     * single byte would dirty whole. */
-    (void)madvise(base, (size_t)size, MADV_HUGEPAGE);
+    /* 4 KiB pages unless the caller asks for huge ones (RamBlock does where
+     * they pay off: xbzrle.guest.hugepages).  Dirty tracking stays
+     * page-granular either way: the kernel tracker arms late and splits a
+     * huge page at its first write (dirtylog.c). */
+    (void)madvise(base, (size_t)size, MADV_NOHUGEPAGE);
     self->base = base;
     self->size = (size_t)size;
     return (PyObject *)self;

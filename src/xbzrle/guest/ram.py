@@ -6,6 +6,7 @@ from .._backend import load_core
 from ..errors import ParameterError
 from ..sizes import PAGE_SIZE
 from .digest import ram_digest
+from .hugepages import advise_huge_pages, use_huge_pages
 
 _core = load_core()
 
@@ -24,7 +25,9 @@ class RamBlock(_core.GuestRam):
     """One named block of guest RAM (QEMU's RAMBlock, e.g. ``pc.ram``).
 
     The memory is an anonymous private mapping: pages never written read as
-    zero and cost nothing.  The object exports it through the buffer
+    zero and cost nothing.  It asks for transparent huge pages, as QEMU's
+    RAM does, unless this machine's host takes freed memory back
+    (:mod:`xbzrle.guest.hugepages`).  The object exports it through the buffer
     protocol, writable and without copying, so ``memoryview(block)``, numpy
     and the C save/load loops all work on the live bytes.
     """
@@ -32,6 +35,8 @@ class RamBlock(_core.GuestRam):
     def __new__(cls, name: str, size: int) -> RamBlock:
         self = super().__new__(cls, size)
         self._name = check_block_name(name)
+        if use_huge_pages():
+            advise_huge_pages(self.address, self.size)
         return self
 
     @property

@@ -177,39 +177,49 @@ class IncomingMigration(Migration):
                     f"the migration stream ended at offset {received} before its EOF record: "
                     "the source cancelled or vanished")
             received += n
-            parser.feed(view[:n])
-            for event in parser.events():
-                if isinstance(event, ev.Configuration):  # in QEMU's order: machine, caps
-                    self._check_machine(event)
-                    check_capabilities(event.capabilities, xbzrle=self._xbzrle())
-                elif isinstance(event, ev.RamBlocks):
-                    loader.check_layout(event)
-                elif isinstance(event, ev.ZeroPage | ev.NormalPage | ev.XbzrlePage):
-                    loader.apply(event)
-                elif isinstance(event, ev.SectionFull) and event.idstr == K.DIGEST_IDSTR:
-                    if not expect_digest:
-                        raise StreamError(
-                            "the source sent a RAM digest (x-ram-digest on) but x-ram-digest "
-                            "is off on this destination: set it the same on both sides",
-                            event.stream_offset)
-                elif isinstance(event, ev.Digest):
-                    digest = event.blocks
-                elif isinstance(event, ev.SectionFull):
-                    raise StreamError(
-                        f"device section {event.idstr!r} is not supported by this destination",
-                        event.stream_offset)
-                elif isinstance(event, ev.Eof) and expect_digest and digest is None:
-                    raise StreamError(
-                        "the migration stream carries no RAM digest (x-ram-digest off on the "
-                        "source) but x-ram-digest is on on this destination: set it the same "
-                        "on both sides", event.stream_offset)
-                elif isinstance(event, ev.VmDescription):
-                    described = True
+            # feed_some stops a few hundred bytes past a round's end, so the pages
+            # after it are applied in place, not copied into the parser's buffer.
+            piece = view[:n]
+            while piece:
+                piece = piece[parser.feed_some(piece):]
+                for event in parser.events():
+                    if isinstance(event, ev.Digest):
+                        digest = event.blocks
+                    elif isinstance(event, ev.VmDescription):
+                        described = True
+                    else:
+                        self._apply(event, loader, expect_digest, digest is not None)
             with self._lock:
                 loader.counts.wire_bytes = received
                 self.stats.totals = loader.counts
                 self.stats.add_batch(BatchCounts())  # rolls the rate window
         return digest
+
+    def _apply(self, event: ev.Event, loader: PageLoader, expect_digest: bool,
+               have_digest: bool) -> None:
+        """One event of the stream other than the digest and the description."""
+        if isinstance(event, ev.Configuration):  # in QEMU's order: machine, caps
+            self._check_machine(event)
+            check_capabilities(event.capabilities, xbzrle=self._xbzrle())
+        elif isinstance(event, ev.RamBlocks):
+            loader.check_layout(event)
+        elif isinstance(event, ev.ZeroPage | ev.NormalPage | ev.XbzrlePage):
+            loader.apply(event)
+        elif isinstance(event, ev.SectionFull) and event.idstr == K.DIGEST_IDSTR:
+            if not expect_digest:
+                raise StreamError(
+                    "the source sent a RAM digest (x-ram-digest on) but x-ram-digest "
+                    "is off on this destination: set it the same on both sides",
+                    event.stream_offset)
+        elif isinstance(event, ev.SectionFull):
+            raise StreamError(
+                f"device section {event.idstr!r} is not supported by this destination",
+                event.stream_offset)
+        elif isinstance(event, ev.Eof) and expect_digest and not have_digest:
+            raise StreamError(
+                "the migration stream carries no RAM digest (x-ram-digest off on the "
+                "source) but x-ram-digest is on on this destination: set it the same "
+                "on both sides", event.stream_offset)
 
     def _check_machine(self, config: ev.Configuration) -> None:
         """Refuse a stream of another machine type, as QEMU does (same wording)."""

@@ -1,0 +1,70 @@
+"""Whether guest RAM asks the kernel for transparent huge pages.
+
+QEMU advises its RAM ``MADV_HUGEPAGE``: a destination filling 1 GiB then
+takes one fault per 2 MiB instead of per 4 KiB, and reading RAM misses the
+TLB less.  That pays off on a host that keeps a virtual machine's free
+memory backed.  A virtual machine whose balloon device reports free pages
+to its host (virtio-balloon's free page reporting) hands every freed 2 MiB
+block back within seconds, and a huge page taken later is backed again by
+the host, fault by fault: measured on such a machine, populating 1 GiB took
+1.06-1.30 s on huge pages against 0.33-0.39 s on 4 KiB pages, five seconds
+after the last free (0.13 s against 0.29 s right after one).  There the RAM
+stays on 4 KiB pages, which the reporting does not touch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+from collections.abc import Iterable
+from pathlib import Path
+
+VIRTIO_ID_BALLOON = 5
+VIRTIO_BALLOON_F_REPORTING = 5
+VIRTIO_DEVICES = Path("/sys/bus/virtio/devices")
+
+
+def huge_pages_pay_off(balloon_features: Iterable[str]) -> bool:
+    """False when a balloon device offers free page reporting.
+
+    ``balloon_features``: the ``features`` strings of the machine's virtio
+    balloon devices, as sysfs shows them (one character per feature bit,
+    bit 0 first).
+    """
+    return not any(len(bits) > VIRTIO_BALLOON_F_REPORTING
+                   and bits[VIRTIO_BALLOON_F_REPORTING] == "1" for bits in balloon_features)
+
+
+def balloon_features(devices: Path = VIRTIO_DEVICES) -> list[str]:
+    """The feature strings of the virtio balloon devices under ``devices``."""
+    found: list[str] = []
+    try:
+        entries = list(devices.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        try:
+            if int((entry / "device").read_text(), 16) == VIRTIO_ID_BALLOON:
+                found.append((entry / "features").read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+_USE_HUGE_PAGES: bool | None = None
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_libc.madvise.restype = ctypes.c_int
+
+
+def use_huge_pages() -> bool:
+    """This machine's answer (looked up once per process)."""
+    global _USE_HUGE_PAGES
+    if _USE_HUGE_PAGES is None:
+        _USE_HUGE_PAGES = huge_pages_pay_off(balloon_features())
+    return _USE_HUGE_PAGES
+
+
+def advise_huge_pages(address: int, size: int) -> bool:
+    """Ask for huge pages over fresh memory at ``address``; False if the kernel refused."""
+    return _libc.madvise(address, size, mmap.MADV_HUGEPAGE) == 0
