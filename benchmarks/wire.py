@@ -26,6 +26,7 @@ check); for QEMU the later of the two sides' ``completed``.
 
     python benchmarks/wire.py [--size 1G] [--runs 5] [--no-qemu]
                               [--only wire,exec,file,extract,floor]
+                              [--host-memory both|warm|cold]
 
 The machine is shared: read the ratios (measured in the same run), not the
 absolute rates.
