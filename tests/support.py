@@ -80,3 +80,17 @@ def rewrite_between_rounds(manager, guest, block: str = "pc.ram") -> None:
 
     manager.add_status_listener(lambda status: status == "active" and wait_for_a_lap())
     manager.add_pass_listener(wait_for_a_lap)
+
+
+def mapping_field(address: int, field: str) -> str:
+    """The value of ``field`` (``Rss``, ``AnonHugePages``, ``VmFlags``...) for the
+    mapping of this process that starts at ``address``, from /proc/self/smaps."""
+    with open("/proc/self/smaps") as smaps:
+        inside = False
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                inside = int(head.split("-")[0], 16) == address
+            elif inside and head == f"{field}:":
+                return line.split(None, 1)[1].strip()
+    raise AssertionError(f"no mapping at {address:#x} with {field}")

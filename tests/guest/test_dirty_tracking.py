@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from support import wait_until
+from support import mapping_field, wait_until
 from xbzrle import _core
 from xbzrle.guest import PAGE_SIZE, Guest
 from xbzrle.guest.hugepages import advise_huge_pages
@@ -236,16 +236,8 @@ def test_untouched_pages_read_zero_and_cost_no_memory():
 
 
 def resident_kib(address: int) -> int:
-    """Rss of the mapping starting at ``address``, from /proc/self/smaps."""
-    with open("/proc/self/smaps") as smaps:
-        inside = False
-        for line in smaps:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                inside = int(head.split("-")[0], 16) == address
-            elif inside and head == "Rss:":
-                return int(line.split()[1])
-    raise AssertionError(f"no mapping at {address:#x}")
+    """Rss of the mapping starting at ``address``, in KiB."""
+    return int(mapping_field(address, "Rss").split()[0])
 
 
 def test_uffd_sees_writes_made_by_the_kernel():
@@ -257,16 +249,8 @@ def test_uffd_sees_writes_made_by_the_kernel():
 
 
 def huge_pages_kib(address: int) -> int:
-    """AnonHugePages of the mapping starting at ``address``, from /proc/self/smaps."""
-    with open("/proc/self/smaps") as smaps:
-        inside = False
-        for line in smaps:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                inside = int(head.split("-")[0], 16) == address
-            elif inside and head == "AnonHugePages:":
-                return int(line.split()[1])
-    raise AssertionError(f"no mapping at {address:#x}")
+    """AnonHugePages of the mapping starting at ``address``, in KiB."""
+    return int(mapping_field(address, "AnonHugePages").split()[0])
 
 
 def huge_pages_possible() -> bool:

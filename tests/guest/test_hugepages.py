@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from support import mapping_field
 from xbzrle.guest import Guest
 from xbzrle.guest.hugepages import (
     VIRTIO_ID_BALLOON,
@@ -37,20 +38,8 @@ def test_balloon_features_reads_only_balloons(tmp_path):
     assert balloon_features(tmp_path / "missing") == []
 
 
-def vma_flags(address: int) -> list[str]:
-    with open("/proc/self/smaps") as smaps:
-        inside = False
-        for line in smaps:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                inside = int(head.split("-")[0], 16) == address
-            elif inside and head == "VmFlags:":
-                return line.split()[1:]
-    raise AssertionError(f"no mapping at {address:#x}")
-
-
 def test_guest_ram_follows_this_machines_rule():
     with Guest("8M") as guest:
-        flags = vma_flags(guest.blocks["pc.ram"].address)
+        flags = mapping_field(guest.blocks["pc.ram"].address, "VmFlags").split()
     assert ("hg" in flags) is use_huge_pages()
     assert ("nh" in flags) is not use_huge_pages()
