@@ -62,24 +62,38 @@ def outcome(impl, deltas: bytes, lengths: list[int], old: bytes):
     return ("applied", bytes(pages))
 
 
+TINY_DELTAS = (b"\x00\x01\x07", b"\x05\x01\x09", b"\x00\x02\x01\x02")
+
+
+def random_batch(rng: random.Random, old: bytes, page_count: int, damaged: set[int], *,
+                 whole: float, tiny: float = 0.0) -> tuple[bytes, list[int]]:
+    """Deltas for the pages of ``old``: a share ``whole`` unchanged or sent whole
+    (length 0 or -1), a share ``tiny`` of 1-3 byte deltas, the rest valid deltas;
+    the pages in ``damaged`` get their delta mutated."""
+    deltas, lengths = [], []
+    for index in range(page_count):
+        page = old[index * PAGE : (index + 1) * PAGE]
+        choice = rng.random()
+        if choice < whole:
+            lengths.append(rng.choice([0, -1]))
+            continue
+        if choice < whole + tiny:
+            delta = rng.choice(TINY_DELTAS)
+        else:
+            delta, _ = valid_delta(rng, page)
+        if index in damaged:
+            delta = mutate(rng, delta)
+        deltas.append(delta)
+        lengths.append(len(delta))
+    return b"".join(deltas), lengths
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.integers(0, 2**32), st.integers(1, 11), st.lists(st.integers(0, 10), max_size=3))
 def test_batches_with_a_damaged_delta_match_the_reference(seed, page_count, damaged):
     rng = random.Random(seed)
     old = rng.randbytes(PAGE * page_count)
-    deltas, lengths = [], []
-    for index in range(page_count):
-        page = old[index * PAGE : (index + 1) * PAGE]
-        choice = rng.random()
-        if choice < 0.15:
-            lengths.append(rng.choice([0, -1]))  # unchanged or sent whole
-            continue
-        delta, _ = valid_delta(rng, page)
-        if index in damaged:
-            delta = mutate(rng, delta)
-        deltas.append(delta)
-        lengths.append(len(delta))
-    joined = b"".join(deltas)
+    joined, lengths = random_batch(rng, old, page_count, set(damaged), whole=0.15)
     assert outcome(core, joined, lengths, old) == outcome(reference, joined, lengths, old)
 
 
@@ -162,23 +176,8 @@ def test_batches_longer_than_the_lanes_match_the_reference(simd_path, seed):
     rng = random.Random(seed)
     page_count = rng.randrange(17, 61)
     old = rng.randbytes(PAGE * page_count)
-    deltas, lengths = [], []
     damaged = set(rng.sample(range(page_count), rng.choice([0, 0, 1, 2])))
-    for index in range(page_count):
-        page = old[index * PAGE : (index + 1) * PAGE]
-        choice = rng.random()
-        if choice < 0.1:
-            lengths.append(rng.choice([0, -1]))
-            continue
-        if choice < 0.2:
-            delta = rng.choice([b"\x00\x01\x07", b"\x05\x01\x09", b"\x00\x02\x01\x02"])
-        else:
-            delta, _ = valid_delta(rng, page)
-        if index in damaged:
-            delta = mutate(rng, delta)
-        deltas.append(delta)
-        lengths.append(len(delta))
-    joined = b"".join(deltas)
+    joined, lengths = random_batch(rng, old, page_count, damaged, whole=0.1, tiny=0.1)
     assert outcome(core, joined, lengths, old) == outcome(reference, joined, lengths, old)
 
 

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from support import mapping_field, wait_until
 from xbzrle import _core
 from xbzrle.guest import PAGE_SIZE, Guest
-from xbzrle.guest.hugepages import advise_huge_pages
 
 TRACKERS = ("uffd", "bitmap", "scan")
 SEES_FOREIGN_WRITES = ("uffd", "scan")
@@ -286,7 +285,7 @@ def test_uffd_on_huge_pages_stays_page_granular_and_loses_no_write():
     """RAM filled before tracking sits on 2 MiB pages; the log still names 4 KiB pages."""
     with Guest("16M", tracker="uffd") as guest:
         block = guest.blocks["pc.ram"]
-        assert advise_huge_pages(block.address, block.size)  # whatever this host's policy
+        block.advise_huge_pages()  # whatever this host's policy
         with memoryview(block) as ram:
             ram[:] = random.Random(7).randbytes(block.size)
         if huge_pages_possible():

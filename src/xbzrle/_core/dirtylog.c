@@ -85,6 +85,14 @@ typedef struct {
     pthread_mutex_t lock;
 } XbzUffdTracker;
 
+/* The descriptor every PAGEMAP_SCAN goes through, opened once. */
+static int uffd_open_pagemap(XbzUffdTracker *self)
+{
+    if (self->pagemap < 0)
+        self->pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    return self->pagemap < 0 ? -1 : 0;
+}
+
 static int uffd_arm(XbzUffdTracker *self)
 {
     int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
@@ -115,8 +123,7 @@ static int uffd_arm(XbzUffdTracker *self)
     };
     if (ioctl(fd, UFFDIO_WRITEPROTECT, &wp) < 0)
         return -1;
-    self->pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-    return self->pagemap < 0 ? -1 : 0;
+    return uffd_open_pagemap(self);
 }
 
 /* Set in words the pages PAGEMAP_SCAN matches with ``query``'s flags and
@@ -183,19 +190,15 @@ static int uffd_collect_resident(XbzUffdTracker *self, uint64_t *words, uint64_t
 }
 
 /* A lazy tracker's first sync: the pages holding data, then the range armed.
- * Swapped pages are looked for before arming (the protection's markers on
- * unpopulated pages read as swap entries), present ones after it, so a write
- * racing the arming is either seen present now or faults and is reported by
- * the next sync. */
+ * Swapped pages are looked for before arming only (the protection's markers
+ * on unpopulated pages read as swap entries), present ones before it too (a
+ * page swapped out in between) and after it, so a write racing the arming
+ * is either seen present then or faults and is reported by the next sync. */
 static int uffd_arm_late(XbzUffdTracker *self, uint64_t *words)
 {
-    int rc;
-    self->pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-    if (self->pagemap < 0)
-        return -1;
-    rc = uffd_collect_resident(self, words, PAGE_IS_PRESENT | PAGE_IS_SWAPPED);
-    close(self->pagemap);
-    self->pagemap = -1;
+    int rc = uffd_open_pagemap(self);
+    if (rc == 0)
+        rc = uffd_collect_resident(self, words, PAGE_IS_PRESENT | PAGE_IS_SWAPPED);
     if (rc == 0)
         rc = uffd_arm(self);
     if (rc == 0)

@@ -153,7 +153,21 @@ static PyObject *ram_get_closed(XbzGuestRam *self, void *closure)
     return PyBool_FromLong(self->base == NULL || self->closing);
 }
 
+static PyObject *ram_advise_huge_pages(XbzGuestRam *self, PyObject *unused)
+{
+    if (self->base == NULL || self->closing) {
+        PyErr_SetString(PyExc_ValueError, "guest RAM is closed");
+        return NULL;
+    }
+    if (madvise(self->base, self->size, MADV_HUGEPAGE) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef ram_methods[] = {
+    {"advise_huge_pages", (PyCFunction)ram_advise_huge_pages, METH_NOARGS,
+     "Ask for transparent huge pages where the memory is not populated yet "
+     "(MADV_HUGEPAGE; it starts on 4 KiB pages).  OSError if the kernel refuses."},
     {"close", (PyCFunction)ram_close, METH_NOARGS,
      "Unmap the memory now, or when the last view, tracker or workload lets go."},
     {NULL, NULL, 0, NULL},

@@ -205,8 +205,6 @@ static void populate_ahead(const uint8_t *buf, size_t pos, size_t end, load_bloc
     populate(run, run_len);
 }
 
-/* Parse and apply page records from buf[pos:end].  Returns the status; *pos
- * advances past every record applied; *last is the CONTINUE block. */
 /* The head of the record at buf[p]: its page offset and flags.  Returns 0
  * when fewer than 8 bytes are left, -1 when it is not a page record (ZERO,
  * PAGE or XBZRLE: the loops stop there and leave it to the parser), 1
@@ -223,6 +221,8 @@ static inline int page_record_head(const uint8_t *buf, size_t p, size_t end, uin
     return kind == XBZ_F_ZERO || kind == XBZ_F_PAGE || kind == XBZ_F_XBZRLE ? 1 : -1;
 }
 
+/* Parse and apply page records from buf[pos:end].  Returns the status; *pos
+ * advances past every record applied; *last is the CONTINUE block. */
 static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_t *blocks,
                      size_t nblocks, Py_ssize_t *last, int xbzrle_ok, uint64_t *c,
                      page_batch_t *batch, load_error_t *err)

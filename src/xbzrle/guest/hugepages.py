@@ -14,8 +14,6 @@ stays on 4 KiB pages, which the reporting does not touch.
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -52,9 +50,6 @@ def balloon_features(devices: Path = VIRTIO_DEVICES) -> list[str]:
 
 
 _USE_HUGE_PAGES: bool | None = None
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-_libc.madvise.restype = ctypes.c_int
 
 
 def use_huge_pages() -> bool:
@@ -63,8 +58,3 @@ def use_huge_pages() -> bool:
     if _USE_HUGE_PAGES is None:
         _USE_HUGE_PAGES = huge_pages_pay_off(balloon_features())
     return _USE_HUGE_PAGES
-
-
-def advise_huge_pages(address: int, size: int) -> bool:
-    """Ask for huge pages over fresh memory at ``address``; False if the kernel refused."""
-    return _libc.madvise(address, size, mmap.MADV_HUGEPAGE) == 0

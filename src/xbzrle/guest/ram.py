@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from .._backend import load_core
 from ..errors import ParameterError
 from ..sizes import PAGE_SIZE
 from .digest import ram_digest
-from .hugepages import advise_huge_pages, use_huge_pages
+from .hugepages import use_huge_pages
 
 _core = load_core()
 
@@ -36,7 +38,8 @@ class RamBlock(_core.GuestRam):
         self = super().__new__(cls, size)
         self._name = check_block_name(name)
         if use_huge_pages():
-            advise_huge_pages(self.address, self.size)
+            with contextlib.suppress(OSError):  # a kernel without THP: 4 KiB pages it is
+                self.advise_huge_pages()
         return self
 
     @property

@@ -177,11 +177,9 @@ class IncomingMigration(Migration):
                     f"the migration stream ended at offset {received} before its EOF record: "
                     "the source cancelled or vanished")
             received += n
-            # feed_some stops a few hundred bytes past a round's end, so the pages
-            # after it are applied in place, not copied into the parser's buffer.
-            piece = view[:n]
-            while piece:
-                piece = piece[parser.feed_some(piece):]
+            # In pieces cut at a round's end: the pages after it are applied in
+            # place, not copied into the parser's buffer first.
+            for _ in parser.feed_in_pieces(view[:n]):
                 for event in parser.events():
                     if isinstance(event, ev.Digest):
                         digest = event.blocks

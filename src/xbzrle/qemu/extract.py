@@ -98,16 +98,9 @@ class StreamExtractor:
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Take the next bytes of the stream; raises StreamError on malformed input."""
-        view = memoryview(data).cast("B")
-        self.received += len(view)
-        while True:
-            # The parser takes the read in pieces cut where a round ends, so
-            # the sink applies the pages after it in place too (feed_some).
-            taken = self.parser.feed_some(view)
+        self.received += memoryview(data).nbytes
+        for _ in self.parser.feed_in_pieces(data):
             self._drain()
-            if taken == len(view):
-                break
-            view = view[taken:]
 
     def finish(self, failure: Exception | None = None) -> dict[str, Any]:
         """Close files and write the manifest; raise IncompleteStreamError if RAM is partial.

@@ -40,9 +40,16 @@ class BatchCounts:
         """Copy a loop's ``LoopCounts`` (or any object with these attributes) by name."""
         return cls(**{name: getattr(counts, name) for name in cls.FIELDS})
 
+    LOAD_FIELDS = ("scanned", "zero", "normal", "xbzrle", "wire_bytes")
+    """The only counts the load loop moves."""
+
     def add(self, other: BatchCounts) -> None:
-        for name in self.FIELDS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.add_loop(other)
+
+    def add_loop(self, counts: Any, fields: tuple[str, ...] = FIELDS) -> None:
+        """Add ``fields`` of a loop's ``LoopCounts`` (or of any BatchCounts) in place."""
+        for name in fields:
+            setattr(self, name, getattr(self, name) + getattr(counts, name))
 
     @property
     def cache_hits(self) -> int:

@@ -174,14 +174,9 @@ class PageLoader:
         new_pos, last_index, _status, raw = _core.load_pages(
             buf, pos, self._table, last_index, self.xbzrle, base)
         if new_pos != pos:
-            # the only counts the load loop moves (a BatchCounts per call cost
-            # more than the call itself on a run of a few records)
-            c = self.counts
-            c.scanned += raw.scanned
-            c.zero += raw.zero
-            c.normal += raw.normal
-            c.xbzrle += raw.xbzrle
-            c.wire_bytes += raw.wire_bytes
+            # in place, and only what the load loop moves: a BatchCounts per
+            # call cost more than the call itself on a run of a few records
+            self.counts.add_loop(raw, BatchCounts.LOAD_FIELDS)
             last = self._table[last_index][0].decode() if last_index >= 0 else last
         return new_pos, last, raw
 

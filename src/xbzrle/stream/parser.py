@@ -349,6 +349,18 @@ class StreamParser:
         """
         return self._feed(data, whole=False)
 
+    def feed_in_pieces(self, data: bytes | bytearray | memoryview) -> Iterator[None]:
+        """Feed all of ``data`` in :meth:`feed_some`'s pieces, pausing after each.
+
+        The caller pulls :meth:`events` at every pause (``for _ in
+        parser.feed_in_pieces(data): handle(parser.events())``), so the
+        pages after a round's end are applied in place too.
+        """
+        view = memoryview(data).cast("B")
+        while view:
+            view = view[self.feed_some(view):]
+            yield
+
     def _feed(self, data: bytes | bytearray | memoryview, whole: bool) -> int:
         if self._closed:
             raise RuntimeError("feed() after close()")
