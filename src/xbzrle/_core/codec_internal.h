@@ -31,6 +31,16 @@ const char *xbz_simd_current(void);
 ssize_t xbz_encode_with_slack(const uint8_t *old, const uint8_t *new_page, size_t len,
                               uint8_t *dst, size_t dlen);
 
+/* The save loop's encoder: xbz_encode_with_slack of cached -> new_page,
+ * asking for the next page pair's lines as it goes (ahead_old and ahead_new;
+ * ahead_new NULL when there is none), and, when follow is set, copying each
+ * run's bytes from the delta into cached as they are written: cached then
+ * equals what a decoder rebuilds from the delta, even if new_page changed
+ * meanwhile.  On overflow (-1) cached may be partly updated. */
+ssize_t xbz_encode_follow(uint8_t *cached, const uint8_t *new_page, size_t len, uint8_t *dst,
+                          size_t dlen, int follow, const uint8_t *ahead_old,
+                          const uint8_t *ahead_new);
+
 /* encode_pages' loop: pages first..pages-1 of old and new (size bytes each,
  * at most XBZ_MAX_PAGE_SIZE), each page's delta (limit: the page size)
  * appended at out + *used and its length (0 unchanged, -1 overflow) in

@@ -570,6 +570,8 @@ struct simd_path {
     ssize_t (*encode)(const uint8_t *, const uint8_t *, size_t, uint8_t *, size_t);
     size_t (*encode_pages)(const uint8_t *, const uint8_t *, size_t, size_t, size_t, uint8_t *,
                            size_t, size_t *, int *);
+    ssize_t (*encode_follow)(uint8_t *, const uint8_t *, size_t, uint8_t *, size_t, int,
+                             const uint8_t *, const uint8_t *);
     int (*is_zero)(const uint8_t *, size_t);
     void (*apply)(const uint8_t *, size_t, uint8_t *, size_t);
     void (*apply_pages)(const uint8_t *, const long long *, size_t, uint8_t *, size_t);
@@ -587,14 +589,18 @@ static ssize_t check_pages_avx2(const uint8_t *deltas, const long long *lengths,
 
 static const struct simd_path simd_paths[] = {
 #ifdef XBZ_HAVE_X86
-    {"avx512vbmi2", encode_avx512vbmi2, encode_pages_avx512vbmi2, is_zero_avx512vbmi2, apply_avx512vbmi2,
+    {"avx512vbmi2", encode_avx512vbmi2, encode_pages_avx512vbmi2,
+     encode_follow_avx512vbmi2, is_zero_avx512vbmi2, apply_avx512vbmi2,
      apply_pages_avx512vbmi2, check_pages_avx2, cpu_has_avx512vbmi2},
-    {"avx512bw", encode_avx512bw, encode_pages_avx512bw, is_zero_avx512bw, apply_avx512bw, apply_pages_avx512bw,
+    {"avx512bw", encode_avx512bw, encode_pages_avx512bw,
+     encode_follow_avx512bw, is_zero_avx512bw, apply_avx512bw, apply_pages_avx512bw,
      check_pages_avx2, cpu_has_avx512bw},
-    {"avx2", encode_avx2, encode_pages_avx2, is_zero_avx2, apply_avx2, apply_pages_avx2,
+    {"avx2", encode_avx2, encode_pages_avx2,
+     encode_follow_avx2, is_zero_avx2, apply_avx2, apply_pages_avx2,
      check_pages_avx2, cpu_has_avx2},
 #endif
-    {"portable", encode_portable, encode_pages_portable, is_zero_portable, apply_portable, apply_pages_portable,
+    {"portable", encode_portable, encode_pages_portable,
+     encode_follow_portable, is_zero_portable, apply_portable, apply_pages_portable,
      check_pages_pairs, cpu_has_portable},
 };
 
@@ -668,6 +674,16 @@ size_t xbz_encode_pages_with_slack(const uint8_t *old, const uint8_t *new_page, 
 {
     return current_path()->encode_pages(old, new_page, size, first, pages, out, capacity, used,
                                         lengths);
+}
+
+ssize_t xbz_encode_follow(uint8_t *cached, const uint8_t *new_page, size_t len, uint8_t *dst,
+                          size_t dlen, int follow, const uint8_t *ahead_old,
+                          const uint8_t *ahead_new)
+{
+    if (len == 0)
+        return 0;
+    return current_path()->encode_follow(cached, new_page, len, dst, dlen, follow, ahead_old,
+                                         ahead_new);
 }
 
 ssize_t xbz_encode(const uint8_t *old, const uint8_t *new_page, size_t len, uint8_t *dst,

@@ -222,14 +222,15 @@ static inline size_t XBZ_PATH(gather)(const uint64_t *masks, const uint16_t *wor
     return count;
 }
 
-/* dst must have dlen + XBZ_ENCODE_SLACK writable bytes.  ahead (a
- * constant at each call): ahead_old and ahead_new are the next page pair
- * of a batch, of which the emit asks for one line per run (see
- * encode_pages below). */
+/* dst must have dlen + XBZ_ENCODE_SLACK writable bytes.  ahead: ahead_old
+ * and ahead_new are the next page pair of a batch, of which the emit asks
+ * for one line per run (see encode_pages below).  follow: NULL, or old
+ * itself (writable), which then takes each run's bytes from the delta as
+ * they are written (see encode_follow below). */
 static inline __attribute__((always_inline)) ssize_t
 XBZ_PATH(encode_core)(const uint8_t *old, const uint8_t *new_page, size_t len, uint8_t *dst,
                       size_t dlen, int ahead, const uint8_t *ahead_old,
-                      const uint8_t *ahead_new)
+                      const uint8_t *ahead_new, uint8_t *follow)
 {
     uint64_t masks[XBZ_MAX_PAGE_SIZE / 64 + 4]; /* + 4: slack of the branchless append */
     uint16_t words[XBZ_MAX_PAGE_SIZE / 64 + 4];
@@ -268,6 +269,8 @@ XBZ_PATH(encode_core)(const uint8_t *old, const uint8_t *new_page, size_t len, u
                 XBZ_PATH(copy64)(dst + d, new_page + start);
             else
                 memcpy(dst + d, new_page + start, nzrun);
+            if (follow != NULL)
+                XBZ_PATH(copy_run)(follow + start, dst + d, nzrun);
             d += nzrun;
             prev_end = end;
         }
@@ -283,6 +286,8 @@ XBZ_PATH(encode_core)(const uint8_t *old, const uint8_t *new_page, size_t len, u
             XBZ_PATH(copy64)(dst + d, new_page + start); /* fixed stores; extra bytes are slack */
         else
             memcpy(dst + d, new_page + start, nzrun);
+        if (follow != NULL)
+            XBZ_PATH(copy_run)(follow + start, dst + d, nzrun);
         d += nzrun;
         prev_end = end;
     }
@@ -293,7 +298,25 @@ XBZ_PATH(encode_core)(const uint8_t *old, const uint8_t *new_page, size_t len, u
 static ssize_t XBZ_PATH(encode)(const uint8_t *old, const uint8_t *new_page, size_t len,
                                 uint8_t *dst, size_t dlen)
 {
-    return XBZ_PATH(encode_core)(old, new_page, len, dst, dlen, 0, NULL, NULL);
+    return XBZ_PATH(encode_core)(old, new_page, len, dst, dlen, 0, NULL, NULL, NULL);
+}
+
+/* The save loop's encoder (xbz_encode_follow): the delta of cached -> new
+ * into dst, with the next page pair asked for (ahead_new NULL: no next
+ * pair), and, when follow is set, the cached page brought up to date in
+ * the same pass: each run's bytes are copied into it from the delta just
+ * written, never from the page again, so the cache ends holding exactly
+ * what the destination rebuilds from this delta, whatever the guest wrote
+ * meanwhile.  (Decoding the delta into the cache afterwards gives the same
+ * bytes, at the price of a second walk and a check; the scan's mask is the
+ * one structure both follow.)  An overflow (-1) may leave the cached page
+ * partly updated: the caller then replaces it whole. */
+static ssize_t XBZ_PATH(encode_follow)(uint8_t *cached, const uint8_t *new_page, size_t len,
+                                       uint8_t *dst, size_t dlen, int follow,
+                                       const uint8_t *ahead_old, const uint8_t *ahead_new)
+{
+    return XBZ_PATH(encode_core)(cached, new_page, len, dst, dlen, ahead_new != NULL, ahead_old,
+                                 ahead_new, follow ? cached : NULL);
 }
 
 /* encode_pages' loop (xbz_encode_pages_with_slack): pages first..pages-1
@@ -315,7 +338,7 @@ static size_t XBZ_PATH(encode_pages)(const uint8_t *old, const uint8_t *new_page
         /* The last page asks for its own lines again (no-ops). */
         size_t next = p + 1 < pages ? size : 0;
         ssize_t written =
-            XBZ_PATH(encode_core)(a, b, size, out + u, size, 1, a + next, b + next);
+            XBZ_PATH(encode_core)(a, b, size, out + u, size, 1, a + next, b + next, NULL);
         lengths[p] = (int)written;
         u += written > 0 ? (size_t)written : 0;
     }
