@@ -13,7 +13,8 @@ as many equal page pairs, our round and QEMU's round; the figures
 are medians of the per-repeat ratios, so a load change on the shared machine
 moves both sides of a ratio alike.
 
-    python benchmarks/pipeline.py [--size-mib 64] [--repeats 9] [--cpu N] [--backing huge]
+    python benchmarks/pipeline.py [--size-mib 64] [--repeats 9] [--cpu N] [--path avx2]
+                                  [--backing huge]
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-mib", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
+    ap.add_argument("--path", default=None,
+                    help="SIMD path of the encoder (default: the best this CPU has)")
     ap.add_argument("--backing", choices=BACKINGS, default="small",
                     help="RAM and the baseline's pages on 4 KiB pages only (default), or on "
                          "transparent huge pages as guest RAM and the cache are")
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     core = load_core()
+    if args.path is not None:
+        core.select_simd(args.path)
     baselines = load_baselines()  # memcmp, built from benchmarks/codec_baseline.c
     size = args.size_mib << 20
     ram = page_memory(os.urandom(size), args.backing)  # laid out as guest RAM
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         return size / statistics.median(seconds) / 1e9
 
     print(f"{args.size_mib} MiB of random pages, seed pattern (4 bytes/page), median of "
-          f"{args.repeats}; ratios are to memcmp of the same page pairs, in the same repeat")
+          f"{args.repeats}, SIMD path {core.simd_path()}; ratios are to memcmp of the same "
+          f"page pairs, in the same repeat")
     print(f"{'':<44} {'GB/s':>7} {'x memcmp':>9}")
     print(f"{'memcmp of equal page pairs':<44} {rate(t_cmp):7.2f} {1.0:9.2f}")
     print(f"{'encode alone (codec.encode_pages, same pairs)':<44} {rate(t_enc):7.2f} "
