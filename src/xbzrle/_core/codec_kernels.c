@@ -9,6 +9,7 @@
 
 #include "codec.h"
 #include "codec_internal.h"
+#include "pagehash.h"
 
 /* Longest run a 14-bit ULEB128 length can describe. */
 #define XBZ_MAX_RUN 0x3fff
@@ -570,7 +571,7 @@ struct simd_path {
     size_t (*encode_pages)(const uint8_t *, const uint8_t *, size_t, size_t, size_t, uint8_t *,
                            size_t, size_t *, int *);
     ssize_t (*encode_follow)(uint8_t *, const uint8_t *, size_t, uint8_t *, size_t, int,
-                             const uint8_t *, const uint8_t *);
+                             uint64_t *, int *, const uint8_t *, const uint8_t *);
     int (*is_zero)(const uint8_t *, size_t);
     void (*apply)(const uint8_t *, size_t, uint8_t *, size_t);
     void (*apply_pages)(const uint8_t *, const long long *, size_t, uint8_t *, size_t);
@@ -676,13 +677,14 @@ size_t xbz_encode_pages_with_slack(const uint8_t *old, const uint8_t *new_page, 
 }
 
 ssize_t xbz_encode_follow(uint8_t *cached, const uint8_t *new_page, size_t len, uint8_t *dst,
-                          size_t dlen, int follow, const uint8_t *ahead_old,
-                          const uint8_t *ahead_new)
+                          size_t dlen, int follow, uint64_t *hash, int *hashed,
+                          const uint8_t *ahead_old, const uint8_t *ahead_new)
 {
+    *hashed = 0;
     if (len == 0)
         return 0;
-    return current_path()->encode_follow(cached, new_page, len, dst, dlen, follow, ahead_old,
-                                         ahead_new);
+    return current_path()->encode_follow(cached, new_page, len, dst, dlen, follow, hash, hashed,
+                                         ahead_old, ahead_new);
 }
 
 ssize_t xbz_encode(const uint8_t *old, const uint8_t *new_page, size_t len, uint8_t *dst,
@@ -1091,4 +1093,34 @@ void xbz_decode_apply_within(const uint8_t *delta, size_t dlen, uint8_t *page, s
 void xbz_decode_apply(const uint8_t *delta, size_t dlen, uint8_t *page)
 {
     xbz_decode_apply_within(delta, dlen, page, SIZE_MAX);
+}
+
+void xbz_decode_apply_hashed(const uint8_t *delta, size_t dlen, uint8_t *page, uint64_t *hash)
+{
+    uint64_t h = *hash;
+    size_t i = 0, pos = 0;
+    uint32_t n;
+    int used;
+    /* The delta passed xbz_decode_check: every bound below holds; they are
+     * kept so that a delta changed since cannot make it write outside the
+     * page (it then stops, like xbz_decode_apply_within). */
+    while (dlen - i >= 2) {
+        used = uleb_get(delta + i, &n);
+        if (used < 0 || n > XBZ_HASH_PAGE - pos)
+            break;
+        pos += n;
+        i += (size_t)used;
+        if (dlen - i < 2)
+            break;
+        used = uleb_get(delta + i, &n);
+        if (used < 0 || n == 0 || n > XBZ_HASH_PAGE - pos || n > dlen - i - (size_t)used)
+            break;
+        i += (size_t)used;
+        h -= xbz_hash_terms(page, pos, n);
+        memcpy(page + pos, delta + i, n);
+        h += xbz_hash_terms(page, pos, n);
+        pos += n;
+        i += n;
+    }
+    *hash = h;
 }

@@ -14,6 +14,7 @@
 #include <sys/uio.h>
 
 #include "codec.h"
+#include "codec_internal.h"
 #include "guest.h"
 #include "pyerrors.h"
 
@@ -347,11 +348,15 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
                 err->offset = p + 3 + eoff;
                 return -1;
             }
-            xbz_decode_apply(buf + p + 3, len, host);
+            if (slot != NULL && len <= XBZ_HASH_APPLY_MAX) {
+                xbz_decode_apply_hashed(buf + p + 3, len, host, slot);
+            } else {
+                xbz_decode_apply(buf + p + 3, len, host);
+                if (slot)
+                    *slot = xbz_digest_hash(host);
+            }
             if (maybe)
                 *maybe = 1;
-            if (slot)
-                *slot = xbz_digest_hash(host);
             p += 3 + len;
             c[XBZ_C_XBZRLE]++;
         }

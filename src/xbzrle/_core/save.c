@@ -221,18 +221,23 @@ static inline void find_next_pair(struct next_pair *ahead, const uint64_t *words
  * missing) it goes through xbz_encode's scratch page and a copy, and the
  * cache follows by decoding the delta (cache_follow_delta).  The bytes past
  * the delta are not part of the stream: the next record (or the caller's
- * section tail) overwrites them.  *followed tells which happened. */
+ * section tail) overwrites them.  *followed tells which happened.  slot
+ * (NULL, or the page's digest table entry, which holds the hash of the
+ * cached page, as the cache equals the destination): when following, the
+ * encoder keeps it up to date run by run if the delta is small, and
+ * *hashed says it did. */
 static inline ssize_t encode_into_record(writer_t *w, size_t h, uint8_t *cached,
-                                         const uint8_t *page, int follow,
-                                         const struct next_pair *ahead, int *followed)
+                                         const uint8_t *page, int follow, uint64_t *slot,
+                                         const struct next_pair *ahead, int *followed,
+                                         int *hashed)
 {
     uint8_t *delta = w->out + w->pos + h + 3;
     if (w->cap - w->pos >= h + 3 + XBZ_PAGE + XBZ_ENCODE_SLACK) {
         *followed = follow;
-        return xbz_encode_follow(cached, page, XBZ_PAGE, delta, XBZ_PAGE, follow, ahead->old,
-                                 ahead->page);
+        return xbz_encode_follow(cached, page, XBZ_PAGE, delta, XBZ_PAGE, follow, slot, hashed,
+                                 ahead->old, ahead->page);
     }
-    *followed = 0;
+    *followed = *hashed = 0;
     return xbz_encode(cached, page, XBZ_PAGE, delta, XBZ_PAGE);
 }
 
@@ -301,8 +306,9 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
     struct timespec t0, t1;
     if (timed)
         clock_gettime(CLOCK_MONOTONIC, &t0);
-    int followed;
-    ssize_t n = encode_into_record(w, h, cached, page, mode == MODE_XBZRLE, ahead, &followed);
+    int followed, hashed;
+    ssize_t n = encode_into_record(w, h, cached, page, mode == MODE_XBZRLE, slot, ahead,
+                                   &followed, &hashed);
     if (timed) {
         clock_gettime(CLOCK_MONOTONIC, &t1);
         int64_t run_ns = (t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec);
@@ -323,8 +329,10 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
         finish_xbzrle(w, h, (size_t)n, c);
         /* The destination applies the delta to what the cache holds; in the last
          * stage the cache is left alone, but the guest is stopped, so the page
-         * is exactly what the delta rebuilds. */
-        note_sent(slot, mode == MODE_XBZRLE ? cached : page);
+         * is exactly what the delta rebuilds.  (hashed: the encoder already
+         * brought slot up to date with the runs it applied to the cache.) */
+        if (!hashed)
+            note_sent(slot, mode == MODE_XBZRLE ? cached : page);
         return;
     }
     /* Overflow: the page goes whole, and the cache takes the bytes sent. */
