@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import mmap
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._backend import load_core
 from ..sizes import PAGE_SIZE
 
-_core = load_core()
+if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
+    from .. import _core
+else:
+    _core = load_core()
 
 #: One native uint64 per page (see digest_table).
 DigestTable = mmap.mmap | bytearray

@@ -16,13 +16,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from .._backend import load_core
 from ..errors import ParameterError
 from ..sizes import PAGE_SIZE
 from .ram import RamBlock
 
-_core = load_core()
+if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
+    from .. import _core
+else:
+    _core = load_core()
 log = logging.getLogger(__name__)
 
 TRACKERS = ("uffd", "bitmap", "scan")

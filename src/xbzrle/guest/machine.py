@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._backend import load_core
 from ..errors import ParameterError
@@ -15,7 +15,10 @@ from .machines import DEFAULT_MACHINE, MachineType, machine_type
 from .ram import RamBlock, check_block_name
 from .workloads import Workload, make_spec, prepare_state
 
-_core = load_core()
+if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
+    from .. import _core
+else:
+    _core = load_core()
 
 DEFAULT_BLOCK = "pc.ram"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 from .._backend import load_core
 from ..errors import ParameterError
@@ -10,7 +11,10 @@ from ..sizes import PAGE_SIZE
 from .digest import ram_digest
 from .hugepages import use_huge_pages
 
-_core = load_core()
+if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
+    from .. import _core
+else:
+    _core = load_core()
 
 MAX_NAME_BYTES = 255  # a RAM block's name travels as a length byte plus the name
 

@@ -17,13 +17,16 @@ from __future__ import annotations
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._backend import load_core
 from ..errors import ParameterError, XbzrleError
 from ..sizes import PAGE_SIZE, parse_size
 
-_core = load_core()
+if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
+    from .. import _core
+else:
+    _core = load_core()
 
 KINDS = {"loadgen": 1, "sparse": 2, "dense": 3, "hotcold": 4, "idle": 5}
 LOADGEN_WORKING_SET = 16 << 20  # the seed's generator: a 16 MiB buffer

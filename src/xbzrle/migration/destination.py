@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .._backend import load_core
 from ..errors import ParameterError, StreamError, TransportError, XbzrleError
@@ -27,7 +28,10 @@ from .stats import MigrationStats
 from .status import MigrationStatus
 
 log = logging.getLogger(__name__)
-_core = load_core()
+if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
+    from .. import _core
+else:
+    _core = load_core()
 
 READ_SIZE = 1 << 20
 

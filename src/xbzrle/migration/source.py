@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .._backend import load_core
 from ..errors import Cancelled, TransportError, XbzrleError
@@ -31,7 +32,10 @@ from .status import MigrationStatus
 from .throttle import AutoConverge, ThrottleSettings, TriggerRule, page_wire_cost
 
 log = logging.getLogger(__name__)
-_core = load_core()
+if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
+    from .. import _core
+else:
+    _core = load_core()
 
 VERDICT_TIMEOUT = 60.0
 #: The VMDESCRIPTION QEMU appends after EOF, for a guest without device state.

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .._backend import load_core
 from ..errors import StreamError
@@ -26,7 +26,10 @@ from ..stream.constants import command_name
 from ..stream.parser import DEFAULT_MAX_VMDESC, NEED_DATA, StreamParser
 from .mappedram import MappedRamInfo, RandomAccessFile, file_chunks, read_presence, stream_size
 
-_core = load_core()
+if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
+    from .. import _core
+else:
+    _core = load_core()
 
 READ_SIZE = 1 << 20
 PAGE_KINDS = ("zero", "normal", "xbzrle")

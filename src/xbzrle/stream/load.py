@@ -23,6 +23,7 @@ digest.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from .. import codec
 from .._backend import load_core
@@ -32,7 +33,10 @@ from . import constants as K
 from . import records as ev
 from .counts import BatchCounts
 
-_core = load_core()
+if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
+    from .. import _core
+else:
+    _core = load_core()
 
 
 def _swap_configured() -> bool:
