@@ -36,8 +36,12 @@ class PeerError(XbzrleError):
 class DecodeError(PeerError, ValueError):
     """An XBZRLE delta or ULEB128 number that a strict decoder rejects.
 
-    ``offset`` is the byte offset in the delta where the problem was found.
+    ``offset`` is the byte offset in the delta where the problem was found;
+    ``page``, set only by the batch decoders (``decode_pages``), the index of
+    the page whose delta it is.
     """
+
+    page: int  # declared for type checkers; absent unless a batch decoder sets it
 
     def __init__(self, message: str, offset: int | None = None) -> None:
         super().__init__(message)

@@ -50,7 +50,7 @@ def parse_size(value: int | str, default_unit: str = "") -> int:
     if "." in number:
         whole, fraction = number.split(".")
         numerator = int(whole + fraction) * scale
-        denominator = 10 ** len(fraction)
+        denominator: int = 10 ** len(fraction)  # int ** int is typed Any (a negative power)
         if numerator % denominator:
             raise ParameterError(f"size {value!r} is not a whole number of bytes")
         size = numerator // denominator

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from ..errors import ParameterError
 
-if TYPE_CHECKING:  # collections.abc.Buffer is 3.12+; only annotations use it
-    from collections.abc import Buffer
+if TYPE_CHECKING:  # collections.abc.Buffer is 3.12+: the buffers the compiled core takes
+    from .._core import Buffer
 
 __all__ = ["EMPTY", "MAX_PAGE_SIZE", "MIN_PAGE_SIZE", "PythonPageCache", "slots_for_size"]
 
@@ -207,7 +207,7 @@ class PythonPageCache:
             raise KeyError(addr)
         self._store(slot, value, self._generation, page)
 
-    def _store(self, slot: int, addr: int, age: int, page: Buffer) -> None:
+    def _store(self, slot: int, addr: int, age: int, page: bytearray | memoryview) -> None:
         start = slot * self._page_size
         self._slab[start:start + self._page_size] = page
         self._addrs[slot] = addr

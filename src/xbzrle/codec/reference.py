@@ -212,7 +212,7 @@ def is_zero(buf: Buffer) -> bool:
 # ---- batches of pages ----
 
 
-def encode_pages(old: Buffer, new: Buffer, page_size: int = 4096) -> tuple[bytes, array]:
+def encode_pages(old: Buffer, new: Buffer, page_size: int = 4096) -> tuple[bytes, array[int]]:
     """Encode every page of two equal buffers, with limit = page_size.
 
     Returns (deltas, lengths): lengths is array('i'), per page 0 unchanged,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 from .._backend import load_core
 from ..errors import ParameterError
@@ -25,6 +25,8 @@ from .ram import RamBlock
 
 if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
     from .. import _core
+
+    Tracker: TypeAlias = _core.UffdTracker | _core.ScanTracker | _core.SoftTracker
 else:
     _core = load_core()
 log = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ class DirtyLog:
         self._blocks = dict(blocks)
         self._lock = threading.Lock()
         self._extra: dict[str, DirtyBitmap] = {}
-        self._trackers: dict[str, object] = {}
+        self._trackers: dict[str, Tracker] = {}
         try:
             for name, block in self._blocks.items():
                 self._trackers[name] = self._make(block)
@@ -87,7 +89,7 @@ class DirtyLog:
             self.close()
             raise
 
-    def _make(self, block: RamBlock) -> object:
+    def _make(self, block: RamBlock) -> Tracker:
         if self._tracker == "uffd":
             return _core.UffdTracker(block, lazy=True)
         if self._tracker == "scan":
@@ -128,9 +130,11 @@ class DirtyLog:
             for page in range(first_page, first_page + count):
                 pages.add(page)
 
-    def soft_tracker(self, block: str) -> object | None:
+    def soft_tracker(self, block: str) -> _core.SoftTracker | None:
         """The bitmap a workload on ``block`` must set, or None if not needed."""
-        return self._trackers[block] if self._tracker == "bitmap" else None
+        # the "bitmap" tracker is the one _make builds as a SoftTracker, for every block
+        return cast("_core.SoftTracker", self._trackers[block]) if self._tracker == "bitmap" \
+            else None
 
     def close(self) -> None:
         """Stop tracking and let go of the RAM."""

@@ -13,7 +13,7 @@ from ..sizes import PAGE_SIZE, block_size
 from .dirtylog import DirtyLog
 from .machines import DEFAULT_MACHINE, MachineType, machine_type
 from .ram import RamBlock, check_block_name
-from .workloads import Workload, make_spec, prepare_state
+from .workloads import Workload, WorkloadSpec, make_spec, prepare_state
 
 if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
     from .. import _core
@@ -233,7 +233,7 @@ class Guest:
         return f"<Guest {self._machine.name} {state} {blocks}>"
 
 
-def _overlap(a: Any, b: Any) -> bool:
+def _overlap(a: WorkloadSpec, b: WorkloadSpec) -> bool:
     a_end = a.offset + (a.pages + 1) * PAGE_SIZE
     b_end = b.offset + (b.pages + 1) * PAGE_SIZE
     return a.offset < b_end and b.offset < a_end

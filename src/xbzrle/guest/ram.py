@@ -38,6 +38,8 @@ class RamBlock(_core.GuestRam):
     and the C save/load loops all work on the live bytes.
     """
 
+    _name: str  # set in __new__ (GuestRam instances have a __dict__)
+
     def __new__(cls, name: str, size: int) -> RamBlock:
         self = super().__new__(cls, size)
         self._name = check_block_name(name)

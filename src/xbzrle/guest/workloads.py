@@ -25,6 +25,7 @@ from ..sizes import PAGE_SIZE, parse_size
 
 if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
     from .. import _core
+    from .ram import RamBlock
 else:
     _core = load_core()
 
@@ -147,7 +148,8 @@ class Workload:
     one page: +1 on the bytes at 0, 1024, 2048 and 3072.
     """
 
-    def __init__(self, block: Any, spec: WorkloadSpec, thread: Any, resumed: bool) -> None:
+    def __init__(self, block: RamBlock, spec: WorkloadSpec, thread: _core.WorkloadThread,
+                 resumed: bool) -> None:
         self._block = block
         self.spec = spec
         self.resumed = resumed

@@ -42,7 +42,7 @@ class RoundRecord:
     throttle: int = 0  # CPU throttle percentage at the end of the round
 
     def to_dict(self) -> dict[str, object]:
-        d = {"round": self.index, "dirty-pages": self.dirty_pages,
+        d: dict[str, object] = {"round": self.index, "dirty-pages": self.dirty_pages,
              "duration": round(self.duration, 6), "dirty-pages-rate": round(self.dirty_rate),
              "final": self.final, "guest-ops": self.guest_ops, "cpu-throttle": self.throttle}
         d.update({k.replace("_", "-"): v for k, v in dataclasses.asdict(self.counts).items()})
@@ -95,7 +95,7 @@ class MigrationStats:
     total_ram: int
     xbzrle: bool
     cache_size: int = 0
-    clock: object = time.monotonic
+    clock: Callable[[], float] = time.monotonic
     totals: BatchCounts = field(default_factory=BatchCounts)
     remaining: int = 0
     dirty_sync_count: int = 0

@@ -58,7 +58,7 @@ def _decompressor(name: str, raw: BinaryIO) -> BinaryIO:
     except ImportError:
         raise StreamError("the stream is zstd-compressed and the 'zstandard' package is "
                           "not installed (pip install zstandard)") from None
-    return zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[return-value]
+    return zstandard.ZstdDecompressor().stream_reader(raw)
 
 
 @contextmanager
