@@ -6,7 +6,7 @@ mirrors them, and the tests cross-check both against this module.
 
 from __future__ import annotations
 
-from ..sizes import PAGE_SIZE
+from ..sizes import PAGE_SIZE as PAGE_SIZE  # re-exported: the stream modules use c.PAGE_SIZE
 
 # File header.
 MAGIC = 0x5145564D  # "QEVM"

@@ -23,7 +23,7 @@ digest.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from .. import codec
 from .._backend import load_core
@@ -35,6 +35,8 @@ from .counts import BatchCounts
 
 if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
     from .. import _core
+
+    PageRecord: TypeAlias = ev.ZeroPage | ev.NormalPage | ev.XbzrlePage
 else:
     _core = load_core()
 
@@ -62,8 +64,8 @@ class PageLoader:
     zeroed page each; the descriptors stay the caller's.
     """
 
-    def __init__(self, blocks, xbzrle: bool, anonymous: bool = False, *,
-                 tables: bool = False, zeroed: bool = False,
+    def __init__(self, blocks: Mapping[str, _core.WritableBuffer], xbzrle: bool,
+                 anonymous: bool = False, *, tables: bool = False, zeroed: bool = False,
                  files: Mapping[str, int] | None = None) -> None:
         self.blocks = blocks
         self.xbzrle = xbzrle  # read when the stream arrives: the operator may enable it late
@@ -130,7 +132,7 @@ class PageLoader:
         table = self._tables.get(name)
         return None if table is None else table_digest(self._sizes[name], table)
 
-    def _page(self, event) -> memoryview:
+    def _page(self, event: PageRecord) -> memoryview:
         view = self._views.get(event.block)
         if view is None:
             raise StreamError(f"page for unknown RAM block {event.block!r}", event.stream_offset)
@@ -139,11 +141,11 @@ class PageLoader:
                               event.stream_offset)
         return view[event.offset:event.offset + K.PAGE_SIZE]
 
-    def apply(self, event) -> None:
+    def apply(self, event: PageRecord) -> None:
         with self._page(event) as page:  # released even on error: the buffer may be closed
             self._apply_to(event, page)
 
-    def _apply_to(self, event, page: memoryview) -> None:
+    def _apply_to(self, event: PageRecord, page: memoryview) -> None:
         c = self.counts
         data_map = self._maps.get(event.block)
         if data_map is not None:
@@ -171,7 +173,7 @@ class PageLoader:
         if entries is not None:
             entries[event.offset // K.PAGE_SIZE] = _core.page_digest_hash(page)
 
-    def sink(self, buf: bytearray, pos: int, base: int,
+    def sink(self, buf: bytearray | memoryview, pos: int, base: int,
              last: str | None) -> tuple[int, str | None, tuple[int, ...]]:
         """The parser's fast path: the compiled loop applies a run of page records."""
         last_index = self._index.get(last, -1) if last is not None else -1

@@ -20,6 +20,7 @@ import re
 import struct
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from ..errors import StreamError, XbzrleError
 from . import constants as c
@@ -57,7 +58,8 @@ __all__ = [
 ]
 
 
-PageSink = Callable[[bytearray, int, int, str | None], tuple[int, str | None, tuple[int, ...]]]
+PageSink = Callable[[bytearray | memoryview, int, int, str | None],
+                    tuple[int, str | None, tuple[int, ...]]]
 """``sink(buf, pos, base, last_block) -> (new_pos, last_block, counts)``: a fast path
 that applies whole page records from ``buf[pos:]`` itself (the destination's
 compiled load loop).  It stops before anything that is not a complete page
@@ -173,19 +175,19 @@ class _Cursor:
 
     def be16(self, what: str) -> int:
         self._need(2, what)
-        (value,) = _BE16.unpack_from(self.buf, self.pos)
+        value: int = _BE16.unpack_from(self.buf, self.pos)[0]
         self.pos += 2
         return value
 
     def be32(self, what: str) -> int:
         self._need(4, what)
-        (value,) = _BE32.unpack_from(self.buf, self.pos)
+        value: int = _BE32.unpack_from(self.buf, self.pos)[0]
         self.pos += 4
         return value
 
     def be64(self, what: str) -> int:
         self._need(8, what)
-        (value,) = _BE64.unpack_from(self.buf, self.pos)
+        value: int = _BE64.unpack_from(self.buf, self.pos)[0]
         self.pos += 8
         return value
 
@@ -535,7 +537,8 @@ class StreamParser:
         if state is _State.MEM_BLOCKS:
             return self._step_mem_blocks()
         if state is _State.SKIP:
-            return self._step_skip()
+            self._step_skip()
+            return None
         if state is _State.DIGEST_COUNT:
             return self._step_digest_count()
         if state is _State.DIGEST_ENTRY:
@@ -574,7 +577,8 @@ class StreamParser:
         if kind == c.VM_SECTION_PART and (run := self._empty_parts(start)) is not None:
             return run
         if kind == c.VM_CONFIGURATION:
-            return self._read_configuration(cur, start)
+            self._read_configuration(cur, start)
+            return None
         event = self._read_top_record(cur, start, kind)
         self._config_allowed = False
         return event
@@ -1108,7 +1112,7 @@ def _nesting(value: object) -> int:
     return depth
 
 
-def _decode_json(raw: bytes) -> dict | str:
+def _decode_json(raw: bytes) -> dict[str, Any] | str:
     """The JSON object in ``raw``, or its text when it is not one; _TooDeep when too nested."""
     text = raw.decode("utf-8", errors="replace")
     try:
@@ -1153,7 +1157,7 @@ def parse_bytes(data: bytes | bytearray | memoryview, **options: int) -> list[Ev
     return events
 
 
-def find_vmdescription(tail: bytes | bytearray | memoryview) -> tuple[int, dict] | None:
+def find_vmdescription(tail: bytes | bytearray | memoryview) -> tuple[int, dict[str, Any]] | None:
     """Locate a trailing VMDESCRIPTION (0x06, be32 length, JSON object) ending at ``tail``'s end.
 
     Returns ``(position in tail of the 0x06 byte, parsed object)``, or None.
