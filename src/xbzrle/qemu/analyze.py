@@ -12,8 +12,8 @@ page at or before the previous one starts a new round.  The END section
 
 from __future__ import annotations
 
+import io
 import os
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -24,6 +24,7 @@ from ..stream import find_vmdescription
 from ..stream import records as ev
 from ..stream.constants import command_name
 from ..stream.parser import DEFAULT_MAX_VMDESC, NEED_DATA, StreamParser
+from .compressed import stdin_file
 from .mappedram import MappedRamInfo, RandomAccessFile, file_chunks, read_presence, stream_size
 
 if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
@@ -228,9 +229,8 @@ class StreamAnalyzer:
 
     def consume(self, event: ev.Event) -> None:
         self._close_record(event.stream_offset)
-        kind = _KIND_OF.get(type(event))
-        if kind is not None:
-            self._page(event, kind)
+        if isinstance(event, (ev.ZeroPage, ev.NormalPage, ev.XbzrlePage)):
+            self._page(event, _KIND_OF[type(event)])
             return
         r = self.report
         if isinstance(event, ev.Header):
@@ -356,11 +356,11 @@ class StreamAnalyzer:
             self._open_record = None
 
 
-def _full_header_size(event: ev.SectionFull) -> int:
+def _full_header_size(event: ev.SectionStart | ev.SectionFull) -> int:
     return 1 + 4 + 1 + len(event.idstr.encode()) + 4 + 4
 
 
-def analyze_chunks(chunks: Iterable[bytes], source: str = "",
+def analyze_chunks(chunks: Iterable[bytes | memoryview], source: str = "",
                    parser: StreamParser | None = None, *, fast: bool = True) -> StreamReport:
     """Analyse a stream given as byte chunks; a broken stream yields ``report.error``.
 
@@ -409,12 +409,12 @@ def analyze_file(path: str | os.PathLike[str]) -> StreamReport:
     bitmaps give the pages present; from a pipe they are skipped unread.
     """
     if str(path) == "-":
-        return _analyze_open_file(sys.stdin.buffer, "-")
+        return _analyze_open_file(stdin_file(), "-")
     with open(path, "rb") as f:
         return _analyze_open_file(f, str(path))
 
 
-def _analyze_open_file(f: BinaryIO, source: str) -> StreamReport:
+def _analyze_open_file(f: io.BufferedIOBase, source: str) -> StreamReport:
     parser = StreamParser()
     report = analyze_chunks(file_chunks(f, parser, READ_SIZE), source, parser)
     size = stream_size(f)

@@ -9,12 +9,13 @@ standard library, zstd from the ``zstandard`` package.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol, cast
 
 from ..errors import StreamError
 
@@ -34,25 +35,38 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+class ByteReader(Protocol):
+    """What is read of a stream: a file, or a decompressor (gzip, lzma, zstd), not a BinaryIO."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 @dataclass
 class OpenedStream:
     """A readable stream of migration bytes, and what is known about the input."""
 
-    reader: BinaryIO
+    reader: ByteReader
     compression: str | None
     raw: BinaryIO  # the file itself, for progress (its position in compressed bytes)
     size: int | None  # bytes in the file, None for a pipe
 
 
-def _decompressor(name: str, raw: BinaryIO) -> BinaryIO:
+def stdin_file() -> io.BufferedIOBase:
+    """Standard input's binary file, which reads into a buffer (``readinto``)."""
+    # typing.TextIO.buffer is a BinaryIO, which does not declare readinto; the
+    # interpreter's stdin is a TextIOWrapper over an io.BufferedReader.
+    return cast(io.BufferedIOBase, sys.stdin.buffer)
+
+
+def _decompressor(name: str, raw: BinaryIO) -> ByteReader:
     if name == "gzip":
         import gzip
 
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=raw, mode="rb")
     if name == "xz":
         import lzma
 
-        return lzma.LZMAFile(raw, "rb")  # type: ignore[return-value]
+        return lzma.LZMAFile(raw, "rb")
     try:
         import zstandard
     except ImportError:
@@ -107,7 +121,7 @@ class ProgressReader:
     (mapped-ram regions) or read at offsets keep working.
     """
 
-    def __init__(self, f: BinaryIO, on_progress: Callable[[int], None]) -> None:
+    def __init__(self, f: io.BufferedIOBase, on_progress: Callable[[int], None]) -> None:
         self._f = f
         self._on_progress = on_progress
 

@@ -10,12 +10,12 @@ exactly as it appeared in the stream.
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from ..errors import ParameterError, StreamError
 from ..stream import records as ev
@@ -23,7 +23,7 @@ from ..stream.constants import DIGEST_IDSTR, VM_SECTION_FULL
 from ..stream.load import PageLoader
 from ..stream.parser import NEED_DATA, StreamParser
 from .analyze import READ_SIZE, TailKeeper, device_list
-from .compressed import ProgressReader
+from .compressed import ProgressReader, stdin_file
 from .mappedram import (
     LoadedBlock,
     RandomAccessFile,
@@ -200,7 +200,7 @@ class StreamExtractor:
             with memoryview(self.ram.maps[block.block]) as dest:
                 self._mapped_loaded[block.block] = load_block(self.random_access, block, dest)
 
-    def _fast_path(self, buf: bytearray, pos: int, base: int,
+    def _fast_path(self, buf: bytearray | memoryview, pos: int, base: int,
                    last: str | None) -> tuple[int, str | None, tuple[int, ...]]:
         assert self.loader is not None and self.ram is not None
         try:
@@ -247,7 +247,8 @@ class StreamExtractor:
         if self._mapped:
             # The pages a mapped-ram file carries, beside the digest of the whole block.
             for block in blocks:
-                block.update(self._mapped_loaded.get(block["name"], LoadedBlock()).to_dict())
+                name = cast(str, block["name"])  # manifest_blocks names each block by its str
+                block.update(self._mapped_loaded.get(name, LoadedBlock()).to_dict())
         if self.devices is None and self._device_offset is not None:
             self.devices = self._tail.devices()
         zero, normal, xbzrle = (counts.zero, counts.normal, counts.xbzrle) if counts else (0, 0, 0)
@@ -311,12 +312,12 @@ def extract_file(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
     ``"sha256"`` (reads the holes too) or ``"none"``.
     """
     if str(path) == "-":
-        return _extract_open_file(sys.stdin.buffer, out_dir, max_ram, "-", checksum)
+        return _extract_open_file(stdin_file(), out_dir, max_ram, "-", checksum)
     with open(path, "rb") as f:
         return _extract_open_file(f, out_dir, max_ram, str(path), checksum, on_progress)
 
 
-def _extract_open_file(f: BinaryIO, out_dir: str | os.PathLike[str], max_ram: int,
+def _extract_open_file(f: io.BufferedIOBase, out_dir: str | os.PathLike[str], max_ram: int,
                        source: str, checksum: str = "ram-digest",
                        on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """A file that can seek is read with jumps over mapped-ram regions and random access.

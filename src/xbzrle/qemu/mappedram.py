@@ -22,6 +22,7 @@ so an absent page is a zero page, even if stale bytes sit in its slot.
 from __future__ import annotations
 
 import hashlib
+import io
 import mmap
 import os
 import re
@@ -60,7 +61,7 @@ _BE64 = struct.Struct(">Q")
 class RandomAccessFile:
     """Positional reads of a stream file, checked against its real size."""
 
-    def __init__(self, f: BinaryIO, name: str = "") -> None:
+    def __init__(self, f: BinaryIO | io.BufferedIOBase, name: str = "") -> None:
         self.fd = f.fileno()
         self.size = os.fstat(self.fd).st_size
         self.name = name
@@ -235,7 +236,7 @@ def load_block(file: RandomAccessFile, block: MappedRamBlock, dest: memoryview) 
     return loaded
 
 
-def file_chunks(f: BinaryIO, parser: StreamParser, size: int = 1 << 20, *,
+def file_chunks(f: io.BufferedIOBase, parser: StreamParser, size: int = 1 << 20, *,
                 reuse: bool = False) -> Iterator[bytes | memoryview]:
     """Read a stream file for ``parser``, jumping over mapped-ram regions when ``f`` can seek.
 
@@ -268,7 +269,7 @@ def file_chunks(f: BinaryIO, parser: StreamParser, size: int = 1 << 20, *,
 MADV_POPULATE_READ = 22  # Linux 5.14; not in Python 3.11's mmap module
 
 
-def mapped_file_chunks(f: BinaryIO, parser: StreamParser, size: int = 4 << 20,
+def mapped_file_chunks(f: BinaryIO | io.BufferedIOBase, parser: StreamParser, size: int = 4 << 20,
                        on_progress: Callable[[int], None] | None = None,
                        ) -> Iterator[memoryview] | None:
     """:func:`file_chunks` for a regular file, as views of a read-only mapping of it.
@@ -346,7 +347,7 @@ def _mapped_chunks(mapped: mmap.mmap, fd: int, pos: int, parser: StreamParser, s
             pass
 
 
-def stream_size(f: BinaryIO) -> int | None:
+def stream_size(f: BinaryIO | io.BufferedIOBase) -> int | None:
     """The size of a seekable stream file (mapped-ram files are read with jumps)."""
     try:
         return os.fstat(f.fileno()).st_size if f.seekable() else None

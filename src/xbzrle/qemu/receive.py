@@ -58,7 +58,10 @@ def admission_for(objects: Iterable[str | TlsObject] = (), tls_creds: str = "",
     if authz is not None and creds is None:
         raise ParameterError("tls-authz needs tls-creds: only a TLS client has an identity")
     return Admission(timeout=handshake_timeout or None,
-                     tls=creds.context() if creds is not None else None, authz=authz,
+                     # after the checks above creds is None or server X.509 credentials,
+                     # authz None or an AuthzList: the isinstance tests only say so
+                     tls=creds.context() if isinstance(creds, TlsCredsX509) else None,
+                     authz=authz if isinstance(authz, AuthzList) else None,
                      prefix_size=HEADER_SIZE, check=header_problem, on_refused=on_refused)
 
 

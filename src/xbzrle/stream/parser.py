@@ -20,7 +20,7 @@ import re
 import struct
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 from ..errors import StreamError, XbzrleError
 from . import constants as c
@@ -67,17 +67,16 @@ record and raises StreamError on a malformed one; the parser then carries on
 with the records it left."""
 
 
-class _Sentinel:
-    __slots__ = ("name",)
+class _Sentinel(enum.Enum):
+    """A one-member enum, so that ``event is not NEED_DATA`` narrows the type (PEP 484)."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    NEED_DATA = "NEED_DATA"
 
     def __repr__(self) -> str:
         return self.name
 
 
-NEED_DATA = _Sentinel("NEED_DATA")
+NEED_DATA: Final = _Sentinel.NEED_DATA
 """Returned by ``next_event()`` when the buffered input holds no whole record."""
 
 MAX_MACHINE_NAME = 1024
