@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_vm_parser(sub) -> None:
+def _add_vm_parser(sub: argparse._SubParsersAction[CliParser]) -> None:
     vm = sub.add_parser(
         "vm", help="run a guest with a workload; with monitors (HMP, QMP) it is a migration "
                    "source or destination, without them it prints its dirty rate")

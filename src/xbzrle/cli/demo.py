@@ -230,11 +230,18 @@ def format_comparison(results: Mapping[str, Mapping[str, object]]) -> str:
         value = r.get("ram")
         return value.get(key, "-") if isinstance(value, Mapping) else "-"
 
+    def xbzrle(r: Mapping[str, object], key: str) -> object:
+        value = r.get("xbzrle-cache")
+        return value.get(key, "-") if isinstance(value, Mapping) else "-"
+
+    def seconds(ms: object) -> str:
+        return f"{ms / 1000:.1f} s" if isinstance(ms, int | float) else "-"
+
     def mib(n: object) -> str:
         return f"{n / (1 << 20):.1f} MiB" if isinstance(n, int) else "-"
 
     rows.append(("status", [str(results[n].get("status", "-")) for n in names]))
-    rows.append(("total time", [f"{results[n].get('total-time', 0) / 1000:.1f} s" for n in names]))
+    rows.append(("total time", [seconds(results[n].get("total-time", 0)) for n in names]))
     rows.append(("downtime", [f"{results[n]['downtime']} ms" if "downtime" in results[n]
                               else "-" for n in names]))
     rows.append(("sent", [mib(ram(results[n], "transferred")) for n in names]))
@@ -242,11 +249,11 @@ def format_comparison(results: Mapping[str, Mapping[str, object]]) -> str:
                                           for n in names]))
     rows.append(("zero pages", [str(ram(results[n], "duplicate")) for n in names]))
     rows.append(("normal pages", [str(ram(results[n], "normal")) for n in names]))
-    rows.append(("xbzrle pages", [str(results[n].get("xbzrle-cache", {}).get("pages", "-"))
+    rows.append(("xbzrle pages", [str(xbzrle(results[n], "pages"))
                                   for n in names]))
-    rows.append(("cache misses", [str(results[n].get("xbzrle-cache", {}).get("cache-miss", "-"))
+    rows.append(("cache misses", [str(xbzrle(results[n], "cache-miss"))
                                   for n in names]))
-    rows.append(("overflows", [str(results[n].get("xbzrle-cache", {}).get("overflow", "-"))
+    rows.append(("overflows", [str(xbzrle(results[n], "overflow"))
                                for n in names]))
     width = max(len(r[0]) for r in rows) + 2
     cols = [max(len(n), *(len(r[1][i]) for r in rows)) + 2 for i, n in enumerate(names)]

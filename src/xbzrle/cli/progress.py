@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Self, TextIO
 
 if TYPE_CHECKING:  # only a type here: extract and receive start without the migration package
     from ..migration.stats import PassProgress
@@ -88,7 +88,7 @@ class _Display:
             self._progress.stop()
             self._progress = None
 
-    def __enter__(self) -> _Display:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -21,6 +21,7 @@ from typing import TextIO
 from .. import __version__
 from ..errors import TransportError
 from ..guest import Guest
+from ..migration.destination import IncomingMigration
 from ..migration.manager import MigrationManager
 from ..migration.status import MigrationStatus
 from ..monitor.control import VmControl
@@ -119,7 +120,8 @@ def run_vm(opts: VmOptions) -> int:
 
 def _announce_incoming(control: VmControl, opts: VmOptions) -> None:
     mig = control.migration
-    if mig is None or opts.incoming in (None, "defer"):
+    # with --incoming the one migration is the incoming one
+    if not isinstance(mig, IncomingMigration) or opts.incoming in (None, "defer"):
         return
     if opts.exit_after_migration:  # the demo's handshake, on stdout and nothing else
         print(f"LISTENING {mig.port if mig.uri.scheme == 'tcp' else 0}", flush=True)
@@ -142,7 +144,7 @@ def _await_one_migration(control: VmControl, opts: VmOptions) -> int:
         "status": str(status), "query": mig.query(),
         "peak-rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     completed = status == MigrationStatus.COMPLETED
-    digests = mig.digests if mig.incoming else {}
+    digests = mig.digests if isinstance(mig, IncomingMigration) else {}
     if digests:  # the evidence: what the source sent and what this guest holds
         report["digests"] = digests
     report["digest-verified"] = (completed and bool(digests.get("source"))
@@ -159,7 +161,7 @@ def _await_one_migration(control: VmControl, opts: VmOptions) -> int:
     return 0 if completed else 1
 
 
-def guest_progresses(guest, timeout: float = 5.0) -> bool:
+def guest_progresses(guest: Guest, timeout: float = 5.0) -> bool:
     """True once the guest's workload writes a page (within ``timeout`` seconds)."""
     before = guest.pages_written
     deadline = time.monotonic() + timeout
