@@ -18,14 +18,18 @@ import functools
 import os
 import threading
 from collections.abc import Callable, Mapping
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from ..errors import MigrationStateError, ParameterError
 from ..migration.common import Migration
+from ..migration.destination import IncomingMigration
 from ..migration.manager import MigrationManager
 from ..migration.stats import PassProgress
 from ..migration.status import MigrationStatus
 from .version import QEMU_VERSION, package_version
+
+if TYPE_CHECKING:
+    from ..guest import Guest
 
 EventSink = Callable[[str, "dict[str, object] | None"], None]
 
@@ -92,7 +96,7 @@ def require(*states: RunState,
     return decorate
 
 
-def incoming_address(mig) -> dict[str, str] | None:
+def incoming_address(mig: IncomingMigration) -> dict[str, str] | None:
     """QAPI SocketAddress of a listening destination (the port as a string, as QEMU)."""
     uri = mig.uri
     if uri.scheme == "tcp":
@@ -113,7 +117,7 @@ class VmControl:
     :data:`RUNSTATE_TRANSITIONS`.
     """
 
-    def __init__(self, guest, manager: MigrationManager | None = None, *,
+    def __init__(self, guest: Guest, manager: MigrationManager | None = None, *,
                  autostart: bool = True, incoming: str | None = None) -> None:
         self.guest = guest
         self.manager = manager or MigrationManager(guest)
@@ -272,7 +276,7 @@ class VmControl:
         """``migrate-set-capabilities``: all or nothing."""
         self.manager.set_capabilities(wanted)
 
-    def query_parameters(self) -> dict[str, int]:
+    def query_parameters(self) -> dict[str, int | bool | str]:
         """``query-migrate-parameters``."""
         return self.manager.settings.parameters.to_qmp()
 
@@ -336,7 +340,7 @@ class VmControl:
         ``socket-address``: how an operator learns the port chosen for port 0)."""
         info = self.manager.query()
         mig = self.manager.current
-        if mig is not None and mig.incoming and mig.status == MigrationStatus.SETUP:
+        if isinstance(mig, IncomingMigration) and mig.status == MigrationStatus.SETUP:
             address = incoming_address(mig)
             if address is not None:
                 info["socket-address"] = [address]

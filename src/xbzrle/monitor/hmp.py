@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from ..errors import CommandError, ParameterError, XbzrleError
 from ..migration.params import CONVERGE_PARAMETERS
@@ -20,6 +20,9 @@ from ..migration.stats import PassProgress
 from ..migration.status import MigrationStatus
 from ..sizes import format_size, parse_size
 from .info import format_info_migrate
+
+if TYPE_CHECKING:
+    from .control import VmControl
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +207,7 @@ def format_progress(status: str, progress: PassProgress | None) -> str:
 class HmpSession:
     """One console: ``execute(line)`` runs a command, writing through ``out``."""
 
-    def __init__(self, control, out: Output,
+    def __init__(self, control: VmControl, out: Output,
                  display: Callable[[], ProgressDisplay] | None = None) -> None:
         self.control = control
         self.out = out
@@ -356,7 +359,7 @@ class HmpSession:
 
     def _info_version(self) -> None:
         info = self.control.query_version()
-        v = info["qemu"]
+        v = cast(Mapping[str, int], info["qemu"])  # query_version: a copy of QEMU_VERSION
         self.write(f"{v['major']}.{v['minor']}.{v['micro']} ({info['package']})")
 
     # -- settings -------------------------------------------------------------------
@@ -365,6 +368,7 @@ class HmpSession:
 
     def _set_parameter(self, args: list[str]) -> None:
         name, text = args[0].replace("_", "-"), args[1]
+        value: int | str
         if name == "xbzrle-cache-size":
             value = parse_size(text)
         elif name == "max-bandwidth":
@@ -429,14 +433,14 @@ class HmpSession:
             if display is not None:
                 display.close()
         info = self.control.query_migrate()
-        status = info.get("status")
-        if status == str(MigrationStatus.COMPLETED):
+        final = info.get("status")
+        if final == str(MigrationStatus.COMPLETED):
             self.write(f"migration completed: total time {info.get('total-time', 0)} ms, "
                        f"downtime {info.get('downtime', 0)} ms")
-        elif status == str(MigrationStatus.FAILED):
+        elif final == str(MigrationStatus.FAILED):
             self.write(f"Error: migration failed: {info.get('error-desc', 'unknown error')}")
         else:
-            self.write(f"migration {status}")
+            self.write(f"migration {final}")
 
     def _incoming(self, args: list[str]) -> None:
         self.control.migrate_incoming(args[0])
@@ -445,7 +449,7 @@ class HmpSession:
         self.control.pmemsave(parse_number(args[0]), parse_number(args[1]), args[2])
 
 
-def run_captured(control, line: str) -> str:
+def run_captured(control: VmControl, line: str) -> str:
     """Run one line and return what it printed (QMP's ``human-monitor-command``)."""
     chunks: list[str] = []
     HmpSession(control, chunks.append).execute(line)

@@ -13,9 +13,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 from ..errors import CommandError, XbzrleError
 from ..migration.params import CONVERGE_PARAMETERS
+
+if TYPE_CHECKING:
+    from .control import VmControl
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ def check_arguments(params: tuple[Param, ...], arguments: Mapping[str, object]) 
 class QmpCommands:
     """Command table over one VM; ``hmp`` runs ``human-monitor-command`` lines."""
 
-    def __init__(self, control, hmp: Callable[[str], str] | None = None) -> None:
+    def __init__(self, control: VmControl, hmp: Callable[[str], str] | None = None) -> None:
         self.control = control
         self.hmp = hmp
         self.table: dict[str, Command] = {}
@@ -140,7 +144,8 @@ class QmpCommands:
 
     def _set_capabilities(self, args: dict[str, object]) -> dict[str, object]:
         wanted: list[tuple[str, bool]] = []
-        for item in args["capabilities"]:  # type: ignore[union-attr]
+        # check_arguments has made it a list (the parameter's type is "array")
+        for item in cast(list[object], args["capabilities"]):
             if not isinstance(item, dict):
                 raise CommandError(
                     "Invalid parameter type for 'capabilities[0]', expected: object")
@@ -170,11 +175,11 @@ class QmpCommands:
             raise CommandError("Block migration is not supported: this VM has no disks")
         if args.get("resume"):
             raise CommandError("Postcopy recovery is not supported")
-        self.control.migrate(args["uri"])
+        self.control.migrate(cast(str, args["uri"]))  # check_arguments: a str
         return {}
 
     def _migrate_incoming(self, args: dict[str, object]) -> dict[str, object]:
-        self.control.migrate_incoming(args["uri"])
+        self.control.migrate_incoming(cast(str, args["uri"]))  # check_arguments: a str
         return {}
 
     def _migrate_cancel(self, args: dict[str, object]) -> dict[str, object]:
@@ -194,7 +199,9 @@ class QmpCommands:
         return {}
 
     def _pmemsave(self, args: dict[str, object]) -> dict[str, object]:
-        self.control.pmemsave(args["val"], args["size"], args["filename"])
+        # check_arguments has checked the types: int, int, str
+        self.control.pmemsave(cast(int, args["val"]), cast(int, args["size"]),
+                              cast(str, args["filename"]))
         return {}
 
     def _human_monitor_command(self, args: dict[str, object]) -> str:

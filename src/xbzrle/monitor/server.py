@@ -16,11 +16,15 @@ import socket
 import stat
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .endpoint import Endpoint
 from .hmp import MAX_LINE, PROMPT, HmpSession, LineReader, TooLong, run_captured
 from .qmp import QmpSession
 from .qmp_commands import QmpCommands
+
+if TYPE_CHECKING:
+    from .control import VmControl
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +132,7 @@ def _stdio_connection() -> Connection:
 class MonitorServer:
     """Runs HMP and QMP monitors over one :class:`~.control.VmControl`."""
 
-    def __init__(self, control, package: str) -> None:
+    def __init__(self, control: VmControl, package: str) -> None:
         self.control = control
         self.package = package
         self._lock = threading.Lock()
