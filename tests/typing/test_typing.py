@@ -20,6 +20,20 @@ def mypy(script: str) -> subprocess.CompletedProcess[str]:
         capture_output=True, text=True, timeout=600, env=env, cwd=HERE)
 
 
+def test_the_package_itself_passes_mypy_strict():
+    """The package's own code and its stub of the compiled core agree with each other.
+
+    Run from the repository root (no config file there: plain ``--strict``),
+    without an incremental cache, so the verdict is that of a fresh checkout.
+    """
+    env = dict(os.environ, MYPYPATH=str(SRC))
+    r = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(SRC / "xbzrle")],
+        capture_output=True, text=True, timeout=600, env=env, cwd=SRC.parent)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Success: no issues found" in r.stdout
+
+
 def test_a_strict_user_script_type_checks():
     r = mypy("typed_user.py")
     assert r.returncode == 0, r.stdout + r.stderr

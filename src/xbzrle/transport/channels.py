@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import os
 import select
 import socket
@@ -20,7 +21,7 @@ import subprocess
 import termios
 import threading
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 from ..errors import TransportError
 
@@ -159,7 +160,8 @@ class SocketChannel:
             raw = fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
         except OSError:
             return 0
-        return struct.unpack("i", raw)[0]
+        unsent: int = struct.unpack("i", raw)[0]
+        return unsent
 
     def _wait_drained(self) -> None:
         """The stream's tail can sit in the socket buffers of a destination that stopped
@@ -219,7 +221,7 @@ class StderrTail:
 
     KEEP = 4096
 
-    def __init__(self, stream) -> None:
+    def __init__(self, stream: io.BufferedReader) -> None:
         self._stream = stream
         self._tail = b""
         self._thread = threading.Thread(target=self._drain, name="exec-stderr", daemon=True)
@@ -250,7 +252,9 @@ class FileChannel:
     def __init__(self, fd: int, proc: subprocess.Popen[bytes] | None = None) -> None:
         self.fd = fd
         self.proc = proc
-        self._stderr = StderrTail(proc.stderr) if proc is not None and proc.stderr else None
+        # Popen(stderr=PIPE) with the default buffering gives an io.BufferedReader
+        self._stderr = StderrTail(cast(io.BufferedReader, proc.stderr)) \
+            if proc is not None and proc.stderr else None
 
     def _command_failure(self) -> str | None:
         """Why the exec: command failed (status and last stderr line), once it exited."""

@@ -145,7 +145,7 @@ class Admission:
         try:
             if self.tls is not None:
                 sock = self._handshake(conn, deadline)
-                check_authz(self.authz, sock)  # type: ignore[arg-type]
+                check_authz(self.authz, sock)
             prefix = self._read_prefix(sock, deadline)
             problem = self.check(prefix) if self.check is not None else None
             if problem is not None:

@@ -31,6 +31,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, cast, overload
 
 from ..errors import ParameterError, TransportError
 
@@ -101,6 +102,10 @@ class TlsCredsX509:
             raise ParameterError(
                 f"Parameter 'endpoint' expects 'server' or 'client', got {self.endpoint!r}")
 
+    @overload
+    def _file(self, name: str, required: Literal[True] = True) -> str: ...
+    @overload
+    def _file(self, name: str, required: bool) -> str | None: ...
     def _file(self, name: str, required: bool = True) -> str | None:
         path = self.dir / name
         if path.is_file():
@@ -209,14 +214,14 @@ def _rules(kind: str, obj_id: str, opts: dict[str, str]) -> list[AuthzRule]:
             raise ParameterError(f"{kind} '{obj_id}': unknown option {key!r}")
         indexed.setdefault(int(index), {})[attr] = opts.pop(key)
     rules = []
-    for index in sorted(indexed):
-        rule = indexed[index]
+    for number in sorted(indexed):
+        rule = indexed[number]
         if "match" not in rule or rule.get("policy") not in ("allow", "deny"):
             raise ParameterError(
-                f"{kind} '{obj_id}': rules.{index} needs match= and policy=allow|deny")
+                f"{kind} '{obj_id}': rules.{number} needs match= and policy=allow|deny")
         fmt = rule.get("format", "exact")
         if fmt not in ("exact", "glob"):
-            raise ParameterError(f"{kind} '{obj_id}': rules.{index}.format expects "
+            raise ParameterError(f"{kind} '{obj_id}': rules.{number}.format expects "
                                  f"'exact' or 'glob', got {fmt!r}")
         rules.append(AuthzRule(rule["match"], rule["policy"] == "allow", fmt == "glob"))
     return rules
@@ -229,9 +234,10 @@ def _no_more(kind: str, opts: Mapping[str, str]) -> None:
 
 def distinguished_name(peercert: Mapping[str, object]) -> str:
     """The subject of ``SSLSocket.getpeercert()`` as RFC 4514 text (``CN=...,O=...,C=...``)."""
-    subject = peercert.get("subject") or ()
+    # getpeercert()'s subject: a tuple of RDNs, each a tuple of (attribute, value) pairs
+    subject = cast("tuple[tuple[tuple[str, str], ...], ...]", peercert.get("subject") or ())
     rdns = []
-    for rdn in reversed(tuple(subject)):  # type: ignore[arg-type]
+    for rdn in reversed(tuple(subject)):
         rdns.append("+".join(f"{_SHORT.get(k, k)}={_escape(v)}" for k, v in rdn))
     return ",".join(rdns)
 
