@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from ..errors import ParameterError
 from ..stream.parser import HEADER_SIZE, header_problem
-from ..transport.connect import Admission
+from ..transport.connect import Admission, ConnectOptions
 from ..transport.tls import AuthzList, TlsCredsX509, TlsObject, object_from_options
 from .params import Parameters
 
@@ -66,7 +66,7 @@ def _seconds(ms: int) -> float | None:
     return ms / 1000 if ms else None
 
 
-def source_transport(objects: ObjectRegistry, params: Parameters) -> dict[str, object]:
+def source_transport(objects: ObjectRegistry, params: Parameters) -> ConnectOptions:
     """Keyword arguments for :func:`xbzrle.transport.connect` from the parameters."""
     tls = objects.creds(params.tls_creds, "client") if params.tls_creds else None
     return {"tls": tls, "tls_hostname": params.tls_hostname,

@@ -30,6 +30,7 @@ from .status import MigrationStatus
 log = logging.getLogger(__name__)
 if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
     from .. import _core
+    from ..guest import Guest
 else:
     _core = load_core()
 
@@ -57,7 +58,7 @@ class IncomingMigration(Migration):
 
     def __init__(
         self,
-        guest,
+        guest: Guest,
         uri: MigrationURI,
         xbzrle: Callable[[], bool],
         on_status: Callable[[MigrationStatus], None] | None = None,

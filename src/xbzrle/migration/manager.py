@@ -119,7 +119,7 @@ class MigrationManager:
 
     def _forward_live(self) -> None:
         mig = self.current
-        if mig is not None and mig.outgoing and mig.status.is_running:
+        if isinstance(mig, SourceMigration) and mig.status.is_running:
             p = self.settings.parameters
             if mig.cache is not None or mig.config.xbzrle:
                 mig.set_cache_size(p.xbzrle_cache_size)

@@ -25,6 +25,7 @@ from ..stream import constants as K
 from ..stream.counts import BatchCounts
 from ..stream.writer import StreamWriter
 from ..transport import FileChannel, SocketChannel, connect
+from ..transport.connect import ConnectOptions
 from ..transport.uri import MigrationURI
 from .common import Migration
 from .stats import MigrationStats, RoundRecord
@@ -34,6 +35,7 @@ from .throttle import AutoConverge, ThrottleSettings, TriggerRule, page_wire_cos
 log = logging.getLogger(__name__)
 if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
     from .. import _core
+    from ..guest import Guest, RamBlock
 else:
     _core = load_core()
 
@@ -54,7 +56,7 @@ class SourceConfig:
     max_bandwidth: int  # bytes/s, 0 = unlimited
     downtime_limit_ms: int
     max_rounds: int = 0  # 0 = no cap; a cap forces the switch-over (tests)
-    transport: dict = field(default_factory=dict)  # connect(): tls, tls_hostname, stall_timeout
+    transport: ConnectOptions = field(default_factory=ConnectOptions)  # for connect()
     ram_digest: bool = True  # x-ram-digest: send a digest of all RAM, expect a verdict
     ram_digest_full: bool = False  # x-ram-digest-full: read all RAM for it, not the table
     copy_pages: bool = False  # copy PAGE payloads into the buffer even where writev could
@@ -112,7 +114,7 @@ class SourceMigration(Migration):
 
     def __init__(
         self,
-        guest,
+        guest: Guest,
         uri: MigrationURI,
         config: SourceConfig,
         on_status: Callable[[MigrationStatus], None] | None = None,
@@ -137,7 +139,7 @@ class SourceMigration(Migration):
         self._tables: dict[str, DigestTable] = {}  # digest table per block (see _final_digests)
         self._channel: SocketChannel | FileChannel | None = None
         self._stopped_guest = False
-        self.cache = None  # _core.PageCache once setup allocated it
+        self.cache: _core.PageCache | None = None  # once setup allocated it
         self.cpu_seconds = 0.0  # CPU time of the migration thread, when it ended
         self.thread = threading.Thread(target=self._run, name="migration-source", daemon=True)
 
@@ -207,7 +209,7 @@ class SourceMigration(Migration):
         self._channel.write(data)
 
     def _send_records(self, buf: bytearray, end: int, refs: bytearray, nrefs: int,
-                      block) -> int:
+                      block: RamBlock) -> int:
         """Send a zero-copy buffer: its headers with the referenced pages of
         ``block`` between them.  Returns the bytes sent (as the copy path's)."""
         if self._cancel.is_set():
@@ -216,7 +218,9 @@ class SourceMigration(Migration):
         assert channel is not None
         timeout = getattr(channel, "stall_timeout", None)
         try:
-            return _core.write_records(channel.writev_fd(), buf, end, refs, nrefs, block,
+            fd = channel.writev_fd()
+            assert fd is not None  # zero copy is only used on a channel with a writev fd
+            return _core.write_records(fd, buf, end, refs, nrefs, block,
                                        -1 if timeout is None else int(timeout * 1000),
                                        getattr(channel, "splices_pages", False))
         except OSError as exc:
@@ -470,7 +474,7 @@ class SourceMigration(Migration):
                 args = (buf, len(prefix), block, bitmap, page, encoded_name,
                         self._addr_base[name], mode, self.cache if mode else None,
                         self._last_block == name)
-                if zero_copy:
+                if refs is not None:  # zero_copy
                     pos, page, _, raw, nrefs = _core.save_pages(*args, refs, backoff, table)
                 else:
                     pos, page, _, raw = _core.save_pages(*args, None, backoff, table)
@@ -481,7 +485,7 @@ class SourceMigration(Migration):
                     if not final:
                         buf[pos:pos + len(tail)] = tail
                         end += len(tail)
-                    if nrefs:
+                    if nrefs and refs is not None:  # nrefs > 0 only with refs
                         sent = self._send_records(buf, end, refs, nrefs, block)
                     else:
                         self._send(memoryview(buf)[:end])
@@ -512,7 +516,7 @@ class SourceMigration(Migration):
         return max(size, 2 * _core.SAVE_MAX_RECORD + 64)
 
 
-def _fixed_guest_rate(guest) -> float | None:
+def _fixed_guest_rate(guest: Guest) -> float | None:
     """Page writes per second the guest does unthrottled, if every workload has a fixed rate.
 
     A workload's rate counts time its thread runs (a throttle sleep is not

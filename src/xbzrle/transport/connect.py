@@ -22,6 +22,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ..errors import ParameterError, TransportError
 from .channels import VERDICT_ERROR, FileChannel, SocketChannel
@@ -80,6 +81,14 @@ def _refusal_in(sock: socket.socket) -> str | None:
             reason = data[len(VERDICT_ERROR):].split(b"\n", 1)[0].decode(errors="replace")
             return f"the destination refused the migration: {reason}"
     return None
+
+
+class ConnectOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`connect` a migration's parameters decide."""
+
+    tls: ssl.SSLContext | None
+    tls_hostname: str
+    stall_timeout: float | None
 
 
 def connect(uri: MigrationURI, timeout: float = 10.0, *, tls: ssl.SSLContext | None = None,
