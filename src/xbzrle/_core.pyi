@@ -14,9 +14,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final, Literal, Self, TypeAlias, final, overload
 
 from _typeshed import structseq
+from typing_extensions import disjoint_base
 
-# The C code takes any object with the buffer protocol ("y*"/"w*" or
-# PyObject_GetBuffer); these are the types the package passes.  An array of
+# Stub-only aliases.  The C code takes any object with the buffer protocol
+# ("y*"/"w*" or PyObject_GetBuffer); these are the types the package passes.  An array of
 # any item type is a buffer, so array[Any] is exact, not a loose type.
 Buffer: TypeAlias = (bytes | bytearray | memoryview | mmap.mmap | array[Any] | GuestRam
                      | DirtyBitmap)
@@ -50,10 +51,11 @@ def simd_paths() -> list[str]:
 def simd_path() -> str: ...
 def select_simd(name: str, /) -> None: ...
 
+@final
 class PageCache:
     """The XBZRLE page cache: one slot per page number modulo the slot count."""
 
-    def __init__(self, size_bytes: int, page_size: int = 4096, lifetime: int = 2) -> None: ...
+    def __new__(cls, size_bytes: int, page_size: int = 4096, lifetime: int = 2) -> Self: ...
     @property
     def size(self) -> int: ...
     @property
@@ -91,6 +93,7 @@ class PageCache:
     def __len__(self) -> int: ...
     def __contains__(self, addr: object, /) -> bool: ...
 
+@disjoint_base  # a C layout: no class can derive from it and another such type
 class GuestRam:
     """Zero-filled anonymous memory, page aligned, lazily populated; a writable buffer."""
 
@@ -133,6 +136,10 @@ WORKLOAD_MAGIC: Final[int]
 @final
 class LoopCounts(structseq[int], tuple[int, int, int, int, int, int, int, int, int, int, int, int]):
     """What one call of the save or load loop did (the fields of BatchCounts)."""
+
+    __match_args__: Final = ("scanned", "zero", "normal", "xbzrle", "unchanged", "overflow",
+                             "cache_miss", "xbzrle_bytes", "wire_bytes", "skipped_overflow",
+                             "encode_ns", "encode_timed")
 
     @property
     def scanned(self) -> int: ...
@@ -179,6 +186,7 @@ class DirtyBitmap:
     def copy(self) -> DirtyBitmap: ...
     def __contains__(self, page: object, /) -> bool: ...
     def __or__(self, other: DirtyBitmap, /) -> DirtyBitmap: ...
+    def __ror__(self, other: DirtyBitmap, /) -> DirtyBitmap: ...
     def __ior__(self, other: DirtyBitmap, /) -> Self: ...
     def __eq__(self, other: object, /) -> bool: ...
     def __ne__(self, other: object, /) -> bool: ...
@@ -242,15 +250,15 @@ def page_hashes(ram: Buffer, first_index: int = 0, /) -> bytes: ...
 def table_pairs(table: Buffer, first_index: int = 0, /) -> bytes: ...
 def table_fill(ram: Buffer, table: WritableBuffer, data_map: Buffer | None = None, /) -> None: ...
 
-# A block of load_pages: (name, ram[, maybe_data[, hashes[, fd]]]).
-LoadBlock: TypeAlias = (
+# A block of load_pages: (name, ram[, maybe_data[, hashes[, fd]]]) (stub only).
+_LoadBlock: TypeAlias = (
     tuple[Buffer, WritableBuffer]
     | tuple[Buffer, WritableBuffer, WritableBuffer | None]
     | tuple[Buffer, WritableBuffer, WritableBuffer | None, WritableBuffer | None]
     | tuple[Buffer, WritableBuffer, WritableBuffer | None, WritableBuffer | None, int]
 )
 
-def load_pages(buf: Buffer, pos: int, blocks: Sequence[LoadBlock], last: int, xbzrle_ok: bool,
+def load_pages(buf: Buffer, pos: int, blocks: Sequence[_LoadBlock], last: int, xbzrle_ok: bool,
                base_offset: int, /) -> tuple[int, int, int, LoopCounts]:
     """Apply page records from buf[pos:]: (pos, last, status, counts)."""
 

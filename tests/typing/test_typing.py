@@ -34,6 +34,18 @@ def test_the_package_itself_passes_mypy_strict():
     assert "Success: no issues found" in r.stdout
 
 
+def test_the_stub_matches_the_compiled_core():
+    """``_core.pyi`` against the built module (stubtest): every name both ways, and the
+    signatures the C code publishes (``__text_signature__``; a plain METH_VARARGS function
+    has none, its stub is checked by hand against its PyArg_ParseTuple format)."""
+    env = dict(os.environ, MYPYPATH=str(SRC), PYTHONPATH=str(SRC))
+    r = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "xbzrle._core", "--ignore-unused-allowlist",
+         "--allowlist", str(HERE / "stubtest_allowlist.txt")],
+        capture_output=True, text=True, timeout=600, env=env, cwd=SRC.parent)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_a_strict_user_script_type_checks():
     r = mypy("typed_user.py")
     assert r.returncode == 0, r.stdout + r.stderr
