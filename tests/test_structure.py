@@ -53,7 +53,7 @@ def imports(importer: str, tree: ast.Module, is_package: bool, known: set[str]):
                 continue
             for alias in node.names:
                 sub = f"{target}.{alias.name}"
-                if sub in known:  # ``from . import module``
+                if sub in known or sub == "xbzrle._core":  # ``from . import module``
                     yield sub, [], node
                 else:
                     private = [alias.name] if alias.name.startswith("_") and not \
