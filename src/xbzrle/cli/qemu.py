@@ -7,14 +7,18 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ParameterError, StreamError
 from . import options
+from .options import CliParser
 from .progress import ReadDisplay
 
+if TYPE_CHECKING:  # imported where used: a command loads only what it runs
+    from ..qemu.compressed import OpenedStream
 
-def add_commands(subparsers: Any) -> None:
+
+def add_commands(subparsers: argparse._SubParsersAction[CliParser]) -> None:
     """Register the QEMU stream commands on the main parser's subparsers."""
     analyze = subparsers.add_parser(
         "analyze", help="show what a migration stream holds (QEMU's or ours)")
@@ -125,7 +129,8 @@ def _run_extract(args: argparse.Namespace) -> int:
                 max_ram=args.max_ram, source=str(args.stream), checksum=args.checksum), display)
 
 
-def _showing(chunks: Iterator[bytes], opened: Any, display: ReadDisplay) -> Iterator[bytes]:
+def _showing(chunks: Iterator[bytes], opened: OpenedStream,
+             display: ReadDisplay) -> Iterator[bytes]:
     """Pass the chunks on, showing how far into the input (compressed bytes) we are."""
     done = 0
     for chunk in chunks:

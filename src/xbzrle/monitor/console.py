@@ -23,12 +23,15 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..migration.params import CAPABILITIES
 from ..migration.status import MigrationStatus
 from .completion import Vocabulary, complete
 from .hmp import PROMPT, HmpSession, ProgressDisplay
+
+if TYPE_CHECKING:
+    from .control import VmControl
 
 HISTORY_FILE = ".xbzrle_history"
 HISTORY_LENGTH = 1000
@@ -42,7 +45,7 @@ def history_path() -> str:
 class TerminalConsole:
     """One HMP console on the process's terminal (stdin and stdout are a tty)."""
 
-    def __init__(self, control: Any, banner: str, history: str | None = None,
+    def __init__(self, control: VmControl, banner: str, history: str | None = None,
                  display: Callable[[], ProgressDisplay] | None = None) -> None:
         self.control = control
         self.banner = banner
