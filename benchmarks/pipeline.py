@@ -4,16 +4,21 @@ An XBZRLE round over dirty pages that all hit the cache does, at the least,
 one read of the guest page and one of the cached page: that is what
 ``memcmp`` of two equal pages costs (it reads both to the end), and it is
 the baseline here, as in ``benchmarks/codec.py``.  Our
-loop encodes straight from the guest page and applies the same delta to the
-cached copy; QEMU's design copies the page aside first, zero-checks and
-encodes the copy, and copies it into the cache (``SAVE_QEMU_COPY``, the same
+loop encodes straight from the guest page, and the cached copy takes each
+run of the delta as the encoder writes it; with the digest table a
+migration keeps (``x-ram-digest``, on by default) the page's entry follows
+the same runs, without reading the page again.  QEMU's design copies the
+page aside first, zero-checks and encodes the copy, and copies it into the
+cache (``SAVE_QEMU_COPY``, the same
 loop with QEMU's steps).  Each repeat changes the RAM with the seed's pattern
 (one byte in every 1024 incremented: 4 bytes per page), then times memcmp of
-as many equal page pairs, our round and QEMU's round; the figures
+as many equal page pairs, our round (without and with the table) and QEMU's
+round; the figures
 are medians of the per-repeat ratios, so a load change on the shared machine
 moves both sides of a ratio alike.
 
-    python benchmarks/pipeline.py [--size-mib 64] [--repeats 9] [--cpu N] [--backing huge]
+    python benchmarks/pipeline.py [--size-mib 64] [--repeats 9] [--cpu N] [--path avx2]
+                                  [--backing huge]
 """
 
 from __future__ import annotations
@@ -36,15 +41,17 @@ def full_bitmap(npages: int) -> bytearray:
     return bytearray(b"\xff" * (((npages + 63) // 64) * 8))
 
 
-def one_round(core, ram, cache, mode: int, out: bytearray) -> tuple[float, object]:
-    """Seconds for one save-loop pass over every page of ram; the summed counts."""
+def one_round(core, ram, cache, mode: int, out: bytearray,
+              table: bytearray | None = None) -> tuple[float, object]:
+    """Seconds for one save-loop pass over every page of ram; the summed counts.
+    table: the digest table a migration keeps with x-ram-digest (on by default)."""
     npages = len(ram) // PAGE
     bitmap = full_bitmap(npages)
     page, cont, total = 0, False, [0] * core.LoopCounts.n_fields
     started = time.perf_counter()
     while page < npages:
         _, page, cont, counts = core.save_pages(out, 0, ram, bitmap, page, b"pc.ram", 0, mode,
-                                                cache, cont)
+                                                cache, cont, None, None, table)
         total = [a + b for a, b in zip(total, counts, strict=True)]
     return time.perf_counter() - started, core.LoopCounts(total)
 
@@ -54,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-mib", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
+    ap.add_argument("--path", default=None,
+                    help="SIMD path of the encoder (default: the best this CPU has)")
     ap.add_argument("--backing", choices=BACKINGS, default="small",
                     help="RAM and the baseline's pages on 4 KiB pages only (default), or on "
                          "transparent huge pages as guest RAM and the cache are")
@@ -61,11 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     core = load_core()
+    if args.path is not None:
+        core.select_simd(args.path)
     baselines = load_baselines()  # memcmp, built from benchmarks/codec_baseline.c
     size = args.size_mib << 20
     ram = page_memory(os.urandom(size), args.backing)  # laid out as guest RAM
     out = bytearray(4 << 20)
     ours, theirs = core.PageCache(2 * size), core.PageCache(2 * size)
+    with_table, table = core.PageCache(2 * size), bytearray(8 * (size // PAGE))
 
     # The first pass: every page whole (plain), next to a memcpy of the RAM.
     sink = bytearray(size)
@@ -79,10 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     # Fill both caches (every page a miss), then the measured rounds.
     one_round(core, ram, ours, core.SAVE_XBZRLE, out)
     one_round(core, ram, theirs, core.SAVE_QEMU_COPY, out)
+    one_round(core, ram, with_table, core.SAVE_XBZRLE, out, table)
     prev = page_memory(ram, args.backing)
     ratio_enc: list[float] = []
     twin = page_memory(ram, args.backing)  # memcmp reads whole pages only where they are equal
     ratio_ours, ratio_qemu, t_ours, t_qemu, t_cmp, t_enc = [], [], [], [], [], []
+    ratio_table, t_table = [], []
     for _ in range(args.repeats):
         ram[::1024] = bytes(ram[::1024]).translate(INCREMENT)
         started = time.perf_counter()
@@ -93,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         t_enc.append(time.perf_counter() - started)
         mine, counts = one_round(core, ram, ours, core.SAVE_XBZRLE, out)
         qemu, counts_qemu = one_round(core, ram, theirs, core.SAVE_QEMU_COPY, out)
+        tabled, _ = one_round(core, ram, with_table, core.SAVE_XBZRLE, out, table)
         # the same records; encode_* is a clock sample (and only our loop takes it)
         same = all(getattr(counts, f) == getattr(counts_qemu, f)
                    for f in counts.__match_args__ if not f.startswith("encode_"))
@@ -106,18 +121,23 @@ def main(argv: list[str] | None = None) -> int:
         ratio_ours.append(base / mine)
         ratio_qemu.append(base / qemu)
         ratio_enc.append(base / t_enc[-1])
+        t_table.append(tabled)
+        ratio_table.append(base / tabled)
 
     def rate(seconds: list[float]) -> float:
         return size / statistics.median(seconds) / 1e9
 
     print(f"{args.size_mib} MiB of random pages, seed pattern (4 bytes/page), median of "
-          f"{args.repeats}; ratios are to memcmp of the same page pairs, in the same repeat")
+          f"{args.repeats}, SIMD path {core.simd_path()}; ratios are to memcmp of the same "
+          f"page pairs, in the same repeat")
     print(f"{'':<44} {'GB/s':>7} {'x memcmp':>9}")
     print(f"{'memcmp of equal page pairs':<44} {rate(t_cmp):7.2f} {1.0:9.2f}")
     print(f"{'encode alone (codec.encode_pages, same pairs)':<44} {rate(t_enc):7.2f} "
           f"{statistics.median(ratio_enc):9.2f}")
     print(f"{'XBZRLE round, ours (encode from the page)':<44} {rate(t_ours):7.2f} "
           f"{statistics.median(ratio_ours):9.2f}")
+    print(f"{'  the same with the digest table (x-ram-digest)':<44} {rate(t_table):7.2f} "
+          f"{statistics.median(ratio_table):9.2f}")
     print(f"{'XBZRLE round, QEMU design (copy+enc+copy)':<44} {rate(t_qemu):7.2f} "
           f"{statistics.median(ratio_qemu):9.2f}")
     speedup = statistics.median(q / m for q, m in zip(t_qemu, t_ours, strict=True))

@@ -14,6 +14,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 @pytest.mark.parametrize("script, args, marker", [
     ("pipeline.py", ["--size-mib", "1", "--repeats", "1"], "x memcmp"),
     ("pipeline.py", ["--size-mib", "1", "--repeats", "1", "--backing", "huge"], "x memcmp"),
+    ("pipeline.py", ["--size-mib", "1", "--repeats", "1", "--path", "portable"],
+     "SIMD path portable"),
     ("codec.py", ["--size-mib", "1", "--repeats", "1", "--case", "seed", "--backing", "huge"],
      "(huge backing)"),
 ])

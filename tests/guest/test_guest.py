@@ -230,6 +230,26 @@ def test_page_hash_is_the_same_on_the_simd_and_the_portable_path():
         assert core.guest_page_hash(page) == core.page_hash_portable(page)
 
 
+def test_page_hash_of_a_zero_page_is_0_and_every_one_byte_change_shows():
+    """The digest table keeps 0 for a zero page, and the save and load loops
+    update an entry from the words a delta touches: the hash is a sum of
+    per-word terms minus a zero page's, in which a change of any single byte
+    always changes the hash (pagehash.h), here at every offset of a page."""
+    import random
+
+    from xbzrle._backend import load_core
+
+    core = load_core()
+    assert core.guest_page_hash(bytes(4096)) == 0 == core.page_hash_portable(bytes(4096))
+    rng = random.Random(5)
+    page = bytearray(rng.randbytes(4096))
+    original = core.guest_page_hash(bytes(page))
+    for offset in range(4096):
+        changed = bytearray(page)
+        changed[offset] ^= rng.randrange(1, 256)
+        assert core.guest_page_hash(bytes(changed)) != original, offset
+
+
 def test_page_hash_sees_every_single_word_change_and_swapped_stripes():
     """What the digest and the scan tracker rely on: a page changed in one
     word, or with two 64-byte stripes exchanged, hashes differently."""

@@ -11,6 +11,7 @@ counts are those of the mapping-only path, and of the RAM the stream builds.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import random
 import subprocess
@@ -177,6 +178,34 @@ def test_load_pages_writes_full_pages_into_the_file_and_the_rest_into_ram(tmp_pa
     # the digest table holds the hash of what each page now holds, wherever it was written
     truth = _core.page_hashes(content[:3 * PAGE] + bytes(ram[3 * PAGE:]))
     assert _core.table_pairs(hashes) == truth and len(truth) == 4 * 16
+
+
+def test_long_runs_of_written_pages_are_hashed_into_the_table_as_they_are_written(tmp_path):
+    """Runs of 64 pages and more are hashed on a second thread while they are
+    written; a page patched right after its run waits for both.  The table
+    then holds the hash of every page as the file and RAM hold it."""
+    rng = random.Random(9)
+    w = StreamWriter()
+    npages = 400
+    pages = [rng.randbytes(PAGE) for _ in range(npages)]
+    delta = codec.encode(pages[70], b"\x01" + pages[70][1:])
+    records = b"".join(w.normal_page("b", i * PAGE, pages[i]) for i in range(300))
+    records += w.xbzrle_page("b", 70 * PAGE, delta)  # a page of the pending run
+    records += b"".join(w.normal_page("b", i * PAGE, pages[i]) for i in range(300, npages))
+    path = tmp_path / "b.ram"
+    hashes = bytearray(npages * 8)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, npages * PAGE)
+        with mmap.mmap(fd, npages * PAGE) as ram:
+            pos, _last, _status, counts = _core.load_pages(
+                records, 0, [(b"b", ram, None, hashes, fd)], -1, True, 0)
+    finally:
+        os.close(fd)
+    content = path.read_bytes()
+    assert pos == len(records) and counts[0] == npages + 1
+    assert content[70 * PAGE] == 1 and content[71 * PAGE:] == b"".join(pages[71:])
+    assert _core.table_pairs(hashes) == _core.page_hashes(content)
 
 
 def test_a_failed_write_is_an_oserror_naming_the_block(tmp_path):

@@ -31,6 +31,19 @@ const char *xbz_simd_current(void);
 ssize_t xbz_encode_with_slack(const uint8_t *old, const uint8_t *new_page, size_t len,
                               uint8_t *dst, size_t dlen);
 
+/* The save loop's encoder: xbz_encode_with_slack of cached -> new_page,
+ * asking for the next page pair's lines as it goes (ahead_old and ahead_new;
+ * ahead_new NULL when there is none), and, when follow is set, copying each
+ * run's bytes from the delta into cached as they are written: cached then
+ * equals what a decoder rebuilds from the delta, even if new_page changed
+ * meanwhile.  hash (NULL, or the page hash of cached; follow only): kept up
+ * to date run by run when the delta touches few words, and *hashed then set
+ * to 1; 0 means the caller must hash cached itself.  On overflow (-1) cached
+ * may be partly updated. */
+ssize_t xbz_encode_follow(uint8_t *cached, const uint8_t *new_page, size_t len, uint8_t *dst,
+                          size_t dlen, int follow, uint64_t *hash, int *hashed,
+                          const uint8_t *ahead_old, const uint8_t *ahead_new);
+
 /* encode_pages' loop: pages first..pages-1 of old and new (size bytes each,
  * at most XBZ_MAX_PAGE_SIZE), each page's delta (limit: the page size)
  * appended at out + *used and its length (0 unchanged, -1 overflow) in
@@ -45,6 +58,15 @@ size_t xbz_encode_pages_with_slack(const uint8_t *old, const uint8_t *new_page, 
  * reads outside delta[0..dlen), even if another thread rewrites the delta
  * between the check and the apply (it stops at the first inconsistency). */
 void xbz_decode_apply_within(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len);
+
+/* xbz_decode_apply of a checked delta to a guest page (XBZ_HASH_PAGE
+ * bytes) whose page hash is *hash, keeping *hash the page's hash run by run
+ * (pagehash.h): the load loop's digest table entry follows the runs
+ * without reading the rest of the page, which a full hash would bring from
+ * memory.  Worth it for short deltas (XBZ_HASH_APPLY_MAX bytes at most): each
+ * run costs the terms of the words it touches, twice. */
+#define XBZ_HASH_APPLY_MAX 128
+void xbz_decode_apply_hashed(const uint8_t *delta, size_t dlen, uint8_t *page, uint64_t *hash);
 
 /* decode_pages' two passes.  lengths[p] is the length of page p's delta (the
  * deltas follow each other from deltas on; pages with a length of 0 or less

@@ -71,12 +71,13 @@ static inline void xbz_soft_mark(uint64_t *words, size_t page)
     __atomic_fetch_or(&words[page >> 6], (uint64_t)1 << (page & 63), __ATOMIC_RELEASE);
 }
 
-/* The core's one 64-bit page hash (ramhash.c): the ScanTracker's change
- * detector and the RAM digest's per-page value. */
+/* The core's one 64-bit page hash (ramhash.c, terms in pagehash.h): the
+ * ScanTracker's change detector and the RAM digest's per-page value.  0 for
+ * a zero page. */
 uint64_t xbz_page_hash(const uint8_t *page);
 /* A page's entry in a digest table (one uint64 per page, kept by the save
- * and load loops): 0 for a zero page (the RAM digest leaves zero pages out),
- * else xbz_page_hash, which is never 0. */
+ * and load loops): xbz_page_hash, with a zero page told by the cheaper zero
+ * check.  The RAM digest leaves out the pages whose entry is 0. */
 uint64_t xbz_digest_hash(const uint8_t *page);
 
 int xbz_bitmap_register(PyObject *module);

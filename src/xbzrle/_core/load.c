@@ -9,11 +9,13 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
 
 #include "codec.h"
+#include "codec_internal.h"
 #include "guest.h"
 #include "pyerrors.h"
 
@@ -62,10 +64,61 @@ typedef struct {
     uint64_t start;   /* file offset of the first page */
     int n;
     struct iovec iov[XBZ_BATCH_PAGES];
+    /* The digest table entries of the pages (NULL entries: no table), to be
+     * set with their hashes when the batch is written (see hash_batch). */
+    uint64_t *slots[XBZ_BATCH_PAGES];
+    int hashes_pending;
 } page_batch_t;
 
-/* Write what is pending.  Returns 0, or -1 with err->write_errno set. */
+/* Batches of at least this many pages to hash are hashed by a second
+ * thread while the first one writes them: both read the same pages from
+ * memory (a stream file's mapped pages come from RAM, not from the CPU's
+ * cache), and on a machine with a free core the hash then costs nothing
+ * on the way (extract --checksum ram-digest; a thread start costs about
+ * as much as hashing a few pages). */
+#define XBZ_BATCH_HASH_THREAD_PAGES 64
+
+typedef struct {
+    const struct iovec *pages; /* a copy: a short write trims the batch's own */
+    uint64_t *const *slots;
+    int n;
+} hash_job_t;
+
+static void *hash_batch(void *arg)
+{
+    const hash_job_t *job = arg;
+    for (int i = 0; i < job->n; i++)
+        if (job->slots[i] != NULL)
+            *job->slots[i] = xbz_digest_hash(job->pages[i].iov_base);
+    return NULL;
+}
+
+static int page_batch_write(page_batch_t *batch, load_error_t *err);
+
+/* Write what is pending, and set the digest table entries of its pages
+ * (on a second thread while the write runs, when there are many).  Returns
+ * 0, or -1 with err->write_errno set. */
 static int page_batch_flush(page_batch_t *batch, load_error_t *err)
+{
+    if (!batch->hashes_pending)
+        return page_batch_write(batch, err);
+    batch->hashes_pending = 0;
+    struct iovec queued[XBZ_BATCH_PAGES];
+    memcpy(queued, batch->iov, sizeof(struct iovec) * (size_t)batch->n);
+    hash_job_t job = {queued, batch->slots, batch->n};
+    pthread_t helper;
+    if (batch->n < XBZ_BATCH_HASH_THREAD_PAGES ||
+        pthread_create(&helper, NULL, hash_batch, &job) != 0) {
+        hash_batch(&job);
+        return page_batch_write(batch, err);
+    }
+    int status = page_batch_write(batch, err);
+    pthread_join(helper, NULL);
+    return status;
+}
+
+/* pwritev the pending pages.  Returns 0, or -1 with err->write_errno set. */
+static int page_batch_write(page_batch_t *batch, load_error_t *err)
 {
     struct iovec *iov = batch->iov;
     int left = batch->n;
@@ -109,7 +162,7 @@ static inline int page_batch_covers(const page_batch_t *batch, Py_ssize_t bi, ui
 /* Queue the page at buf for `offset` of block bi, flushing first when it
  * does not extend the pending run.  Returns 0, or -1 (write failed). */
 static inline int page_batch_add(page_batch_t *batch, Py_ssize_t bi, int fd, uint64_t offset,
-                                 const uint8_t *page, load_error_t *err)
+                                 const uint8_t *page, uint64_t *slot, load_error_t *err)
 {
     if (batch->block != -1 &&
         (batch->block != bi || batch->n == XBZ_BATCH_PAGES ||
@@ -124,6 +177,8 @@ static inline int page_batch_add(page_batch_t *batch, Py_ssize_t bi, int fd, uin
     }
     batch->iov[batch->n].iov_base = (void *)page;
     batch->iov[batch->n].iov_len = XBZ_PAGE;
+    batch->slots[batch->n] = slot;
+    batch->hashes_pending |= slot != NULL;
     batch->n++;
     return 0;
 }
@@ -305,10 +360,9 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
             if (end - p < XBZ_PAGE)
                 break;
             if (b->fd >= 0) {
-                if (page_batch_add(batch, bi, b->fd, offset, buf + p, err) < 0)
+                /* the slot takes the hash of the same bytes when they are written */
+                if (page_batch_add(batch, bi, b->fd, offset, buf + p, slot, err) < 0)
                     return -1;
-                if (slot) /* the same bytes, hashed where they are in cache */
-                    *slot = xbz_digest_hash(buf + p);
             } else {
                 memcpy(host, buf + p, XBZ_PAGE);
                 if (slot)
@@ -347,11 +401,15 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
                 err->offset = p + 3 + eoff;
                 return -1;
             }
-            xbz_decode_apply(buf + p + 3, len, host);
+            if (slot != NULL && len <= XBZ_HASH_APPLY_MAX) {
+                xbz_decode_apply_hashed(buf + p + 3, len, host, slot);
+            } else {
+                xbz_decode_apply(buf + p + 3, len, host);
+                if (slot)
+                    *slot = xbz_digest_hash(host);
+            }
             if (maybe)
                 *maybe = 1;
-            if (slot)
-                *slot = xbz_digest_hash(host);
             p += 3 + len;
             c[XBZ_C_XBZRLE]++;
         }
@@ -500,6 +558,7 @@ static PyObject *load_pages(PyObject *self, PyObject *args)
     }
     batch->block = -1;
     batch->n = 0;
+    batch->hashes_pending = 0;
     Py_BEGIN_ALLOW_THREADS
     populate_ahead(buf.buf, p, (size_t)buf.len, blocks, (size_t)n, last);
     status = load_loop(buf.buf, &p, (size_t)buf.len, blocks, (size_t)n, &last, xbzrle_ok, c,

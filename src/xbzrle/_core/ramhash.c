@@ -19,156 +19,92 @@
 #include <unistd.h>
 
 #include "codec.h"
+#include "pagehash.h"
 
 #define PAGE XBZ_GUEST_PAGE_SIZE
-#define HASH_M1 0xff51afd7ed558ccdULL
-#define HASH_M2 0xc4ceb9fe1a85ec53ULL
-#define HASH_LANES 8   /* 64-bit lanes: one 64-byte stripe, two AVX2 registers */
-#define HASH_SCRAMBLE 16 /* stripes between two scrambles of the lanes (1 KiB) */
+#define HASH_WORDS (PAGE / 8)
+_Static_assert(PAGE == XBZ_HASH_PAGE, "the page hash is defined on guest pages");
 
-static inline uint64_t rotl64(uint64_t x, int r)
-{
-    return (x << r) | (x >> (64 - r));
-}
-
-static const uint64_t hash_key[HASH_LANES] = {
+const uint64_t xbz_hash_key[XBZ_HASH_LANES] = {
     0xbe4ba423396cfeb8ULL, 0x1cad21f72c81017cULL, 0xdb979083e96dd4deULL,
     0x1f67b3b7a4a44072ULL, 0x78e5c0cc4ee679cbULL, 0x2172ffcc7dd05a82ULL,
     0x8e2443f7744608b8ULL, 0x4c263a81e69035e0ULL,
 };
 
-/* The lanes of a page, in the manner of XXH3's accumulator: each 64-bit
- * word w of lane j, keyed by its lane and its stripe (k = w ^ key[j] ^
- * stripe constant), adds lo32(k) * hi32(k) to the lane's product sum and w
- * itself to the lane's plain sum; every 1 KiB the product sums are
- * scrambled by a bijection.  Only 32x32->64 multiplies per word: the
- * compiler turns the lane loop into AVX2 (vpmuludq) or AVX-512 code, and
- * every build computes the same value.  The plain sum alone changes by
- * exactly the difference of a single changed word; the stripe constant
- * makes a page with two stripes swapped hash differently. */
-static inline void hash_lanes(const uint8_t *page, uint64_t *restrict mul_out,
-                              uint64_t *restrict sum_out)
+/* The sum of a page's terms (pagehash.h), word by word: the reference that
+ * the AVX2 lanes below must equal, and the portable path. */
+static uint64_t term_sum_generic(const uint8_t *page)
 {
-    uint64_t mul[HASH_LANES], sum[HASH_LANES];
-    memcpy(mul, mul_out, sizeof(mul));
-    memcpy(sum, sum_out, sizeof(sum));
-    for (size_t block = 0; block < PAGE; block += 64 * HASH_SCRAMBLE) {
-        for (size_t s = 0; s < HASH_SCRAMBLE; s++) {
-            uint64_t w[HASH_LANES];
-            uint64_t stripe_key = (uint64_t)(block / 64 + s + 1) * 0x9e3779b97f4a7c15ULL;
-            memcpy(w, page + block + s * 64, sizeof(w));
-            for (int j = 0; j < HASH_LANES; j++) {
-                uint64_t k = w[j] ^ hash_key[j] ^ stripe_key;
-                sum[j] += w[j];
-                mul[j] += (k & 0xffffffffULL) * (k >> 32);
-            }
-        }
-        for (int j = 0; j < HASH_LANES; j++)
-            mul[j] = (mul[j] ^ (mul[j] >> 47) ^ hash_key[j]) * 0x9e3779b1ULL;
+    uint64_t lanes[XBZ_HASH_LANES] = {0};
+    for (size_t i = 0; i < HASH_WORDS; i++) {
+        uint64_t w;
+        memcpy(&w, page + 8 * i, 8);
+        lanes[i % XBZ_HASH_LANES] += xbz_hash_term(w, i);
     }
-    memcpy(mul_out, mul, sizeof(mul));
-    memcpy(sum_out, sum, sizeof(sum));
+    uint64_t sum = 0;
+    for (int j = 0; j < XBZ_HASH_LANES; j++)
+        sum += lanes[j];
+    return sum;
 }
 
-static void hash_lanes_generic(const uint8_t *page, uint64_t *mul, uint64_t *sum)
+/* The same sum in two AVX2 registers of four lanes each: a 64-byte stripe
+ * per step; _mm256_mul_epu32 is lo32(a) * lo32(b), so lo32(k) * hi32(k) is
+ * one instruction.  A page costs about a memory copy of it. */
+__attribute__((target("avx2"))) static uint64_t term_sum_avx2(const uint8_t *page)
 {
-    hash_lanes(page, mul, sum);
-}
-
-/* The same computation in AVX2 registers: two vectors of four lanes each
- * for the product sums and for the plain sums; _mm256_mul_epu32 is
- * lo32(a) * lo32(b), so lo32(k) * hi32(k) is one instruction. */
-__attribute__((target("avx2"))) static void hash_lanes_avx2(const uint8_t *page, uint64_t *mul,
-                                                            uint64_t *sum)
-{
-    const __m256i key0 = _mm256_loadu_si256((const __m256i *)hash_key);
-    const __m256i key1 = _mm256_loadu_si256((const __m256i *)(hash_key + 4));
-    const __m256i prime = _mm256_set1_epi64x(0x9e3779b1LL);
-    __m256i m0 = _mm256_loadu_si256((const __m256i *)mul);
-    __m256i m1 = _mm256_loadu_si256((const __m256i *)(mul + 4));
-    __m256i s0 = _mm256_loadu_si256((const __m256i *)sum);
-    __m256i s1 = _mm256_loadu_si256((const __m256i *)(sum + 4));
+    const __m256i key0 = _mm256_loadu_si256((const __m256i *)xbz_hash_key);
+    const __m256i key1 = _mm256_loadu_si256((const __m256i *)(xbz_hash_key + 4));
+    __m256i m0 = _mm256_setzero_si256(), m1 = _mm256_setzero_si256();
     uint64_t stripe_key = 0;
-    for (size_t block = 0; block < PAGE; block += 64 * HASH_SCRAMBLE) {
-        for (size_t s = 0; s < HASH_SCRAMBLE; s++) {
-            const uint8_t *p = page + block + s * 64;
-            stripe_key += 0x9e3779b97f4a7c15ULL;
-            __m256i sk = _mm256_set1_epi64x((long long)stripe_key);
-            __m256i w0 = _mm256_loadu_si256((const __m256i *)p);
-            __m256i w1 = _mm256_loadu_si256((const __m256i *)(p + 32));
-            __m256i k0 = _mm256_xor_si256(_mm256_xor_si256(w0, key0), sk);
-            __m256i k1 = _mm256_xor_si256(_mm256_xor_si256(w1, key1), sk);
-            s0 = _mm256_add_epi64(s0, w0);
-            s1 = _mm256_add_epi64(s1, w1);
-            m0 = _mm256_add_epi64(m0, _mm256_mul_epu32(k0, _mm256_srli_epi64(k0, 32)));
-            m1 = _mm256_add_epi64(m1, _mm256_mul_epu32(k1, _mm256_srli_epi64(k1, 32)));
-        }
-        /* (m ^ m >> 47 ^ key) * 0x9e3779b1 mod 2^64, from 32x32 products */
-        __m256i x0 = _mm256_xor_si256(_mm256_xor_si256(m0, _mm256_srli_epi64(m0, 47)), key0);
-        __m256i x1 = _mm256_xor_si256(_mm256_xor_si256(m1, _mm256_srli_epi64(m1, 47)), key1);
-        m0 = _mm256_add_epi64(_mm256_mul_epu32(x0, prime),
-                              _mm256_slli_epi64(_mm256_mul_epu32(_mm256_srli_epi64(x0, 32), prime), 32));
-        m1 = _mm256_add_epi64(_mm256_mul_epu32(x1, prime),
-                              _mm256_slli_epi64(_mm256_mul_epu32(_mm256_srli_epi64(x1, 32), prime), 32));
+    for (size_t at = 0; at < PAGE; at += 64) {
+        stripe_key += XBZ_HASH_STRIPE;
+        __m256i sk = _mm256_set1_epi64x((long long)stripe_key);
+        __m256i k0 = _mm256_xor_si256(
+            _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(page + at)), key0), sk);
+        __m256i k1 = _mm256_xor_si256(
+            _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(page + at + 32)), key1), sk);
+        m0 = _mm256_add_epi64(m0, _mm256_add_epi64(_mm256_mul_epu32(k0, _mm256_srli_epi64(k0, 32)), k0));
+        m1 = _mm256_add_epi64(m1, _mm256_add_epi64(_mm256_mul_epu32(k1, _mm256_srli_epi64(k1, 32)), k1));
     }
-    _mm256_storeu_si256((__m256i *)mul, m0);
-    _mm256_storeu_si256((__m256i *)(mul + 4), m1);
-    _mm256_storeu_si256((__m256i *)sum, s0);
-    _mm256_storeu_si256((__m256i *)(sum + 4), s1);
+    uint64_t lanes[8];
+    _mm256_storeu_si256((__m256i *)lanes, m0);
+    _mm256_storeu_si256((__m256i *)(lanes + 4), m1);
+    uint64_t sum = 0;
+    for (int j = 0; j < 8; j++)
+        sum += lanes[j];
+    return sum;
 }
 
-static void (*hash_lanes_impl)(const uint8_t *, uint64_t *, uint64_t *);
+static uint64_t (*term_sum_impl)(const uint8_t *);
+static uint64_t zero_page_sum; /* the terms of a zero page; set with term_sum_impl */
 
-/* xbz_page_hash: the lanes above, folded into 64 bits (pairs of lanes
- * multiplied as 128-bit products, then an avalanche).  Any change to a
- * page changes the hash except with probability about 2^-64; not
- * cryptographic: it catches lost or garbled pages, it does not resist an
- * adversary.  Runs at several times the speed of the earlier
- * multiply-rotate chain (a page costs about a memory copy of it). */
-static uint64_t page_hash_with(const uint8_t *page,
-                               void (*impl)(const uint8_t *, uint64_t *, uint64_t *));
-
-uint64_t xbz_page_hash(const uint8_t *page)
+static uint64_t (*term_sum(void))(const uint8_t *)
 {
-    void (*impl)(const uint8_t *, uint64_t *, uint64_t *) = hash_lanes_impl;
+    uint64_t (*impl)(const uint8_t *) = __atomic_load_n(&term_sum_impl, __ATOMIC_ACQUIRE);
     if (impl == NULL) {
+        static const uint8_t zero[PAGE];
         const char *forced = getenv("XBZRLE_SIMD");
         __builtin_cpu_init();
         int portable = forced != NULL && strcmp(forced, "portable") == 0;
-        impl = __builtin_cpu_supports("avx2") && !portable ? hash_lanes_avx2 : hash_lanes_generic;
-        hash_lanes_impl = impl; /* benign race: every thread stores the same pointer */
+        impl = __builtin_cpu_supports("avx2") && !portable ? term_sum_avx2 : term_sum_generic;
+        /* Every thread computes and stores the same values. */
+        __atomic_store_n(&zero_page_sum, term_sum_generic(zero), __ATOMIC_RELAXED);
+        __atomic_store_n(&term_sum_impl, impl, __ATOMIC_RELEASE);
     }
-    return page_hash_with(page, impl);
+    return impl;
 }
 
-static uint64_t page_hash_with(const uint8_t *page,
-                               void (*impl)(const uint8_t *, uint64_t *, uint64_t *))
+/* xbz_page_hash: the sum of the page's terms minus a zero page's (see
+ * pagehash.h for why a sum, and what it sees). */
+uint64_t xbz_page_hash(const uint8_t *page)
 {
-    uint64_t mul[HASH_LANES] = {
-        0x243f6a8885a308d3ULL, 0x13198a2e03707344ULL, 0xa4093822299f31d0ULL,
-        0x082efa98ec4e6c89ULL, 0x452821e638d01377ULL, 0xbe5466cf34e90c6cULL,
-        0xc0ac29b7c97c50ddULL, 0x3f84d5b5b5470917ULL,
-    };
-    uint64_t sum[HASH_LANES] = {0};
-    impl(page, mul, sum);
-    /* Each lane's plain sum goes through a bijection (odd multiplier, then
-     * a rotation) before it meets the product sums. */
-    uint64_t h = PAGE * HASH_M1;
-    for (int j = 0; j < HASH_LANES; j++) {
-        __uint128_t m = (__uint128_t)(mul[j] ^ hash_key[j]) * (rotl64(sum[j] * HASH_M2, 29) | 1);
-        h = rotl64(h ^ ((uint64_t)m ^ (uint64_t)(m >> 64)), 23) * HASH_M1;
-    }
-    h ^= h >> 33;
-    h *= HASH_M2;
-    h ^= h >> 29;
-    h *= HASH_M1;
-    h ^= h >> 32;
-    /* Never 0: a digest table keeps 0 for "zero page" (xbz_digest_hash). */
-    return h | (h == 0);
+    uint64_t (*impl)(const uint8_t *) = term_sum();
+    return impl(page) - __atomic_load_n(&zero_page_sum, __ATOMIC_RELAXED);
 }
 
 uint64_t xbz_digest_hash(const uint8_t *page)
 {
+    /* A zero page hashes to 0; the zero check first skips its terms. */
     return xbz_is_zero(page, PAGE) ? 0 : xbz_page_hash(page);
 }
 
@@ -190,11 +126,11 @@ static void *digest_worker(void *arg)
     for (size_t p = job->first; p < job->last; p++) {
         if (job->resident != NULL && !(job->resident[p] & 1))
             continue; /* never populated: reads as zero, costs nothing to skip */
-        const uint8_t *page = job->base + p * PAGE;
-        if (xbz_is_zero(page, PAGE))
-            continue;
+        uint64_t h = xbz_digest_hash(job->base + p * PAGE);
+        if (h == 0)
+            continue; /* a zero page (or, about 2^-64, terms that cancel): as table_pairs */
         job->out[2 * (job->first + n)] = job->index_base + p;
-        job->out[2 * (job->first + n) + 1] = xbz_page_hash(page);
+        job->out[2 * (job->first + n) + 1] = h;
         n++;
     }
     job->count = n;
@@ -433,7 +369,8 @@ static PyObject *hash_one_page(PyObject *arg, uint64_t (*hash)(const uint8_t *))
 
 static uint64_t page_hash_generic(const uint8_t *page)
 {
-    return page_hash_with(page, hash_lanes_generic);
+    term_sum(); /* sets zero_page_sum */
+    return term_sum_generic(page) - __atomic_load_n(&zero_page_sum, __ATOMIC_RELAXED);
 }
 
 static PyObject *page_hash_portable(PyObject *self, PyObject *arg)
