@@ -25,6 +25,7 @@ from xbzrle.migration.status import MigrationStatus as S
 from xbzrle.transport import channels
 
 RAM = 8 << 20
+PAGE = 4096
 
 
 def wait_for(condition, timeout: float = 20.0) -> None:
@@ -267,6 +268,17 @@ def test_an_exec_command_that_stops_reading_and_never_exits_is_killed_and_report
     assert mig.wait(60) == S.FAILED
     assert mig.error == ("exec: migration command killed by signal 9 (it closed its input and "
                          "was still running after 0.5 s): still resolving backup host"), mig.error
+    assert running_and_progressing(src.guest)
+
+
+def test_an_exec_command_that_exits_0_without_reading_the_stream_fails_the_migration(sides):
+    src = sides("client", None)
+    with memoryview(src.guest.blocks["pc.ram"]) as ram:  # the first round: 8 MiB of data,
+        ram[PAGE:] = os.urandom(len(ram) - PAGE)  # more than the pipe holds (loadgen: page 0)
+    mig = src.manager.migrate("exec:head -c 10 > /dev/null")
+    assert mig.wait(60) == S.FAILED
+    assert mig.error == ("exec: migration command exited with status 0 before reading the "
+                         "whole stream"), mig.error
     assert running_and_progressing(src.guest)
 
 
