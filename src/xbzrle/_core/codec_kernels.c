@@ -420,16 +420,17 @@ static inline uint64_t diff64_avx512bw(const uint8_t *a, const uint8_t *b)
     return _mm512_cmpneq_epi8_mask(_mm512_loadu_si512(a), _mm512_loadu_si512(b));
 }
 
-/* Masks of the differing bytes of a 256-byte block: the AVX2 compares (in
- * 32-byte registers, an equal block told by one test with no mask moved out
- * of the vector unit).  Measured on a Xeon with AVX-512 (codec.py,
- * alternating builds, medians): against four 64-byte compares into mask
- * registers, seed 0.94-0.95 of memcmp instead of 0.87-0.89, other classes
- * alike; 64-byte XORs tested in the vector unit did no better (0.87-0.92):
- * the 64-byte loads themselves cost the difference. */
+/* Masks of the differing bytes of a 256-byte block, stored whether or not
+ * any differs (the caller keeps them only then); 1 when any differs. */
 static inline int diff256_avx512bw(const uint8_t *a, const uint8_t *b, uint64_t m[4])
 {
-    return diff256_avx2(a, b, m);
+    uint64_t m0 = diff64_avx512bw(a, b), m1 = diff64_avx512bw(a + 64, b + 64);
+    uint64_t m2 = diff64_avx512bw(a + 128, b + 128), m3 = diff64_avx512bw(a + 192, b + 192);
+    m[0] = m0;
+    m[1] = m1;
+    m[2] = m2;
+    m[3] = m3;
+    return ((m0 | m1) | (m2 | m3)) != 0;
 }
 
 static inline int zero256_avx512bw(const uint8_t *p)

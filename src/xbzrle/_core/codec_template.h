@@ -115,12 +115,6 @@ static inline size_t XBZ_PATH(count_runs)(const uint64_t *masks, const uint16_t 
  * fifth of the samples of the seed class sat on it); 256, 512 and 768
  * bytes measured alike, 768 a little better (docs/codec.md). */
 #define XBZ_AHEAD_AT 768
-/* How many of the next pair's first lines the scan asks for, one per block
- * from XBZ_AHEAD_AT on: the first four lines of each page let the hardware
- * prefetcher find the stream sooner (seed class, codec.py alternating
- * builds: 0.95-0.99 of memcmp on AVX2 against 0.92-0.94 with one line; 12
- * lines or every second line measured no better). */
-#define XBZ_AHEAD_LINES 4
 static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page, size_t len,
                                     uint64_t *masks, uint16_t *words, size_t dlen,
                                     size_t *differing_bytes, const uint8_t *ahead_old,
@@ -132,10 +126,9 @@ static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page,
     size_t ahead_at = len > XBZ_AHEAD_AT ? XBZ_AHEAD_AT : 0;
 
     for (; off < len; off += XBZ_BLOCK, w += 4) {
-        if (ahead_old != NULL && off - ahead_at < XBZ_AHEAD_LINES * XBZ_BLOCK) {
-            size_t line = (off - ahead_at) / XBZ_BLOCK * 64;
-            __builtin_prefetch(ahead_old + line);
-            __builtin_prefetch(ahead_new + line);
+        if (ahead_old != NULL && off == ahead_at) {
+            __builtin_prefetch(ahead_old);
+            __builtin_prefetch(ahead_new);
         }
         int differs = off + XBZ_BLOCK <= len
                           ? XBZ_PATH(diff256)(old + off, new_page + off, m)

@@ -180,20 +180,14 @@ struct next_pair {
     const uint8_t *old, *page;
 };
 
-/* How many lines of the next dirty page a plain round with the digest
- * table asks for before it hashes the current one (1 GiB of random pages
- * into the buffer with refs and table, alternating builds: 6.4-7.1 GB/s
- * with none, 6.6-8.2 with 16, 7.1-7.7 with 32, 6.8-7.4 with 64). */
-#define PLAIN_AHEAD_LINES 16
-
 /* How many bitmap words past the current page the next dirty page is
  * looked for: a page further away than that is not worth the search (the
  * prefetch would only help its first lines). */
 #define NEXT_PAIR_WORDS 4
 
 /* Fill ahead with the dirty page after page p (whose bit is already clear)
- * and its cached copy (cache NULL: no cached copy), if one is near; the
- * cache is only peeked at (no counters, no ages). */
+ * and its cached copy, if one is near; the cache is only peeked at (no
+ * counters, no ages). */
 static inline void find_next_pair(struct next_pair *ahead, const uint64_t *words, size_t nwords,
                                   size_t p, size_t npages, const uint8_t *base,
                                   uint64_t addr_base, const xbz_cache *cache)
@@ -210,10 +204,9 @@ static inline void find_next_pair(struct next_pair *ahead, const uint64_t *words
         if (next >= npages)
             return;
         uint64_t addr = addr_base + (uint64_t)next * XBZ_PAGE;
-        size_t slot = cache != NULL ? xbz_cache_slot(cache, addr) : 0;
+        size_t slot = xbz_cache_slot(cache, addr);
         ahead->page = base + (uint64_t)next * XBZ_PAGE;
-        ahead->old = cache != NULL && cache->addrs[slot] == addr ? xbz_cache_page(cache, slot)
-                                                                 : ahead->page;
+        ahead->old = cache->addrs[slot] == addr ? xbz_cache_page(cache, slot) : ahead->page;
         return;
     }
 }
@@ -268,13 +261,6 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
                             int mode, xbz_cache *cache, uint8_t *backoff, uint64_t *slot,
                             const struct next_pair *ahead, uint64_t *c)
 {
-    if (slot != NULL && ahead->page != NULL && (mode == MODE_PLAIN || cache == NULL)) {
-        /* A plain round with the digest table hashes every page it sends
-         * (the first read of the page from memory): ask for the next dirty
-         * page's first lines meanwhile. */
-        for (int line = 0; line < PLAIN_AHEAD_LINES; line++)
-            __builtin_prefetch(ahead->page + 64 * line);
-    }
     if (xbz_is_zero(page, XBZ_PAGE)) {
         /* Refresh the cached copy too, or the next delta is against stale bytes. */
         if (mode == MODE_XBZRLE && cache != NULL)
@@ -532,9 +518,8 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
                           hashes != NULL ? hashes + p : NULL, c);
         } else {
             struct next_pair ahead = {NULL, NULL};
-            if ((cache != NULL && mode != MODE_PLAIN) || hashes != NULL)
-                find_next_pair(&ahead, words, nwords, p, npages, base, addr_base,
-                               mode != MODE_PLAIN ? cache : NULL);
+            if (cache != NULL && mode != MODE_PLAIN)
+                find_next_pair(&ahead, words, nwords, p, npages, base, addr_base, cache);
             save_one(&w, base + offset, offset, addr_base + offset, mode, cache,
                      backoff != NULL ? backoff + p : NULL, hashes != NULL ? hashes + p : NULL,
                      &ahead, c);
