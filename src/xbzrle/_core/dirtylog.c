@@ -17,7 +17,13 @@
  * SoftTracker: a software bitmap that built-in workloads set after each
  *   write; a sync swaps every word with zero.
  * ScanTracker: a 64-bit hash per page; a sync rehashes every page and
- *   reports those whose hash moved.  Sees any writer, costs a full read. */
+ *   reports those whose hash moved.  Sees any writer, costs a full read.
+ *   It sees contents, not writes: a page written and restored between two
+ *   syncs looks untouched, which is wrong when a migration sent it in
+ *   between (the destination holds the intermediate bytes).  follow(table)
+ *   makes each sync also report a page whose hash differs from the digest
+ *   table entry of what the destination holds (the save loop's table), so
+ *   the same read of the RAM compares each page with both references. */
 #define _GNU_SOURCE
 #include "guest.h"
 
@@ -382,7 +388,10 @@ typedef struct {
     PyObject *ram;
     uint8_t *base;
     size_t npages;
-    uint64_t *hashes;
+    uint64_t *hashes;   /* each page's hash at the last sync */
+    uint64_t zero_hash; /* xbz_page_hash of a zero page */
+    Py_buffer table;    /* follow(): what the destination holds (a digest table) */
+    int following;      /* table holds a buffer */
     pthread_mutex_t lock;
 } XbzScanTracker;
 
@@ -390,6 +399,10 @@ static void scan_release(XbzScanTracker *self)
 {
     PyMem_RawFree(self->hashes);
     self->hashes = NULL;
+    if (self->following) {
+        PyBuffer_Release(&self->table);
+        self->following = 0;
+    }
     if (self->ram != NULL) {
         xbz_ram_unpin(self->ram);
         Py_CLEAR(self->ram);
@@ -426,13 +439,13 @@ static PyObject *scan_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(self);
         return NULL;
     }
+    static const uint8_t zero_page[XBZ_GUEST_PAGE_SIZE];
+    self->zero_hash = xbz_page_hash(zero_page);
     Py_BEGIN_ALLOW_THREADS
     if (from_zero) {
         /* A fresh mapping is all zero: no need to touch it. */
-        static const uint8_t zero_page[XBZ_GUEST_PAGE_SIZE];
-        uint64_t zh = xbz_page_hash(zero_page);
         for (size_t i = 0; i < self->npages; i++)
-            self->hashes[i] = zh;
+            self->hashes[i] = self->zero_hash;
     } else {
         for (size_t i = 0; i < self->npages; i++)
             self->hashes[i] = xbz_page_hash(self->base + (i << XBZ_GUEST_PAGE_SHIFT));
@@ -461,12 +474,20 @@ static PyObject *scan_sync(XbzScanTracker *self, PyObject *unused)
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&self->lock);
     closed = self->hashes == NULL;
+    const uint8_t *held = self->following ? self->table.buf : NULL;
     for (size_t i = 0; !closed && i < self->npages; i++) {
         uint64_t h = xbz_page_hash(self->base + (i << XBZ_GUEST_PAGE_SHIFT));
-        if (h != self->hashes[i]) {
-            self->hashes[i] = h;
-            bitmap->words[i >> 6] |= (uint64_t)1 << (i & 63);
+        int report = h != self->hashes[i];
+        self->hashes[i] = h;
+        if (held != NULL && !report) {
+            /* The destination's entry: 0 for a zero page, else its hash (equal
+             * hashes mean equal pages, up to the 2^-64 the tracker accepts). */
+            uint64_t entry;
+            memcpy(&entry, held + 8 * i, 8);
+            report = h != (entry == 0 ? self->zero_hash : entry);
         }
+        if (report)
+            bitmap->words[i >> 6] |= (uint64_t)1 << (i & 63);
     }
     pthread_mutex_unlock(&self->lock);
     Py_END_ALLOW_THREADS
@@ -476,6 +497,42 @@ static PyObject *scan_sync(XbzScanTracker *self, PyObject *unused)
         return NULL;
     }
     return (PyObject *)bitmap;
+}
+
+static PyObject *scan_follow(XbzScanTracker *self, PyObject *arg)
+{
+    Py_buffer view = {0};
+    int follow = arg != Py_None;
+    if (follow) {
+        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+            return NULL;
+        if ((size_t)view.len != self->npages * 8) {
+            PyBuffer_Release(&view);
+            PyErr_Format(PyExc_ValueError, "a digest table of %zu pages is %zu bytes, not %zd",
+                         self->npages, self->npages * 8, view.len);
+            return NULL;
+        }
+    }
+    Py_buffer old = {0};
+    int had;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->lock);
+    Py_END_ALLOW_THREADS
+    if (self->hashes == NULL) {
+        pthread_mutex_unlock(&self->lock);
+        if (follow)
+            PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "tracker is closed");
+        return NULL;
+    }
+    had = self->following;
+    old = self->table;
+    self->table = view;
+    self->following = follow;
+    pthread_mutex_unlock(&self->lock);
+    if (had)
+        PyBuffer_Release(&old);
+    Py_RETURN_NONE;
 }
 
 static PyObject *scan_close(XbzScanTracker *self, PyObject *unused)
@@ -506,6 +563,10 @@ static PyObject *scan_page_hash(PyObject *unused, PyObject *arg)
 static PyMethodDef scan_methods[] = {
     {"sync", (PyCFunction)scan_sync, METH_NOARGS,
      "Pages whose contents changed since the previous sync, as a DirtyBitmap."},
+    {"follow", (PyCFunction)scan_follow, METH_O,
+     "follow(table): also report, at each sync, every page whose hash differs from its\n"
+     "entry in table (a digest table, one native uint64 per page: 0 for a zero page),\n"
+     "kept by the save loop as what the destination holds; follow(None) stops."},
     {"close", (PyCFunction)scan_close, METH_NOARGS, "Stop tracking and release the RAM."},
     {NULL, NULL, 0, NULL},
 };
