@@ -10,6 +10,9 @@ with its guest running.
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import socket
 import time
 
@@ -19,8 +22,10 @@ from xbzrle import Guest
 from xbzrle.errors import ParameterError
 from xbzrle.migration.manager import MigrationManager
 from xbzrle.migration.status import MigrationStatus as S
+from xbzrle.transport import channels
 
 RAM = 8 << 20
+PAGE = 4096
 
 
 def wait_for(condition, timeout: float = 20.0) -> None:
@@ -207,6 +212,73 @@ def test_a_failing_exec_command_is_reported_with_its_status_and_stderr(sides):
     assert mig.wait(60) == S.FAILED
     assert "exited with status 3: cannot reach backup host" in (mig.error or ""), mig.error
     assert "Broken pipe" not in mig.error
+    assert running_and_progressing(src.guest)
+
+
+def release(fifo) -> None:
+    """Let a command blocked in ``read < fifo`` go on (it opens the FIFO soon, if not yet)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:  # ENXIO: no reader yet
+            assert exc.errno == errno.ENXIO and time.monotonic() < deadline, exc
+            time.sleep(0.01)
+            continue
+        os.write(fd, b"go\n")
+        os.close(fd)
+        return
+
+
+def test_an_exec_command_that_stops_reading_before_it_exits_is_reported_with_its_status(
+        sides, tmp_path, caplog, monkeypatch):
+    # The race the first test can lose under load, by construction: the command
+    # reads the stream's first bytes (so the source is writing), closes its
+    # input and blocks; the source's next write fails with EPIPE while the
+    # command has no exit status yet.  It exits (status 3, a stderr line) only
+    # once the source said it is waiting for it.
+    monkeypatch.setattr(channels, "EXEC_EXIT_WAIT", 120.0)  # long: a loaded machine is fine
+    caplog.set_level(logging.INFO, logger=channels.__name__)
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    src = sides("client", None, workload="dense")
+    mig = src.manager.migrate(f"exec:head -c 1 > /dev/null; exec 0<&-; read go < {fifo}; "
+                              "echo 'cannot reach backup host' >&2; exit 3")
+
+    def source_waits() -> bool:
+        return any("closed its input" in r.getMessage() for r in caplog.records)
+
+    wait_for(lambda: source_waits() or mig.status in (S.FAILED, S.COMPLETED), 60)
+    if source_waits():
+        release(fifo)
+    assert mig.wait(60) == S.FAILED
+    assert "exited with status 3: cannot reach backup host" in (mig.error or ""), mig.error
+    assert "Broken pipe" not in mig.error
+    assert running_and_progressing(src.guest)
+
+
+def test_an_exec_command_that_stops_reading_and_never_exits_is_killed_and_reported(
+        sides, tmp_path, monkeypatch):
+    monkeypatch.setattr(channels, "EXEC_EXIT_WAIT", 0.5)
+    fifo = tmp_path / "never"
+    os.mkfifo(fifo)
+    src = sides("client", None, workload="dense")
+    mig = src.manager.migrate(f"exec:echo 'still resolving backup host' >&2; exec 0<&-; "
+                              f"read go < {fifo}")
+    assert mig.wait(60) == S.FAILED
+    assert mig.error == ("exec: migration command killed by signal 9 (it closed its input and "
+                         "was still running after 0.5 s): still resolving backup host"), mig.error
+    assert running_and_progressing(src.guest)
+
+
+def test_an_exec_command_that_exits_0_without_reading_the_stream_fails_the_migration(sides):
+    src = sides("client", None)
+    with memoryview(src.guest.blocks["pc.ram"]) as ram:  # the first round: 8 MiB of data,
+        ram[PAGE:] = os.urandom(len(ram) - PAGE)  # more than the pipe holds (loadgen: page 0)
+    mig = src.manager.migrate("exec:head -c 10 > /dev/null")
+    assert mig.wait(60) == S.FAILED
+    assert mig.error == ("exec: migration command exited with status 0 before reading the "
+                         "whole stream"), mig.error
     assert running_and_progressing(src.guest)
 
 

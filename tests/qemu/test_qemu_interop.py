@@ -38,7 +38,7 @@ def kernel(tmp_path_factory) -> Path:
 def vm(kernel, tmp_path):
     machine = GuestVM(kernel, tmp_path)
     try:
-        machine.wait_running(0.5)
+        machine.wait_running()
         yield machine
     finally:
         machine.stop()
@@ -161,7 +161,7 @@ def test_receive_from_live_qemu_over_tls(kernel, tmp_path, pki):
          "--object", authz, "--tls-creds", "tls0", "--tls-authz", "auth0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
-        machine.wait_running(0.5)
+        machine.wait_running()
         assert proc.stderr is not None
         line = proc.stderr.readline().decode()
         assert line.startswith("listening on tcp:127.0.0.1:"), line

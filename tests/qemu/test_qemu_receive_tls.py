@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from support import wait_until
 from xbzrle.errors import ParameterError, TransportError
 from xbzrle.qemu import receive
 from xbzrle.stream import StreamWriter
@@ -112,8 +113,12 @@ def test_cli_receive_with_tls_and_authz_drops_a_rogue_then_takes_the_source(tmp_
         send_when_listening(data, pki.other_client, results, expect_refusal=True)(address)
         refusal = proc.stderr.readline().decode()
         assert "not authorized by 'auth0'" in refusal and pki.other_dn in refusal
+        # The rogue's thread notes what it saw after receive moved on: wait for it,
+        # or the source's "sent" may come first on a loaded machine.
+        wait_until(lambda: len(results) == 1, 60, message="the rogue client never finished")
         send_when_listening(data, pki.client, results)(address)
         stdout, stderr = proc.communicate(timeout=60)
+        wait_until(lambda: len(results) == 2, 60, message="the source never finished")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -50,6 +50,34 @@ static inline int uleb_get(const uint8_t *in, uint32_t *n)
     return 2;
 }
 
+/* The exact walk over a delta, one run at a time, from offset *i and page
+ * position *pos: 1 with *n the length of the next non-zero run (its bytes
+ * at delta + *i, its place at *pos, both advanced past the lengths), or 0 at
+ * the end of the delta or at the first inconsistency (a length that does
+ * not fit, a run past the page or the delta, an empty run): the apply
+ * passes stop there, so a delta rewritten since its check cannot make them
+ * read or write out of bounds. */
+static inline int exact_next_run(const uint8_t *delta, size_t dlen, size_t page_len, size_t *i,
+                                 size_t *pos, uint32_t *n)
+{
+    uint32_t zrun;
+    int used;
+    if (dlen - *i < 2)
+        return 0;
+    used = uleb_get(delta + *i, &zrun);
+    if (used < 0 || zrun > page_len - *pos)
+        return 0;
+    *pos += zrun;
+    *i += (size_t)used;
+    if (dlen - *i < 2)
+        return 0;
+    used = uleb_get(delta + *i, n);
+    if (used < 0 || *n == 0 || *n > page_len - *pos || *n > dlen - *i - (size_t)used)
+        return 0;
+    *i += (size_t)used;
+    return 1;
+}
+
 /* The lengths of the run that starts at d, for the decoder's fast walks:
  * the zero run (*zlen, one or two bytes, read as QEMU reads them, so a
  * second byte with bit 7 set gives a value of 0x4000 or more), the
@@ -1101,22 +1129,7 @@ void xbz_decode_apply_hashed(const uint8_t *delta, size_t dlen, uint8_t *page, u
     uint64_t h = *hash;
     size_t i = 0, pos = 0;
     uint32_t n;
-    int used;
-    /* The delta passed xbz_decode_check: every bound below holds; they are
-     * kept so that a delta changed since cannot make it write outside the
-     * page (it then stops, like xbz_decode_apply_within). */
-    while (dlen - i >= 2) {
-        used = uleb_get(delta + i, &n);
-        if (used < 0 || n > XBZ_HASH_PAGE - pos)
-            break;
-        pos += n;
-        i += (size_t)used;
-        if (dlen - i < 2)
-            break;
-        used = uleb_get(delta + i, &n);
-        if (used < 0 || n == 0 || n > XBZ_HASH_PAGE - pos || n > dlen - i - (size_t)used)
-            break;
-        i += (size_t)used;
+    while (exact_next_run(delta, dlen, XBZ_HASH_PAGE, &i, &pos, &n)) {
         h -= xbz_hash_terms(page, pos, n);
         memcpy(page + pos, delta + i, n);
         h += xbz_hash_terms(page, pos, n);

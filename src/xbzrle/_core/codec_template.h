@@ -435,20 +435,7 @@ static void XBZ_PATH(apply_tail)(const uint8_t *delta, size_t dlen, uint8_t *pag
                                  size_t page_len, size_t i, size_t pos)
 {
     uint32_t n;
-    int used;
-
-    while (dlen - i >= 2) {
-        used = uleb_get(delta + i, &n);
-        if (used < 0 || n > page_len - pos)
-            return;
-        pos += n;
-        i += (size_t)used;
-        if (dlen - i < 2)
-            return;
-        used = uleb_get(delta + i, &n);
-        if (used < 0 || n > page_len - pos || n > dlen - i - (size_t)used)
-            return;
-        i += (size_t)used;
+    while (exact_next_run(delta, dlen, page_len, &i, &pos, &n)) {
         XBZ_PATH(copy_run)(page + pos, delta + i, n);
         pos += n;
         i += n;

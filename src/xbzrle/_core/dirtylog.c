@@ -17,7 +17,13 @@
  * SoftTracker: a software bitmap that built-in workloads set after each
  *   write; a sync swaps every word with zero.
  * ScanTracker: a 64-bit hash per page; a sync rehashes every page and
- *   reports those whose hash moved.  Sees any writer, costs a full read. */
+ *   reports those whose hash moved.  Sees any writer, costs a full read.
+ *   It sees contents, not writes: a page written and restored between two
+ *   syncs looks untouched, which is wrong when a migration sent it in
+ *   between (the destination holds the intermediate bytes).  follow(table)
+ *   makes each sync also report a page whose hash differs from the digest
+ *   table entry of what the destination holds (the save loop's table), so
+ *   the same read of the RAM compares each page with both references. */
 #define _GNU_SOURCE
 #include "guest.h"
 
@@ -382,7 +388,9 @@ typedef struct {
     PyObject *ram;
     uint8_t *base;
     size_t npages;
-    uint64_t *hashes;
+    uint64_t *hashes;   /* each page's hash at the last sync (a zero page's is 0) */
+    Py_buffer table;    /* follow(): what the destination holds (a digest table) */
+    int following;      /* table holds a buffer */
     pthread_mutex_t lock;
 } XbzScanTracker;
 
@@ -390,6 +398,10 @@ static void scan_release(XbzScanTracker *self)
 {
     PyMem_RawFree(self->hashes);
     self->hashes = NULL;
+    if (self->following) {
+        PyBuffer_Release(&self->table);
+        self->following = 0;
+    }
     if (self->ram != NULL) {
         xbz_ram_unpin(self->ram);
         Py_CLEAR(self->ram);
@@ -428,11 +440,8 @@ static PyObject *scan_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     Py_BEGIN_ALLOW_THREADS
     if (from_zero) {
-        /* A fresh mapping is all zero: no need to touch it. */
-        static const uint8_t zero_page[XBZ_GUEST_PAGE_SIZE];
-        uint64_t zh = xbz_page_hash(zero_page);
-        for (size_t i = 0; i < self->npages; i++)
-            self->hashes[i] = zh;
+        /* A fresh mapping is all zero (a zero page hashes to 0): no need to touch it. */
+        memset(self->hashes, 0, self->npages * sizeof(uint64_t));
     } else {
         for (size_t i = 0; i < self->npages; i++)
             self->hashes[i] = xbz_page_hash(self->base + (i << XBZ_GUEST_PAGE_SHIFT));
@@ -461,11 +470,34 @@ static PyObject *scan_sync(XbzScanTracker *self, PyObject *unused)
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&self->lock);
     closed = self->hashes == NULL;
-    for (size_t i = 0; !closed && i < self->npages; i++) {
-        uint64_t h = xbz_page_hash(self->base + (i << XBZ_GUEST_PAGE_SHIFT));
-        if (h != self->hashes[i]) {
-            self->hashes[i] = h;
-            bitmap->words[i >> 6] |= (uint64_t)1 << (i & 63);
+    const uint8_t *held = self->following ? self->table.buf : NULL;
+    for (size_t i = 0; !closed && i < self->npages; i += 4) {
+        /* Four pages hashed side by side (xbz_page_hash4), the last ones
+         * one by one. */
+        uint64_t h[4];
+        size_t n = self->npages - i < 4 ? self->npages - i : 4;
+        const uint8_t *pages[4];
+        for (size_t k = 0; k < n; k++)
+            pages[k] = self->base + ((i + k) << XBZ_GUEST_PAGE_SHIFT);
+        if (n == 4)
+            xbz_page_hash4(pages, h);
+        else
+            for (size_t k = 0; k < n; k++)
+                h[k] = xbz_page_hash(pages[k]);
+        for (size_t k = 0; k < n; k++) {
+            size_t page = i + k;
+            int report = h[k] != self->hashes[page];
+            self->hashes[page] = h[k];
+            if (held != NULL && !report) {
+                /* The destination's entry: the hash of what it holds (0 for a
+                 * zero page, as the page hash gives; equal hashes mean equal
+                 * pages, up to the 2^-64 the tracker accepts). */
+                uint64_t entry;
+                memcpy(&entry, held + 8 * page, 8);
+                report = h[k] != entry;
+            }
+            if (report)
+                bitmap->words[page >> 6] |= (uint64_t)1 << (page & 63);
         }
     }
     pthread_mutex_unlock(&self->lock);
@@ -476,6 +508,42 @@ static PyObject *scan_sync(XbzScanTracker *self, PyObject *unused)
         return NULL;
     }
     return (PyObject *)bitmap;
+}
+
+static PyObject *scan_follow(XbzScanTracker *self, PyObject *arg)
+{
+    Py_buffer view = {0};
+    int follow = arg != Py_None;
+    if (follow) {
+        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+            return NULL;
+        if ((size_t)view.len != self->npages * 8) {
+            PyBuffer_Release(&view);
+            PyErr_Format(PyExc_ValueError, "a digest table of %zu pages is %zu bytes, not %zd",
+                         self->npages, self->npages * 8, view.len);
+            return NULL;
+        }
+    }
+    Py_buffer old = {0};
+    int had;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->lock);
+    Py_END_ALLOW_THREADS
+    if (self->hashes == NULL) {
+        pthread_mutex_unlock(&self->lock);
+        if (follow)
+            PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "tracker is closed");
+        return NULL;
+    }
+    had = self->following;
+    old = self->table;
+    self->table = view;
+    self->following = follow;
+    pthread_mutex_unlock(&self->lock);
+    if (had)
+        PyBuffer_Release(&old);
+    Py_RETURN_NONE;
 }
 
 static PyObject *scan_close(XbzScanTracker *self, PyObject *unused)
@@ -506,6 +574,10 @@ static PyObject *scan_page_hash(PyObject *unused, PyObject *arg)
 static PyMethodDef scan_methods[] = {
     {"sync", (PyCFunction)scan_sync, METH_NOARGS,
      "Pages whose contents changed since the previous sync, as a DirtyBitmap."},
+    {"follow", (PyCFunction)scan_follow, METH_O,
+     "follow(table): also report, at each sync, every page whose hash differs from its\n"
+     "entry in table (a digest table, one native uint64 per page: 0 for a zero page),\n"
+     "kept by the save loop as what the destination holds; follow(None) stops."},
     {"close", (PyCFunction)scan_close, METH_NOARGS, "Stop tracking and release the RAM."},
     {NULL, NULL, 0, NULL},
 };

@@ -75,6 +75,20 @@ static inline void xbz_soft_mark(uint64_t *words, size_t page)
  * ScanTracker's change detector and the RAM digest's per-page value.  0 for
  * a zero page. */
 uint64_t xbz_page_hash(const uint8_t *page);
+/* xbz_page_hash of four pages at once, read side by side (faster from
+ * memory than four calls). */
+void xbz_page_hash4(const uint8_t *const pages[4], uint64_t hashes[4]);
+/* Pages whose hashes may be taken a little later, four at a time: add
+ * queues a page and where its hash goes (written once four are queued);
+ * flush hashes what is left.  The caller flushes before it reads a slot or
+ * lets the pages go. */
+typedef struct {
+    const uint8_t *pages[4];
+    uint64_t *slots[4];
+    int n;
+} xbz_page_hash_queue;
+void xbz_page_hash_queue_add(xbz_page_hash_queue *q, const uint8_t *page, uint64_t *slot);
+void xbz_page_hash_queue_flush(xbz_page_hash_queue *q);
 /* A page's entry in a digest table (one uint64 per page, kept by the save
  * and load loops): xbz_page_hash, with a zero page told by the cheaper zero
  * check.  The RAM digest leaves out the pages whose entry is 0. */

@@ -87,9 +87,17 @@ typedef struct {
 static void *hash_batch(void *arg)
 {
     const hash_job_t *job = arg;
-    for (int i = 0; i < job->n; i++)
-        if (job->slots[i] != NULL)
-            *job->slots[i] = xbz_digest_hash(job->pages[i].iov_base);
+    xbz_page_hash_queue q = {.n = 0};
+    for (int i = 0; i < job->n; i++) {
+        const uint8_t *page = job->pages[i].iov_base;
+        if (job->slots[i] == NULL)
+            continue;
+        if (xbz_is_zero(page, XBZ_PAGE))
+            *job->slots[i] = 0;
+        else
+            xbz_page_hash_queue_add(&q, page, job->slots[i]); /* four at a time */
+    }
+    xbz_page_hash_queue_flush(&q);
     return NULL;
 }
 

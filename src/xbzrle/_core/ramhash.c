@@ -75,7 +75,48 @@ __attribute__((target("avx2"))) static uint64_t term_sum_avx2(const uint8_t *pag
     return sum;
 }
 
+/* Four pages' sums at once.  A single page's sum waits on memory (about
+ * 7 GB/s here: the hardware prefetcher starts over at every 4 KiB page);
+ * four pages read side by side keep four streams in flight and run at
+ * 10-12 GB/s (256 MiB of 4 KiB pages, a C loop over the same kernels). */
+__attribute__((target("avx2"))) static void term_sums4_avx2(const uint8_t *const pages[4],
+                                                            uint64_t sums[4])
+{
+    const __m256i key0 = _mm256_loadu_si256((const __m256i *)xbz_hash_key);
+    const __m256i key1 = _mm256_loadu_si256((const __m256i *)(xbz_hash_key + 4));
+    __m256i acc[4];
+    for (int p = 0; p < 4; p++)
+        acc[p] = _mm256_setzero_si256();
+    uint64_t stripe_key = 0;
+    for (size_t at = 0; at < PAGE; at += 64) {
+        stripe_key += XBZ_HASH_STRIPE;
+        __m256i sk = _mm256_set1_epi64x((long long)stripe_key);
+        for (int p = 0; p < 4; p++) {
+            __m256i k0 = _mm256_xor_si256(
+                _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(pages[p] + at)), key0), sk);
+            __m256i k1 = _mm256_xor_si256(
+                _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(pages[p] + at + 32)), key1),
+                sk);
+            __m256i t0 = _mm256_add_epi64(_mm256_mul_epu32(k0, _mm256_srli_epi64(k0, 32)), k0);
+            __m256i t1 = _mm256_add_epi64(_mm256_mul_epu32(k1, _mm256_srli_epi64(k1, 32)), k1);
+            acc[p] = _mm256_add_epi64(acc[p], _mm256_add_epi64(t0, t1));
+        }
+    }
+    for (int p = 0; p < 4; p++) {
+        uint64_t lanes[4];
+        _mm256_storeu_si256((__m256i *)lanes, acc[p]);
+        sums[p] = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+    }
+}
+
+static void term_sums4_generic(const uint8_t *const pages[4], uint64_t sums[4])
+{
+    for (int p = 0; p < 4; p++)
+        sums[p] = term_sum_generic(pages[p]);
+}
+
 static uint64_t (*term_sum_impl)(const uint8_t *);
+static void (*term_sums4_impl)(const uint8_t *const[4], uint64_t[4]);
 static uint64_t zero_page_sum; /* the terms of a zero page; set with term_sum_impl */
 
 static uint64_t (*term_sum(void))(const uint8_t *)
@@ -86,9 +127,12 @@ static uint64_t (*term_sum(void))(const uint8_t *)
         const char *forced = getenv("XBZRLE_SIMD");
         __builtin_cpu_init();
         int portable = forced != NULL && strcmp(forced, "portable") == 0;
-        impl = __builtin_cpu_supports("avx2") && !portable ? term_sum_avx2 : term_sum_generic;
+        int avx2 = __builtin_cpu_supports("avx2") && !portable;
+        impl = avx2 ? term_sum_avx2 : term_sum_generic;
         /* Every thread computes and stores the same values. */
         __atomic_store_n(&zero_page_sum, term_sum_generic(zero), __ATOMIC_RELAXED);
+        __atomic_store_n(&term_sums4_impl, avx2 ? term_sums4_avx2 : term_sums4_generic,
+                         __ATOMIC_RELAXED);
         __atomic_store_n(&term_sum_impl, impl, __ATOMIC_RELEASE);
     }
     return impl;
@@ -100,6 +144,35 @@ uint64_t xbz_page_hash(const uint8_t *page)
 {
     uint64_t (*impl)(const uint8_t *) = term_sum();
     return impl(page) - __atomic_load_n(&zero_page_sum, __ATOMIC_RELAXED);
+}
+
+void xbz_page_hash4(const uint8_t *const pages[4], uint64_t hashes[4])
+{
+    term_sum(); /* sets term_sums4_impl and zero_page_sum */
+    __atomic_load_n(&term_sums4_impl, __ATOMIC_RELAXED)(pages, hashes);
+    uint64_t zero = __atomic_load_n(&zero_page_sum, __ATOMIC_RELAXED);
+    for (int p = 0; p < 4; p++)
+        hashes[p] -= zero;
+}
+
+void xbz_page_hash_queue_add(xbz_page_hash_queue *q, const uint8_t *page, uint64_t *slot)
+{
+    q->pages[q->n] = page;
+    q->slots[q->n] = slot;
+    if (++q->n < 4)
+        return;
+    uint64_t hashes[4];
+    xbz_page_hash4(q->pages, hashes);
+    for (int p = 0; p < 4; p++)
+        *q->slots[p] = hashes[p];
+    q->n = 0;
+}
+
+void xbz_page_hash_queue_flush(xbz_page_hash_queue *q)
+{
+    for (int p = 0; p < q->n; p++)
+        *q->slots[p] = xbz_page_hash(q->pages[p]);
+    q->n = 0;
 }
 
 uint64_t xbz_digest_hash(const uint8_t *page)
@@ -122,18 +195,33 @@ typedef struct {
 static void *digest_worker(void *arg)
 {
     digest_job_t *job = arg;
+    /* Pairs of the non-zero pages, their hashes taken four at a time (the
+     * queue writes them in place), then the pairs whose hash is 0 dropped:
+     * a zero page's terms cancel, so only a page of about 2^-64 goes, as
+     * table_pairs drops a 0 entry. */
+    uint64_t *out = job->out + 2 * job->first;
     size_t n = 0;
+    xbz_page_hash_queue q = {.n = 0};
     for (size_t p = job->first; p < job->last; p++) {
         if (job->resident != NULL && !(job->resident[p] & 1))
             continue; /* never populated: reads as zero, costs nothing to skip */
-        uint64_t h = xbz_digest_hash(job->base + p * PAGE);
-        if (h == 0)
-            continue; /* a zero page (or, about 2^-64, terms that cancel): as table_pairs */
-        job->out[2 * (job->first + n)] = job->index_base + p;
-        job->out[2 * (job->first + n) + 1] = h;
+        const uint8_t *page = job->base + p * PAGE;
+        if (xbz_is_zero(page, PAGE))
+            continue;
+        out[2 * n] = job->index_base + p;
+        xbz_page_hash_queue_add(&q, page, &out[2 * n + 1]);
         n++;
     }
-    job->count = n;
+    xbz_page_hash_queue_flush(&q);
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (out[2 * i + 1] == 0)
+            continue;
+        out[2 * kept] = out[2 * i];
+        out[2 * kept + 1] = out[2 * i + 1];
+        kept++;
+    }
+    job->count = kept;
     return NULL;
 }
 
@@ -300,10 +388,15 @@ typedef struct {
 static void *fill_worker(void *arg)
 {
     fill_job_t *job = arg;
-    for (size_t p = job->first; p < job->last; p++)
-        job->table[p] = job->data_map != NULL && !job->data_map[p]
-                            ? 0
-                            : xbz_digest_hash(job->base + p * PAGE);
+    xbz_page_hash_queue q = {.n = 0};
+    for (size_t p = job->first; p < job->last; p++) {
+        const uint8_t *page = job->base + p * PAGE;
+        if ((job->data_map != NULL && !job->data_map[p]) || xbz_is_zero(page, PAGE))
+            job->table[p] = 0;
+        else
+            xbz_page_hash_queue_add(&q, page, &job->table[p]);
+    }
+    xbz_page_hash_queue_flush(&q);
     return NULL;
 }
 

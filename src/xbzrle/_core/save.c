@@ -259,7 +259,8 @@ static inline ssize_t encode_into_record(writer_t *w, size_t h, uint8_t *cached,
  * stopped and the cache is left alone. */
 static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, uint64_t addr,
                             int mode, xbz_cache *cache, uint8_t *backoff, uint64_t *slot,
-                            const struct next_pair *ahead, uint64_t *c)
+                            const struct next_pair *ahead, xbz_page_hash_queue *hashq,
+                            uint64_t *c)
 {
     if (xbz_is_zero(page, XBZ_PAGE)) {
         /* Refresh the cached copy too, or the next delta is against stale bytes. */
@@ -270,7 +271,11 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
         return;
     }
     if (mode == MODE_PLAIN || cache == NULL) {
-        note_sent(slot, emit_normal(w, offset, page, c));
+        const uint8_t *sent = emit_normal(w, offset, page, c);
+        if (slot != NULL && w->refs != NULL)
+            xbz_page_hash_queue_add(hashq, sent, slot); /* from memory: four at a time */
+        else
+            note_sent(slot, sent);
         return;
     }
     uint8_t *cached = xbz_cache_lookup(cache, addr);
@@ -488,6 +493,9 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
     const uint8_t *base = ram.buf;
     size_t page = (size_t)start_page;
     uint8_t scratch[XBZ_PAGE] __attribute__((aligned(64)));
+    /* Zero-copy plain rounds hash the guest pages they send (read from
+     * memory) four at a time: see xbz_page_hash4. */
+    xbz_page_hash_queue hashq = {.n = 0};
     if (mode == MODE_QEMU_COPY && cache == NULL)
         mode = MODE_PLAIN;
     if (cache_owner != NULL)
@@ -522,7 +530,7 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
                 find_next_pair(&ahead, words, nwords, p, npages, base, addr_base, cache);
             save_one(&w, base + offset, offset, addr_base + offset, mode, cache,
                      backoff != NULL ? backoff + p : NULL, hashes != NULL ? hashes + p : NULL,
-                     &ahead, c);
+                     &ahead, &hashq, c);
         }
         c[XBZ_C_SCANNED]++;
         page = p + 1;
@@ -531,6 +539,7 @@ static PyObject *save_pages(PyObject *self, PyObject *args)
     }
     if (wi >= nwords)
         page = npages;
+    xbz_page_hash_queue_flush(&hashq);
     Py_END_ALLOW_THREADS
     if (cache_owner != NULL)
         cache_owner->busy = 0;

@@ -9,6 +9,17 @@ Three trackers, one per RAM block each, behind one interface:
 * ``scan``: a hash per page, compared at every sync.  Sees every writer but
   reads all of RAM, and reports content changes only (a page rewritten with
   the bytes it held at the last sync is not reported).
+
+Content is not enough for a migration: a page the source sent while it held
+other bytes than at the sync (written after the sync, torn by a write during
+the copy) and then restored before the next sync looks untouched, yet the
+destination holds the bytes sent.  So a migration gives the scan tracker the
+save loop's digest tables (:meth:`DirtyLog.follow_destination`): each sync
+then also reports a page whose hash differs from what the destination holds.
+The tables must describe the bytes that really left, so the source sends
+from a private copy of each page under ``scan`` while the guest runs (see
+docs/guest.md).  The comparison rides on the sync's one read of the RAM; the
+other trackers see every write and ignore the tables.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from .ram import RamBlock
 
 if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
     from .. import _core
+    from .digest import DigestTable
 
     Tracker: TypeAlias = _core.UffdTracker | _core.ScanTracker | _core.SoftTracker
 else:
@@ -111,6 +123,24 @@ class DirtyLog:
         for name, pages in extra.items():
             result[name] |= pages
         return result
+
+    def follow_destination(self, tables: Mapping[str, DigestTable] | None) -> bool:
+        """Also report pages that differ from what a destination holds (``scan`` only).
+
+        ``tables`` maps each block to its digest table (one native uint64 per
+        page: 0 for a zero page, else its page hash), kept up to date by the
+        save loop as it sends; None stops.  The ``scan`` tracker sees
+        contents, not writes: without this, a page sent while it held other
+        bytes and restored before the next sync would never be sent again.
+        Returns whether the tracker uses the tables (False for ``uffd`` and
+        ``bitmap``, which see every write and need none).
+        """
+        if self._tracker != "scan":
+            return False
+        for name, tracker in self._trackers.items():
+            # the "scan" tracker is the one _make builds as a ScanTracker, for every block
+            cast("_core.ScanTracker", tracker).follow(None if tables is None else tables[name])
+        return True
 
     def mark_all(self) -> None:
         """Make the next sync report every page (a migration's first round)."""

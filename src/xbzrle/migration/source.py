@@ -139,6 +139,7 @@ class SourceMigration(Migration):
         self._tables: dict[str, DigestTable] = {}  # digest table per block (see _final_digests)
         self._channel: SocketChannel | FileChannel | None = None
         self._stopped_guest = False
+        self._sends_copies = False  # scan tracker: rounds copy pages (_follow_destination)
         self.cache: _core.PageCache | None = None  # once setup allocated it
         self.cpu_seconds = 0.0  # CPU time of the migration thread, when it ended
         self.thread = threading.Thread(target=self._run, name="migration-source", daemon=True)
@@ -182,7 +183,26 @@ class SourceMigration(Migration):
         finally:
             self.cpu_seconds = time.thread_time() - started_cpu
 
+    def _follow_destination(self) -> None:
+        """Under the ``scan`` tracker, sync against what the destination holds.
+
+        The scan tracker compares page contents at each sync, so a page this
+        source sent while the guest had it in an intermediate state, then
+        restored to its bytes at the sync, would look clean though the
+        destination holds the intermediate bytes.  The digest tables hold the
+        hash of exactly what was sent when the page went from a private copy
+        (a PAGE record's copy, the cache after a delta); a zero-copy send
+        hands the kernel the live page after it was hashed.  So under scan
+        the rounds the guest runs in copy each page (a memcpy per page sent,
+        as XBZRLE rounds do anyway), and each sync also reports any page
+        whose hash differs from its table entry: no second read of RAM.
+        """
+        self._sends_copies = self.guest.dirty_log.follow_destination(self._tables)
+
     def _finish(self, status: MigrationStatus, error: str | None) -> None:
+        if self._sends_copies:
+            self.guest.dirty_log.follow_destination(None)
+            self._sends_copies = False
         if self._channel is not None:
             if status != MigrationStatus.COMPLETED:
                 self._channel.abort()
@@ -270,9 +290,13 @@ class SourceMigration(Migration):
         self._backoff = {n: bytearray(blocks[n].npages) for n in names} \
             if cfg.xbzrle and cfg.overflow_backoff else {}
         # The digest table: the save loop notes, per page sent, the hash of what the
-        # destination holds (8 bytes a page, allocated once per migration).
+        # destination holds (8 bytes a page, allocated once per migration).  The scan
+        # tracker needs it too (see _follow_destination).
+        scan = self.guest.dirty_log.tracker == "scan"
         self._tables = {n: digest_table(blocks[n].size) for n in names} \
-            if cfg.ram_digest and not cfg.ram_digest_full else {}
+            if scan or (cfg.ram_digest and not cfg.ram_digest_full) else {}
+        if scan:
+            self._follow_destination()
         if cfg.xbzrle:
             self.cache = _core.PageCache(cfg.cache_size)  # the save loop needs the C one
             with self._lock:
@@ -455,8 +479,11 @@ class SourceMigration(Migration):
         # Zero-copy: in plain rounds and the last stage, PAGE payloads go from
         # guest RAM to the channel by writev (see _core.write_records); XBZRLE
         # rounds copy them, because the cache is filled from the bytes sent.
+        # Under the scan tracker, rounds with the guest running copy them too
+        # (see _follow_destination).
         fd = self._channel.writev_fd() if self._channel is not None else None
         zero_copy = (fd is not None and not self.config.copy_pages
+                     and not (self._sends_copies and not final)
                      and mode in (_core.SAVE_PLAIN, _core.SAVE_LAST))
         refs = bytearray(_core.SAVE_REF_SIZE * (len(buf) // PAGE_SIZE + 1)) if zero_copy else None
         nrefs = 0

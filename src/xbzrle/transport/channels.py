@@ -12,6 +12,7 @@ import contextlib
 import errno
 import fcntl
 import io
+import logging
 import os
 import select
 import socket
@@ -24,6 +25,8 @@ import time
 from typing import Protocol, cast
 
 from ..errors import TransportError
+
+log = logging.getLogger(__name__)
 
 VERDICT_OK = b"XBZRLE-OK\n"
 VERDICT_ERROR = b"XBZRLE-ERROR "
@@ -240,11 +243,22 @@ class StderrTail:
         return lines[-1].strip() if lines else ""
 
 
+EXEC_EXIT_WAIT = 5.0
+"""Seconds to wait for an ``exec:`` command that closed its input to exit.
+
+A write into its pipe fails with EPIPE as soon as the command closed its
+stdin, which may be well before it exits (it may still be writing its
+error message, or be slow on a loaded machine): the source waits this long
+for the exit status and stderr that explain the failure, then kills it."""
+
+
 class FileChannel:
     """A file or pipe; no way back, so no verdict.
 
     For ``exec:`` the command's exit status and last stderr line explain a
-    failure (a write to a command that died is only "Broken pipe").
+    failure: a write to a command that stopped reading is only "Broken
+    pipe", so on EPIPE the channel reaps the command (``EXEC_EXIT_WAIT``)
+    and reports why it ended, or that it had to be killed.
     """
 
     has_verdict = False
@@ -256,19 +270,40 @@ class FileChannel:
         self._stderr = StderrTail(cast(io.BufferedReader, proc.stderr)) \
             if proc is not None and proc.stderr else None
 
+    def _ended(self, rc: int, how: str = "") -> str:
+        """QEMU-like words for the command's end: its status, then its last stderr line."""
+        status = f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+        line = self._stderr.last_line() if self._stderr is not None else ""
+        return f"exec: migration command {status}{how}" + (f": {line}" if line else "")
+
     def _command_failure(self) -> str | None:
         """Why the exec: command failed (status and last stderr line), once it exited."""
         if self.proc is None:
             return None
         try:
-            rc = self.proc.wait(timeout=5)
+            rc = self.proc.wait(timeout=EXEC_EXIT_WAIT)
         except subprocess.TimeoutExpired:
             return None
-        if rc == 0:
-            return None
-        status = f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
-        line = self._stderr.last_line() if self._stderr is not None else ""
-        return f"exec: migration command {status}" + (f": {line}" if line else "")
+        return self._ended(rc) if rc != 0 else None
+
+    def _command_stopped_reading(self) -> str:
+        """Why the exec: command's pipe broke (EPIPE): it closed its input.
+
+        It is exiting, or has exited, but its status may not exist yet: wait
+        up to ``EXEC_EXIT_WAIT`` for it; a command still alive then is killed.
+        """
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            log.info("exec: migration command closed its input; waiting up to %g s for it "
+                     "to exit", EXEC_EXIT_WAIT)
+        try:
+            rc = self.proc.wait(timeout=EXEC_EXIT_WAIT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()  # SIGKILL: at once
+            return self._ended(rc, f" (it closed its input and was still running after "
+                                   f"{EXEC_EXIT_WAIT:g} s)")
+        return self._ended(rc, " before reading the whole stream" if rc == 0 else "")
 
     def write(self, data: memoryview | bytes) -> None:
         view = memoryview(data)
@@ -277,8 +312,7 @@ class FileChannel:
                 n = os.write(self.fd, view)
                 view = view[n:]
         except OSError as exc:
-            failure = self._command_failure()
-            raise TransportError(failure or f"migration output failed: {exc}") from exc
+            raise self.send_failed(exc) from exc
 
     def writev_fd(self) -> int | None:
         """Files and pipes take page payloads straight from guest RAM."""
@@ -292,7 +326,12 @@ class FileChannel:
         return self.proc is not None
 
     def send_failed(self, exc: OSError) -> TransportError:
-        return TransportError(f"migration output failed: {exc}")
+        """The error for a failed write (here or in the zero-copy send): for an
+        exec: command that stopped reading, its exit status and stderr."""
+        if self.proc is not None and exc.errno == errno.EPIPE:
+            return TransportError(self._command_stopped_reading())
+        failure = self._command_failure() if self.proc is not None else None
+        return TransportError(failure or f"migration output failed: {exc}")
 
     def readinto(self, buf: memoryview) -> int:
         try:

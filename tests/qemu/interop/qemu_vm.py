@@ -24,6 +24,10 @@ QEMU = "qemu-system-x86_64"
 # QEMU 7.2 under TCG loses dirty pages when RAM is a multiple of 256 KiB
 # (fixed in 9.0): keep the size off that grid.
 GUEST_RAM = (32 << 20) + (8 << 10)
+# The guest's load loop (guest/guest.c: LOAD_BASE, LOAD_SPAN, STRIDE) adds 1 to
+# one byte per KiB of its 16 MiB buffer, pass after pass; the buffer's last such
+# byte counts the passes done (mod 256).  Low RAM is the file's start.
+LAST_LOAD_BYTE = 0x00400000 + (16 << 20) - 1024
 
 
 def qemu_missing_reason() -> str | None:
@@ -171,20 +175,45 @@ class GuestVM(QemuProcess):
             self.stop()
             raise
 
-    def wait_running(self, seconds: float = 1.0) -> None:
-        """Let the guest boot and dirty its memory for a while."""
+    def passes(self) -> int:
+        """How many times the guest went over its 16 MiB buffer (mod 256)."""
+        with open(self.ram_file, "rb") as ram:
+            ram.seek(LAST_LOAD_BYTE)
+            return ram.read(1)[0]
+
+    def wait_running(self, passes: int = 2, timeout: float = 60.0) -> None:
+        """Wait until the guest has booted and dirtied its buffer ``passes`` times.
+
+        A condition, not a time: on a loaded machine TCG may take seconds to
+        get the guest going, and a migration started before it filled its
+        buffer has little to send in later rounds.
+        """
         status = self.qmp.execute("query-status")
         assert isinstance(status, dict) and status["status"] == "running", status
-        time.sleep(seconds)
+        deadline = time.monotonic() + timeout
+        while self.passes() < passes:
+            if time.monotonic() > deadline:
+                raise QMPError(f"the guest made {self.passes()} passes in {timeout} s")
+            time.sleep(0.02)
 
     def migrate(self, uri: str, settings: MigrationSettings) -> MigrationResult:
-        """Migrate with ``settings``; let it converge after a few dirty-sync rounds."""
+        """Migrate with ``settings``; let it converge after a few dirty-sync rounds.
+
+        QEMU must not converge on its own (a guest slowed down by a loaded
+        machine dirties little, and QEMU then completes after a round or two):
+        the downtime limit is 1 ms until the switch-over (0 would complete at
+        once: QEMU 7.2 syncs the dirty log only when what is left falls under
+        bandwidth x limit, so nothing left and no sync ends it), which comes once
+        ``rounds_before_converging`` syncs are done and, with XBZRLE on, an
+        XBZRLE page went out (``xbzrle-cache.bytes`` > 0; ``pages`` counts
+        cache hits, also those that sent nothing or a whole page).
+        """
         q = self.qmp
         q.execute("migrate-set-capabilities",
                   capabilities=[{"capability": "xbzrle", "state": settings.xbzrle}])
         q.execute("migrate-set-parameters", **{
             "max-bandwidth": settings.max_bandwidth, "xbzrle-cache-size": settings.cache_size,
-            "downtime-limit": 300, **settings.parameters})
+            "downtime-limit": 1, **settings.parameters})
         start = time.monotonic()
         q.execute("migrate", uri=uri)
         converging = False
@@ -197,7 +226,9 @@ class GuestVM(QemuProcess):
             if status in ("failed", "cancelled"):
                 raise QMPError(f"migration {status}: {info.get('error-desc', info)}")
             syncs = info.get("ram", {}).get("dirty-sync-count", 0)
-            if not converging and syncs >= settings.rounds_before_converging:
+            xbzrle_sent = info.get("xbzrle-cache", {}).get("bytes", 0) > 0
+            if (not converging and syncs >= settings.rounds_before_converging
+                    and (xbzrle_sent or not settings.xbzrle)):
                 # The guest dirties 16 MiB endlessly; let the last round through.
                 q.execute("migrate-set-parameters",
                           **{"downtime-limit": 600_000, "max-bandwidth": 1 << 30})
