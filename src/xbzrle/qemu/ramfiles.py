@@ -29,6 +29,7 @@ import mmap
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._backend import load_core
 from ..errors import ParameterError, StreamError
@@ -201,7 +202,10 @@ def file_digest(path: Path, size: int) -> str:
     Reads only the data extents the file system reports; a hole is zero
     pages, which the digest leaves out anyway.  Work follows the data.
     """
-    core = load_core()
+    if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
+        from .. import _core as core
+    else:
+        core = load_core()
     hasher = hashlib.blake2b(size.to_bytes(8, "little"), digest_size=32)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
