@@ -75,6 +75,8 @@ class _Sentinel(enum.Enum):
     def __repr__(self) -> str:
         return self.name
 
+    __str__ = __repr__  # printed as before it was an enum: NEED_DATA
+
 
 NEED_DATA: Final = _Sentinel.NEED_DATA
 """Returned by ``next_event()`` when the buffered input holds no whole record."""
