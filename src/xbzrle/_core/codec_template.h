@@ -252,7 +252,12 @@ XBZ_PATH(encode_core)(const uint8_t *old, const uint8_t *new_page, size_t len, u
     if (kept == XBZ_SCAN_OVERFLOW)
         return -1; /* refused while reading: nothing written */
     size_t count = XBZ_GATHER(masks, words, kept, len, bounds);
-    /* follow_hash: the page hash of follow, kept up to date run by run
+    /* follow: each run is copied into it from the delta just written
+     * (dst + d), never from new_page again: the guest may have written the
+     * page since the run was copied into the delta, and follow must hold
+     * what the destination rebuilds.  (A race that window is too short for
+     * the tests to hit; keep the source of this copy as it is.)
+     * follow_hash: the page hash of follow, kept up to date run by run
      * while the runs touch few words (XBZ_HASH_FOLLOW_WORDS); else it is
      * left alone and *follow_hashed says so. */
     uint64_t hash = 0;
