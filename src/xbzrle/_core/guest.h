@@ -89,6 +89,9 @@ typedef struct {
 } xbz_page_hash_queue;
 void xbz_page_hash_queue_add(xbz_page_hash_queue *q, const uint8_t *page, uint64_t *slot);
 void xbz_page_hash_queue_flush(xbz_page_hash_queue *q);
+/* xbz_digest_hash through the queue: a zero page's entry (0) at once, any
+ * other page queued. */
+void xbz_digest_hash_queue_add(xbz_page_hash_queue *q, const uint8_t *page, uint64_t *slot);
 /* A page's entry in a digest table (one uint64 per page, kept by the save
  * and load loops): xbz_page_hash, with a zero page told by the cheaper zero
  * check.  The RAM digest leaves out the pages whose entry is 0. */

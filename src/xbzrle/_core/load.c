@@ -88,15 +88,9 @@ static void *hash_batch(void *arg)
 {
     const hash_job_t *job = arg;
     xbz_page_hash_queue q = {.n = 0};
-    for (int i = 0; i < job->n; i++) {
-        const uint8_t *page = job->pages[i].iov_base;
-        if (job->slots[i] == NULL)
-            continue;
-        if (xbz_is_zero(page, XBZ_PAGE))
-            *job->slots[i] = 0;
-        else
-            xbz_page_hash_queue_add(&q, page, job->slots[i]); /* four at a time */
-    }
+    for (int i = 0; i < job->n; i++)
+        if (job->slots[i] != NULL)
+            xbz_digest_hash_queue_add(&q, job->pages[i].iov_base, job->slots[i]);
     xbz_page_hash_queue_flush(&q);
     return NULL;
 }

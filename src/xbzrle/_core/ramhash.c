@@ -168,6 +168,14 @@ void xbz_page_hash_queue_add(xbz_page_hash_queue *q, const uint8_t *page, uint64
     q->n = 0;
 }
 
+void xbz_digest_hash_queue_add(xbz_page_hash_queue *q, const uint8_t *page, uint64_t *slot)
+{
+    if (xbz_is_zero(page, PAGE))
+        *slot = 0;
+    else
+        xbz_page_hash_queue_add(q, page, slot);
+}
+
 void xbz_page_hash_queue_flush(xbz_page_hash_queue *q)
 {
     for (int p = 0; p < q->n; p++)
@@ -390,11 +398,10 @@ static void *fill_worker(void *arg)
     fill_job_t *job = arg;
     xbz_page_hash_queue q = {.n = 0};
     for (size_t p = job->first; p < job->last; p++) {
-        const uint8_t *page = job->base + p * PAGE;
-        if ((job->data_map != NULL && !job->data_map[p]) || xbz_is_zero(page, PAGE))
+        if (job->data_map != NULL && !job->data_map[p])
             job->table[p] = 0;
         else
-            xbz_page_hash_queue_add(&q, page, &job->table[p]);
+            xbz_digest_hash_queue_add(&q, job->base + p * PAGE, &job->table[p]);
     }
     xbz_page_hash_queue_flush(&q);
     return NULL;

@@ -112,32 +112,20 @@ static inline const uint8_t *emit_normal(writer_t *w, uint64_t offset, const uin
  * It takes the hash of what the destination holds once the record is
  * applied: the bytes of a PAGE record (hashed while they are in cache, just
  * before the kernel copies them), the cached copy after an XBZRLE delta
- * (the cache equals the destination), 0 after a ZERO record. */
+ * (the cache equals the destination), 0 after a ZERO record.  The callers
+ * found the page not zero already, so the page hash is taken without the
+ * digest hash's zero check (a page that turned zero meanwhile hashes to 0
+ * all the same). */
 static inline void note_sent(uint64_t *slot, const uint8_t *bytes)
 {
     if (slot != NULL)
-        *slot = xbz_digest_hash(bytes);
+        *slot = xbz_page_hash(bytes); /* known not zero, or hashing to 0 if it became so */
 }
 
 static inline void note_zero(uint64_t *slot)
 {
     if (slot != NULL)
         *slot = 0;
-}
-
-/* Bring a cached page up to date with the delta just sent: the cache then
- * holds exactly what the destination rebuilds from the same delta, whatever
- * the guest wrote while the encoder read the page.  A delta that does not
- * check (the encoder's invariant broken) is never applied: the caller sends
- * the page whole instead.  Returns 0, or -1 for "send it whole". */
-static inline int cache_follow_delta(uint8_t *cached, const uint8_t *delta, size_t n)
-{
-    size_t eoff;
-    const char *reason;
-    if (xbz_decode_check(delta, n, XBZ_PAGE, &eoff, &reason) != 0)
-        return -1;
-    xbz_decode_apply(delta, n, cached);
-    return 0;
 }
 
 /* Overflow back-off, one byte per page of the block (owned by the caller):
@@ -212,33 +200,33 @@ static inline void find_next_pair(struct next_pair *ahead, const uint64_t *words
 }
 
 /* Encode cached -> page into the record being written at w->out + w->pos + h
- * + 3 (the delta's place), at most a page of delta as QEMU allows.  The
- * encoder writes in fixed-size blocks past its result; with XBZ_ENCODE_SLACK
- * bytes of room beyond the largest delta it writes straight into the record,
- * asks for the next page pair's lines (ahead_*, see next_pair) and, in
- * XBZRLE rounds (follow), brings the cached page up to date from the delta
- * as it writes it.  Only near the end of the buffer (where that room is
- * missing) it goes through xbz_encode's scratch page and a copy, and the
- * cache follows by decoding the delta (cache_follow_delta).  The bytes past
- * the delta are not part of the stream: the next record (or the caller's
- * section tail) overwrites them.  *followed tells which happened.  slot
- * (NULL, or the page's digest table entry, which holds the hash of the
- * cached page, as the cache equals the destination): when following, the
- * encoder keeps it up to date run by run if the delta is small, and
- * *hashed says it did. */
+ * + 3 (the delta's place), at most a page of delta as QEMU allows, asking
+ * for the next page pair's lines (ahead, see next_pair) and, in XBZRLE
+ * rounds (follow), bringing the cached page up to date from the delta as it
+ * is written (xbz_encode_follow).  The encoder writes in fixed-size blocks
+ * past its result: with XBZ_ENCODE_SLACK bytes of room beyond the largest
+ * delta it writes straight into the record, and only near the end of the
+ * buffer (where that room is missing) into a scratch page, copied into the
+ * record after.  The bytes past the delta are not part of the stream: the
+ * next record (or the caller's section tail) overwrites them.  slot (NULL,
+ * or the page's digest table entry, which holds the hash of the cached
+ * page, as the cache equals the destination): when following, the encoder
+ * keeps it up to date run by run if the delta is small, and *hashed says it
+ * did. */
 static inline ssize_t encode_into_record(writer_t *w, size_t h, uint8_t *cached,
                                          const uint8_t *page, int follow, uint64_t *slot,
-                                         const struct next_pair *ahead, int *followed,
-                                         int *hashed)
+                                         const struct next_pair *ahead, int *hashed)
 {
     uint8_t *delta = w->out + w->pos + h + 3;
-    if (w->cap - w->pos >= h + 3 + XBZ_PAGE + XBZ_ENCODE_SLACK) {
-        *followed = follow;
+    if (w->cap - w->pos >= h + 3 + XBZ_PAGE + XBZ_ENCODE_SLACK)
         return xbz_encode_follow(cached, page, XBZ_PAGE, delta, XBZ_PAGE, follow, slot, hashed,
                                  ahead->old, ahead->page);
-    }
-    *followed = *hashed = 0;
-    return xbz_encode(cached, page, XBZ_PAGE, delta, XBZ_PAGE);
+    uint8_t scratch[XBZ_PAGE + XBZ_ENCODE_SLACK];
+    ssize_t n = xbz_encode_follow(cached, page, XBZ_PAGE, scratch, XBZ_PAGE, follow, slot, hashed,
+                                  ahead->old, ahead->page);
+    if (n > 0)
+        memcpy(delta, scratch, (size_t)n);
+    return n;
 }
 
 /* One dirty page of the save loop (backoff: this page's back-off byte or NULL).
@@ -298,7 +286,6 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
         return;
     }
     size_t h = put_header(w, offset, XBZ_F_XBZRLE);
-    uint8_t *delta = w->out + w->pos + h + 3;
     /* The encoder's own time (x-encode-time), sampled: the runs on every
      * 32nd page of the block are timed, and Python scales their sum by
      * runs / timed runs.  A clock read costs 40-100 ns here, a run
@@ -311,9 +298,8 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
     struct timespec t0, t1;
     if (timed)
         clock_gettime(CLOCK_MONOTONIC, &t0);
-    int followed, hashed;
-    ssize_t n = encode_into_record(w, h, cached, page, mode == MODE_XBZRLE, slot, ahead,
-                                   &followed, &hashed);
+    int hashed;
+    ssize_t n = encode_into_record(w, h, cached, page, mode == MODE_XBZRLE, slot, ahead, &hashed);
     if (timed) {
         clock_gettime(CLOCK_MONOTONIC, &t1);
         int64_t run_ns = (t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec);
@@ -327,8 +313,7 @@ static inline void save_one(writer_t *w, const uint8_t *page, uint64_t offset, u
         return; /* nothing to send: the destination already holds these bytes (and slot
                    already holds their hash) */
     }
-    if (n > 0 &&
-        (mode != MODE_XBZRLE || followed || cache_follow_delta(cached, delta, (size_t)n) == 0)) {
+    if (n > 0) {
         if (backoff != NULL)
             *backoff = 0;
         finish_xbzrle(w, h, (size_t)n, c);
