@@ -3,9 +3,12 @@
 Every name the module defines is here, checked against the C sources: the
 argument formats of ``src/xbzrle/_core/*.c`` (a ``METH_O``, ``METH_FASTCALL``
 or ``PyArg_ParseTuple`` function takes its arguments by position only) and
-what each function builds as its result.  The public names (the codec
-functions, ``PageCache``, ``GuestRam``) are documented here; the loops,
-trackers and workload threads the package uses internally carry a line each.
+what each function builds as its result.  Each C function, method and type
+publishes its signature (the ``name($module, ..., /)`` line and ``--`` that open
+its docstring), so stubtest compares the parameters here with the module's
+own.  The public names (the codec functions, ``PageCache``, ``GuestRam``) are
+documented here; the loops, trackers and workload threads the package uses
+internally carry a line each.
 """
 
 import mmap

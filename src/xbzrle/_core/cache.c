@@ -496,20 +496,23 @@ static PyGetSetDef PageCache_getset[] = {
 
 static PyMethodDef PageCache_methods[] = {
     {"lookup", (PyCFunction)PageCache_lookup, METH_O,
-     "lookup(addr) -> bytes | None\n\nA copy of the cached page, refreshing its age; None on "
-     "a miss."},
+     "lookup($self, addr, /)\n--\n\n"
+     "A copy of the cached page (bytes), refreshing its age; None on a miss."},
     {"insert", (PyCFunction)(void (*)(void))PageCache_insert, METH_FASTCALL,
-     "insert(addr, data) -> bool\n\nStore a page; False when aging refuses to evict the "
-     "slot's occupant."},
+     "insert($self, addr, data, /)\n--\n\n"
+     "Store a page: True when stored, False when aging refuses to evict the slot's "
+     "occupant."},
     {"update", (PyCFunction)(void (*)(void))PageCache_update, METH_FASTCALL,
-     "update(addr, data) -> None\n\nOverwrite a cached page in place; KeyError if absent."},
+     "update($self, addr, data, /)\n--\n\n"
+     "Overwrite a cached page in place (returns None); KeyError if absent."},
     {"resize", (PyCFunction)PageCache_resize, METH_O,
-     "resize(size_bytes) -> int\n\nChange capacity keeping entries (the most recently used "
-     "on a collision); returns the new slot count."},
+     "resize($self, size_bytes, /)\n--\n\n"
+     "Change capacity keeping entries (the most recently used on a collision); returns "
+     "the new slot count (int)."},
     {"clear", (PyCFunction)PageCache_clear, METH_NOARGS,
-     "clear() -> None\n\nForget every page; counters stay."},
+     "clear($self, /)\n--\n\nForget every page; counters stay."},
     {"stats", (PyCFunction)PageCache_stats, METH_NOARGS,
-     "stats() -> dict\n\nSizes and counters in one dict."},
+     "stats($self, /)\n--\n\nSizes and counters in one dict (str -> int)."},
     {NULL},
 };
 

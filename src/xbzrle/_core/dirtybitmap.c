@@ -294,15 +294,21 @@ static PyObject *bitmap_get_npages(XbzDirtyBitmap *self, void *closure)
 }
 
 static PyMethodDef bitmap_methods[] = {
-    {"count", (PyCFunction)bitmap_count, METH_NOARGS, "Number of pages set."},
+    {"count", (PyCFunction)bitmap_count, METH_NOARGS,
+     "count($self, /)\n--\n\nNumber of pages set."},
     {"pages", (PyCFunction)bitmap_pages, METH_NOARGS,
-     "The set pages in ascending order, as array('Q')."},
-    {"add", (PyCFunction)bitmap_add, METH_O, "Set one page."},
-    {"discard", (PyCFunction)bitmap_discard, METH_O, "Clear one page."},
-    {"clear", (PyCFunction)bitmap_clear, METH_NOARGS, "Clear every page."},
-    {"fill", (PyCFunction)bitmap_fill, METH_NOARGS, "Set every page."},
-    {"copy", (PyCFunction)bitmap_copy, METH_NOARGS, "An independent copy."},
+     "pages($self, /)\n--\n\nThe set pages in ascending order, as array('Q')."},
+    {"add", (PyCFunction)bitmap_add, METH_O, "add($self, page, /)\n--\n\nSet one page."},
+    {"discard", (PyCFunction)bitmap_discard, METH_O,
+     "discard($self, page, /)\n--\n\nClear one page."},
+    {"clear", (PyCFunction)bitmap_clear, METH_NOARGS,
+     "clear($self, /)\n--\n\nClear every page."},
+    {"fill", (PyCFunction)bitmap_fill, METH_NOARGS,
+     "fill($self, /)\n--\n\nSet every page."},
+    {"copy", (PyCFunction)bitmap_copy, METH_NOARGS,
+     "copy($self, /)\n--\n\nAn independent copy."},
     {"full", (PyCFunction)bitmap_full, METH_O | METH_CLASS,
+     "full($type, npages, /)\n--\n\n"
      "A bitmap of npages pages, all set (a migration's first round)."},
     {NULL, NULL, 0, NULL},
 };
@@ -331,8 +337,8 @@ PyTypeObject XbzDirtyBitmap_Type = {
     .tp_as_sequence = &bitmap_as_sequence,
     .tp_as_buffer = &bitmap_as_buffer,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "DirtyBitmap(npages, pages=()): a page set as uint64 words; bit i of word w "
-              "is page w*64+i.  Buffer: the words (format 'Q', little-endian).",
+    .tp_doc = "DirtyBitmap(npages, pages=())\n--\n\n"
+              "A page set as uint64 words; bit i of word w is page w*64+i.  Buffer: the words (format 'Q', little-endian).",
     .tp_richcompare = bitmap_richcompare,
     .tp_methods = bitmap_methods,
     .tp_getset = bitmap_getset,

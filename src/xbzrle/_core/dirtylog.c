@@ -363,8 +363,9 @@ static PyObject *uffd_close(XbzUffdTracker *self, PyObject *unused)
 
 static PyMethodDef uffd_methods[] = {
     {"sync", (PyCFunction)uffd_sync, METH_NOARGS,
-     "Pages written since the previous sync, as a DirtyBitmap; re-arms them."},
-    {"close", (PyCFunction)uffd_close, METH_NOARGS, "Stop tracking and release the RAM."},
+     "sync($self, /)\n--\n\nPages written since the previous sync, as a DirtyBitmap; re-arms them."},
+    {"close", (PyCFunction)uffd_close, METH_NOARGS,
+     "close($self, /)\n--\n\nStop tracking and release the RAM."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -374,8 +375,8 @@ static PyTypeObject XbzUffdTracker_Type = {
     .tp_basicsize = sizeof(XbzUffdTracker),
     .tp_dealloc = (destructor)uffd_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "UffdTracker(ram, vec_len=16384, lazy=False): kernel dirty log (userfaultfd "
-              "async write-protect + PAGEMAP_SCAN).  OSError if the kernel lacks it.  lazy: "
+    .tp_doc = "UffdTracker(ram, vec_len=16384, lazy=False)\n--\n\n"
+              "Kernel dirty log (userfaultfd async write-protect + PAGEMAP_SCAN).  OSError if the kernel lacks it.  lazy: "
               "arm at the first sync, which reports every resident page.",
     .tp_methods = uffd_methods,
     .tp_new = uffd_new,
@@ -573,12 +574,14 @@ static PyObject *scan_page_hash(PyObject *unused, PyObject *arg)
 
 static PyMethodDef scan_methods[] = {
     {"sync", (PyCFunction)scan_sync, METH_NOARGS,
-     "Pages whose contents changed since the previous sync, as a DirtyBitmap."},
+     "sync($self, /)\n--\n\nPages whose contents changed since the previous sync, as a DirtyBitmap."},
     {"follow", (PyCFunction)scan_follow, METH_O,
-     "follow(table): also report, at each sync, every page whose hash differs from its\n"
+     "follow($self, table, /)\n--\n\n"
+     "Also report, at each sync, every page whose hash differs from its\n"
      "entry in table (a digest table, one native uint64 per page: 0 for a zero page),\n"
      "kept by the save loop as what the destination holds; follow(None) stops."},
-    {"close", (PyCFunction)scan_close, METH_NOARGS, "Stop tracking and release the RAM."},
+    {"close", (PyCFunction)scan_close, METH_NOARGS,
+     "close($self, /)\n--\n\nStop tracking and release the RAM."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -588,7 +591,8 @@ static PyTypeObject XbzScanTracker_Type = {
     .tp_basicsize = sizeof(XbzScanTracker),
     .tp_dealloc = (destructor)scan_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "ScanTracker(ram, baseline='zero'): per-page hash compare; 'zero' assumes "
+    .tp_doc = "ScanTracker(ram, baseline='zero')\n--\n\n"
+              "Per-page hash compare; 'zero' assumes "
               "the RAM is still all zero, 'current' hashes it now.",
     .tp_methods = scan_methods,
     .tp_new = scan_new,
@@ -598,8 +602,9 @@ static PyTypeObject XbzScanTracker_Type = {
 
 static PyObject *soft_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
+    static char *positional_only[] = {"", NULL}; /* npages is positional: no keywords */
     Py_ssize_t npages;
-    if (!PyArg_ParseTuple(args, "n:SoftTracker", &npages))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n:SoftTracker", positional_only, &npages))
         return NULL;
     if (npages < 0) {
         PyErr_SetString(PyExc_ValueError, "npages must not be negative");
@@ -660,9 +665,11 @@ static PyObject *soft_close(XbzSoftTracker *self, PyObject *unused)
 
 static PyMethodDef soft_methods[] = {
     {"sync", (PyCFunction)soft_sync, METH_NOARGS,
-     "Pages marked since the previous sync, as a DirtyBitmap; clears the marks."},
-    {"mark", (PyCFunction)soft_mark, METH_VARARGS, "mark(first, count=1): mark pages written."},
-    {"close", (PyCFunction)soft_close, METH_NOARGS, "Nothing to release (for symmetry)."},
+     "sync($self, /)\n--\n\nPages marked since the previous sync, as a DirtyBitmap; clears the marks."},
+    {"mark", (PyCFunction)soft_mark, METH_VARARGS,
+     "mark($self, first, count=1, /)\n--\n\nMark pages first .. first+count-1 written."},
+    {"close", (PyCFunction)soft_close, METH_NOARGS,
+     "close($self, /)\n--\n\nNothing to release (for symmetry)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -672,13 +679,15 @@ PyTypeObject XbzSoftTracker_Type = {
     .tp_basicsize = sizeof(XbzSoftTracker),
     .tp_dealloc = (destructor)soft_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "SoftTracker(npages): a bitmap that built-in workloads set as they write.",
+    .tp_doc = "SoftTracker(npages, /)\n--\n\n"
+              "A bitmap that built-in workloads set as they write.",
     .tp_methods = soft_methods,
     .tp_new = soft_new,
 };
 
 static PyMethodDef dirtylog_functions[] = {
     {"guest_page_hash", scan_page_hash, METH_O,
+     "guest_page_hash($module, page, /)\n--\n\n"
      "The scan tracker's 64-bit hash of one 4 KiB page."},
     {NULL, NULL, 0, NULL},
 };

@@ -40,8 +40,9 @@ void xbz_ram_unpin(PyObject *ram)
 
 static PyObject *ram_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
+    static char *positional_only[] = {"", NULL}; /* size is positional: no keywords */
     unsigned long long size;
-    if (!PyArg_ParseTuple(args, "K", &size))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "K:GuestRam", positional_only, &size))
         return NULL;
     if (size == 0 || size % XBZ_GUEST_PAGE_SIZE != 0 || size > ((unsigned long long)1 << 46)) {
         PyErr_Format(PyExc_ValueError, "RAM size %llu is not a positive multiple of %zu",
@@ -166,10 +167,11 @@ static PyObject *ram_advise_huge_pages(XbzGuestRam *self, PyObject *unused)
 
 static PyMethodDef ram_methods[] = {
     {"advise_huge_pages", (PyCFunction)ram_advise_huge_pages, METH_NOARGS,
+     "advise_huge_pages($self, /)\n--\n\n"
      "Ask for transparent huge pages where the memory is not populated yet "
      "(MADV_HUGEPAGE; it starts on 4 KiB pages).  OSError if the kernel refuses."},
     {"close", (PyCFunction)ram_close, METH_NOARGS,
-     "Unmap the memory now, or when the last view, tracker or workload lets go."},
+     "close($self, /)\n--\n\nUnmap the memory now, or when the last view, tracker or workload lets go."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -188,7 +190,8 @@ PyTypeObject XbzGuestRam_Type = {
     .tp_dealloc = (destructor)ram_dealloc,
     .tp_as_buffer = &ram_as_buffer,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "GuestRam(size): zero-filled anonymous memory, page aligned, lazily populated.",
+    .tp_doc = "GuestRam(size, /)\n--\n\n"
+              "Zero-filled anonymous memory, page aligned, lazily populated.",
     .tp_traverse = (traverseproc)ram_traverse,
     .tp_clear = (inquiry)ram_clear,
     .tp_methods = ram_methods,

@@ -425,8 +425,9 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
 }
 
 PyDoc_STRVAR(load_pages_doc,
-"load_pages(buf, pos, blocks, last, xbzrle_ok, base_offset) -> (pos, last, status, counts)\n\n"
-"Apply page records from buf[pos:] to the destination's RAM.  blocks: a\n"
+"load_pages($module, buf, pos, blocks, last, xbzrle_ok, base_offset, /)\n--\n\n"
+"Apply page records from buf[pos:] to the destination's RAM; returns\n"
+"(pos, last, status, counts), counts a LoopCounts.  blocks: a\n"
 "sequence of (name: bytes, ram: writable buffer[, maybe_data[, hashes[, fd]]]):\n"
 "maybe_data, None or a writable buffer of one byte per page, 0 = known zero,\n"
 "kept up to date; hashes, None or a digest table (one native uint64 per\n"
@@ -687,9 +688,9 @@ static void scan_loop(const uint8_t *buf, size_t *pos_io, size_t end, const load
 }
 
 PyDoc_STRVAR(scan_pages_doc,
-"scan_pages(buf, pos, blocks, last, ordered, prev_block, prev_offset)\n"
-"    -> (pos, last, prev_block, prev_offset, pages, wire_bytes)\n\n"
-"Count the page records of buf[pos:] without applying them (xbzrle analyze).\n"
+"scan_pages($module, buf, pos, blocks, last, ordered, prev_block, prev_offset, /)\n--\n\n"
+"Count the page records of buf[pos:] without applying them (xbzrle analyze);\n"
+"returns (pos, last, prev_block, prev_offset, pages, wire_bytes).\n"
 "blocks: a sequence of (name: bytes, size: int).  last: the CONTINUE block\n"
 "index or -1.  prev_block/prev_offset: the position of the previous page\n"
 "record (prev_block -2: none); with ordered, the scan stops at a record not\n"

@@ -25,6 +25,7 @@ static PyStructSequence_Field count_fields[] = {
 
 static PyStructSequence_Desc counts_desc = {
     "xbzrle._core.LoopCounts",
+    "LoopCounts(sequence, dict={})\n--\n\n"
     "What one call of the save or load loop did; the fields of "
     "xbzrle.stream.counts.BatchCounts.",
     count_fields,

@@ -234,8 +234,8 @@ static void *digest_worker(void *arg)
 }
 
 PyDoc_STRVAR(page_hashes_doc,
-"page_hashes(ram, first_index=0) -> bytes\n\n"
-"(page index, 64-bit hash) pairs, little-endian uint64, for every non-zero\n"
+"page_hashes($module, ram, first_index=0, /)\n--\n\n"
+"Bytes: (page index, 64-bit hash) pairs, little-endian uint64, for every non-zero\n"
 "page of ram, in page order.  Zero pages are left out, so never-touched\n"
 "memory is skipped without being read (mincore) and two RAMs with equal\n"
 "contents give equal results however they were populated.  Two threads.\n"
@@ -300,8 +300,8 @@ done:
 /* ------------------------------------------------------------ data map */
 
 PyDoc_STRVAR(data_map_doc,
-"data_map(ram, swap) -> bytearray\n\n"
-"One byte per 4 KiB page of an anonymous private mapping: 0 when the page\n"
+"data_map($module, ram, swap, /)\n--\n\n"
+"A bytearray of one byte per 4 KiB page of an anonymous private mapping: 0 when the page\n"
 "is not present (and, if swap is true, not swapped out either), so it reads\n"
 "as zero; 1 otherwise.  From /proc/self/pagemap, without touching the pages.\n"
 "Pass swap=True whenever swap is configured: userfaultfd's markers on\n"
@@ -354,8 +354,8 @@ static PyObject *data_map(PyObject *self, PyObject *args)
 /* ------------------------------------------------------------ digest tables */
 
 PyDoc_STRVAR(table_pairs_doc,
-"table_pairs(table, first_index=0) -> bytes\n\n"
-"The (page index, hash) pairs, little-endian uint64, of the non-zero entries\n"
+"table_pairs($module, table, first_index=0, /)\n--\n\n"
+"Bytes: the (page index, hash) pairs, little-endian uint64, of the non-zero entries\n"
 "of a digest table (one native uint64 per page, 0 for a zero page, as the\n"
 "save and load loops keep it): by construction the bytes page_hashes gives\n"
 "for a full read of the RAM the table describes.  Cost: the table's 8 bytes\n"
@@ -408,7 +408,7 @@ static void *fill_worker(void *arg)
 }
 
 PyDoc_STRVAR(table_fill_doc,
-"table_fill(ram, table, data_map=None)\n\n"
+"table_fill($module, ram, table, data_map=None, /)\n--\n\n"
 "Set every entry of a digest table (one native uint64 per page of ram) from\n"
 "what ram holds now: the starting point of a table that the load loop then\n"
 "keeps.  data_map (one byte per page, 0 = known zero, as data_map() gives):\n"
@@ -485,15 +485,17 @@ static PyObject *page_digest_hash(PyObject *self, PyObject *arg)
 
 static PyMethodDef ramhash_methods[] = {
     {"page_hash_portable", page_hash_portable, METH_O,
-     "page_hash_portable(page) -> int: the page hash by the portable code (tests compare it "
-     "with the SIMD path's guest_page_hash)."},
+     "page_hash_portable($module, page, /)\n--\n\n"
+     "The page hash (int) by the portable code (tests compare it with the SIMD path's "
+     "guest_page_hash)."},
     {"data_map", data_map, METH_VARARGS, data_map_doc},
     {"page_hashes", page_hashes, METH_VARARGS, page_hashes_doc},
     {"table_pairs", table_pairs, METH_VARARGS, table_pairs_doc},
     {"table_fill", table_fill, METH_VARARGS, table_fill_doc},
     {"page_digest_hash", page_digest_hash, METH_O,
-     "page_digest_hash(page) -> int: the page's digest-table entry (0 for a zero page, "
-     "else its 64-bit hash, never 0)."},
+     "page_digest_hash($module, page, /)\n--\n\n"
+     "The page's digest-table entry (int: 0 for a zero page, else its 64-bit hash, "
+     "never 0)."},
     {NULL, NULL, 0, NULL},
 };
 

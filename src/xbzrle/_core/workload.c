@@ -514,12 +514,16 @@ static PyObject *workload_get_closed(XbzWorkload *self, void *closure)
 }
 
 static PyMethodDef workload_methods[] = {
-    {"resume", (PyCFunction)workload_resume, METH_NOARGS, "Start or resume the thread."},
+    {"resume", (PyCFunction)workload_resume, METH_NOARGS,
+     "resume($self, /)\n--\n\nStart or resume the thread."},
     {"pause", (PyCFunction)workload_pause, METH_NOARGS,
-     "Quiesce: when this returns, the thread writes nothing until resume()."},
+     "pause($self, /)\n--\n\nQuiesce: when this returns, the thread writes nothing until resume()."},
     {"step", (PyCFunction)workload_step, METH_O,
-     "Run exactly n operations in the caller's thread (GIL released); paused only."},
-    {"close", (PyCFunction)workload_close, METH_NOARGS, "End the thread and release the RAM."},
+     "step($self, n, /)\n--\n\n"
+     "Run exactly n operations in the caller's thread (GIL released); paused only.\n"
+     "Returns the number run."},
+    {"close", (PyCFunction)workload_close, METH_NOARGS,
+     "close($self, /)\n--\n\nEnd the thread and release the RAM."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -546,8 +550,8 @@ static PyTypeObject XbzWorkload_Type = {
     .tp_basicsize = sizeof(XbzWorkload),
     .tp_dealloc = (destructor)workload_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "WorkloadThread(ram, offset, tracker=None): runs the workload whose state "
-              "header is at offset in ram; created paused.",
+    .tp_doc = "WorkloadThread(ram, offset, tracker=None)\n--\n\n"
+              "Runs the workload whose state header is at offset in ram; created paused.",
     .tp_methods = workload_methods,
     .tp_getset = workload_getset,
     .tp_new = workload_new,
