@@ -178,9 +178,11 @@ class IncomingMigration(Migration):
             if n == 0:
                 if parser.eof_seen:
                     break
+                # Why: the source vanished, the file is short, or the exec:
+                # command failed (reaped here, killed if it does not exit).
                 raise TransportError(
                     f"the migration stream ended at offset {received} before its EOF record: "
-                    "the source cancelled or vanished")
+                    f"{self._channel.input_ended_early()}")
             received += n
             # In pieces cut at a round's end: the pages after it are applied in
             # place, not copied into the parser's buffer first.

@@ -152,6 +152,10 @@ class SocketChannel:
         except OSError as exc:
             raise TransportError(f"lost the migration peer while receiving: {exc}") from exc
 
+    def input_ended_early(self) -> str:
+        """Why the stream stopped before its EOF record: a socket's peer just closed."""
+        return "the source cancelled or vanished"
+
     def send_verdict(self, error: str | None) -> None:
         msg = VERDICT_OK if error is None else VERDICT_ERROR + error.encode()[:2000] + b"\n"
         with contextlib.suppress(OSError):
@@ -244,12 +248,19 @@ class StderrTail:
 
 
 EXEC_EXIT_WAIT = 5.0
-"""Seconds to wait for an ``exec:`` command that closed its input to exit.
+"""Seconds to wait for an ``exec:`` command that closed its end of the pipe to exit.
 
 A write into its pipe fails with EPIPE as soon as the command closed its
-stdin, which may be well before it exits (it may still be writing its
-error message, or be slow on a loaded machine): the source waits this long
-for the exit status and stderr that explain the failure, then kills it."""
+stdin, and a read from it sees end of file as soon as the command closed
+its stdout, either of which may be well before it exits (it may still be
+writing its error message, or be slow on a loaded machine): the source, or
+the destination whose stream ended early, waits this long for the exit
+status and stderr that explain the failure, then kills it."""
+
+EXEC_CLOSE_WAIT = 30.0
+"""Seconds an ``exec:`` command may take to finish once the whole stream went
+through its pipe (a source's command may still be compressing or storing it);
+still running then, it is killed and the migration fails."""
 
 
 class FileChannel:
@@ -257,8 +268,10 @@ class FileChannel:
 
     For ``exec:`` the command's exit status and last stderr line explain a
     failure: a write to a command that stopped reading is only "Broken
-    pipe", so on EPIPE the channel reaps the command (``EXEC_EXIT_WAIT``)
-    and reports why it ended, or that it had to be killed.
+    pipe", and an incoming command that dies early is only an end of file
+    in the middle of the stream, so in both cases the channel reaps the
+    command (``EXEC_EXIT_WAIT``) and reports why it ended, or that it had to
+    be killed.
     """
 
     has_verdict = False
@@ -286,24 +299,41 @@ class FileChannel:
             return None
         return self._ended(rc) if rc != 0 else None
 
-    def _command_stopped_reading(self) -> str:
-        """Why the exec: command's pipe broke (EPIPE): it closed its input.
+    def _reap(self, closed: str, early: str) -> str:
+        """Why the exec: command closed its ``closed`` end ("input" or "output")
+        before the stream's end; ``early`` completes "exited with status 0".
 
         It is exiting, or has exited, but its status may not exist yet: wait
         up to ``EXEC_EXIT_WAIT`` for it; a command still alive then is killed.
         """
         assert self.proc is not None
         if self.proc.poll() is None:
-            log.info("exec: migration command closed its input; waiting up to %g s for it "
-                     "to exit", EXEC_EXIT_WAIT)
+            log.info("exec: migration command closed its %s; waiting up to %g s for it "
+                     "to exit", closed, EXEC_EXIT_WAIT)
         try:
             rc = self.proc.wait(timeout=EXEC_EXIT_WAIT)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             rc = self.proc.wait()  # SIGKILL: at once
-            return self._ended(rc, f" (it closed its input and was still running after "
+            return self._ended(rc, f" (it closed its {closed} and was still running after "
                                    f"{EXEC_EXIT_WAIT:g} s)")
-        return self._ended(rc, " before reading the whole stream" if rc == 0 else "")
+        return self._ended(rc, early if rc == 0 else "")
+
+    def _command_stopped_reading(self) -> str:
+        """Why the exec: command's pipe broke (EPIPE): it closed its input."""
+        return self._reap("input", " before reading the whole stream")
+
+    def input_ended_early(self) -> str:
+        """Why the stream stopped (end of file) before its EOF record.
+
+        A file simply holds less than a whole stream.  An exec: command
+        closed its output: it failed (its status and last stderr line say
+        why), exited 0 having written only part of a stream, or is still
+        running, and is killed after ``EXEC_EXIT_WAIT``.
+        """
+        if self.proc is None:
+            return "the file holds an incomplete stream"
+        return self._reap("output", " without writing the whole stream")
 
     def write(self, data: memoryview | bytes) -> None:
         view = memoryview(data)
@@ -349,10 +379,13 @@ class FileChannel:
             os.close(self.fd)
         if self.proc is not None:
             try:
-                rc = self.proc.wait(timeout=30)
+                rc = self.proc.wait(timeout=EXEC_CLOSE_WAIT)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                raise TransportError("exec: migration command did not finish") from None
+                self.proc.wait()  # SIGKILL: at once; no zombie left behind
+                raise TransportError(f"exec: migration command did not finish within "
+                                     f"{EXEC_CLOSE_WAIT:g} s of the stream's end: "
+                                     "killed") from None
             if rc != 0:
                 raise TransportError(self._command_failure() or
                                      f"exec: migration command exited with status {rc}")
