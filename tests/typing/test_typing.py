@@ -84,6 +84,78 @@ def test_every_function_of_the_compiled_core_publishes_its_signature():
         assert expected in names
 
 
+# The errors CPython's argument parsing gives for a wrong number of arguments.
+ARITY = re.compile(r"takes (no|exactly|at most|at least) (\w+ )?(positional )?argument"
+                   r"|missing required argument")
+
+
+def _live_callables(stack):
+    """The module's functions and types, and the methods bound to a live instance of
+    each type (unbound, a method would fail on its missing self first)."""
+    import contextlib
+    import inspect
+
+    from xbzrle import Guest, _core
+
+    ram = _core.GuestRam(16 * 4096)
+    stack.callback(ram.close)
+    instances = [_core.PageCache(1 << 16), ram, _core.DirtyBitmap(8), _core.SoftTracker(8),
+                 _core.ScanTracker(ram)]
+    with contextlib.suppress(OSError):  # a kernel without userfaultfd write-protect
+        instances.append(_core.UffdTracker(ram))
+    guest = stack.enter_context(Guest(ram="1M"))
+    guest.stop()
+    instances.append(guest.start_workload("idle", resume=False)._thread)
+    for obj in instances:
+        stack.callback(getattr(obj, "close", lambda: None))
+    for name, obj in vars(_core).items():
+        if inspect.isbuiltin(obj) or isinstance(obj, type):
+            yield name, obj
+    for obj in instances:
+        for attr, member in vars(type(obj)).items():
+            if callable(member) and type(member).__name__ in ("method_descriptor",
+                                                                "classmethod_descriptor"):
+                yield f"{type(obj).__name__}.{attr}", getattr(obj, attr)
+
+
+def test_the_published_signatures_are_what_the_functions_accept():
+    """Each signature against the C argument parsing: how many arguments are required
+    and allowed, which ones a keyword may name, which ones it may not.  The calls
+    pass placeholders, so each fails in the parsing, before doing anything."""
+    import contextlib
+    import inspect
+
+    import pytest
+
+    kinds = inspect.Parameter
+    seen = set()
+    with contextlib.ExitStack() as stack:
+        for name, fn in _live_callables(stack):
+            seen.add(name)
+            params = list(inspect.signature(fn).parameters.values())
+            required = [p for p in params if p.default is kinds.empty]
+            with pytest.raises(TypeError, match=ARITY):
+                fn(*[object()] * (len(params) + 1))
+            if required:
+                with pytest.raises(TypeError, match=ARITY):
+                    fn(*[object()] * (len(required) - 1))
+            positional = [object() for p in params if p.kind is kinds.POSITIONAL_ONLY]
+            keywords = {p.name: object() for p in params
+                        if p.kind is not kinds.POSITIONAL_ONLY}
+            if keywords:  # accepted by name: what fails is a placeholder's value
+                with pytest.raises((TypeError, ValueError)) as refused:
+                    fn(*positional, **keywords)
+                assert "keyword" not in str(refused.value), (name, refused.value)
+                assert not ARITY.search(str(refused.value)), (name, refused.value)
+            elif positional:  # positional only: a keyword is refused as such
+                with pytest.raises(TypeError, match="keyword|positional argument"):
+                    fn(**{params[0].name: object()})
+    for expected in ("encode", "save_pages", "write_records", "GuestRam", "SoftTracker",
+                     "PageCache.insert", "SoftTracker.mark", "DirtyBitmap.full",
+                     "WorkloadThread.step", "ScanTracker.follow"):
+        assert expected in seen
+
+
 def test_positional_only_constructors_refuse_keywords():
     """GuestRam and SoftTracker publish ``(size, /)`` and ``(npages, /)``: a keyword
     is an error, not silently ignored."""
