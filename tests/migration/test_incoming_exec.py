@@ -77,9 +77,10 @@ def test_a_command_that_fails_mid_stream_is_named_with_its_status_and_stderr(str
 
 def test_a_command_that_fails_before_writing_anything_is_named():
     error, _ = incoming("exec:cat /nonexistent/stream")
-    assert error == ("the migration stream ended at offset 0 before its EOF record: "
-                     "exec: migration command exited with status 1: "
-                     "cat: /nonexistent/stream: No such file or directory")
+    prefix = ("the migration stream ended at offset 0 before its EOF record: "
+              "exec: migration command exited with status 1: cat: ")
+    assert error is not None and error.startswith(prefix), error
+    assert "/nonexistent/stream" in error  # cat's own words (in the locale's language)
 
 
 def test_a_command_that_succeeds_with_part_of_a_stream_is_a_truncated_stream(stream):

@@ -377,7 +377,7 @@ static inline void save_one_copy(writer_t *w, const uint8_t *page, uint64_t offs
 PyDoc_STRVAR(save_pages_doc,
 "save_pages($module, out, pos, ram, bitmap, start_page, name, addr_base, mode, cache,\n"
 "           cont, refs=None, backoff=None, hashes=None, /)\n--\n\n"
-"Returns (pos, next_page, cont, counts[, nrefs]).\n"
+"Returns (pos, next_page, cont, counts[, nrefs]).\n\n"
 "Write page records for the dirty pages of one RAM block into out[pos:],\n"
 "clearing their bits, until out has no room for another record or the\n"
 "bitmap is exhausted.  mode: 0 plain, 1 XBZRLE, 2 XBZRLE last stage (cache\n"
@@ -597,7 +597,7 @@ static int writev_all(int fd, struct iovec *iov, int n, int timeout_ms, int spli
 PyDoc_STRVAR(write_records_doc,
 "write_records($module, fd, out, end, refs, nrefs, ram, timeout_ms=-1, splice=False,\n"
 "              /)\n--\n\n"
-"Returns the bytes written.\n"
+"Returns the bytes written.\n\n"
 "Send what save_pages(..., refs=...) produced: out[0:end] with each referenced\n"
 "page of ram inserted at its position, in writev() calls (no copy in user\n"
 "space: the kernel reads the payloads straight from guest RAM), or, with\n"
