@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,22 @@ def incoming(uri: str) -> tuple[str | None, bool]:
         mig = manager.incoming(uri)
         assert mig.wait(60) == S.FAILED
         return mig.error, guest.running
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def gone(pid: int) -> bool:
+    """No such process any more, or only its exit status waiting to be collected."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def truncated(why: str) -> str:
@@ -101,6 +118,24 @@ def test_a_command_that_closes_its_output_and_never_exits_is_killed_and_said_so(
                               "output and was still running after 0.5 s): still resolving "
                               "backup host")
     assert not running
+
+
+def test_cancelling_an_incoming_command_kills_what_it_started(tmp_path):
+    """The shell of ``exec:`` forks the command's programs; they hold the pipe, so
+    killing the shell alone would leave the read blocked until they end."""
+    pidfile = tmp_path / "child"
+    with Guest(ram=RAM) as guest:
+        guest.stop()
+        manager = MigrationManager(guest)
+        mig = manager.incoming(f"exec:sleep 1000 & echo $! > {pidfile}.tmp; "
+                               f"mv {pidfile}.tmp {pidfile}; wait")
+        wait_for(lambda: pidfile.exists() and mig.status == S.ACTIVE)
+        child = int(pidfile.read_text())
+        assert not gone(child)
+        manager.cancel()
+        assert mig.wait(60) == S.CANCELLED
+        wait_for(lambda: gone(child))
+        assert not guest.running
 
 
 def test_a_short_file_is_a_truncated_stream(stream, tmp_path):

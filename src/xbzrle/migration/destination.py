@@ -108,6 +108,8 @@ class IncomingMigration(Migration):
         error: str | None = None
         try:
             self._channel = self.listener.accept(self._admission)
+            if self.cancel_requested:  # cancelled while it opened: _interrupt saw no channel
+                self._channel.abort()  # (an exec: command is killed, not waited for)
             self._transition(MigrationStatus.ACTIVE, unless_cancelled=True)
             self._receive()
         except (XbzrleError, OSError) as exc:

@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import select
+import signal
 import socket
 import ssl
 import struct
@@ -258,6 +259,38 @@ writing its error message, or be slow on a loaded machine): the source, or
 the destination whose stream ended early, waits this long for the exit
 status and stderr that explain the failure, then kills it."""
 
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux /proc; best effort, an exiting one is skipped)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            with open(f"/proc/{parent}/task/{parent}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+        found += children
+        todo += children
+    return found
+
+
+def kill_command(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL an exec: command and what it started.
+
+    ``/bin/sh -c CMD`` forks the programs of CMD: killing the shell alone
+    leaves them running, holding the pipe (a read then blocks until they
+    end) and stderr.  The tree is listed before the shell dies, while its
+    children are still its own.
+    """
+    below = _descendants(proc.pid) if proc.poll() is None else []
+    with contextlib.suppress(OSError):
+        proc.kill()
+    for pid in below:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 EXEC_CLOSE_WAIT = 30.0
 """Seconds an ``exec:`` command may take to finish once the whole stream went
 through its pipe (a source's command may still be compressing or storing it);
@@ -314,7 +347,7 @@ class FileChannel:
         try:
             rc = self.proc.wait(timeout=EXEC_EXIT_WAIT)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            kill_command(self.proc)
             rc = self.proc.wait()  # SIGKILL: at once
             return self._ended(rc, f" (it closed its {closed} and was still running after "
                                    f"{EXEC_EXIT_WAIT:g} s)")
@@ -373,7 +406,7 @@ class FileChannel:
 
     def abort(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            kill_command(self.proc)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -382,7 +415,7 @@ class FileChannel:
             try:
                 rc = self.proc.wait(timeout=EXEC_CLOSE_WAIT)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                kill_command(self.proc)
                 self.proc.wait()  # SIGKILL: at once; no zombie left behind
                 raise TransportError(f"exec: migration command did not finish within "
                                      f"{EXEC_CLOSE_WAIT:g} s of the stream's end: "
