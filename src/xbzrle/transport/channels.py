@@ -259,6 +259,12 @@ writing its error message, or be slow on a loaded machine): the source, or
 the destination whose stream ended early, waits this long for the exit
 status and stderr that explain the failure, then kills it."""
 
+EXEC_CLOSE_WAIT = 30.0
+"""Seconds an ``exec:`` command may take to finish once the whole stream went
+through its pipe (a source's command may still be compressing or storing it);
+still running then, it is killed and the migration fails."""
+
+
 def _descendants(pid: int) -> list[int]:
     """The processes below ``pid`` (Linux /proc; best effort, an exiting one is skipped)."""
     found: list[int] = []
@@ -275,7 +281,7 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def kill_command(proc: subprocess.Popen[bytes]) -> None:
+def _kill_command(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL an exec: command and what it started.
 
     ``/bin/sh -c CMD`` forks the programs of CMD: killing the shell alone
@@ -289,12 +295,6 @@ def kill_command(proc: subprocess.Popen[bytes]) -> None:
     for pid in below:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-
-
-EXEC_CLOSE_WAIT = 30.0
-"""Seconds an ``exec:`` command may take to finish once the whole stream went
-through its pipe (a source's command may still be compressing or storing it);
-still running then, it is killed and the migration fails."""
 
 
 class FileChannel:
@@ -347,7 +347,7 @@ class FileChannel:
         try:
             rc = self.proc.wait(timeout=EXEC_EXIT_WAIT)
         except subprocess.TimeoutExpired:
-            kill_command(self.proc)
+            _kill_command(self.proc)
             rc = self.proc.wait()  # SIGKILL: at once
             return self._ended(rc, f" (it closed its {closed} and was still running after "
                                    f"{EXEC_EXIT_WAIT:g} s)")
@@ -406,7 +406,7 @@ class FileChannel:
 
     def abort(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            kill_command(self.proc)
+            _kill_command(self.proc)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -415,7 +415,7 @@ class FileChannel:
             try:
                 rc = self.proc.wait(timeout=EXEC_CLOSE_WAIT)
             except subprocess.TimeoutExpired:
-                kill_command(self.proc)
+                _kill_command(self.proc)
                 self.proc.wait()  # SIGKILL: at once; no zombie left behind
                 raise TransportError(f"exec: migration command did not finish within "
                                      f"{EXEC_CLOSE_WAIT:g} s of the stream's end: "
