@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import random
 import socket
 import ssl
 import threading
@@ -16,8 +17,12 @@ import pytest
 
 from xbzrle import Guest
 from xbzrle._backend import load_core
+from xbzrle.migration import source
+from xbzrle.migration.manager import MigrationManager
 from xbzrle.migration.source import SourceConfig, SourceMigration
 from xbzrle.migration.status import MigrationStatus
+from xbzrle.stream import parse_bytes
+from xbzrle.stream import records as ev
 from xbzrle.transport.channels import FileChannel, SocketChannel
 from xbzrle.transport.uri import parse_uri
 
@@ -37,24 +42,27 @@ def _bitmap(npages: int) -> bytearray:
     return bytearray(b"\xff" * (((npages + 63) // 64) * 8))
 
 
-def _copy_path(ram, buf_size, mode=_core.SAVE_PLAIN):
-    out, page, cont, bitmap = [], 0, False, _bitmap(len(ram) // PAGE)
+def _copy_path(ram, buf_size, mode=_core.SAVE_PLAIN, bitmap=None, table=None):
+    out, page, cont = [], 0, False
+    bitmap = _bitmap(len(ram) // PAGE) if bitmap is None else bitmap
     buf = bytearray(buf_size)
     while page < len(ram) // PAGE:
         pos, page, cont, _ = _core.save_pages(buf, 0, ram, bitmap, page, NAME, 0, mode, None,
-                                              cont)
+                                              cont, None, None, table)
         out.append(bytes(buf[:pos]))
     return out
 
 
-def _zero_copy_path(ram, buf_size, mode=_core.SAVE_PLAIN, splice=False):
+def _zero_copy_path(ram, buf_size, mode=_core.SAVE_PLAIN, splice=False, bitmap=None,
+                    table=None):
     """Each buffer through write_records into a pipe; returns the chunks read back."""
-    out, page, cont, bitmap = [], 0, False, _bitmap(len(ram) // PAGE)
+    out, page, cont = [], 0, False
+    bitmap = _bitmap(len(ram) // PAGE) if bitmap is None else bitmap
     buf = bytearray(buf_size)
     refs = bytearray(_core.SAVE_REF_SIZE * (buf_size // PAGE + 1))
     while page < len(ram) // PAGE:
         pos, page, cont, counts, nrefs = _core.save_pages(buf, 0, ram, bitmap, page, NAME, 0,
-                                                          mode, None, cont, refs)
+                                                          mode, None, cont, refs, None, table)
         r, w = os.pipe()
         try:
             got = bytearray()
@@ -85,6 +93,31 @@ def test_write_records_sends_the_copy_paths_bytes_cut_in_the_same_buffers(mode, 
     pipe whose 64 KiB capacity forces partial writevs (or vmsplices)."""
     ram = _ram_with_every_kind(300)
     assert _zero_copy_path(ram, 1 << 16, mode, splice) == _copy_path(ram, 1 << 16, mode)
+
+
+@pytest.mark.parametrize("mode", [_core.SAVE_PLAIN, _core.SAVE_LAST])
+def test_zero_copy_rounds_with_a_table_send_and_hash_as_the_copy_path(mode):
+    """With a digest table the zero-copy loop reads dirty pages four at a time,
+    zero check and hash together: the records, the buffers and the table
+    must be the one-page copy path's, for any spread of dirty pages (groups
+    across bitmap words, a block ending with fewer than four left) and with
+    zero pages anywhere in a group."""
+    rng = random.Random(10)
+    npages = 700
+    ram = _ram_with_every_kind(npages)
+    for p in rng.sample(range(npages), 60):  # zero pages at random places too
+        ram[p * PAGE:(p + 1) * PAGE] = bytes(PAGE)
+    dirty = bytearray(rng.randbytes(len(_bitmap(npages))))
+    dirty[-1] |= 0x80  # the last page of the last word (past the block's end: never sent)
+    tables = [bytearray(8 * npages), bytearray(8 * npages)]
+    copied = _copy_path(ram, 1 << 16, mode, bytearray(dirty), tables[0])
+    sent = _zero_copy_path(ram, 1 << 16, mode, False, bytearray(dirty), tables[1])
+    assert sent == copied
+    assert tables[1] == tables[0]
+    expected = [_core.guest_page_hash(ram[p * PAGE:(p + 1) * PAGE])
+                if dirty[p // 8] >> (p % 8) & 1 else 0 for p in range(npages)]
+    assert list(memoryview(tables[0]).cast("Q")) == expected
+    assert any(expected) and expected.count(0) > npages // 3  # sent pages, zero and not
 
 
 def test_into_a_pipe_the_header_buffer_may_be_reused_before_the_reader_reads():
@@ -160,10 +193,15 @@ def _migrate_to_file(guest, path, copy_pages: bool, xbzrle: bool) -> bytes:
         return f.read()
 
 
+@pytest.mark.parametrize("part_seconds", [0.0, float("inf")])
 @pytest.mark.parametrize("xbzrle", [False, True])
-def test_a_paused_guests_stream_is_the_same_with_and_without_zero_copy(tmp_path, xbzrle):
+def test_a_paused_guests_stream_is_the_same_with_and_without_zero_copy(tmp_path, monkeypatch,
+                                                                       xbzrle, part_seconds):
     """Whole migrations of a stopped guest into file: (plain rounds, XBZRLE rounds
-    and the last stage), once copying every page and once by writev."""
+    and the last stage), once copying every page and once by writev.  Where
+    a round's PART sections end depends on time (``PART_SECONDS``), so both
+    runs take a fixed rule: a part per buffer, or a part per round."""
+    monkeypatch.setattr(source, "PART_SECONDS", part_seconds)
     with Guest(ram="8M") as guest:
         with memoryview(guest.blocks["pc.ram"]) as view:
             view[:] = _ram_with_every_kind(2048)
@@ -172,6 +210,45 @@ def test_a_paused_guests_stream_is_the_same_with_and_without_zero_copy(tmp_path,
         guest.stop()
         sent = _migrate_to_file(guest, tmp_path / "writev", False, xbzrle)
     assert sent == copied
+
+
+def _ram_parts(stream: bytes) -> tuple[int, int]:
+    """(PART sections, END sections) of the RAM section in a stream."""
+    events = parse_bytes(stream)
+    ram_id = next(e.section_id for e in events
+                  if isinstance(e, ev.SectionStart) and e.idstr == "ram")
+    parts = sum(1 for e in events if isinstance(e, ev.SectionPart) and e.section_id == ram_id)
+    ends = sum(1 for e in events if isinstance(e, ev.SectionEnd) and e.section_id == ram_id)
+    return parts, ends
+
+
+def test_a_rounds_part_spans_buffers_until_part_seconds(tmp_path, monkeypatch):
+    """A round's PART section stays open across buffers, as QEMU's iteration
+    does for up to 50 ms: with no time limit a round is one part, with none
+    left every buffer ends its own; both streams load to the same RAM."""
+    ram = os.urandom(2048 * PAGE)  # 8 MiB of PAGE records: more than eight 1 MiB buffers
+    loaded = {}
+    for part_seconds in (float("inf"), 0.0):
+        monkeypatch.setattr(source, "PART_SECONDS", part_seconds)
+        with Guest(ram="8M") as guest:
+            with memoryview(guest.blocks["pc.ram"]) as view:
+                view[:] = ram
+            guest.stop()
+            stream = _migrate_to_file(guest, tmp_path / f"parts-{part_seconds}", False, False)
+        parts, ends = _ram_parts(stream)
+        rounds = 1  # a paused guest: one round sends everything, the last stage nothing
+        if part_seconds:
+            assert (parts, ends) == (rounds, 1)
+        else:
+            assert parts >= 8 and ends == 1
+        with Guest(ram="8M") as dest:
+            dest.stop()
+            inc = MigrationManager(dest).incoming(f"file:{tmp_path / f'parts-{part_seconds}'}",
+                                                  resume=False)
+            assert inc.wait(60) == MigrationStatus.COMPLETED, inc.error
+            with memoryview(dest.blocks["pc.ram"]) as view:
+                loaded[part_seconds] = bytes(view)
+    assert loaded[0.0] == loaded[float("inf")] == bytes(ram)
 
 
 def test_channels_offer_writev_only_for_bytes_they_pass_unchanged(tmp_path):

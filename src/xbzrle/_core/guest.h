@@ -78,6 +78,10 @@ uint64_t xbz_page_hash(const uint8_t *page);
 /* xbz_page_hash of four pages at once, read side by side (faster from
  * memory than four calls). */
 void xbz_page_hash4(const uint8_t *const pages[4], uint64_t hashes[4]);
+/* xbz_page_hash4 that also tells, from the same reads, which of the four
+ * pages are all zero (bit p set for pages[p]; its hash is then 0): the
+ * save loop's plain rounds read each page once for both. */
+unsigned xbz_page_hash4_zero(const uint8_t *const pages[4], uint64_t hashes[4]);
 /* Pages whose hashes may be taken a little later, four at a time: add
  * queues a page and where its hash goes (written once four are queued);
  * flush hashes what is left.  The caller flushes before it reads a slot or
