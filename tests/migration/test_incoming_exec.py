@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from support import wait_until
 from xbzrle import Guest
 from xbzrle.migration.manager import MigrationManager
 from xbzrle.migration.status import MigrationStatus as S
@@ -54,12 +54,6 @@ def incoming(uri: str) -> tuple[str | None, bool]:
         assert mig.wait(60) == S.FAILED
         return mig.error, guest.running
 
-
-def wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 def gone(pid: int) -> bool:
@@ -129,12 +123,12 @@ def test_cancelling_an_incoming_command_kills_what_it_started(tmp_path):
         manager = MigrationManager(guest)
         mig = manager.incoming(f"exec:sleep 1000 & echo $! > {pidfile}.tmp; "
                                f"mv {pidfile}.tmp {pidfile}; wait")
-        wait_for(lambda: pidfile.exists() and mig.status == S.ACTIVE)
+        wait_until(lambda: pidfile.exists() and mig.status == S.ACTIVE)
         child = int(pidfile.read_text())
         assert not gone(child)
         manager.cancel()
         assert mig.wait(60) == S.CANCELLED
-        wait_for(lambda: gone(child))
+        wait_until(lambda: gone(child))
         assert not guest.running
 
 

@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from support import wait_until
 from xbzrle import Guest
 from xbzrle.errors import ParameterError
 from xbzrle.migration.manager import MigrationManager
@@ -28,16 +29,10 @@ RAM = 8 << 20
 PAGE = 4096
 
 
-def wait_for(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
-
 
 def running_and_progressing(guest: Guest) -> bool:
     before = guest.pages_written
-    wait_for(lambda: guest.pages_written > before, 10)
+    wait_until(lambda: guest.pages_written > before, 10)
     return guest.running
 
 
@@ -113,7 +108,7 @@ def test_plaintext_and_rogue_sources_are_refused_then_the_real_one_gets_in(sides
     assert "TLS" in (mig.error or ""), mig.error
     assert running_and_progressing(rogue.guest)
 
-    wait_for(lambda: len(inc.refused) == 2)
+    wait_until(lambda: len(inc.refused) == 2)
     assert "source sent plaintext" in inc.refused[0]
     assert "TLS handshake failed" in inc.refused[1]
     assert "certificate" in inc.refused[1].lower()
@@ -135,7 +130,7 @@ def test_tls_authz_admits_only_the_listed_identity(sides, pki):
     mig = other.manager.migrate(uri)
     assert mig.wait(30) == S.FAILED
     assert "not authorized" in (mig.error or ""), mig.error
-    wait_for(lambda: inc.refused)
+    wait_until(lambda: inc.refused)
     assert pki.other_dn in inc.refused[0] and "auth0" in inc.refused[0]
     real = sides("client", pki.client)
     migrate(real, uri)
@@ -149,14 +144,14 @@ def test_silent_and_garbage_clients_are_dropped_and_the_listener_stays(sides):
     port = int(uri.rsplit(":", 1)[1])
     silent = socket.create_connection(("127.0.0.1", port))
     try:
-        wait_for(lambda: inc.refused)
+        wait_until(lambda: inc.refused)
         assert "no migration stream header within 0.3 s" in inc.refused[0]
         assert silent.recv(4096).startswith(b"XBZRLE-ERROR ")  # told why, then closed
     finally:
         silent.close()
     with socket.create_connection(("127.0.0.1", port)) as garbage:
         garbage.sendall(b"GET / HTTP/1.1\r\n\r\n")
-        wait_for(lambda: len(inc.refused) == 2)
+        wait_until(lambda: len(inc.refused) == 2)
     assert "not a QEMU migration stream" in inc.refused[1]
     src = sides("client", None)
     migrate(src, uri)
@@ -248,7 +243,7 @@ def test_an_exec_command_that_stops_reading_before_it_exits_is_reported_with_its
     def source_waits() -> bool:
         return any("closed its input" in r.getMessage() for r in caplog.records)
 
-    wait_for(lambda: source_waits() or mig.status in (S.FAILED, S.COMPLETED), 60)
+    wait_until(lambda: source_waits() or mig.status in (S.FAILED, S.COMPLETED), 60)
     if source_waits():
         release(fifo)
     assert mig.wait(60) == S.FAILED
