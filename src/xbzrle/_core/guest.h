@@ -76,12 +76,10 @@ static inline void xbz_soft_mark(uint64_t *words, size_t page)
  * a zero page. */
 uint64_t xbz_page_hash(const uint8_t *page);
 /* xbz_page_hash of four pages at once, read side by side (faster from
- * memory than four calls). */
-void xbz_page_hash4(const uint8_t *const pages[4], uint64_t hashes[4]);
-/* xbz_page_hash4 that also tells, from the same reads, which of the four
- * pages are all zero (bit p set for pages[p]; its hash is then 0): the
- * save loop's plain rounds read each page once for both. */
-unsigned xbz_page_hash4_zero(const uint8_t *const pages[4], uint64_t hashes[4]);
+ * memory than four calls); returns which of them are all zero, from the
+ * same reads (bit p set for pages[p], whose hash is then 0): the save
+ * loop's plain rounds need no zero check of their own. */
+unsigned xbz_page_hash4(const uint8_t *const pages[4], uint64_t hashes[4]);
 /* Pages whose hashes may be taken a little later, four at a time: add
  * queues a page and where its hash goes (written once four are queued);
  * flush hashes what is left.  The caller flushes before it reads a slot or
@@ -93,9 +91,6 @@ typedef struct {
 } xbz_page_hash_queue;
 void xbz_page_hash_queue_add(xbz_page_hash_queue *q, const uint8_t *page, uint64_t *slot);
 void xbz_page_hash_queue_flush(xbz_page_hash_queue *q);
-/* xbz_digest_hash through the queue: a zero page's entry (0) at once, any
- * other page queued. */
-void xbz_digest_hash_queue_add(xbz_page_hash_queue *q, const uint8_t *page, uint64_t *slot);
 /* A page's entry in a digest table (one uint64 per page, kept by the save
  * and load loops): xbz_page_hash, with a zero page told by the cheaper zero
  * check.  The RAM digest leaves out the pages whose entry is 0. */

@@ -90,7 +90,7 @@ static void *hash_batch(void *arg)
     xbz_page_hash_queue q = {.n = 0};
     for (int i = 0; i < job->n; i++)
         if (job->slots[i] != NULL)
-            xbz_digest_hash_queue_add(&q, job->pages[i].iov_base, job->slots[i]);
+            xbz_page_hash_queue_add(&q, job->pages[i].iov_base, job->slots[i]);
     xbz_page_hash_queue_flush(&q);
     return NULL;
 }

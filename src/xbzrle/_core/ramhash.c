@@ -79,10 +79,11 @@ __attribute__((target("avx2"))) static uint64_t term_sum_avx2(const uint8_t *pag
  * 7 GB/s here: the hardware prefetcher starts over at every 4 KiB page);
  * four pages read side by side keep four streams in flight and run at
  * 10-12 GB/s (256 MiB of 4 KiB pages, a C loop over the same kernels).
- * With zeros != NULL the same loads also tell which pages are all zero
- * (bit p of *zeros), for the save loop's plain rounds (xbz_page_hash4_zero). */
-__attribute__((target("avx2"), always_inline)) static inline void
-term_sums4_avx2_core(const uint8_t *const pages[4], uint64_t sums[4], unsigned *zeros)
+ * The same loads also tell which pages are all zero (the returned bits):
+ * an OR per load, free next to the memory it waits on, so every caller
+ * reads a page once whether it is zero or not. */
+__attribute__((target("avx2"))) static unsigned term_sums4_avx2(const uint8_t *const pages[4],
+                                                                uint64_t sums[4])
 {
     const __m256i key0 = _mm256_loadu_si256((const __m256i *)xbz_hash_key);
     const __m256i key1 = _mm256_loadu_si256((const __m256i *)(xbz_hash_key + 4));
@@ -98,8 +99,7 @@ term_sums4_avx2_core(const uint8_t *const pages[4], uint64_t sums[4], unsigned *
         for (int p = 0; p < 4; p++) {
             __m256i w0 = _mm256_loadu_si256((const __m256i *)(pages[p] + at));
             __m256i w1 = _mm256_loadu_si256((const __m256i *)(pages[p] + at + 32));
-            if (zeros != NULL)
-                any[p] = _mm256_or_si256(any[p], _mm256_or_si256(w0, w1));
+            any[p] = _mm256_or_si256(any[p], _mm256_or_si256(w0, w1));
             __m256i k0 = _mm256_xor_si256(_mm256_xor_si256(w0, key0), sk);
             __m256i k1 = _mm256_xor_si256(_mm256_xor_si256(w1, key1), sk);
             __m256i t0 = _mm256_add_epi64(_mm256_mul_epu32(k0, _mm256_srli_epi64(k0, 32)), k0);
@@ -112,35 +112,13 @@ term_sums4_avx2_core(const uint8_t *const pages[4], uint64_t sums[4], unsigned *
         _mm256_storeu_si256((__m256i *)lanes, acc[p]);
         sums[p] = lanes[0] + lanes[1] + lanes[2] + lanes[3];
     }
-    if (zeros != NULL) {
-        unsigned z = 0;
-        for (int p = 0; p < 4; p++)
-            z |= (unsigned)_mm256_testz_si256(any[p], any[p]) << p;
-        *zeros = z;
-    }
-}
-
-__attribute__((target("avx2"))) static void term_sums4_avx2(const uint8_t *const pages[4],
-                                                            uint64_t sums[4])
-{
-    term_sums4_avx2_core(pages, sums, NULL);
-}
-
-__attribute__((target("avx2"))) static unsigned term_sums4_zero_avx2(const uint8_t *const pages[4],
-                                                                    uint64_t sums[4])
-{
-    unsigned zeros;
-    term_sums4_avx2_core(pages, sums, &zeros);
+    unsigned zeros = 0;
+    for (int p = 0; p < 4; p++)
+        zeros |= (unsigned)_mm256_testz_si256(any[p], any[p]) << p;
     return zeros;
 }
 
-static void term_sums4_generic(const uint8_t *const pages[4], uint64_t sums[4])
-{
-    for (int p = 0; p < 4; p++)
-        sums[p] = term_sum_generic(pages[p]);
-}
-
-static unsigned term_sums4_zero_generic(const uint8_t *const pages[4], uint64_t sums[4])
+static unsigned term_sums4_generic(const uint8_t *const pages[4], uint64_t sums[4])
 {
     unsigned zeros = 0;
     for (int p = 0; p < 4; p++) {
@@ -151,8 +129,7 @@ static unsigned term_sums4_zero_generic(const uint8_t *const pages[4], uint64_t 
 }
 
 static uint64_t (*term_sum_impl)(const uint8_t *);
-static void (*term_sums4_impl)(const uint8_t *const[4], uint64_t[4]);
-static unsigned (*term_sums4_zero_impl)(const uint8_t *const[4], uint64_t[4]);
+static unsigned (*term_sums4_impl)(const uint8_t *const[4], uint64_t[4]);
 static uint64_t zero_page_sum; /* the terms of a zero page; set with term_sum_impl */
 
 static uint64_t (*term_sum(void))(const uint8_t *)
@@ -169,8 +146,6 @@ static uint64_t (*term_sum(void))(const uint8_t *)
         __atomic_store_n(&zero_page_sum, term_sum_generic(zero), __ATOMIC_RELAXED);
         __atomic_store_n(&term_sums4_impl, avx2 ? term_sums4_avx2 : term_sums4_generic,
                          __ATOMIC_RELAXED);
-        __atomic_store_n(&term_sums4_zero_impl,
-                         avx2 ? term_sums4_zero_avx2 : term_sums4_zero_generic, __ATOMIC_RELAXED);
         __atomic_store_n(&term_sum_impl, impl, __ATOMIC_RELEASE);
     }
     return impl;
@@ -184,19 +159,10 @@ uint64_t xbz_page_hash(const uint8_t *page)
     return impl(page) - __atomic_load_n(&zero_page_sum, __ATOMIC_RELAXED);
 }
 
-void xbz_page_hash4(const uint8_t *const pages[4], uint64_t hashes[4])
+unsigned xbz_page_hash4(const uint8_t *const pages[4], uint64_t hashes[4])
 {
     term_sum(); /* sets term_sums4_impl and zero_page_sum */
-    __atomic_load_n(&term_sums4_impl, __ATOMIC_RELAXED)(pages, hashes);
-    uint64_t zero = __atomic_load_n(&zero_page_sum, __ATOMIC_RELAXED);
-    for (int p = 0; p < 4; p++)
-        hashes[p] -= zero;
-}
-
-unsigned xbz_page_hash4_zero(const uint8_t *const pages[4], uint64_t hashes[4])
-{
-    term_sum(); /* sets term_sums4_zero_impl and zero_page_sum */
-    unsigned zeros = __atomic_load_n(&term_sums4_zero_impl, __ATOMIC_RELAXED)(pages, hashes);
+    unsigned zeros = __atomic_load_n(&term_sums4_impl, __ATOMIC_RELAXED)(pages, hashes);
     uint64_t zero = __atomic_load_n(&zero_page_sum, __ATOMIC_RELAXED);
     for (int p = 0; p < 4; p++)
         hashes[p] -= zero;
@@ -214,14 +180,6 @@ void xbz_page_hash_queue_add(xbz_page_hash_queue *q, const uint8_t *page, uint64
     for (int p = 0; p < 4; p++)
         *q->slots[p] = hashes[p];
     q->n = 0;
-}
-
-void xbz_digest_hash_queue_add(xbz_page_hash_queue *q, const uint8_t *page, uint64_t *slot)
-{
-    if (xbz_is_zero(page, PAGE))
-        *slot = 0;
-    else
-        xbz_page_hash_queue_add(q, page, slot);
 }
 
 void xbz_page_hash_queue_flush(xbz_page_hash_queue *q)
@@ -251,9 +209,10 @@ typedef struct {
 static void *digest_worker(void *arg)
 {
     digest_job_t *job = arg;
-    /* Pairs of the non-zero pages, their hashes taken four at a time (the
+    /* Pairs of the resident pages, their hashes taken four at a time (the
      * queue writes them in place), then the pairs whose hash is 0 dropped:
-     * a zero page's terms cancel, so only a page of about 2^-64 goes, as
+     * the zero pages (their terms cancel: the same read tells, no zero
+     * check first) and, about 2^-64, a page whose terms cancel, as
      * table_pairs drops a 0 entry. */
     uint64_t *out = job->out + 2 * job->first;
     size_t n = 0;
@@ -261,11 +220,8 @@ static void *digest_worker(void *arg)
     for (size_t p = job->first; p < job->last; p++) {
         if (job->resident != NULL && !(job->resident[p] & 1))
             continue; /* never populated: reads as zero, costs nothing to skip */
-        const uint8_t *page = job->base + p * PAGE;
-        if (xbz_is_zero(page, PAGE))
-            continue;
         out[2 * n] = job->index_base + p;
-        xbz_page_hash_queue_add(&q, page, &out[2 * n + 1]);
+        xbz_page_hash_queue_add(&q, job->base + p * PAGE, &out[2 * n + 1]);
         n++;
     }
     xbz_page_hash_queue_flush(&q);
@@ -449,7 +405,7 @@ static void *fill_worker(void *arg)
         if (job->data_map != NULL && !job->data_map[p])
             job->table[p] = 0;
         else
-            xbz_digest_hash_queue_add(&q, job->base + p * PAGE, &job->table[p]);
+            xbz_page_hash_queue_add(&q, job->base + p * PAGE, &job->table[p]);
     }
     xbz_page_hash_queue_flush(&q);
     return NULL;

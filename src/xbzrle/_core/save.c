@@ -217,7 +217,7 @@ static inline size_t next_dirty(const uint64_t *words, size_t nwords, size_t q, 
 
 /* Plain zero-copy rounds with a digest table, four dirty pages at a time
  * (pages[i] at page index at[i]): one read of each page tells whether it is
- * zero and gives its hash (xbz_page_hash4_zero).  The one-page path reads a
+ * zero and gives its hash (xbz_page_hash4).  The one-page path reads a
  * zero page whole for the zero check alone (one stream from memory) and a
  * data page's first line for the zero check, then the whole page again for
  * the hash: zero pages now cost a four-stream read (256 MiB of them: 9.6-10.3
@@ -232,7 +232,7 @@ static inline void save_plain4(writer_t *w, const uint8_t *base, const size_t at
     uint64_t hash[4];
     for (int i = 0; i < 4; i++)
         pages[i] = base + (uint64_t)at[i] * XBZ_PAGE;
-    unsigned zeros = xbz_page_hash4_zero(pages, hash);
+    unsigned zeros = xbz_page_hash4(pages, hash);
     for (int i = 0; i < 4; i++) {
         uint64_t offset = (uint64_t)at[i] * XBZ_PAGE;
         if (zeros & (1u << i))
