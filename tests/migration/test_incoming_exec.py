@@ -4,9 +4,11 @@ The destination of ``-incoming exec:CMD`` reads the stream from the command's
 stdout.  When the command fails, all the pipe shows is an end of file in the
 middle of the stream; the destination then reaps the command and names why it
 ended (status, last stderr line), or kills one that closed its output but does
-not exit (``channels.EXEC_EXIT_WAIT``).  Real commands, a real stream from a
-real source; no timing: the commands that must not exit block on a FIFO nobody
-opens.
+not exit (``channels.EXEC_EXIT_WAIT``).  Once the whole stream is read, the
+stream has decided: a failing status is only logged and a command still
+running is killed at once (QEMU's behaviour).  Real commands, a real stream
+from a real source; no timing: the commands that must not exit block on a
+FIFO nobody opens.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from support import wait_until
 from xbzrle import Guest
 from xbzrle.migration.manager import MigrationManager
 from xbzrle.migration.status import MigrationStatus as S
+from xbzrle.qemu import IncompleteStreamError, receive
 from xbzrle.transport import channels
 
 RAM = 8 << 20
@@ -152,3 +155,47 @@ def test_xbzrle_vm_reports_a_failed_incoming_command_in_one_line(stream):
                                                  "status 3: lost the backup host"))
     assert expected in r.stdout.splitlines(), r.stdout
     assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_a_command_that_fails_after_the_whole_stream_only_gets_a_log_line(stream, caplog):
+    """The stream (its EOF record, the digest) decides the migration, as in QEMU,
+    which ignores the command's status: the guest runs, the status is logged."""
+    with Guest(ram=RAM) as guest:
+        guest.stop()
+        mig = MigrationManager(guest).incoming(
+            f"exec:cat {stream}; echo 'could not delete the copy' >&2; exit 3")
+        assert mig.wait(60) == S.COMPLETED, mig.error
+        assert guest.running
+    assert ("exec: migration command exited with status 3: could not delete the copy "
+            "after the whole stream was read (ignored)") in caplog.messages
+
+
+def test_a_command_still_running_after_the_stream_is_killed_at_once(stream, tmp_path,
+                                                                    monkeypatch):
+    """The guest's resume waits for the channel's close: a command that lingers
+    after writing the whole stream is killed with what it started, not waited for."""
+    monkeypatch.setattr(channels, "EXEC_CLOSE_WAIT", 3600.0)
+    monkeypatch.setattr(channels, "EXEC_EXIT_WAIT", 3600.0)
+    never = tmp_path / "never"
+    os.mkfifo(never)  # no writer ever: the read blocks until the kill
+    pidfile = tmp_path / "child"
+    with Guest(ram=RAM) as guest:
+        guest.stop()
+        mig = MigrationManager(guest).incoming(
+            f"exec:sh -c 'echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; exec 1>&-; "
+            f"read go < {never}' & until [ -e {pidfile} ]; do sleep 0.01; done; "
+            f"cat {stream}; wait")
+        assert mig.wait(60) == S.COMPLETED, mig.error
+        assert guest.running
+    wait_until(lambda: gone(int(pidfile.read_text())))
+
+
+def test_receive_names_a_command_that_failed_mid_stream(stream, tmp_path):
+    """``xbzrle receive`` (extract from a live migration) reads the same channel:
+    what it recovered, and why the input ended."""
+    with pytest.raises(IncompleteStreamError) as info:
+        receive(f"exec:head -c {CUT} {stream}; echo 'lost the backup host' >&2; exit 3",
+                tmp_path / "out")
+    assert str(info.value).startswith(
+        f"the migration stream ended at offset {CUT} before its RAM was complete: "
+        "exec: migration command exited with status 3: lost the backup host; recovered ")

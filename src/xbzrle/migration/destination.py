@@ -22,6 +22,7 @@ from ..stream.counts import BatchCounts
 from ..stream.load import PageLoader
 from ..stream.parser import HEADER_SIZE, StreamParser, header_problem
 from ..transport import Admission, FileChannel, Listener, SocketChannel
+from ..transport.readahead import stream_reader
 from ..transport.uri import MigrationURI
 from .common import Migration
 from .stats import MigrationStats
@@ -171,36 +172,37 @@ class IncomingMigration(Migration):
         assert self._channel is not None
         parser = StreamParser()
         parser.page_sink = loader.sink
-        view = memoryview(bytearray(READ_SIZE))
-        digest: dict[str, tuple[int, bytes]] | None = None
-        received = 0
-        described = False
-        while not described:
-            n = self._channel.readinto(view)
-            if n == 0:
-                if parser.eof_seen:
-                    break
-                # Why: the source vanished, the file is short, or the exec:
-                # command failed (reaped here, killed if it does not exit).
-                raise TransportError(
-                    f"the migration stream ended at offset {received} before its EOF record: "
-                    f"{self._channel.input_ended_early()}")
-            received += n
-            # In pieces cut at a round's end: the pages after it are applied in
-            # place, not copied into the parser's buffer first.
-            for _ in parser.feed_in_pieces(view[:n]):
-                for event in parser.events():
-                    if isinstance(event, ev.Digest):
-                        digest = event.blocks
-                    elif isinstance(event, ev.VmDescription):
-                        described = True
-                    else:
-                        self._apply(event, loader, expect_digest, digest is not None)
-            with self._lock:
-                loader.counts.wire_bytes = received
-                self.stats.totals = loader.counts
-                self.stats.add_batch(BatchCounts())  # rolls the rate window
-        return digest
+        with stream_reader(self._channel, READ_SIZE) as reader:
+            digest: dict[str, tuple[int, bytes]] | None = None
+            received = 0
+            described = False
+            while not described:
+                view = reader.read()
+                n = len(view)
+                if n == 0:
+                    if parser.eof_seen:
+                        break
+                    # Why: the source vanished, the file is short, or the exec:
+                    # command failed (reaped here, killed if it does not exit).
+                    raise TransportError(
+                        f"the migration stream ended at offset {received} before its EOF record: "
+                        f"{self._channel.input_ended_early()}")
+                received += n
+                # In pieces cut at a round's end: the pages after it are applied in
+                # place, not copied into the parser's buffer first.
+                for _ in parser.feed_in_pieces(view):
+                    for event in parser.events():
+                        if isinstance(event, ev.Digest):
+                            digest = event.blocks
+                        elif isinstance(event, ev.VmDescription):
+                            described = True
+                        else:
+                            self._apply(event, loader, expect_digest, digest is not None)
+                with self._lock:
+                    loader.counts.wire_bytes = received
+                    self.stats.totals = loader.counts
+                    self.stats.add_batch(BatchCounts())  # rolls the rate window
+            return digest
 
     def _apply(self, event: ev.Event, loader: PageLoader, expect_digest: bool,
                have_digest: bool) -> None:

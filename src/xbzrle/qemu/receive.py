@@ -84,6 +84,7 @@ def receive(uri: str, out_dir: str | os.PathLike[str], *, max_ram: int = DEFAULT
     IncompleteStreamError if the RAM is partial.
     """
     from ..transport import Listener
+    from ..transport.readahead import stream_reader
     from ..transport.uri import parse_uri
 
     parsed = parse_uri(uri)
@@ -104,14 +105,16 @@ def receive(uri: str, out_dir: str | os.PathLike[str], *, max_ram: int = DEFAULT
         raise
     failure: Exception | None = None
     try:
-        buf = bytearray(READ_SIZE)
-        view = memoryview(buf)
         received = 0
-        while (n := channel.readinto(view)) > 0:
-            extractor.feed(view[:n])
-            received += n
-            if on_progress is not None:
-                on_progress(received)
+        with stream_reader(channel, READ_SIZE) as reader:
+            while view := reader.read():
+                extractor.feed(view)
+                received += len(view)
+                if on_progress is not None:
+                    on_progress(received)
+        if not extractor.ram_ended:  # why: the source vanished, or the exec: command failed
+            failure = TransportError(f"the migration stream ended at offset {received} before "
+                                     f"its RAM was complete: {channel.input_ended_early()}")
     except (StreamError, TransportError) as exc:
         failure = exc
     except BaseException:
@@ -119,9 +122,6 @@ def receive(uri: str, out_dir: str | os.PathLike[str], *, max_ram: int = DEFAULT
         extractor.abort()
         raise
     finally:
-        try:
-            channel.close()
-        except TransportError as exc:  # an exec: command that failed
-            failure = failure or exc
+        channel.close()  # an incoming channel's close decides nothing (see FileChannel)
         listener.close()
     return extractor.finish(failure)

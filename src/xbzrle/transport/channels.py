@@ -38,6 +38,7 @@ class Channel(Protocol):
     def write(self, data: memoryview | bytes) -> None: ...
     def writev_fd(self) -> int | None: ...
     def readinto(self, buf: memoryview) -> int: ...
+    def readahead_fd(self) -> int | None: ...
     def input_ended_early(self) -> str: ...
     def abort(self) -> None: ...
     def close(self) -> None: ...
@@ -94,6 +95,12 @@ class SocketChannel:
         """The descriptor the source may ``writev`` page payloads to straight from
         guest RAM (the zero-copy send), or None when bytes must go through
         ``write`` (a channel that transforms them, such as TLS)."""
+        return self.sock.fileno() if type(self.sock) is socket.socket else None
+
+    def readahead_fd(self) -> int | None:
+        """The descriptor a read-ahead thread may poll before each ``readinto``
+        (see readahead.py), or None when reads must stay in the loader's
+        thread (TLS: decrypted bytes wait in a buffer ``poll`` does not see)."""
         return self.sock.fileno() if type(self.sock) is socket.socket else None
 
     def send_failed(self, exc: OSError) -> TransportError:
@@ -260,9 +267,10 @@ the destination whose stream ended early, waits this long for the exit
 status and stderr that explain the failure, then kills it."""
 
 EXEC_CLOSE_WAIT = 30.0
-"""Seconds an ``exec:`` command may take to finish once the whole stream went
-through its pipe (a source's command may still be compressing or storing it);
-still running then, it is killed and the migration fails."""
+"""Seconds a source's ``exec:`` command may take to finish once the whole stream
+went through its pipe (it may still be compressing or storing it); still
+running then, it is killed and the migration fails.  (A destination's command
+is killed at once: the stream it wrote has decided the migration.)"""
 
 
 def _descendants(pid: int) -> list[int]:
@@ -310,9 +318,11 @@ class FileChannel:
 
     has_verdict = False
 
-    def __init__(self, fd: int, proc: subprocess.Popen[bytes] | None = None) -> None:
+    def __init__(self, fd: int, proc: subprocess.Popen[bytes] | None = None, *,
+                 incoming: bool = False) -> None:
         self.fd = fd
         self.proc = proc
+        self.incoming = incoming
         # Popen(stderr=PIPE) with the default buffering gives an io.BufferedReader
         self._stderr = StderrTail(cast(io.BufferedReader, proc.stderr)) \
             if proc is not None and proc.stderr else None
@@ -382,6 +392,10 @@ class FileChannel:
         """Files and pipes take page payloads straight from guest RAM."""
         return self.fd
 
+    def readahead_fd(self) -> int | None:
+        """Files and pipes are read ahead of the load loop (see readahead.py)."""
+        return self.fd
+
     @property
     def splices_pages(self) -> bool:
         """An exec: command's pipe may hold references to guest pages (vmsplice)
@@ -411,7 +425,9 @@ class FileChannel:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
-        if self.proc is not None:
+        if self.proc is not None and self.incoming:
+            self._close_incoming()
+        elif self.proc is not None:
             try:
                 rc = self.proc.wait(timeout=EXEC_CLOSE_WAIT)
             except subprocess.TimeoutExpired:
@@ -423,3 +439,20 @@ class FileChannel:
             if rc != 0:
                 raise TransportError(self._command_failure() or
                                      f"exec: migration command exited with status {rc}")
+
+    def _close_incoming(self) -> None:
+        """The end of an incoming command, once the destination is done reading.
+
+        The stream decided the migration (its EOF record, the digest; a stream
+        cut short was already reported with the command's status), so what
+        the command does now only gets a log line, as QEMU ignores it too.
+        One still running is killed at once, with what it started: the
+        guest's resume waits for this close.
+        """
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            log.info("exec: migration command still running after the stream: killed")
+            _kill_command(self.proc)
+        rc = self.proc.wait()  # exited, or SIGKILLed just now
+        if rc > 0:
+            log.warning("%s after the whole stream was read (ignored)", self._ended(rc))

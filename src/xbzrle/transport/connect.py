@@ -307,7 +307,7 @@ class Listener:
             widen_pipe(proc.stdout.fileno())
             fd = os.dup(proc.stdout.fileno())
             proc.stdout.close()
-            return FileChannel(fd, proc)
+            return FileChannel(fd, proc, incoming=True)
         except OSError as exc:
             raise TransportError(f"incoming migration on {uri} failed: {exc}") from exc
 
