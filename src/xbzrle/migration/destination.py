@@ -35,8 +35,6 @@ if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
 else:
     _core = load_core()
 
-READ_SIZE = 1 << 20
-
 
 def check_capabilities(source_caps: tuple[str, ...], *, xbzrle: bool) -> None:
     """Refuse, before any page, a stream announcing XBZRLE when the capability is off here.
@@ -172,7 +170,7 @@ class IncomingMigration(Migration):
         assert self._channel is not None
         parser = StreamParser()
         parser.page_sink = loader.sink
-        with stream_reader(self._channel, READ_SIZE) as reader:
+        with stream_reader(self._channel) as reader:
             digest: dict[str, tuple[int, bytes]] | None = None
             received = 0
             described = False

@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 # The transport (sockets, TLS) is imported when receive runs: `xbzrle extract`,
 # which shares this package, starts without it.
 
-READ_SIZE = 1 << 20
-
 
 def listening_address(listener: Listener) -> str:
     """The URI the source should use, with the real port when 0 was asked for."""
@@ -106,7 +104,7 @@ def receive(uri: str, out_dir: str | os.PathLike[str], *, max_ram: int = DEFAULT
     failure: Exception | None = None
     try:
         received = 0
-        with stream_reader(channel, READ_SIZE) as reader:
+        with stream_reader(channel) as reader:
             while view := reader.read():
                 extractor.feed(view)
                 received += len(view)

@@ -27,8 +27,13 @@ from collections.abc import Iterator
 
 from .channels import Channel
 
-BUFFERS = 3
-"""Buffers in flight: one being applied, one filled and waiting, one being read."""
+PIECE_SIZE = 2 << 20
+"""Bytes per read.  With the reader thread, 2 MiB pieces beat 1 MiB ones (fewer
+hand-overs between the threads; 4 MiB measured the same as 2 MiB)."""
+
+BUFFERS = 4
+"""Buffers in flight: one being applied, the others filled or being read, so a
+burst from the socket does not wait for the loader (3 measured slower)."""
 
 
 class ReadAhead:
@@ -40,7 +45,8 @@ class ReadAhead:
     thread, as the channel raised it.
     """
 
-    def __init__(self, channel: Channel, fd: int, size: int, buffers: int = BUFFERS) -> None:
+    def __init__(self, channel: Channel, fd: int, size: int = PIECE_SIZE,
+                 buffers: int = BUFFERS) -> None:
         self._channel = channel
         self._fd = fd
         self._wake_r, self._wake_w = os.pipe()
@@ -99,7 +105,7 @@ class InlineReader:
     """Reads in the caller's thread into one reused buffer (a channel that cannot
     be read ahead); the same ``read``/``stop`` as ReadAhead."""
 
-    def __init__(self, channel: Channel, size: int) -> None:
+    def __init__(self, channel: Channel, size: int = PIECE_SIZE) -> None:
         self._channel = channel
         self._buf = memoryview(bytearray(size))
 
@@ -111,7 +117,8 @@ class InlineReader:
 
 
 @contextlib.contextmanager
-def stream_reader(channel: Channel, size: int) -> Iterator[ReadAhead | InlineReader]:
+def stream_reader(channel: Channel,
+                  size: int = PIECE_SIZE) -> Iterator[ReadAhead | InlineReader]:
     """Read ``channel`` in pieces of up to ``size`` bytes, ahead on a thread where
     it can be; the thread is stopped when the block ends, before any close."""
     fd = channel.readahead_fd()
