@@ -2,10 +2,11 @@
 
 Why: with one thread the destination alternates between the kernel's copy
 out of the socket (``recv``) and the load loop writing pages into guest RAM,
-and each waits for the other.  With a reader thread the next megabyte is
+and each waits for the other.  With a reader thread the next piece is
 copied out of the socket while the current one is applied, on the second
-core the source leaves idle part of the time (a 1 GiB pass over loopback TCP
-went from about 1.05 s to 0.92 s; see docs/migration.md, "Seventh pass").
+core the source leaves idle part of the time (a 1 GiB pass over loopback
+TCP: 0.93 s -> 0.74-0.76 s in interleaved passes; see docs/migration.md,
+"Seventh pass").
 
 The reader owns the channel's reads until ``stop`` returns: it waits for
 input with ``poll`` on the channel and on a wake-up pipe, so ``stop`` never
