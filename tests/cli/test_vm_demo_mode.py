@@ -50,3 +50,23 @@ def test_destination_reports_one_migration_and_exits(tmp_path, dest_xbzrle):
             assert report["digest-verified"] is False
     finally:
         dst.kill()
+
+
+def test_a_destination_reading_a_file_names_it_and_reports(tmp_path):
+    """No port to announce: the handshake line names what is read, then the report."""
+    stream = tmp_path / "stream"
+    with Guest(ram="8M") as guest:
+        guest.start_workload("loadgen")
+        assert MigrationManager(guest).migrate(f"file:{stream}").wait(60) == \
+            MigrationStatus.COMPLETED
+    dst = VmProcess(tmp_path, "dst", "--ram", "8M", "--incoming", f"file:{stream}",
+                    "--exit-after-migration", "--report-json")
+    try:
+        out, _ = dst.proc.communicate(timeout=60)
+        lines = out.decode().strip().splitlines()
+        assert lines[0] == f"LISTENING file:{stream}"
+        report = json.loads(lines[-1])
+        assert report["status"] == "completed" and report["digest-verified"] is True
+        assert dst.proc.returncode == 0
+    finally:
+        dst.kill()

@@ -124,7 +124,8 @@ def _announce_incoming(control: VmControl, opts: VmOptions) -> None:
     if not isinstance(mig, IncomingMigration) or opts.incoming in (None, "defer"):
         return
     if opts.exit_after_migration:  # the demo's handshake, on stdout and nothing else
-        print(f"LISTENING {mig.port if mig.uri.scheme == 'tcp' else 0}", flush=True)
+        # tcp: the port bound (the demo asks for port 0); otherwise the URI read from
+        print(f"LISTENING {mig.port if mig.uri.scheme == 'tcp' else mig.uri}", flush=True)
         return
     where = f"tcp:{mig.uri.host}:{mig.port}" if mig.uri.scheme == "tcp" else str(mig.uri)
     _note(f"incoming migration on {where}")
