@@ -259,9 +259,9 @@ def test_channels_offer_writev_only_for_bytes_they_pass_unchanged(tmp_path):
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).wrap_socket(
         a.dup(), server_hostname="peer", do_handshake_on_connect=False)
     try:
-        assert SocketChannel(a).writev_fd() == a.fileno()
-        assert FileChannel(fd).writev_fd() == fd
-        assert SocketChannel(tls).writev_fd() is None
+        assert SocketChannel(a).raw_fd() == a.fileno()
+        assert FileChannel(fd).raw_fd() == fd
+        assert SocketChannel(tls).raw_fd() is None
     finally:
         tls.close()
         a.close()

@@ -133,4 +133,4 @@ def test_a_file_channel_reads_ahead_and_tls_reads_inline(tmp_path):
     with context.wrap_socket(socket.socket(), server_hostname="dst",
                              do_handshake_on_connect=False) as tls:
         # Decrypted bytes can wait inside the TLS layer, where poll does not see them.
-        assert SocketChannel(tls).readahead_fd() is None
+        assert SocketChannel(tls).raw_fd() is None

@@ -245,7 +245,7 @@ class SourceMigration(Migration):
         assert channel is not None
         timeout = getattr(channel, "stall_timeout", None)
         try:
-            fd = channel.writev_fd()
+            fd = channel.raw_fd()
             assert fd is not None  # zero copy is only used on a channel with a writev fd
             return _core.write_records(fd, buf, end, refs, nrefs, block,
                                        -1 if timeout is None else int(timeout * 1000),
@@ -491,7 +491,7 @@ class SourceMigration(Migration):
         # rounds copy them, because the cache is filled from the bytes sent.
         # Under the scan tracker, rounds with the guest running copy them too
         # (see _follow_destination).
-        fd = self._channel.writev_fd() if self._channel is not None else None
+        fd = self._channel.raw_fd() if self._channel is not None else None
         zero_copy = (fd is not None and not self.config.copy_pages
                      and not (self._sends_copies and not final)
                      and mode in (_core.SAVE_PLAIN, _core.SAVE_LAST))

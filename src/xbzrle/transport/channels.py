@@ -36,9 +36,8 @@ VERDICT_MAX = 4096
 
 class Channel(Protocol):
     def write(self, data: memoryview | bytes) -> None: ...
-    def writev_fd(self) -> int | None: ...
+    def raw_fd(self) -> int | None: ...
     def readinto(self, buf: memoryview) -> int: ...
-    def readahead_fd(self) -> int | None: ...
     def input_ended_early(self) -> str: ...
     def abort(self) -> None: ...
     def close(self) -> None: ...
@@ -91,16 +90,14 @@ class SocketChannel:
                     f"the destination refused the migration: {verdict}") from exc
             raise TransportError(self._lost_while_sending(exc)) from exc
 
-    def writev_fd(self) -> int | None:
-        """The descriptor the source may ``writev`` page payloads to straight from
-        guest RAM (the zero-copy send), or None when bytes must go through
-        ``write`` (a channel that transforms them, such as TLS)."""
-        return self.sock.fileno() if type(self.sock) is socket.socket else None
+    def raw_fd(self) -> int | None:
+        """The descriptor the bytes reach unchanged, or None under TLS.
 
-    def readahead_fd(self) -> int | None:
-        """The descriptor a read-ahead thread may poll before each ``readinto``
-        (see readahead.py), or None when reads must stay in the loader's
-        thread (TLS: decrypted bytes wait in a buffer ``poll`` does not see)."""
+        The source ``writev``s page payloads to it straight from guest RAM
+        (the zero-copy send); the destination reads it ahead of the load
+        loop on a thread that polls it first (readahead.py).  TLS allows
+        neither: it transforms the bytes, and decrypted ones can wait in a
+        buffer ``poll`` does not see."""
         return self.sock.fileno() if type(self.sock) is socket.socket else None
 
     def send_failed(self, exc: OSError) -> TransportError:
@@ -388,12 +385,9 @@ class FileChannel:
         except OSError as exc:
             raise self.send_failed(exc) from exc
 
-    def writev_fd(self) -> int | None:
-        """Files and pipes take page payloads straight from guest RAM."""
-        return self.fd
-
-    def readahead_fd(self) -> int | None:
-        """Files and pipes are read ahead of the load loop (see readahead.py)."""
+    def raw_fd(self) -> int | None:
+        """Files and pipes: page payloads go straight from guest RAM, and reads
+        run ahead of the load loop (see SocketChannel.raw_fd)."""
         return self.fd
 
     @property

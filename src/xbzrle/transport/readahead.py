@@ -122,7 +122,7 @@ def stream_reader(channel: Channel,
                   size: int = PIECE_SIZE) -> Iterator[ReadAhead | InlineReader]:
     """Read ``channel`` in pieces of up to ``size`` bytes, ahead on a thread where
     it can be; the thread is stopped when the block ends, before any close."""
-    fd = channel.readahead_fd()
+    fd = channel.raw_fd()
     reader = ReadAhead(channel, fd, size) if fd is not None else InlineReader(channel, size)
     try:
         yield reader
