@@ -111,6 +111,8 @@ class GuestRam:
     def closed(self) -> bool: ...
     def advise_huge_pages(self) -> None:
         """Ask for transparent huge pages (MADV_HUGEPAGE); OSError if the kernel refuses."""
+    def advise_small_pages(self) -> None:
+        """Ask for 4 KiB pages (MADV_NOHUGEPAGE); OSError if the kernel refuses."""
     def close(self) -> None:
         """Unmap the memory now, or when the last view, tracker or workload lets go."""
     def __buffer__(self, flags: int, /) -> memoryview: ...

@@ -59,8 +59,9 @@ static PyObject *ram_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(self);
         return NULL;
     }
-    /* 4 KiB pages unless the caller asks for huge ones (RamBlock does where
-     * they pay off: xbzrle.guest.hugepages).  Dirty tracking stays
+    /* 4 KiB pages unless the caller asks for huge ones (RamBlock does, and
+     * turns a destination back to 4 KiB pages where filling huge ones is
+     * dear: xbzrle.guest.hugepages).  Dirty tracking stays
      * page-granular either way: the kernel tracker arms late and splits a
      * huge page at its first write (dirtylog.c). */
     (void)madvise(base, (size_t)size, MADV_NOHUGEPAGE);
@@ -154,15 +155,25 @@ static PyObject *ram_get_closed(XbzGuestRam *self, void *closure)
     return PyBool_FromLong(self->base == NULL || self->closing);
 }
 
-static PyObject *ram_advise_huge_pages(XbzGuestRam *self, PyObject *unused)
+static PyObject *ram_advise(XbzGuestRam *self, int advice)
 {
     if (self->base == NULL || self->closing) {
         PyErr_SetString(PyExc_ValueError, "guest RAM is closed");
         return NULL;
     }
-    if (madvise(self->base, self->size, MADV_HUGEPAGE) < 0)
+    if (madvise(self->base, self->size, advice) < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
     Py_RETURN_NONE;
+}
+
+static PyObject *ram_advise_huge_pages(XbzGuestRam *self, PyObject *unused)
+{
+    return ram_advise(self, MADV_HUGEPAGE);
+}
+
+static PyObject *ram_advise_small_pages(XbzGuestRam *self, PyObject *unused)
+{
+    return ram_advise(self, MADV_NOHUGEPAGE);
 }
 
 static PyMethodDef ram_methods[] = {
@@ -170,6 +181,10 @@ static PyMethodDef ram_methods[] = {
      "advise_huge_pages($self, /)\n--\n\n"
      "Ask for transparent huge pages where the memory is not populated yet "
      "(MADV_HUGEPAGE; it starts on 4 KiB pages).  OSError if the kernel refuses."},
+    {"advise_small_pages", (PyCFunction)ram_advise_small_pages, METH_NOARGS,
+     "advise_small_pages($self, /)\n--\n\n"
+     "Ask for 4 KiB pages where the memory is not populated yet (MADV_NOHUGEPAGE; "
+     "huge pages already there stay).  OSError if the kernel refuses."},
     {"close", (PyCFunction)ram_close, METH_NOARGS,
      "close($self, /)\n--\n\nUnmap the memory now, or when the last view, tracker or workload lets go."},
     {NULL, NULL, 0, NULL},

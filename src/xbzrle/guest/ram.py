@@ -9,7 +9,6 @@ from .._backend import load_core
 from ..errors import ParameterError
 from ..sizes import PAGE_SIZE
 from .digest import ram_digest
-from .hugepages import use_huge_pages
 
 if TYPE_CHECKING:  # type checkers see the compiled core's stub (_core.pyi)
     from .. import _core
@@ -32,10 +31,11 @@ class RamBlock(_core.GuestRam):
 
     The memory is an anonymous private mapping: pages never written read as
     zero and cost nothing.  It asks for transparent huge pages, as QEMU's
-    RAM does, unless this machine's host takes freed memory back
-    (:mod:`xbzrle.guest.hugepages`).  The object exports it through the buffer
-    protocol, writable and without copying, so ``memoryview(block)``, numpy
-    and the C save/load loops all work on the live bytes.
+    RAM does; a destination goes back to 4 KiB pages where this machine's
+    host takes freed memory back (:mod:`xbzrle.guest.hugepages`).  The
+    object exports it through the buffer protocol, writable and without
+    copying, so ``memoryview(block)``, numpy and the C save/load loops all
+    work on the live bytes.
     """
 
     _name: str  # set in __new__ (GuestRam instances have a __dict__)
@@ -43,9 +43,8 @@ class RamBlock(_core.GuestRam):
     def __new__(cls, name: str, size: int) -> RamBlock:
         self = super().__new__(cls, size)
         self._name = check_block_name(name)
-        if use_huge_pages():
-            with contextlib.suppress(OSError):  # a kernel without THP: 4 KiB pages it is
-                self.advise_huge_pages()
+        with contextlib.suppress(OSError):  # a kernel without THP: 4 KiB pages it is
+            self.advise_huge_pages()
         return self
 
     @property

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .._backend import load_core
 from ..errors import ParameterError, StreamError, TransportError, XbzrleError
+from ..guest.hugepages import small_pages_for_incoming
 from ..stream import constants as K
 from ..stream import records as ev
 from ..stream.counts import BatchCounts
@@ -140,6 +141,7 @@ class IncomingMigration(Migration):
         # The load loop keeps a digest table unless x-ram-digest-full asks for a
         # read of all RAM after EOF (or no digest is expected at all).
         tables = expect_digest and not self._ram_digest_full()
+        small_pages_for_incoming(self.guest.blocks.values())
         loader = PageLoader(self.guest.blocks, self._xbzrle(), anonymous=True, tables=tables)
         try:
             digest = self._load(loader, expect_digest)
