@@ -176,6 +176,21 @@ def our_guest(ram_file: Path, size: int) -> Guest:
     return guest
 
 
+def huge_page_share(address: int) -> float:
+    """The share of the mapping at ``address`` (this process) that sits on huge
+    pages: the source's RAM asks for them, and the host may not have them."""
+    fields: dict[str, int] = {}
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                inside = int(head.split("-")[0], 16) == address
+            elif inside and head in ("Rss:", "AnonHugePages:"):
+                fields[head] = int(line.split()[1])
+    return fields.get("AnonHugePages:", 0) / max(1, fields.get("Rss:", 0))
+
+
 def our_destination(size: int) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, "-m", "xbzrle", "vm", "--ram", str(size), "--workload", "idle",
            "-S", "--incoming", "tcp:127.0.0.1:0", "--exit-after-migration", "--report-json"]
@@ -395,6 +410,8 @@ def main() -> int:
           f"{', against QEMU 7.2' if with_qemu else ' (no QEMU here: ours alone)'}; "
           "cpu: CPU seconds of the source, then of the destination")
     guest = our_guest(ram_file, size)
+    print(f"our source's RAM: {huge_page_share(guest.blocks['pc.ram'].address):.0%} on huge "
+          "pages (QEMU's source: a tmpfs file, 4 KiB pages)")
     try:
         if "wire" in parts:
             for state in (("cold", "warm") if args.host_memory == "both" else
