@@ -4,6 +4,7 @@ host keeps freed memory backed."""
 from __future__ import annotations
 
 import pytest
+
 from support import mapping_field
 from xbzrle.guest import Guest, hugepages
 from xbzrle.guest.hugepages import (

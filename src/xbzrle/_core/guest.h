@@ -95,6 +95,9 @@ void xbz_page_hash_queue_flush(xbz_page_hash_queue *q);
  * and load loops): xbz_page_hash, with a zero page told by the cheaper zero
  * check.  The RAM digest leaves out the pages whose entry is 0. */
 uint64_t xbz_digest_hash(const uint8_t *page);
+/* Copies a page (4 KiB, no overlap) and returns xbz_digest_hash of it,
+ * reading src once. */
+uint64_t xbz_copy_page_hashed(uint8_t *dst, const uint8_t *src);
 
 int xbz_bitmap_register(PyObject *module);
 int xbz_ramhash_register(PyObject *module);

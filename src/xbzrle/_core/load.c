@@ -365,10 +365,11 @@ static int load_loop(const uint8_t *buf, size_t *pos_io, size_t end, load_block_
                 /* the slot takes the hash of the same bytes when they are written */
                 if (page_batch_add(batch, bi, b->fd, offset, buf + p, slot, err) < 0)
                     return -1;
+            } else if (slot) {
+                /* one read of the record: copy and hash together */
+                *slot = xbz_copy_page_hashed(host, buf + p);
             } else {
                 memcpy(host, buf + p, XBZ_PAGE);
-                if (slot)
-                    *slot = xbz_digest_hash(host);
             }
             if (maybe)
                 *maybe = 1;
