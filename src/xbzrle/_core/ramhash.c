@@ -49,8 +49,13 @@ static uint64_t term_sum_generic(const uint8_t *page)
 
 /* The same sum in two AVX2 registers of four lanes each: a 64-byte stripe
  * per step; _mm256_mul_epu32 is lo32(a) * lo32(b), so lo32(k) * hi32(k) is
- * one instruction.  A page costs about a memory copy of it. */
-__attribute__((target("avx2"))) static uint64_t term_sum_avx2(const uint8_t *page)
+ * one instruction.  A page costs about a memory copy of it.  copy: NULL, or
+ * where each stripe is stored as it is read (the load loop's PAGE record:
+ * one read of it for the copy and the hash, the multiplies hidden under the
+ * copy's memory traffic).  Inlined into each caller, so the copy is a
+ * constant there. */
+__attribute__((target("avx2"), always_inline)) static inline uint64_t
+term_sum_stripes_avx2(const uint8_t *page, uint8_t *copy)
 {
     const __m256i key0 = _mm256_loadu_si256((const __m256i *)xbz_hash_key);
     const __m256i key1 = _mm256_loadu_si256((const __m256i *)(xbz_hash_key + 4));
@@ -59,39 +64,12 @@ __attribute__((target("avx2"))) static uint64_t term_sum_avx2(const uint8_t *pag
     for (size_t at = 0; at < PAGE; at += 64) {
         stripe_key += XBZ_HASH_STRIPE;
         __m256i sk = _mm256_set1_epi64x((long long)stripe_key);
-        __m256i k0 = _mm256_xor_si256(
-            _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(page + at)), key0), sk);
-        __m256i k1 = _mm256_xor_si256(
-            _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(page + at + 32)), key1), sk);
-        m0 = _mm256_add_epi64(m0, _mm256_add_epi64(_mm256_mul_epu32(k0, _mm256_srli_epi64(k0, 32)), k0));
-        m1 = _mm256_add_epi64(m1, _mm256_add_epi64(_mm256_mul_epu32(k1, _mm256_srli_epi64(k1, 32)), k1));
-    }
-    uint64_t lanes[8];
-    _mm256_storeu_si256((__m256i *)lanes, m0);
-    _mm256_storeu_si256((__m256i *)(lanes + 4), m1);
-    uint64_t sum = 0;
-    for (int j = 0; j < 8; j++)
-        sum += lanes[j];
-    return sum;
-}
-
-/* term_sum_avx2 of src while src is copied to dst: one read of src, the
- * multiplies hidden under the copy's memory traffic (the load loop's PAGE
- * record, which would otherwise copy and then read the page again). */
-__attribute__((target("avx2"))) static uint64_t copy_term_sum_avx2(uint8_t *dst,
-                                                                 const uint8_t *src)
-{
-    const __m256i key0 = _mm256_loadu_si256((const __m256i *)xbz_hash_key);
-    const __m256i key1 = _mm256_loadu_si256((const __m256i *)(xbz_hash_key + 4));
-    __m256i m0 = _mm256_setzero_si256(), m1 = _mm256_setzero_si256();
-    uint64_t stripe_key = 0;
-    for (size_t at = 0; at < PAGE; at += 64) {
-        stripe_key += XBZ_HASH_STRIPE;
-        __m256i sk = _mm256_set1_epi64x((long long)stripe_key);
-        __m256i w0 = _mm256_loadu_si256((const __m256i *)(src + at));
-        __m256i w1 = _mm256_loadu_si256((const __m256i *)(src + at + 32));
-        _mm256_storeu_si256((__m256i *)(dst + at), w0);
-        _mm256_storeu_si256((__m256i *)(dst + at + 32), w1);
+        __m256i w0 = _mm256_loadu_si256((const __m256i *)(page + at));
+        __m256i w1 = _mm256_loadu_si256((const __m256i *)(page + at + 32));
+        if (copy != NULL) {
+            _mm256_storeu_si256((__m256i *)(copy + at), w0);
+            _mm256_storeu_si256((__m256i *)(copy + at + 32), w1);
+        }
         __m256i k0 = _mm256_xor_si256(_mm256_xor_si256(w0, key0), sk);
         __m256i k1 = _mm256_xor_si256(_mm256_xor_si256(w1, key1), sk);
         m0 = _mm256_add_epi64(m0, _mm256_add_epi64(_mm256_mul_epu32(k0, _mm256_srli_epi64(k0, 32)), k0));
@@ -104,6 +82,17 @@ __attribute__((target("avx2"))) static uint64_t copy_term_sum_avx2(uint8_t *dst,
     for (int j = 0; j < 8; j++)
         sum += lanes[j];
     return sum;
+}
+
+__attribute__((target("avx2"))) static uint64_t term_sum_avx2(const uint8_t *page)
+{
+    return term_sum_stripes_avx2(page, NULL);
+}
+
+__attribute__((target("avx2"))) static uint64_t copy_term_sum_avx2(uint8_t *dst,
+                                                                 const uint8_t *src)
+{
+    return term_sum_stripes_avx2(src, dst);
 }
 
 /* Four pages' sums at once.  A single page's sum waits on memory (about
