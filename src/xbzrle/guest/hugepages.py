@@ -4,7 +4,8 @@ QEMU advises its RAM ``MADV_HUGEPAGE``, and so does every ``RamBlock``:
 reading RAM misses the TLB less, and pinning it (the source's ``vmsplice``
 into an ``exec:`` pipe) walks one entry per 2 MiB.  Measured here with the
 source's RAM on huge pages against 4 KiB ones, interleaved: 1 GiB into
-``exec:cat > /dev/null`` 1.11x faster, over TCP 1.06x (docs/migration.md).
+``exec:cat > /dev/null`` 1.11-1.17x faster; over TCP no change, where the
+destination is the critical path (docs/migration.md).
 
 The exception is RAM being filled in a hurry: a destination populates all
 of it during the migration, where huge pages cost one fault per 2 MiB
