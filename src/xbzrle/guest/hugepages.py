@@ -76,6 +76,8 @@ def use_huge_pages() -> bool:
 
 
 class AdvisableRam(Protocol):
+    """What small_pages_for_incoming needs of a block (a RamBlock, in practice)."""
+
     def advise_small_pages(self) -> None: ...
 
 
