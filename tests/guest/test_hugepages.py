@@ -11,7 +11,7 @@ from xbzrle.guest.hugepages import (
     VIRTIO_ID_BALLOON,
     balloon_features,
     huge_pages_pay_off,
-    use_huge_pages,
+    huge_pages_pay_off_here,
 )
 from xbzrle.migration.manager import MigrationManager
 from xbzrle.migration.status import MigrationStatus as S
@@ -81,7 +81,7 @@ def test_a_destination_fills_small_pages_where_huge_ones_are_dear(sparse_stream,
     the incoming migration turns the destination's RAM to 4 KiB pages before
     the first page is written, and it stays so: its memory is the eight pages
     the stream carried.  Elsewhere it keeps asking for huge pages."""
-    monkeypatch.setattr(hugepages, "_USE_HUGE_PAGES", cheap)
+    monkeypatch.setattr(hugepages, "_PAY_OFF_HERE", cheap)
     with Guest("16M") as dst:
         dst.stop()
         block = dst.blocks["pc.ram"]
@@ -97,4 +97,4 @@ def test_a_destination_fills_small_pages_where_huge_ones_are_dear(sparse_stream,
 
 
 def test_this_machines_answer_is_its_balloons():
-    assert use_huge_pages() is huge_pages_pay_off(balloon_features())
+    assert huge_pages_pay_off_here() is huge_pages_pay_off(balloon_features())

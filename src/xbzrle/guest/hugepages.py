@@ -64,15 +64,15 @@ def balloon_features(devices: Path = VIRTIO_DEVICES) -> list[str]:
     return found
 
 
-_USE_HUGE_PAGES: bool | None = None
+_PAY_OFF_HERE: bool | None = None
 
 
-def use_huge_pages() -> bool:
+def huge_pages_pay_off_here() -> bool:
     """This machine's answer to :func:`huge_pages_pay_off` (looked up once per process)."""
-    global _USE_HUGE_PAGES
-    if _USE_HUGE_PAGES is None:
-        _USE_HUGE_PAGES = huge_pages_pay_off(balloon_features())
-    return _USE_HUGE_PAGES
+    global _PAY_OFF_HERE
+    if _PAY_OFF_HERE is None:
+        _PAY_OFF_HERE = huge_pages_pay_off(balloon_features())
+    return _PAY_OFF_HERE
 
 
 class AdvisableRam(Protocol):
@@ -84,7 +84,7 @@ class AdvisableRam(Protocol):
 def small_pages_for_incoming(blocks: Iterable[AdvisableRam]) -> None:
     """Before an incoming migration fills ``blocks``: 4 KiB pages where
     filling huge ones is dear on this machine (nothing otherwise)."""
-    if use_huge_pages():
+    if huge_pages_pay_off_here():
         return
     for block in blocks:
         with contextlib.suppress(OSError):  # a kernel without THP: 4 KiB pages already
