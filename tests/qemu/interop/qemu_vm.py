@@ -77,7 +77,11 @@ class QMP:
                 time.sleep(0.05)
         self.sock.settimeout(timeout)
         self.reader = self.sock.makefile("rb")
+        # QEMU 7.2 can write an event (RESUME, as a guest without -S starts)
+        # to a client it accepted but has not greeted yet: skip those.
         greeting = self._read()
+        while "event" in greeting:
+            greeting = self._read()
         if "QMP" not in greeting:
             raise QMPError(f"not a QMP greeting: {greeting}")
         self.execute("qmp_capabilities")
