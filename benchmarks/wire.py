@@ -365,8 +365,9 @@ def line(what: str, runs: list[tuple[float, ...]], size: int, extra: str = "") -
 
 
 def tcp_passes(guest: Guest, ram_file: Path, size: int, work: Path, runs: int,
-               with_qemu: bool, host_memory: str) -> None:
-    """The TCP pass, ours and QEMU's, ``runs`` times with the host's memory in one state."""
+               with_qemu: bool, host_memory: str) -> tuple[float | None, float]:
+    """The TCP pass, ours and QEMU's, ``runs`` times with the host's memory in one state.
+    Returns the medians in seconds: QEMU's (None without QEMU) and ours."""
     global HOST_MEMORY
     HOST_MEMORY = host_memory
     DOWNTIMES.pop("tcp", None)
@@ -380,6 +381,7 @@ def tcp_passes(guest: Guest, ram_file: Path, size: int, work: Path, runs: int,
         if with_qemu and not i % 2:
             theirs.append(qemu_run(ram_file, size, work))
     print(f"host memory {host_memory}:")
+    qemu = None
     if with_qemu:
         qemu = line("QEMU 7.2 -> QEMU 7.2, tcp loopback", theirs, size)
         mine = line("xbzrle -> xbzrle, tcp loopback", ours, size)
@@ -387,9 +389,52 @@ def tcp_passes(guest: Guest, ram_file: Path, size: int, work: Path, runs: int,
         print(f"  rate ratio to QEMU 7.2 (median of per-run ratios): {ratio:.2f}x "
               f"(medians {qemu / mine:.2f}x)")
     else:
-        line("xbzrle -> xbzrle, tcp loopback", ours, size)
+        mine = line("xbzrle -> xbzrle, tcp loopback", ours, size)
     print(f"  downtime (stop -> verdict, both digests): "
           f"{statistics.median(DOWNTIMES['tcp']):.0f} ms", flush=True)
+    return qemu, mine
+
+
+FLOORS = {"floor-tcp": "the loopback TCP floor (nothing parsed, no RAM filled)",
+          "floor-write": "the tmpfs write floor"}
+
+
+def goal_report(size: int, figures: dict[str, float]) -> list[str]:
+    """Issue 10's goals for the wire next to what this run measured, each with
+    the floor that bounds it where the run measured one.
+
+    ``figures``: median seconds by name, any of ``tcp-qemu-<state>`` and
+    ``tcp-ours-<state>`` (``state`` cold or warm), ``exec``, ``file``,
+    ``extract`` (``--checksum ram-digest``), ``floor-tcp`` (loopback TCP into
+    a reused buffer) and ``floor-write`` (the RAM written into a tmpfs file).
+    A goal is out of reach on this machine when a floor that its work
+    contains already takes longer than the goal allows.
+    """
+    goals: list[tuple[str, float, str, str | None]] = []  # what, allowed, ours, floor
+    for state in ("cold", "warm"):
+        if f"tcp-qemu-{state}" in figures and f"tcp-ours-{state}" in figures:
+            goals.append((f"TCP at 2x QEMU 7.2's rate, host memory {state}",
+                          figures[f"tcp-qemu-{state}"] / 2, f"tcp-ours-{state}", "floor-tcp"))
+    goals.append(("source into exec: at 3 GB/s", size / 3e9, "exec", None))
+    if "exec" in figures:
+        goals.append(("source into file: no slower than into exec:", figures["exec"], "file",
+                      "floor-write"))
+    goals.append(("extract at 1.5 GB/s", size / 1.5e9, "extract", "floor-write"))
+    lines = []
+    for what, allowed, ours, floor in goals:
+        if ours not in figures:
+            continue
+        took = figures[ours]
+        text = f"  {what:<48} allows {allowed:6.3f} s, ours {took:6.3f} s: "
+        if took <= allowed:
+            text += "met"
+        elif floor in figures and figures[floor] > allowed:
+            text += (f"not met; out of reach here: {FLOORS[floor]} alone takes "
+                     f"{figures[floor]:.3f} s")
+        else:
+            text += "not met"
+        lines.append(text)
+    return lines
 
 
 def main() -> int:
@@ -410,16 +455,22 @@ def main() -> int:
           f"{', against QEMU 7.2' if with_qemu else ' (no QEMU here: ours alone)'}; "
           "cpu: CPU seconds of the source, then of the destination")
     guest = our_guest(ram_file, size)
+    figures: dict[str, float] = {}
     print(f"our source's RAM: {huge_page_share(guest.blocks['pc.ram'].address):.0%} on huge "
           "pages (QEMU's source: a tmpfs file, 4 KiB pages)")
     try:
         if "wire" in parts:
             for state in (("cold", "warm") if args.host_memory == "both" else
                           (args.host_memory,)):
-                tcp_passes(guest, ram_file, size, work, args.runs, with_qemu, state)
+                qemu, mine = tcp_passes(guest, ram_file, size, work, args.runs, with_qemu,
+                                        state)
+                figures[f"tcp-ours-{state}"] = mine
+                if qemu is not None:
+                    figures[f"tcp-qemu-{state}"] = qemu
         if "exec" in parts:
             runs = [our_migration(guest, "exec:cat > /dev/null") for _ in range(args.runs)]
-            line("xbzrle source -> exec:cat > /dev/null", runs, size, "(cpu: source, cat)")
+            figures["exec"] = line("xbzrle source -> exec:cat > /dev/null", runs, size,
+                                   "(cpu: source, cat)")
             print(f"  downtime (stop -> last byte, the source's digest): "
                   f"{statistics.median(DOWNTIMES['exec']):.0f} ms", flush=True)
         stream = work / "stream"
@@ -430,10 +481,11 @@ def main() -> int:
                     stream.unlink()
                 runs.append(our_migration(guest, f"file:{stream}")[:2])
             if "file" in parts:
-                line("xbzrle source -> file: on tmpfs", runs, size)
+                figures["file"] = line("xbzrle source -> file: on tmpfs", runs, size)
                 floor = [write_floor(guest, work / "floor") for _ in range(args.runs)]
-                line("  floor: os.write of the RAM into a tmpfs file", floor, size,
-                     "(1 MiB writes: the kernel's page cache)")
+                figures["floor-write"] = line("  floor: os.write of the RAM into a tmpfs file",
+                                              floor, size,
+                                              "(1 MiB writes: the kernel's page cache)")
         if "extract" in parts:
             checksums = ("sha256", "ram-digest")
             runs: dict[str, list[tuple[float, float]]] = {c: [] for c in checksums}
@@ -448,8 +500,10 @@ def main() -> int:
                     runs[checksum].append((time.monotonic() - started, children_cpu() - child0))
                     shutil.rmtree(out)
             for checksum in checksums:
-                line(f"xbzrle extract --checksum {checksum}", runs[checksum], size,
-                     "(tmpfs -> tmpfs, with the interpreter's start)")
+                figures[f"extract-{checksum}"] = line(
+                    f"xbzrle extract --checksum {checksum}", runs[checksum], size,
+                    "(tmpfs -> tmpfs, with the interpreter's start)")
+            figures["extract"] = figures["extract-ram-digest"]
         if "floor" in parts:
             floors = {"populate": [], "memcpy": [], "tcp": []}
             for _ in range(args.runs):
@@ -458,8 +512,12 @@ def main() -> int:
                 floors["tcp"].append(tcp_floor(guest))
             line("floor: populate fresh RAM (MADV_POPULATE_WRITE)", floors["populate"], size)
             line("floor: one memcpy of the RAM", floors["memcpy"], size)
-            line("floor: loopback TCP into a reused buffer", floors["tcp"], size,
-                 "(cpu: sender, receiver)")
+            figures["floor-tcp"] = line("floor: loopback TCP into a reused buffer",
+                                        floors["tcp"], size, "(cpu: sender, receiver)")
+        report = goal_report(size, figures)
+        if report:
+            print("issue 10's goals for the wire, next to this run's floors:")
+            print("\n".join(report), flush=True)
     finally:
         guest.close()
         shutil.rmtree(work, ignore_errors=True)
