@@ -269,6 +269,10 @@ def load_pages(buf: Buffer, pos: int, blocks: Sequence[_LoadBlock], last: int, x
                base_offset: int, /) -> tuple[int, int, int, LoopCounts]:
     """Apply page records from buf[pos:]: (pos, last, status, counts)."""
 
+def populate_read(mapping: Buffer, offset: int, length: int, /) -> None:
+    """Map mapping[offset:offset + length] with MADV_POPULATE_READ (GIL released);
+    OSError where the kernel cannot."""
+
 def scan_pages(buf: Buffer, pos: int, blocks: Sequence[tuple[bytes, int]], last: int,
                ordered: bool, prev_block: int, prev_offset: int, /
                ) -> tuple[int, int, int, int, tuple[int, int, int], tuple[int, int, int]]:

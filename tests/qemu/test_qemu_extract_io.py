@@ -16,15 +16,18 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from support import wait_until
 from xbzrle import codec
 from xbzrle._backend import load_core
 from xbzrle.cli import main
 from xbzrle.guest.digest import ram_digest
-from xbzrle.qemu import extract_chunks, extract_file, ramfiles
+from xbzrle.qemu import extract_chunks, extract_file, mappedram, ramfiles
 from xbzrle.qemu.extract import StreamExtractor
 from xbzrle.qemu.mappedram import mapped_file_chunks
 from xbzrle.stream import StreamParser, StreamWriter
@@ -287,6 +290,94 @@ def test_a_stream_file_cut_while_mapped_ends_the_stream_without_sigbus(tmp_path)
         os.truncate(stream, 100_000)  # a reader of the first chunk: not where the file ends
         got += [bytes(c) for c in chunks]
     assert b"".join(got) == (bytes(range(256)) * 1024)[:100_000]
+
+
+def _mapped_present(path: Path, offset: int, length: int) -> list[bool]:
+    """Whether each page of path[offset:offset + length] is mapped in this process
+    (its page table entry present: /proc/self/pagemap bit 63), in the first
+    mapping of the file /proc/self/maps lists."""
+    with open("/proc/self/maps") as maps:
+        for entry in maps:
+            fields = entry.split()
+            if len(fields) >= 6 and fields[5] == str(path):
+                start = int(fields[0].split("-")[0], 16) - int(fields[2], 16)
+                break
+        else:
+            raise AssertionError(f"{path} is not mapped")
+    first = (start + offset) // PAGE
+    with open("/proc/self/pagemap", "rb") as pagemap:
+        pagemap.seek(first * 8)
+        raw = pagemap.read(length // PAGE * 8)
+    return [bool(int.from_bytes(raw[i:i + 8], "little") >> 63) for i in range(0, len(raw), 8)]
+
+
+def test_the_next_piece_of_a_stream_file_is_mapped_while_the_consumer_holds_this_one(
+        tmp_path, monkeypatch):
+    """While the consumer holds chunk k, chunk k + 1 is mapped (MADV_POPULATE_READ)
+    on the map-ahead thread; the pages behind the parser are let go."""
+    piece = 64 << 10
+    stream = tmp_path / "s.bin"
+    stream.write_bytes(random.Random(1).randbytes(4 * piece))
+    calls = []
+    real = _core.populate_read
+
+    def populate_read(mapping, offset, length):
+        calls.append((threading.current_thread().name, offset, length))
+        return real(mapping, offset, length)
+
+    monkeypatch.setattr(mappedram, "_core", SimpleNamespace(populate_read=populate_read))
+    with open(stream, "rb") as f:
+        chunks = mapped_file_chunks(f, StreamParser(), piece)
+        assert chunks is not None
+        got = [bytes(next(chunks))]
+        wait_until(lambda: any(name.startswith("extract-map-ahead") and (at, n) == (piece, piece)
+                               for name, at, n in calls),
+                   message="the second chunk was not mapped ahead")
+        assert all(_mapped_present(stream, piece, piece))
+        got.append(bytes(next(chunks)))
+        assert not any(_mapped_present(stream, 0, piece))  # let go behind the parser
+        got += [bytes(c) for c in chunks]
+    assert b"".join(got) == stream.read_bytes()
+    # Each chunk is also mapped by the generator itself before it is handed out.
+    assert [(at, n) for name, at, n in calls if name == threading.current_thread().name] == \
+        [(k * piece, piece) for k in range(4)]
+
+
+def test_a_piece_mapped_ahead_and_then_jumped_over_is_let_go(tmp_path):
+    """A parser jump (mapped-ram regions) leaves the piece mapped ahead unused:
+    it is unmapped, so the process does not keep pages it will not read."""
+    piece = 64 << 10
+    stream = tmp_path / "s.bin"
+    stream.write_bytes(bytes(8 * piece))
+    with open(stream, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 8 * piece, prot=mmap.PROT_READ)
+        ahead = mappedram._MapAhead(mapped)
+        try:
+            ahead.start(piece, piece)
+            ahead.settle(piece)  # the next piece starts where the mapping ahead did: kept
+            assert all(_mapped_present(stream, piece, piece))
+            ahead.start(2 * piece, piece)
+            ahead.settle(6 * piece)  # the parser jumped to 6 pieces in
+            assert not any(_mapped_present(stream, 2 * piece, piece))
+        finally:
+            ahead.close()
+            mapped.close()
+
+
+def test_populate_read_refuses_what_it_cannot_map(tmp_path):
+    stream = tmp_path / "s.bin"
+    stream.write_bytes(bytes(4 * PAGE))
+    with open(stream, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 4 * PAGE, prot=mmap.PROT_READ)
+        try:
+            with pytest.raises(ValueError):
+                _core.populate_read(mapped, 3 * PAGE, 2 * PAGE)
+            os.truncate(stream, PAGE)  # the mapping now reaches past the file's end
+            _core.populate_read(mapped, 0, PAGE)
+            with pytest.raises(OSError):
+                _core.populate_read(mapped, 2 * PAGE, PAGE)
+        finally:
+            mapped.close()
 
 
 def test_only_regular_files_are_mapped(tmp_path):

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include "codec.h"
 #include "codec_internal.h"
@@ -734,9 +735,56 @@ done:
     return result;
 }
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22 /* Linux 5.14 */
+#endif
+
+PyDoc_STRVAR(populate_read_doc,
+"populate_read($module, mapping, offset, length, /)\n--\n\n"
+"Map the pages of mapping[offset:offset + length] (a file mapping) with\n"
+"MADV_POPULATE_READ, from the page holding offset, without holding the GIL,\n"
+"so that another thread can map the next piece of a stream file while the\n"
+"caller applies this one.  Raises OSError where the kernel cannot (a page\n"
+"it cannot read, or past the end of a file cut short): nothing is accessed,\n"
+"so no SIGBUS.");
+
+static PyObject *populate_read(PyObject *self, PyObject *args)
+{
+    Py_buffer map;
+    Py_ssize_t offset, length;
+    PyObject *result = NULL;
+
+    if (!PyArg_ParseTuple(args, "y*nn", &map, &offset, &length))
+        return NULL;
+    if (offset < 0 || length < 0 || offset > map.len || length > map.len - offset) {
+        PyErr_SetString(PyExc_ValueError, "populate_read: range out of the mapping");
+        goto done;
+    }
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t start = (uintptr_t)map.buf + (uintptr_t)offset;
+    uintptr_t first = start - start % (uintptr_t)page;
+    int rc = 0, err = 0;
+    if (length > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = madvise((void *)first, (size_t)(start - first) + (size_t)length, MADV_POPULATE_READ);
+        err = errno;
+        Py_END_ALLOW_THREADS
+    }
+    if (rc < 0) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&map);
+    return result;
+}
+
 static PyMethodDef load_methods[] = {
     {"load_pages", load_pages, METH_VARARGS, load_pages_doc},
     {"scan_pages", scan_pages, METH_VARARGS, scan_pages_doc},
+    {"populate_read", populate_read, METH_VARARGS, populate_read_doc},
     {NULL, NULL, 0, NULL},
 };
 
