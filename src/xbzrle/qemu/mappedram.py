@@ -322,7 +322,7 @@ class _MapAhead:
     ``MADV_POPULATE_READ`` of a piece (the kernel finding each page in the
     page cache and mapping it) was a quarter of ``extract``'s time, while
     the second core sat idle; run for piece k + 1 while the consumer applies
-    piece k, it took ``extract`` of 1 GiB from 0.800 to 0.723 s
+    piece k, ``extract`` of 1 GiB took 0.72-0.78 s instead of 0.80-0.86 s
     (docs/qemu.md, "How extract moves the bytes").  The thread's mapping is
     only a head start: the generator maps each piece itself before handing
     it out, and only that call's error counts.  A piece mapped ahead and then
