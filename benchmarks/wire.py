@@ -287,18 +287,20 @@ def write_floor(guest: Guest, path: Path) -> tuple[float, float]:
 
 MADV_POPULATE_WRITE = 23  # Linux 5.14
 SINK = """
-import socket, sys
+import socket, sys, time
 size, port = int(sys.argv[1]), int(sys.argv[2])
 buf = bytearray(1 << 20)
 with socket.create_connection(("127.0.0.1", port)) as s:
+    cpu = time.process_time()
     left = size
     while left:
         n = s.recv_into(buf, min(left, len(buf)))
         if not n:
             sys.exit(1)
         left -= n
-    s.sendall(b"k")
+    s.sendall(b"k%.6f" % (time.process_time() - cpu))
 """
+"""The TCP floor's receiver: it reports the CPU its receiving took (not its start)."""
 
 
 def populate_floor(size: int) -> tuple[float]:
@@ -332,7 +334,6 @@ def tcp_floor(guest: Guest) -> tuple[float, float, float]:
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
-        child0 = children_cpu()
         with memoryview(guest.blocks["pc.ram"]) as view:
             size = len(view)
         proc = subprocess.Popen([sys.executable, "-c", SINK, str(size),
@@ -343,12 +344,15 @@ def tcp_floor(guest: Guest) -> tuple[float, float, float]:
             cpu0, started = time.process_time(), time.monotonic()
             for at in range(0, len(view), 1 << 20):
                 conn.sendall(view[at:at + (1 << 20)])
-            if conn.recv(1) != b"k":
+            reply = b""
+            while chunk := conn.recv(64):  # "k" and the CPU, then the sink closes
+                reply += chunk
+            if not reply.startswith(b"k"):
                 raise RuntimeError("the TCP sink did not receive everything")
             elapsed, cpu = time.monotonic() - started, time.process_time() - cpu0
         if proc.wait(30) != 0:
             raise RuntimeError("the TCP sink failed")
-        return elapsed, cpu, children_cpu() - child0
+        return elapsed, cpu, float(reply[1:])
 
 
 def gbps(size: int, seconds: float) -> float:
@@ -396,6 +400,8 @@ def tcp_passes(guest: Guest, ram_file: Path, size: int, work: Path, runs: int,
 
 
 FLOORS = {"floor-tcp": "the loopback TCP floor (nothing parsed, no RAM filled)",
+          "floor-tcp-work": "the TCP floor's CPU on both sides plus one copy of the RAM, "
+                            "spread over this machine's cores,",
           "floor-write": "the tmpfs write floor"}
 
 
@@ -406,31 +412,36 @@ def goal_report(size: int, figures: dict[str, float]) -> list[str]:
     ``figures``: median seconds by name, any of ``tcp-qemu-<state>`` and
     ``tcp-ours-<state>`` (``state`` cold or warm), ``exec``, ``file``,
     ``extract`` (``--checksum ram-digest``), ``floor-tcp`` (loopback TCP into
-    a reused buffer) and ``floor-write`` (the RAM written into a tmpfs file).
-    A goal is out of reach on this machine when a floor that its work
-    contains already takes longer than the goal allows.
+    a reused buffer), ``floor-tcp-work`` (that transfer's CPU on both sides
+    and one memcpy of the RAM, divided by the cores this process may use:
+    work any migration over TCP does, however it is spread) and
+    ``floor-write`` (the RAM written into a tmpfs file).  A goal is out of
+    reach on this machine when a floor that its work contains already takes
+    longer than the goal allows.
     """
-    goals: list[tuple[str, float, str, str | None]] = []  # what, allowed, ours, floor
+    goals: list[tuple[str, float, str, tuple[str, ...]]] = []  # what, allowed, ours, floors
     for state in ("cold", "warm"):
         if f"tcp-qemu-{state}" in figures and f"tcp-ours-{state}" in figures:
             goals.append((f"TCP at 2x QEMU 7.2's rate, host memory {state}",
-                          figures[f"tcp-qemu-{state}"] / 2, f"tcp-ours-{state}", "floor-tcp"))
-    goals.append(("source into exec: at 3 GB/s", size / 3e9, "exec", None))
+                          figures[f"tcp-qemu-{state}"] / 2, f"tcp-ours-{state}",
+                          ("floor-tcp", "floor-tcp-work")))
+    goals.append(("source into exec: at 3 GB/s", size / 3e9, "exec", ()))
     if "exec" in figures:
         goals.append(("source into file: no slower than into exec:", figures["exec"], "file",
-                      "floor-write"))
-    goals.append(("extract at 1.5 GB/s", size / 1.5e9, "extract", "floor-write"))
+                      ("floor-write",)))
+    goals.append(("extract at 1.5 GB/s", size / 1.5e9, "extract", ("floor-write",)))
     lines = []
-    for what, allowed, ours, floor in goals:
+    for what, allowed, ours, floors in goals:
         if ours not in figures:
             continue
         took = figures[ours]
         text = f"  {what:<48} allows {allowed:6.3f} s, ours {took:6.3f} s: "
+        beyond = [f for f in floors if figures.get(f, 0.0) > allowed]
         if took <= allowed:
             text += "met"
-        elif floor in figures and figures[floor] > allowed:
-            text += (f"not met; out of reach here: {FLOORS[floor]} alone takes "
-                     f"{figures[floor]:.3f} s")
+        elif beyond:
+            text += (f"not met; out of reach here: {FLOORS[beyond[0]]} alone takes "
+                     f"{figures[beyond[0]]:.3f} s")
         else:
             text += "not met"
         lines.append(text)
@@ -514,6 +525,13 @@ def main() -> int:
             line("floor: one memcpy of the RAM", floors["memcpy"], size)
             figures["floor-tcp"] = line("floor: loopback TCP into a reused buffer",
                                         floors["tcp"], size, "(cpu: sender, receiver)")
+            cores = len(os.sched_getaffinity(0))
+            figures["floor-tcp-work"] = (
+                sum(statistics.median(run[i] for run in floors["tcp"]) for i in (1, 2))
+                + statistics.median(run[0] for run in floors["memcpy"])
+            ) / cores
+            print(f"{f'floor: its CPU + one memcpy, over {cores} cores':<42} "
+                  f"{figures['floor-tcp-work']:6.3f} s", flush=True)
         report = goal_report(size, figures)
         if report:
             print("issue 10's goals for the wire, next to this run's floors:")

@@ -48,13 +48,25 @@ def test_wire_goal_report_names_the_floor_that_puts_a_goal_out_of_reach():
     })
     by_goal = {line.split(" allows ")[0].strip(): line for line in report}
     assert by_goal["TCP at 2x QEMU 7.2's rate, host memory cold"].endswith(": met")
-    assert "out of reach here: the loopback TCP floor" in \
+    assert "out of reach here: the loopback TCP floor (nothing parsed" in \
         by_goal["TCP at 2x QEMU 7.2's rate, host memory warm"]
     assert by_goal["source into exec: at 3 GB/s"].endswith(": met")  # 3 GB/s allows 0.358 s
     assert "out of reach here: the tmpfs write floor alone takes 0.479 s" in \
         by_goal["source into file: no slower than into exec:"]
     # The write floor (0.479 s) fits in what 1.5 GB/s allows (0.716 s): not out of reach.
     assert by_goal["extract at 1.5 GB/s"].endswith(": not met")
+
+
+def test_wire_goal_report_counts_the_work_of_a_transfer_spread_over_the_cores():
+    """The transfer alone fits in what 2x QEMU allows, but its CPU and one copy
+    of the RAM, over the cores there are, do not."""
+    report = _wire_script().goal_report(1 << 30, {
+        "tcp-qemu-warm": 0.565, "tcp-ours-warm": 0.709,  # 2x allows 0.2825 s
+        "floor-tcp": 0.258, "floor-tcp-work": 0.290,
+    })
+    assert len(report) == 1 and report[0].endswith(
+        "out of reach here: the TCP floor's CPU on both sides plus one copy of the RAM, "
+        "spread over this machine's cores, alone takes 0.290 s")
 
 
 def test_wire_goal_report_leaves_out_what_the_run_did_not_measure():
