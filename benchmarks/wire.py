@@ -15,8 +15,11 @@ for the same bytes, whoever does it.  Populating SIZE of fresh anonymous
 memory (``MADV_POPULATE_WRITE``: the kernel zeroing the pages a destination
 must own), one ``memcpy`` of SIZE into memory already populated, and SIZE
 over loopback TCP from this process into a child that receives into one
-reused buffer (no RAM to fill).  A migration over TCP cannot beat the TCP
-line; its destination also pays at least the populate line.
+reused buffer (no RAM to fill), and that transfer's CPU on both sides plus
+the memcpy, divided by the cores.  A migration over TCP cannot beat either
+TCP line; its destination also pays at least the populate line.  Last, issue
+10's goals for the wire, each with the time it allows, ours, and whether a
+floor of the same run already takes longer (``goal_report``).
 
 Our source is the library ``Guest`` in this process (its migration thread
 does the work); our destination is a child ``xbzrle vm -S --incoming``.  A
