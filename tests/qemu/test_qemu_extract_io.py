@@ -329,6 +329,7 @@ def test_the_next_piece_of_a_stream_file_is_mapped_while_the_consumer_holds_this
     with open(stream, "rb") as f:
         chunks = mapped_file_chunks(f, StreamParser(), piece)
         assert chunks is not None
+        del calls[:]  # the probe of whether the kernel can map pages at all
         got = [bytes(next(chunks))]
         wait_until(lambda: any(name.startswith("extract-map-ahead") and (at, n) == (piece, piece)
                                for name, at, n in calls),

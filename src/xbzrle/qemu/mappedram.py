@@ -274,9 +274,6 @@ def file_chunks(f: io.BufferedIOBase, parser: StreamParser, size: int = 1 << 20,
         yield memoryview(buffer)[:n]
 
 
-MADV_POPULATE_READ = 22  # Linux 5.14; not in Python 3.11's mmap module
-
-
 def mapped_file_chunks(f: BinaryIO | io.BufferedIOBase, parser: StreamParser, size: int = 4 << 20,
                        on_progress: Callable[[int], None] | None = None,
                        ) -> Iterator[memoryview] | None:
@@ -309,11 +306,20 @@ def mapped_file_chunks(f: BinaryIO | io.BufferedIOBase, parser: StreamParser, si
     except (OSError, ValueError):
         return None
     try:
-        mapped.madvise(MADV_POPULATE_READ, 0, mmap.PAGESIZE)
+        _core.populate_read(mapped, 0, 1)  # the first page: can the kernel do it at all?
     except OSError:  # EINVAL before Linux 5.14: no way to map pages without SIGBUS risk
         mapped.close()
         return None
     return _mapped_chunks(mapped, fd, start, parser, size, on_progress)
+
+
+def _unmap_pages(mapped: mmap.mmap, start: int, end: int) -> None:
+    """Let go of the pages of mapped[start:end] (MADV_DONTNEED): every page from
+    the one holding ``start`` up to the last one that ends by ``end`` (the page
+    holding ``end`` belongs to what follows)."""
+    first, last = start - start % mmap.PAGESIZE, end - end % mmap.PAGESIZE
+    if last > first:
+        mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 class _MapAhead:
@@ -351,10 +357,7 @@ class _MapAhead:
         self._pending = None
         start, n = self._range
         if pos != start:
-            first = start - start % mmap.PAGESIZE
-            last = start + n - (start + n) % mmap.PAGESIZE
-            if last > first:
-                self._mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
+            _unmap_pages(self._mapped, start, start + n)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)  # before the mapping is closed
@@ -375,8 +378,9 @@ def _mapped_chunks(mapped: mmap.mmap, fd: int, pos: int, parser: StreamParser, s
             if pos >= end:
                 return
             n = min(size, end - pos)
-            first = pos - pos % mmap.PAGESIZE
             try:
+                # Also after the thread mapped this piece: a file cut since
+                # then has lost those pages again, and this says so.
                 _core.populate_read(mapped, pos, n)
                 chunk = whole[pos:pos + n]
             except OSError:
@@ -388,9 +392,7 @@ def _mapped_chunks(mapped: mmap.mmap, fd: int, pos: int, parser: StreamParser, s
             ahead.start(pos + n, min(size, end - pos - n))
             yield chunk
             del chunk
-            done = (pos + n) - (pos + n) % mmap.PAGESIZE
-            if done > first:
-                mapped.madvise(mmap.MADV_DONTNEED, first, done - first)
+            _unmap_pages(mapped, pos, pos + n)
             pos += n
             if on_progress is not None:
                 on_progress(pos)
