@@ -1,11 +1,18 @@
-"""Waiting on conditions instead of sleeping and hoping (shared by all tests)."""
+"""Shared test helpers: waiting on conditions instead of sleeping and hoping;
+loading the benchmark scripts."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import socket
+import sys
 import threading
 import time
+from pathlib import Path
+from types import ModuleType
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.02,
@@ -94,3 +101,15 @@ def mapping_field(address: int, field: str) -> str:
             elif inside and head == f"{field}:":
                 return line.split(None, 1)[1].strip()
     raise AssertionError(f"no mapping at {address:#x} with {field}")
+
+
+def load_benchmark(name: str, file: str) -> ModuleType:
+    """benchmarks/<file>.py as module <name>: the scripts live outside the
+    package (registered before it runs, as dataclasses need; loaded once)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{file}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from support import BENCHMARKS, load_benchmark
 
 
 @pytest.mark.parametrize("script, args, marker", [
@@ -35,10 +34,7 @@ def test_benchmark_script_runs_and_prints_its_table(script, args, marker):
 
 
 def _wire_script():
-    spec = importlib.util.spec_from_file_location("wire_benchmark_script", BENCHMARKS / "wire.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("wire_benchmark_script", "wire")
 
 
 def test_wire_goal_report_names_the_floor_that_puts_a_goal_out_of_reach():

@@ -7,42 +7,29 @@ system compiler on first use.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import sys
-from pathlib import Path
 
 import pytest
 
+from support import BENCHMARKS, load_benchmark
 from xbzrle.codec import implementations
 
 core = implementations().get("c")
 
 pytestmark = pytest.mark.skipif("c" not in implementations(), reason="no compiled core")
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load_as(name: str, file: str):
-    """benchmarks/<file>.py as module <name> (registered first, as dataclasses need)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{file}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def bench_script():
-    return _load_as("codec_benchmark_script", "codec")
+    return load_benchmark("codec_benchmark_script", "codec")
 
 
 @pytest.fixture(scope="module")
 def baselines():
-    return _load_as("codec_baseline", "codec_baseline").load()
+    return load_benchmark("codec_baseline", "codec_baseline").load()
 
 
 def test_quick_benchmark_reports_every_case(bench_script, capsys):
