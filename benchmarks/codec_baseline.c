@@ -5,6 +5,10 @@
  * memcmp_pages: libc memcmp of two equal sets of pages, which reads exactly
  * the bytes an encoder must read: the memory limit.
  *
+ * run_places, store_floor: the floor of any decoder of a set of deltas, one
+ * byte stored at each run's first and last place, the places known
+ * beforehand: the lines a decoder must write, with nothing else done.
+ *
  * qemu_plain_*: a model of QEMU's plain (non-SIMD) XBZRLE encoder and
  * decoder, written from the algorithm of QEMU's migration/xbzrle.c, so that
  * the benchmark shows our codec next to QEMU's in the same run on the same
@@ -214,4 +218,61 @@ ssize_t qemu_plain_decode_pages(const uint8_t *deltas, size_t dlen, const int32_
         deltas += lengths[p];
     }
     return -1;
+}
+
+/* ---- the store floor of a decoder ---- */
+
+/* Where a decoder of these deltas must store: for each run, the offsets
+ * (from the start of the pages) of its first and last byte, as pairs in
+ * places (room for 2 * the return value; NULL: count only).  Returns the
+ * number of runs, or -1 when a delta does not parse.  Not timed: the floor
+ * below stores to places known beforehand. */
+ssize_t run_places(const uint8_t *deltas, const int32_t *lengths, size_t count,
+                   size_t page_size, uint32_t *places)
+{
+    size_t runs = 0;
+    for (size_t p = 0; p < count; p++) {
+        if (lengths[p] <= 0)
+            continue;
+        const uint8_t *at = deltas, *end = deltas + lengths[p];
+        size_t pos = 0;
+        uint32_t zrun, nzrun;
+        while (at < end) {
+            int used = get_small(at, &zrun);
+            if (used < 0)
+                return -1;
+            at += used;
+            used = get_small(at, &nzrun);
+            if (used < 0 || nzrun == 0 || pos + zrun + nzrun > page_size)
+                return -1;
+            at += used;
+            pos += zrun;
+            if (places != NULL) {
+                places[2 * runs] = (uint32_t)(p * page_size + pos);
+                places[2 * runs + 1] = (uint32_t)(p * page_size + pos + nzrun - 1);
+            }
+            runs++;
+            pos += nzrun;
+            at += nzrun;
+        }
+        deltas = end;
+    }
+    return (ssize_t)runs;
+}
+
+/* One byte stored at each run's first and last place (places from
+ * run_places), each run's lines asked for (prefetch for writing) `ahead`
+ * runs before its stores, or not at all when ahead is 0.  Any decoder of
+ * the deltas writes at least these lines, besides parsing, checking and
+ * copying: its floor, whatever its code. */
+void store_floor(uint8_t *pages, const uint32_t *places, size_t runs, size_t ahead)
+{
+    for (size_t i = 0; i < runs; i++) {
+        if (ahead != 0 && i + ahead < runs) {
+            __builtin_prefetch(pages + places[2 * (i + ahead)], 1, 3);
+            __builtin_prefetch(pages + places[2 * (i + ahead) + 1], 1, 3);
+        }
+        pages[places[2 * i]] = 1;
+        pages[places[2 * i + 1]] = 1;
+    }
 }

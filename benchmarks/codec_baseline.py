@@ -109,6 +109,12 @@ class Baselines:
         self._decode = lib.qemu_plain_decode_pages
         self._decode.argtypes = [ptr, size_t, ptr, size_t, ptr, size_t]
         self._decode.restype = ssize_t
+        self._run_places = lib.run_places
+        self._run_places.argtypes = [ptr, ptr, size_t, size_t, ptr]
+        self._run_places.restype = ssize_t
+        self._store_floor = lib.store_floor
+        self._store_floor.argtypes = [ptr, ptr, size_t, size_t]
+        self._store_floor.restype = None
         self._out = bytearray()
 
     @staticmethod
@@ -165,6 +171,36 @@ class Baselines:
             raise ValueError("the lengths add up to more than the deltas hold")
         if bad >= 0:
             raise ValueError(f"QEMU's decoder refuses the delta of page {bad}")
+
+    def run_places(self, deltas, lengths, page_size: int = 4096) -> array:
+        """Where a decoder of ``deltas`` must store: each run's first and last
+        byte as offsets from the start of the pages, in pairs, ascending (untimed
+        preparation of :meth:`store_floor`).  ``ValueError`` when the
+        lengths ask for more than the deltas hold or a delta does not parse."""
+        lengths = array("i", lengths)
+        if sum(n for n in lengths if n > 0) > len(deltas):
+            raise ValueError("the lengths add up to more than the deltas hold")
+        delta_addr, _, _delta_keep = _address(deltas)
+        len_addr, _, _len_keep = _address(lengths)
+        runs = self._run_places(delta_addr, len_addr, len(lengths), page_size, None)
+        if runs < 0:
+            raise ValueError("a delta does not parse")
+        places = array("I", bytes(8 * runs))
+        if runs:
+            places_addr, _, _places_keep = _address(places, writable=True)
+            self._run_places(delta_addr, len_addr, len(lengths), page_size, places_addr)
+        return places
+
+    def store_floor(self, places: array, pages, ahead: int = 0) -> None:
+        """One byte stored at each place of :meth:`run_places` into ``pages``,
+        each pair asked for ``ahead`` runs before (0: not asked for): the
+        stores any decoder of those deltas makes, and nothing else."""
+        page_addr, page_len, _page_keep = _address(pages, writable=True)
+        if places and places[-1] >= page_len:  # places ascend: the last is the largest
+            raise ValueError("a place lies beyond the pages")
+        if places:
+            places_addr, _, _places_keep = _address(places)
+            self._store_floor(page_addr, places_addr, len(places) // 2, ahead)
 
 
 _loaded: Baselines | None = None

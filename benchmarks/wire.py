@@ -13,11 +13,14 @@ Every figure is the median of ``--runs`` runs.
 Then the floors, measured in the same run: what this machine can do at all
 for the same bytes, whoever does it.  Populating SIZE of fresh anonymous
 memory (``MADV_POPULATE_WRITE``: the kernel zeroing the pages a destination
-must own), one ``memcpy`` of SIZE into memory already populated, and SIZE
-over loopback TCP from this process into a child that receives into one
-reused buffer (no RAM to fill), and that transfer's CPU on both sides plus
-the memcpy, divided by the cores.  A migration over TCP cannot beat either
-TCP line; its destination also pays at least the populate line.  Last, issue
+must own), on 4 KiB pages and on huge pages, each right after as much was
+freed; one ``memcpy`` of SIZE into memory already populated; SIZE over
+loopback TCP from this process into a child that receives into one reused
+buffer (no RAM to fill); and the work of a migration over TCP: that
+transfer's CPU on both sides, the memcpy and the cheaper populate, divided
+by the cores (the physical work: one copy into the socket, one out, one
+write into RAM the destination owns).  A migration over TCP cannot beat
+either TCP line.  Last, issue
 10's goals for the wire, each with the time it allows, ours, and whether a
 floor of the same run already takes longer (``goal_report``).
 
@@ -221,9 +224,10 @@ so both destinations take memory the host has reclaimed (an idle
 destination host of this kind).  ``both`` (the default) prints the two."""
 
 
-def settle_host_memory(size: int) -> None:
-    """Put the host's free memory in the same state before each side's pass."""
-    if HOST_MEMORY == "cold":
+def settle_host_memory(size: int, state: str | None = None) -> None:
+    """Put the host's free memory in the same state (``state``, else
+    HOST_MEMORY) before each side's pass."""
+    if (state or HOST_MEMORY) == "cold":
         time.sleep(3)
         return
     area = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
@@ -306,10 +310,15 @@ with socket.create_connection(("127.0.0.1", port)) as s:
 """The TCP floor's receiver: it reports the CPU its receiving took (not its start)."""
 
 
-def populate_floor(size: int) -> tuple[float]:
-    """Seconds to populate SIZE of fresh anonymous memory (the kernel zeroes each page)."""
-    area = mmap.mmap(-1, size)
+def populate_floor(size: int, huge: bool) -> tuple[float]:
+    """Seconds to populate SIZE of fresh anonymous memory (the kernel zeroes each
+    page) on huge pages or on 4 KiB pages, right after as much was freed: the
+    cheapest state of the host's memory (``warm``, see HOST_MEMORY).  Any
+    destination pays this for the RAM it receives, QEMU's as well as ours."""
+    settle_host_memory(size, "warm")
+    area = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
     try:
+        area.madvise(mmap.MADV_HUGEPAGE if huge else mmap.MADV_NOHUGEPAGE)
         started = time.monotonic()
         area.madvise(MADV_POPULATE_WRITE)
         return (time.monotonic() - started,)
@@ -403,8 +412,8 @@ def tcp_passes(guest: Guest, ram_file: Path, size: int, work: Path, runs: int,
 
 
 FLOORS = {"floor-tcp": "the loopback TCP floor (nothing parsed, no RAM filled)",
-          "floor-tcp-work": "the TCP floor's CPU on both sides plus one copy of the RAM, "
-                            "spread over this machine's cores,",
+          "floor-tcp-work": "the TCP floor's CPU on both sides, one copy of the RAM and "
+                            "populating fresh RAM for it, spread over this machine's cores,",
           "floor-write": "the tmpfs write floor"}
 
 
@@ -415,9 +424,10 @@ def goal_report(size: int, figures: dict[str, float]) -> list[str]:
     ``figures``: median seconds by name, any of ``tcp-qemu-<state>`` and
     ``tcp-ours-<state>`` (``state`` cold or warm), ``exec``, ``file``,
     ``extract`` (``--checksum ram-digest``), ``floor-tcp`` (loopback TCP into
-    a reused buffer), ``floor-tcp-work`` (that transfer's CPU on both sides
-    and one memcpy of the RAM, divided by the cores this process may use:
-    work any migration over TCP does, however it is spread) and
+    a reused buffer), ``floor-tcp-work`` (that transfer's CPU on both sides,
+    one memcpy of the RAM and populating fresh RAM for it, divided by the
+    cores this process may use: work any migration over TCP does, QEMU's
+    too, however it is spread) and
     ``floor-write`` (the RAM written into a tmpfs file).  A goal is out of
     reach on this machine when a floor that its work contains already takes
     longer than the goal allows.
@@ -519,21 +529,24 @@ def main() -> int:
                     "(tmpfs -> tmpfs, with the interpreter's start)")
             figures["extract"] = figures["extract-ram-digest"]
         if "floor" in parts:
-            floors = {"populate": [], "memcpy": [], "tcp": []}
+            floors = {"populate-4k": [], "populate-huge": [], "memcpy": [], "tcp": []}
             for _ in range(args.runs):
-                floors["populate"].append(populate_floor(size))
+                floors["populate-4k"].append(populate_floor(size, huge=False))
+                floors["populate-huge"].append(populate_floor(size, huge=True))
                 floors["memcpy"].append(memcpy_floor(guest))
                 floors["tcp"].append(tcp_floor(guest))
-            line("floor: populate fresh RAM (MADV_POPULATE_WRITE)", floors["populate"], size)
+            populate = min(
+                line("floor: populate fresh RAM, 4 KiB pages", floors["populate-4k"], size),
+                line("floor: populate fresh RAM, huge pages", floors["populate-huge"], size))
             line("floor: one memcpy of the RAM", floors["memcpy"], size)
             figures["floor-tcp"] = line("floor: loopback TCP into a reused buffer",
                                         floors["tcp"], size, "(cpu: sender, receiver)")
             cores = len(os.sched_getaffinity(0))
             figures["floor-tcp-work"] = (
                 sum(statistics.median(run[i] for run in floors["tcp"]) for i in (1, 2))
-                + statistics.median(run[0] for run in floors["memcpy"])
+                + statistics.median(run[0] for run in floors["memcpy"]) + populate
             ) / cores
-            print(f"{f'floor: its CPU + one memcpy, over {cores} cores':<42} "
+            print(f"{f'floor: that CPU, memcpy, populate, / {cores}':<42} "
                   f"{figures['floor-tcp-work']:6.3f} s", flush=True)
         report = goal_report(size, figures)
         if report:

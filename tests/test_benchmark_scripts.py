@@ -59,15 +59,15 @@ def test_wire_goal_report_names_the_floor_that_puts_a_goal_out_of_reach():
 
 
 def test_wire_goal_report_counts_the_work_of_a_transfer_spread_over_the_cores():
-    """The transfer alone fits in what 2x QEMU allows, but its CPU and one copy
-    of the RAM, over the cores there are, do not."""
+    """The transfer alone fits in what 2x QEMU allows, but its CPU, one copy of
+    the RAM and the fresh memory for it, over the cores there are, do not."""
     report = _wire_script().goal_report(1 << 30, {
         "tcp-qemu-warm": 0.565, "tcp-ours-warm": 0.709,  # 2x allows 0.2825 s
         "floor-tcp": 0.258, "floor-tcp-work": 0.290,
     })
     assert len(report) == 1 and report[0].endswith(
-        "out of reach here: the TCP floor's CPU on both sides plus one copy of the RAM, "
-        "spread over this machine's cores, alone takes 0.290 s")
+        "out of reach here: the TCP floor's CPU on both sides, one copy of the RAM and "
+        "populating fresh RAM for it, spread over this machine's cores, alone takes 0.290 s")
 
 
 def test_wire_goal_report_leaves_out_what_the_run_did_not_measure():

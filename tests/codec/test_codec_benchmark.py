@@ -45,13 +45,59 @@ def test_quick_benchmark_reports_every_case(bench_script, capsys):
     assert by_case["unchanged"]["decode_vs_qemu"] is None
     assert by_case["16 runs of 8-64"]["decode_vs_qemu"] > 0
     assert all(r["qemu_encode_vs_memcmp"] > 0 for r in results)
+    # The store floor is measured wherever there is something to decode.
+    assert by_case["unchanged"]["store_floor_ns_per_page"] is None
+    assert by_case["seed 4 bytes/page"]["store_floor_ns_per_page"] > 0
+
+
+def _result(bench_script, **fields):
+    values = dict(case="unchanged", path="avx2", encode_gbps=10.0, encode_ns_per_page=400.0,
+                  encode_vs_memcmp=0.9, qemu_encode_vs_memcmp=0.5, decode_gbps=100.0,
+                  decode_ns_per_page=40.0, decode_vs_qemu=None, qemu_decode_gbps=90.0,
+                  qemu_decode_ns_per_page=45.0, store_floor_ns_per_page=None,
+                  memcmp_gbps=11.0, delta_bytes_per_page=0.0, overflow_pages=0.0, goal=0.95)
+    return bench_script.Result(**{**values, **fields})
 
 
 def test_table_has_a_row_per_result(bench_script):
-    row = bench_script.Result("unchanged", "avx2", 10.0, 400.0, 0.9, 0.5, 100.0, 40.0, None, 90.0,
-                           11.0, 0.0, 0.0, 0.95)
+    row = _result(bench_script)
     table = bench_script.format_table([row, row]).splitlines()
     assert len(table) == 4 and table[2].startswith("unchanged")
+
+
+def test_decode_goal_report_puts_the_goal_next_to_the_store_floor(bench_script):
+    """1.5x QEMU's decoder at 150 ns per page allows 100 ns: met at 90 ns; at
+    120 ns not met, and out of reach when the stores alone take 110 ns."""
+    def row(case, ours, floor):
+        return _result(bench_script, case=case, decode_ns_per_page=ours,
+                       decode_vs_qemu=150.0 / ours, qemu_decode_ns_per_page=150.0,
+                       store_floor_ns_per_page=floor)
+
+    report = bench_script.decode_goal_report([
+        row("seed", 90.0, 50.0), row("1%", 120.0, 110.0), row("16 runs", 120.0, 80.0),
+        _result(bench_script)])  # nothing to decode: no line
+    assert [line.split()[0] for line in report] == ["seed", "1%", "16"]
+    assert "allows    100, ours     90, store floor     50: met" in report[0]
+    assert report[1].endswith(": not met; out of reach here: the stores alone take longer")
+    assert report[2].endswith("store floor     80: not met")
+
+
+def test_store_floor_stores_at_each_run_end_and_nowhere_else(baselines):
+    old = bytes(3 * 4096)
+    new = bytearray(old)
+    new[5] = 1  # a run of one byte
+    new[2 * 4096 + 100:2 * 4096 + 110] = b"x" * 10  # page 1 unchanged, a run of 10 bytes
+    deltas, lengths = core.encode_pages(old, new)
+    places = baselines.run_places(deltas, lengths)
+    assert list(places) == [5, 5, 2 * 4096 + 100, 2 * 4096 + 109]
+    for ahead in (0, 16):
+        pages = bytearray(len(old))
+        baselines.store_floor(places, pages, ahead)
+        assert [i for i, b in enumerate(pages) if b] == [5, 2 * 4096 + 100, 2 * 4096 + 109]
+    with pytest.raises(ValueError, match="beyond the pages"):
+        baselines.store_floor(places, bytearray(4096))
+    with pytest.raises(ValueError, match="does not parse"):
+        baselines.run_places(b"\x00\x00\x00", [3, 0, 0])
 
 
 def test_memcmp_pages_counts_equal_pages(baselines):
