@@ -107,14 +107,32 @@ static inline size_t XBZ_PATH(count_runs)(const uint64_t *masks, const uint16_t 
  * XBZ_SCAN_OVERFLOW; words[kept] is then a sentinel that follows no word,
  * and *differing_bytes the number of set bits. */
 #define XBZ_SCAN_OVERFLOW ((size_t)-1)
-/* Where the scan asks for the first line of the next page pair (ahead_old
- * and ahead_new, when not NULL): that first access to a new 4 KiB page
- * waits for its address translation (a two-level walk in a virtual
- * machine), which here overlaps the rest of this page's scan.  Asked for at
- * the start of the page instead, it held up the scan's first loads (a
- * fifth of the samples of the seed class sat on it); 256, 512 and 768
- * bytes measured alike, 768 a little better (docs/codec.md). */
+/* Where the scan starts to ask for the next page pair (ahead_old and
+ * ahead_new, when not NULL): from this offset on, each block asks for one
+ * more line of each next page, in order (lines 0-12 of a 4 KiB page), and
+ * the emit asks for the lines after those, one per run (XBZ_AHEAD below).
+ * The hardware prefetcher stops at each 4 KiB edge, and the first access to
+ * a new page waits for its address translation (a two-level walk in a
+ * virtual machine); asked for over the rest of this page's scan,
+ * the next pair's first lines arrive while this page's gather and emit
+ * run, and its own scan starts at the memory's pace (tenth session: the
+ * seed pattern 0.875 -> 0.960 of memcmp on AVX2, the XBZRLE round 0.85-0.89
+ * -> 0.98-0.99, no class slower; docs/codec.md).  Asked for only once, at
+ * this offset, the first line alone came early; all at the start of the
+ * page, they held up the scan's own first loads; two lines per block, or
+ * from the first block on, measured lower. */
 #define XBZ_AHEAD_AT 768
+/* The offset of a len-byte page from which its scan asks for the next
+ * pair's lines (from 0 on a page no longer than XBZ_AHEAD_AT). */
+static inline size_t XBZ_PATH(ahead_from)(size_t len)
+{
+    return len > XBZ_AHEAD_AT ? XBZ_AHEAD_AT : 0;
+}
+/* How many lines of each next page that scan asks for: one per block. */
+static inline size_t XBZ_PATH(scan_ahead_lines)(size_t len)
+{
+    return (len - XBZ_PATH(ahead_from)(len) + XBZ_BLOCK - 1) / XBZ_BLOCK;
+}
 static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page, size_t len,
                                     uint64_t *masks, uint16_t *words, size_t dlen,
                                     size_t *differing_bytes, const uint8_t *ahead_old,
@@ -123,12 +141,13 @@ static inline size_t XBZ_PATH(scan)(const uint8_t *old, const uint8_t *new_page,
     size_t kept = 0, differing = 0, runs = 0, w = 0, off = 0;
     int counting = 0;
     uint64_t carry = 0, m[4];
-    size_t ahead_at = len > XBZ_AHEAD_AT ? XBZ_AHEAD_AT : 0;
+    size_t ahead_at = XBZ_PATH(ahead_from)(len);
 
     for (; off < len; off += XBZ_BLOCK, w += 4) {
-        if (ahead_old != NULL && off == ahead_at) {
-            __builtin_prefetch(ahead_old);
-            __builtin_prefetch(ahead_new);
+        if (ahead_old != NULL && off >= ahead_at) {
+            size_t line = (off - ahead_at) / XBZ_BLOCK * 64;
+            __builtin_prefetch(ahead_old + line);
+            __builtin_prefetch(ahead_new + line);
         }
         int differs = off + XBZ_BLOCK <= len
                           ? XBZ_PATH(diff256)(old + off, new_page + off, m)
@@ -277,11 +296,12 @@ XBZ_PATH(encode_core)(const uint8_t *old, const uint8_t *new_page, size_t len, u
     } while (0)
 
     size_t d = 0, prev_end = 0;
-    /* Run k / 2 asks for line k / 2 + 1 of the next pair (its line 0 is
-     * asked for by the scan, XBZ_AHEAD_AT). */
+    /* Run k / 2 asks for the next pair's first line the scan did not ask
+     * for (XBZ_AHEAD_AT), plus k / 2. */
+    size_t ahead_line = ahead ? XBZ_PATH(scan_ahead_lines)(len) : 0;
 #define XBZ_AHEAD(k)                                                                              \
     do {                                                                                          \
-        size_t at_ = ((k) / 2 + 1) * 64;                                                          \
+        size_t at_ = ((k) / 2 + ahead_line) * 64;                                                 \
         if (ahead && at_ < len) {                                                                 \
             __builtin_prefetch(ahead_old + at_);                                                  \
             __builtin_prefetch(ahead_new + at_);                                                  \
@@ -364,7 +384,7 @@ static ssize_t XBZ_PATH(encode_follow)(uint8_t *cached, const uint8_t *new_page,
  * of size bytes each, the deltas appended at out + *used while a whole page
  * and the slack still fit in capacity; returns the first page not encoded.
  * The hardware prefetcher stops at each 4 KiB edge and must find the stream
- * again, so the scan asks for the next pair's first line (XBZ_AHEAD_AT),
+ * again, so the scan asks for the next pair's first lines (XBZ_AHEAD_AT),
  * and the emit for one more line of it per run, so that its loads overlap
  * this page's gather and emit instead of waiting for them (docs/codec.md
  * has the figures).  One loop per path, with the encoder inlined: no call
