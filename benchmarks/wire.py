@@ -20,9 +20,9 @@ buffer (no RAM to fill); and the work of a migration over TCP: that
 transfer's CPU on both sides, the memcpy and the cheaper populate, divided
 by the cores (the physical work: one copy into the socket, one out, one
 write into RAM the destination owns).  A migration over TCP cannot beat
-either TCP line.  Last, issue
-10's goals for the wire, each with the time it allows, ours, and whether a
-floor of the same run already takes longer (``goal_report``).
+either TCP line.  Last, issue 10's goals for the wire, each with the time
+it allows, ours, and whether a floor of the same run already takes longer
+(``goal_report``).
 
 Our source is the library ``Guest`` in this process (its migration thread
 does the work); our destination is a child ``xbzrle vm -S --incoming``.  A
