@@ -8,6 +8,7 @@ is refused."""
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -193,3 +194,128 @@ def test_a_page_position_past_32_bits_is_refused(simd_path):
     assert caught.value.page == 1 and caught.value.offset == 4
     assert "zero run past the page end" in str(caught.value)
     assert pages == bytes(2 * page_size)
+
+
+# ---- the run list of the x86 paths (struct xbz_run_list in codec_kernels.c) ----
+# The check pass lists the runs of rounds of sixteen sparse deltas (a quarter
+# of their pages at most) and the apply pass copies from the list; dense
+# rounds, rounds after the list is full, and the runs after each fast walk
+# (the last 4 bytes of a delta) are walked.  These batches mix all of them.
+
+BIG_PAGE = 4096
+
+
+def sparse_page(rng: random.Random, old: bytes, runs: int, tail: bool) -> bytes:
+    """A page with `runs` short changes; with `tail`, its delta ends in a
+    3-byte run (zero run under 128, one byte), which the fast walk leaves to
+    the exact loop."""
+    new = bytearray(old)
+    places = sorted(rng.sample(range(0, BIG_PAGE - 200, 3), runs))
+    for at in places:
+        for i in range(at, at + rng.choice([1, 1, 2])):
+            new[i] ^= rng.randrange(1, 256)
+    if tail:
+        new[BIG_PAGE - 1] ^= 0x5A
+    return bytes(new)
+
+
+def mixed_batch(rng: random.Random, page_count: int) -> tuple[bytes, bytes]:
+    old = rng.randbytes(BIG_PAGE * page_count)
+    new = bytearray(old)
+    for index in range(page_count):
+        page = old[index * BIG_PAGE : (index + 1) * BIG_PAGE]
+        kind = rng.random()
+        if kind < 0.1:
+            continue  # unchanged
+        if kind < 0.2:  # dense: more than a quarter of the page
+            changed = bytes(b ^ 1 if i % 4 == 0 else b for i, b in enumerate(page))
+        else:
+            changed = sparse_page(rng, page, rng.randrange(1, 60), rng.random() < 0.5)
+        new[index * BIG_PAGE : (index + 1) * BIG_PAGE] = changed
+    return old, bytes(new)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sparse_rounds_decode_from_the_run_list(simd_path, seed):
+    """Listed rounds, walked dense rounds between them, unchanged pages and
+    3-byte last runs: every page ends as the encoded one."""
+    rng = random.Random(seed)
+    old, new = mixed_batch(rng, rng.randrange(20, 120))
+    deltas, lengths = core.encode_pages(old, new)
+    pages = bytearray(old)
+    core.decode_pages(deltas, lengths, pages)
+    assert pages == new
+
+
+def test_a_batch_whose_runs_outgrow_the_list_is_decoded_whole(simd_path):
+    """About 24 MiB of run records (7,000 pages of 300 runs each: listed
+    records take 128 bytes a step for sixteen pages), more than the list's
+    16 MiB: the rounds past it are walked, and every page still decodes."""
+    if simd_path == "portable":
+        pytest.skip("the portable path keeps no run list")
+    page_count, rng = 7000, random.Random(7)
+    old = bytearray(rng.randbytes(BIG_PAGE * page_count))
+    new = bytearray(old)
+    new[::13] = bytes((b + 1) & 0xFF for b in old[::13])  # 315 one-byte runs a page
+    deltas, lengths = core.encode_pages(old, new)
+    assert max(lengths) <= BIG_PAGE // 4  # sparse: every round is listed while room lasts
+    core.decode_pages(deltas, lengths, old)
+    assert old == new
+
+
+def test_threads_decode_with_their_own_run_lists():
+    """Each thread keeps its own list: batches decoded at once in four
+    threads (the GIL is released while they run) all come out right."""
+    rng = random.Random(11)
+    batches = [mixed_batch(rng, 64) for _ in range(4)]
+    encoded = [core.encode_pages(old, new) for old, new in batches]
+    failures = []
+
+    def decode(index: int) -> None:
+        old, new = batches[index]
+        deltas, lengths = encoded[index]
+        for _ in range(20):
+            pages = bytearray(old)
+            core.decode_pages(deltas, lengths, pages)
+            if pages != new:
+                failures.append(index)
+
+    threads = [threading.Thread(target=decode, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+def test_deltas_rewritten_during_a_decode_never_write_outside_the_pages(simd_path):
+    """A thread rewrites the deltas while decode_pages runs on them: each call
+    applies or refuses, but the bytes around the pages are never written (the
+    apply pass bounds every copy by its page, listed or walked)."""
+    rng = random.Random(3)
+    old, new = mixed_batch(rng, 48)
+    deltas, lengths = core.encode_pages(old, new)
+    shared = bytearray(deltas)
+    guard = b"\xA5" * BIG_PAGE
+    buffer = bytearray(guard + old + guard)
+    pages = memoryview(buffer)[BIG_PAGE : BIG_PAGE + len(old)]
+    stop = threading.Event()
+
+    def scribble() -> None:
+        noise = random.Random(4)
+        while not stop.is_set():
+            for _ in range(64):
+                shared[noise.randrange(len(shared))] = noise.randrange(256)
+
+    writer = threading.Thread(target=scribble)
+    writer.start()
+    try:
+        for _ in range(300):
+            try:
+                core.decode_pages(shared, lengths, pages)
+            except DecodeError:
+                pass
+    finally:
+        stop.set()
+        writer.join()
+    assert buffer[:BIG_PAGE] == guard and buffer[-BIG_PAGE:] == guard

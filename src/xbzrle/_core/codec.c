@@ -626,10 +626,12 @@ static PyObject *decode_batch(PyObject *args, PyObject *kwargs, const char *form
     size_t err_offset = 0;
     const char *err_reason = NULL;
     Py_BEGIN_ALLOW_THREADS
+    struct xbz_run_list *runs = xbz_run_list_of_thread();
     bad_page = xbz_decode_check_pages(deltas.buf, lengths, (size_t)count, (size_t)page_size,
-                                      &err_offset, &err_reason);
+                                      &err_offset, &err_reason, runs);
     if (bad_page < 0)
-        xbz_decode_apply_pages(deltas.buf, lengths, (size_t)count, pages.buf, (size_t)page_size);
+        xbz_decode_apply_pages(deltas.buf, lengths, (size_t)count, pages.buf, (size_t)page_size,
+                               runs);
     Py_END_ALLOW_THREADS
     if (bad_page >= 0)
         raise_decode_error(PyUnicode_FromFormat("XBZRLE delta of page %zd at offset %zu: %s",

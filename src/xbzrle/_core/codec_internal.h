@@ -74,10 +74,18 @@ void xbz_decode_apply_hashed(const uint8_t *delta, size_t dlen, uint8_t *page, u
  * known to fit the deltas buffer.  check_pages returns -1 when every delta
  * is valid, else the first page whose delta is not, with *err_offset and
  * *err_reason as xbz_decode_check sets them; apply_pages applies them all,
- * with the guarantees of xbz_decode_apply_within. */
+ * with the guarantees of xbz_decode_apply_within.  runs (NULL: none) is
+ * where the check pass of the x86 paths lists the runs of sparse deltas,
+ * and the apply pass copies them from there (see struct xbz_run_list in
+ * codec_kernels.c); pass the same list to both, or NULL to both. */
+struct xbz_run_list;
+/* The calling thread's list, emptied; it keeps its memory (at most 16 MiB)
+ * for the thread's next batch.  NULL when it cannot be made. */
+struct xbz_run_list *xbz_run_list_of_thread(void);
 ssize_t xbz_decode_check_pages(const uint8_t *deltas, const long long *lengths, size_t count,
-                               size_t page_len, size_t *err_offset, const char **err_reason);
+                               size_t page_len, size_t *err_offset, const char **err_reason,
+                               struct xbz_run_list *runs);
 void xbz_decode_apply_pages(const uint8_t *deltas, const long long *lengths, size_t count,
-                            uint8_t *pages, size_t page_len);
+                            uint8_t *pages, size_t page_len, const struct xbz_run_list *runs);
 
 #endif

@@ -1,6 +1,8 @@
 /* XBZRLE kernels: encoder per SIMD path, strict decoder, zero-page check,
  * and the run-time choice of path.  Pure C, no Python: the save and load
  * loops call these through codec.h with the GIL released. */
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -285,6 +287,103 @@ static inline int zero256_portable(const uint8_t *p)
     for (int w = 0; w < 32; w++)
         acc |= load64(p + 8 * w);
     return acc == 0;
+}
+
+/* ---- decode_pages' list of runs ----
+ * In pages out of the caches, the apply pass of sparse deltas is bound by
+ * its stores: each run's line is a miss for a store.  Walking a delta, the
+ * apply learns where a run goes only when it gets there, too late to ask
+ * for the line.  The check pass must walk every delta first anyway (no
+ * page is written before all are checked), so on the x86 paths its lanes
+ * also write down, for the deltas of sixteen pages at a time, where each
+ * run goes, where its bytes are and how many: the apply pass then copies
+ * from that list and asks for each run's line one step (sixteen runs)
+ * ahead, as the store floor of benchmarks/codec.py does.
+ *
+ * The list is a sequence of listed rounds, in page order, each a header
+ * then `steps` records of the sixteen lanes: for step s, 16 words
+ * (length << 16 | place in the page; 0 for a lane that did not walk), then
+ * 16 offsets of the run's bytes from the round's base.  Only rounds whose
+ * deltas are sparse (a quarter of their pages at most: dense ones are bound
+ * by their walk, which the pair walk overlaps) and whose fast walks were
+ * clean are listed; the pages between listed rounds are walked as before.
+ * The list keeps its memory per thread between batches (runs of a 64 MiB
+ * batch at 1% random bytes take about 8 MiB): fresh memory for it on every
+ * batch would cost more than the list saves.  At XBZ_RUN_LIST_MAX, later
+ * rounds are walked. */
+#define XBZ_LIST_LANES 16
+#define XBZ_RUN_LIST_MAX ((size_t)16 << 20)
+
+struct xbz_run_list {
+    uint8_t *buf;
+    size_t used, cap;
+    int full; /* it could not grow: no more rounds are listed */
+};
+
+struct listed_round {
+    size_t first, end;              /* pages first..end-1 */
+    const uint8_t *base, *deltas_end; /* the round's deltas */
+    uint32_t steps, lanes;
+    size_t page[XBZ_LIST_LANES];
+    /* Offsets from base: each lane's delta start and end, and where its
+     * fast walk stopped (at stop_pos in the page); the exact walk applies
+     * the rest. */
+    uint32_t start[XBZ_LIST_LANES], end_at[XBZ_LIST_LANES];
+    uint32_t stop_at[XBZ_LIST_LANES], stop_pos[XBZ_LIST_LANES];
+};
+#define XBZ_LIST_HEADER ((sizeof(struct listed_round) + 63) & ~(size_t)63)
+#define XBZ_LIST_STEP (2 * XBZ_LIST_LANES * sizeof(uint32_t))
+
+static pthread_key_t run_list_key;
+static pthread_once_t run_list_once = PTHREAD_ONCE_INIT;
+static int run_list_key_ok;
+
+static void run_list_free(void *list)
+{
+    free(((struct xbz_run_list *)list)->buf);
+    free(list);
+}
+
+static void run_list_key_make(void)
+{
+    run_list_key_ok = pthread_key_create(&run_list_key, run_list_free) == 0;
+}
+
+struct xbz_run_list *xbz_run_list_of_thread(void)
+{
+    pthread_once(&run_list_once, run_list_key_make);
+    if (!run_list_key_ok)
+        return NULL;
+    struct xbz_run_list *list = pthread_getspecific(run_list_key);
+    if (list == NULL) {
+        list = calloc(1, sizeof *list);
+        if (list == NULL || pthread_setspecific(run_list_key, list) != 0) {
+            free(list);
+            return NULL;
+        }
+    }
+    list->used = 0;
+    list->full = 0;
+    return list;
+}
+
+/* Room for bytes past list->used (which does not move): where they go, or
+ * NULL (and the list full) when it would grow past XBZ_RUN_LIST_MAX. */
+static uint8_t *run_list_room(struct xbz_run_list *list, size_t bytes)
+{
+    if (list->cap - list->used >= bytes)
+        return list->buf + list->used;
+    size_t cap = list->cap != 0 ? list->cap : (size_t)1 << 16;
+    while (cap - list->used < bytes && cap <= XBZ_RUN_LIST_MAX)
+        cap *= 2;
+    uint8_t *buf = cap <= XBZ_RUN_LIST_MAX ? realloc(list->buf, cap) : NULL;
+    if (buf == NULL) {
+        list->full = 1;
+        return NULL;
+    }
+    list->buf = buf;
+    list->cap = cap;
+    return buf + list->used;
 }
 
 #define XBZ_PATH(name) name##_portable
@@ -603,33 +702,36 @@ struct simd_path {
                              uint64_t *, int *, const uint8_t *, const uint8_t *);
     int (*is_zero)(const uint8_t *, size_t);
     void (*apply)(const uint8_t *, size_t, uint8_t *, size_t);
-    void (*apply_pages)(const uint8_t *, const long long *, size_t, uint8_t *, size_t);
+    void (*apply_batch)(const uint8_t *, const long long *, size_t, uint8_t *, size_t,
+                        const struct xbz_run_list *);
     ssize_t (*check_pages)(const uint8_t *, const long long *, size_t, size_t, size_t *,
-                           const char **);
+                           const char **, struct xbz_run_list *);
     int (*cpu_has)(void);
 };
 
 static ssize_t check_pages_pairs(const uint8_t *deltas, const long long *lengths, size_t count,
-                                 size_t page_len, size_t *err_offset, const char **err_reason);
+                                 size_t page_len, size_t *err_offset, const char **err_reason,
+                                 struct xbz_run_list *runs);
 #ifdef XBZ_HAVE_X86
 static ssize_t check_pages_avx2(const uint8_t *deltas, const long long *lengths, size_t count,
-                                size_t page_len, size_t *err_offset, const char **err_reason);
+                                size_t page_len, size_t *err_offset, const char **err_reason,
+                                struct xbz_run_list *runs);
 #endif
 
 static const struct simd_path simd_paths[] = {
 #ifdef XBZ_HAVE_X86
     {"avx512vbmi2", encode_avx512vbmi2, encode_pages_avx512vbmi2,
      encode_follow_avx512vbmi2, is_zero_avx512vbmi2, apply_avx512vbmi2,
-     apply_pages_avx512vbmi2, check_pages_avx2, cpu_has_avx512vbmi2},
+     apply_batch_avx512vbmi2, check_pages_avx2, cpu_has_avx512vbmi2},
     {"avx512bw", encode_avx512bw, encode_pages_avx512bw,
-     encode_follow_avx512bw, is_zero_avx512bw, apply_avx512bw, apply_pages_avx512bw,
+     encode_follow_avx512bw, is_zero_avx512bw, apply_avx512bw, apply_batch_avx512bw,
      check_pages_avx2, cpu_has_avx512bw},
     {"avx2", encode_avx2, encode_pages_avx2,
-     encode_follow_avx2, is_zero_avx2, apply_avx2, apply_pages_avx2,
+     encode_follow_avx2, is_zero_avx2, apply_avx2, apply_batch_avx2,
      check_pages_avx2, cpu_has_avx2},
 #endif
     {"portable", encode_portable, encode_pages_portable,
-     encode_follow_portable, is_zero_portable, apply_portable, apply_pages_portable,
+     encode_follow_portable, is_zero_portable, apply_portable, apply_batch_portable,
      check_pages_pairs, cpu_has_portable},
 };
 
@@ -888,8 +990,10 @@ static inline int check_finish(const struct fast_walk *w, const uint8_t *delta,
 }
 
 static ssize_t check_pages_pairs(const uint8_t *deltas, const long long *lengths, size_t count,
-                                 size_t page_len, size_t *err_offset, const char **err_reason)
+                                 size_t page_len, size_t *err_offset, const char **err_reason,
+                                 struct xbz_run_list *runs)
 {
+    (void)runs; /* no list on this path: its apply walks every delta */
     size_t p = 0;
     for (;;) {
         while (p < count && lengths[p] <= 0)
@@ -951,6 +1055,9 @@ static ssize_t check_pages_pairs(const uint8_t *deltas, const long long *lengths
  * 32-bit lane. */
 #define XBZ_CHECK_SPAN ((size_t)1 << 30)
 
+_Static_assert(XBZ_CHECK_LANES == XBZ_LIST_LANES, "a listed round holds one round of lanes");
+_Static_assert(XBZ_MAX_PAGE_SIZE < 0x10000, "a listed run's place and length take 16 bits each");
+
 /* Eight walks of the check: each lane's next run (at, an offset from the
  * group's base), its limit (the last offset a step may start at, -1 for a
  * lane that never walks), page position and faults, as in struct
@@ -970,7 +1077,8 @@ static inline __m256i check_walking_avx2(const struct check_lanes *g)
  * blends.  first (a constant): the first run, whose zero run may be
  * empty. */
 static inline __attribute__((always_inline)) void
-check_step_avx2(struct check_lanes *g, const uint8_t *base, __m256i walking, int first)
+check_step_avx2(struct check_lanes *g, const uint8_t *base, __m256i walking, int first,
+                uint32_t *record)
 {
     const __m256i low8 = _mm256_set1_epi32(0xff), x7f = _mm256_set1_epi32(0x7f);
     const __m256i one = _mm256_set1_epi32(1);
@@ -1013,6 +1121,15 @@ check_step_avx2(struct check_lanes *g, const uint8_t *base, __m256i walking, int
      * into a valid one.  A valid one (at most 2**14) never shows there. */
     fault = _mm256_or_si256(fault, _mm256_srli_epi32(pos, 6));
     g->faults = _mm256_or_si256(g->faults, _mm256_and_si256(walking, fault));
+    if (record != NULL) {
+        /* The run in the list (struct xbz_run_list): length << 16 | place,
+         * 0 where the lane does not walk; then where its bytes are. */
+        __m256i place = _mm256_sub_epi32(pos, c);
+        _mm256_storeu_si256((__m256i *)record,
+                            _mm256_and_si256(walking, _mm256_or_si256(_mm256_slli_epi32(c, 16),
+                                                                      place)));
+        _mm256_storeu_si256((__m256i *)(record + XBZ_LIST_LANES), _mm256_sub_epi32(next, c));
+    }
     g->pos = pos;
     g->at = _mm256_blendv_epi8(g->at, next, walking);
 }
@@ -1024,9 +1141,12 @@ check_step_avx2(struct check_lanes *g, const uint8_t *base, __m256i walking, int
  * instructions per run; a step here costs about as many vector
  * instructions for eight runs.  Then each page, in page order, is finished
  * or re-checked exactly by check_finish, as after the scalar walk, so the
- * first refusal, its page, offset and reason are the same. */
+ * first refusal, its page, offset and reason are the same.  On the way it
+ * lists the runs of sparse rounds in runs (struct xbz_run_list), for the
+ * apply pass. */
 static ssize_t check_pages_avx2(const uint8_t *deltas, const long long *lengths, size_t count,
-                                size_t page_len, size_t *err_offset, const char **err_reason)
+                                size_t page_len, size_t *err_offset, const char **err_reason,
+                                struct xbz_run_list *runs)
 {
     size_t p = 0;
     while (p < count) {
@@ -1062,6 +1182,15 @@ static ssize_t check_pages_avx2(const uint8_t *deltas, const long long *lengths,
             off[i] = 0;
             lim[i] = -1;
         }
+        /* List this round's runs when its deltas are sparse and the list
+         * has room; `record` is where the next step's records go (NULL:
+         * not listing). */
+        size_t steps = 0;
+        uint32_t *record = NULL;
+        if (runs != NULL && !runs->full && span <= n * (page_len / 4)) {
+            uint8_t *room = run_list_room(runs, XBZ_LIST_HEADER + XBZ_LIST_STEP);
+            record = room != NULL ? (uint32_t *)(room + XBZ_LIST_HEADER) : NULL;
+        }
         struct check_lanes g[XBZ_CHECK_GROUPS];
         __m256i walking[XBZ_CHECK_GROUPS];
         for (int k = 0; k < XBZ_CHECK_GROUPS; k++) {
@@ -1070,8 +1199,9 @@ static ssize_t check_pages_avx2(const uint8_t *deltas, const long long *lengths,
             g[k].pos = _mm256_setzero_si256();
             g[k].faults = _mm256_setzero_si256();
             walking[k] = check_walking_avx2(&g[k]);
-            check_step_avx2(&g[k], base, walking[k], 1);
+            check_step_avx2(&g[k], base, walking[k], 1, record != NULL ? record + 8 * k : NULL);
         }
+        steps = 1;
         for (;;) {
             __m256i any = _mm256_setzero_si256();
             for (int k = 0; k < XBZ_CHECK_GROUPS; k++) {
@@ -1080,8 +1210,16 @@ static ssize_t check_pages_avx2(const uint8_t *deltas, const long long *lengths,
             }
             if (_mm256_testz_si256(any, any))
                 break;
+            if (record != NULL) {
+                uint8_t *room = run_list_room(runs, XBZ_LIST_HEADER + (steps + 1) * XBZ_LIST_STEP);
+                record = room != NULL
+                             ? (uint32_t *)(room + XBZ_LIST_HEADER + steps * XBZ_LIST_STEP)
+                             : NULL;
+            }
             for (int k = 0; k < XBZ_CHECK_GROUPS; k++)
-                check_step_avx2(&g[k], base, walking[k], 0);
+                check_step_avx2(&g[k], base, walking[k], 0,
+                                record != NULL ? record + 8 * k : NULL);
+            steps++;
         }
         uint32_t at[XBZ_CHECK_LANES], pos[XBZ_CHECK_LANES], faults[XBZ_CHECK_LANES];
         for (int k = 0; k < XBZ_CHECK_GROUPS; k++) {
@@ -1091,9 +1229,29 @@ static ssize_t check_pages_avx2(const uint8_t *deltas, const long long *lengths,
         }
         for (size_t i = 0; i < n; i++) {
             struct fast_walk w = {base + at[i], pos[i], faults[i]};
-            if (check_finish(&w, start[i], start[i] + lengths[page[i]], page_len, err_offset,
-                             err_reason) < 0)
+            const uint8_t *end = start[i] + lengths[page[i]];
+            /* A walk that needs the exact checker lists nothing. */
+            if (!fast_walk_clean(&w, end, page_len))
+                record = NULL;
+            if (check_finish(&w, start[i], end, page_len, err_offset, err_reason) < 0)
                 return (ssize_t)page[i];
+        }
+        if (record != NULL) {
+            struct listed_round *round = (struct listed_round *)(runs->buf + runs->used);
+            round->first = page[0];
+            round->end = page[n - 1] + 1;
+            round->base = base;
+            round->deltas_end = base + span;
+            round->steps = (uint32_t)steps;
+            round->lanes = (uint32_t)n;
+            for (size_t i = 0; i < n; i++) {
+                round->page[i] = page[i];
+                round->start[i] = (uint32_t)off[i];
+                round->end_at[i] = (uint32_t)(off[i] + lengths[page[i]]);
+                round->stop_at[i] = at[i];
+                round->stop_pos[i] = pos[i];
+            }
+            runs->used += XBZ_LIST_HEADER + steps * XBZ_LIST_STEP;
         }
     }
     return -1;
@@ -1103,15 +1261,17 @@ static ssize_t check_pages_avx2(const uint8_t *deltas, const long long *lengths,
 #endif
 
 ssize_t xbz_decode_check_pages(const uint8_t *deltas, const long long *lengths, size_t count,
-                               size_t page_len, size_t *err_offset, const char **err_reason)
+                               size_t page_len, size_t *err_offset, const char **err_reason,
+                               struct xbz_run_list *runs)
 {
-    return current_path()->check_pages(deltas, lengths, count, page_len, err_offset, err_reason);
+    return current_path()->check_pages(deltas, lengths, count, page_len, err_offset, err_reason,
+                                       runs);
 }
 
 void xbz_decode_apply_pages(const uint8_t *deltas, const long long *lengths, size_t count,
-                            uint8_t *pages, size_t page_len)
+                            uint8_t *pages, size_t page_len, const struct xbz_run_list *runs)
 {
-    current_path()->apply_pages(deltas, lengths, count, pages, page_len);
+    current_path()->apply_batch(deltas, lengths, count, pages, page_len, runs);
 }
 
 void xbz_decode_apply_within(const uint8_t *delta, size_t dlen, uint8_t *page, size_t page_len)

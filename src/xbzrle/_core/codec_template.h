@@ -489,33 +489,34 @@ static void XBZ_PATH(apply)(const uint8_t *delta, size_t dlen, uint8_t *page, si
     XBZ_PATH(apply_finish)(&w, delta, end, page, page_len);
 }
 
-/* Two deltas walked side by side (dense: which copy to use; a constant, so
- * that each flavour compiles to its own loop). */
-static inline void XBZ_PATH(apply_pair)(const uint8_t *a_delta, const uint8_t *a_end,
-                                        uint8_t *a_page, const uint8_t *b_end, uint8_t *b_page,
-                                        size_t page_len, int dense)
+/* Two dense deltas walked side by side, with the dense copy. */
+static inline void XBZ_PATH(apply_dense_pair)(const uint8_t *a_delta, const uint8_t *a_end,
+                                              uint8_t *a_page, const uint8_t *b_end,
+                                              uint8_t *b_page, size_t page_len)
 {
     const uint8_t *a_page_end = a_page + page_len, *b_page_end = b_page + page_len;
     uintptr_t a_limit = fast_walk_limit(a_delta, a_end), b_limit = fast_walk_limit(a_end, b_end);
     struct apply_walk a = {a_delta, a_page}, b = {a_end, b_page};
     while ((uintptr_t)a.p <= a_limit && (uintptr_t)b.p <= b_limit) {
-        XBZ_PATH(apply_step)(&a, a_limit, a_page_end, dense);
-        XBZ_PATH(apply_step)(&b, b_limit, b_page_end, dense);
+        XBZ_PATH(apply_step)(&a, a_limit, a_page_end, 1);
+        XBZ_PATH(apply_step)(&b, b_limit, b_page_end, 1);
     }
     while ((uintptr_t)a.p <= a_limit)
-        XBZ_PATH(apply_step)(&a, a_limit, a_page_end, dense);
+        XBZ_PATH(apply_step)(&a, a_limit, a_page_end, 1);
     while ((uintptr_t)b.p <= b_limit)
-        XBZ_PATH(apply_step)(&b, b_limit, b_page_end, dense);
+        XBZ_PATH(apply_step)(&b, b_limit, b_page_end, 1);
     XBZ_PATH(apply_finish)(&a, a_delta, a_end, a_page, page_len);
     XBZ_PATH(apply_finish)(&b, a_end, b_end, b_page, page_len);
 }
 
-/* decode_pages' apply pass: the deltas of two pages walked side by side.
- * Each walk is a chain (a run's offset needs the previous run's length);
- * two independent chains let the CPU overlap them, which a single walk
- * cannot, however its branches are predicted.  Deltas longer than a
- * quarter of their pages (many short runs of every length) take the dense
- * copy. */
+/* decode_pages' apply pass.  Each walk is a chain (a run's offset needs
+ * the previous run's lengths).  Dense deltas (two together longer than half
+ * a page: many short runs of every length) are bound by that chain, and two
+ * walked side by side overlap.  Sparse ones are bound by their stores, each
+ * a miss in pages out of the caches: walked one page after the other, their
+ * stores climb through one page at a time, which the hardware prefetcher
+ * follows, while two pages side by side were 10% slower on 1% random bytes
+ * at 64 MiB (docs/codec.md, eleventh session). */
 static void XBZ_PATH(apply_pages)(const uint8_t *deltas, const long long *lengths, size_t count,
                                   uint8_t *pages, size_t page_len)
 {
@@ -534,13 +535,97 @@ static void XBZ_PATH(apply_pages)(const uint8_t *deltas, const long long *length
             return;
         }
         const uint8_t *b_end = a_end + lengths[q];
-        if ((size_t)(b_end - deltas) > page_len / 2)
-            XBZ_PATH(apply_pair)(deltas, a_end, pages + p * page_len, b_end,
-                                 pages + q * page_len, page_len, 1);
-        else
-            XBZ_PATH(apply_pair)(deltas, a_end, pages + p * page_len, b_end,
-                                 pages + q * page_len, page_len, 0);
-        deltas = b_end;
-        p = q + 1;
+        if ((size_t)(b_end - deltas) > page_len / 2) {
+            XBZ_PATH(apply_dense_pair)(deltas, a_end, pages + p * page_len, b_end,
+                                       pages + q * page_len, page_len);
+            deltas = b_end;
+            p = q + 1;
+        } else {
+            XBZ_PATH(apply)(deltas, (size_t)lengths[p], pages + p * page_len, page_len);
+            deltas = a_end;
+            p = q;
+        }
     }
+}
+
+/* The pages of a listed round's lanes (lanes past round->lanes: its first
+ * page, whose records there are empty). */
+static inline void XBZ_PATH(listed_pages)(const struct listed_round *round, uint8_t *pages,
+                                          size_t page_len, uint8_t *page[XBZ_LIST_LANES])
+{
+    for (size_t l = 0; l < XBZ_LIST_LANES; l++)
+        page[l] = pages + (l < round->lanes ? round->page[l] : round->first) * page_len;
+}
+
+static inline const uint32_t *XBZ_PATH(listed_records)(const struct listed_round *round)
+{
+    return (const uint32_t *)((const uint8_t *)round + XBZ_LIST_HEADER);
+}
+
+/* The runs of one listed round (struct listed_round in codec_kernels.c),
+ * each run's lines asked for one step (sixteen runs) ahead; the last step
+ * asks for the first runs of the next round (NULL: none).  The list is
+ * private memory filled by the check pass from the same reads that
+ * checked the deltas; each copy is still bounded by the page and the
+ * round's deltas, and the rest of each delta (after its fast walk) goes
+ * through the exact loop. */
+static void XBZ_PATH(apply_listed)(const struct listed_round *round,
+                                   const struct listed_round *next_round, uint8_t *pages,
+                                   size_t page_len)
+{
+    const uint32_t *records = XBZ_PATH(listed_records)(round);
+    const uint8_t *base = round->base;
+    const size_t span = (size_t)(round->deltas_end - base);
+    uint8_t *page[XBZ_LIST_LANES], *next_page[XBZ_LIST_LANES];
+    XBZ_PATH(listed_pages)(round, pages, page_len, page);
+    XBZ_PATH(listed_pages)(next_round != NULL ? next_round : round, pages, page_len, next_page);
+    for (uint32_t s = 0; s < round->steps; s++) {
+        const uint32_t *place = records + (size_t)s * 2 * XBZ_LIST_LANES;
+        const uint32_t *from = place + XBZ_LIST_LANES;
+        const uint32_t *ahead = place + 2 * XBZ_LIST_LANES;
+        uint8_t *const *ahead_page = page;
+        if (s + 1 == round->steps) {
+            ahead = next_round != NULL ? XBZ_PATH(listed_records)(next_round) : place;
+            ahead_page = next_page;
+        }
+        for (size_t l = 0; l < XBZ_LIST_LANES; l++) {
+            uint32_t next_at = ahead[l] & 0xffff, next_len = ahead[l] >> 16;
+            __builtin_prefetch(ahead_page[l] + next_at, 1, 3);
+            __builtin_prefetch(ahead_page[l] + next_at + next_len - (next_len != 0), 1, 3);
+            uint32_t at = place[l] & 0xffff, n = place[l] >> 16;
+            if (n != 0 && at + n <= page_len && from[l] + (size_t)n <= span)
+                XBZ_PATH(copy_run)(page[l] + at, base + from[l], n);
+        }
+    }
+    for (size_t l = 0; l < round->lanes; l++)
+        if (round->stop_at[l] != round->end_at[l])
+            XBZ_PATH(apply_tail)(base + round->start[l], round->end_at[l] - round->start[l],
+                                 page[l], page_len, round->stop_at[l] - round->start[l],
+                                 round->stop_pos[l]);
+}
+
+/* decode_pages' apply pass: the listed rounds from their lists, the pages
+ * between them walked (apply_pages). */
+static void XBZ_PATH(apply_batch)(const uint8_t *deltas, const long long *lengths, size_t count,
+                                  uint8_t *pages, size_t page_len,
+                                  const struct xbz_run_list *runs)
+{
+    size_t next = 0;
+    for (size_t at = 0; runs != NULL && at < runs->used;) {
+        const struct listed_round *round = (const struct listed_round *)(runs->buf + at);
+        at += XBZ_LIST_HEADER + (size_t)round->steps * XBZ_LIST_STEP;
+        /* The next round follows this one without pages walked between. */
+        const struct listed_round *next_round =
+            at < runs->used && ((const struct listed_round *)(runs->buf + at))->base ==
+                                   round->deltas_end
+                ? (const struct listed_round *)(runs->buf + at)
+                : NULL;
+        XBZ_PATH(apply_pages)(deltas, lengths + next, round->first - next,
+                              pages + next * page_len, page_len);
+        XBZ_PATH(apply_listed)(round, next_round, pages, page_len);
+        next = round->end;
+        deltas = round->deltas_end;
+    }
+    XBZ_PATH(apply_pages)(deltas, lengths + next, count - next, pages + next * page_len,
+                          page_len);
 }
