@@ -622,6 +622,12 @@ static void XBZ_PATH(apply_batch)(const uint8_t *deltas, const long long *length
                 : NULL;
         XBZ_PATH(apply_pages)(deltas, lengths + next, round->first - next,
                               pages + next * page_len, page_len);
+        /* The check pass read the deltas long ago: ask for the next
+         * round's again while this one is copied. */
+        if (next_round != NULL)
+            for (const uint8_t *line = next_round->base; line < next_round->deltas_end;
+                 line += 64)
+                __builtin_prefetch(line);
         XBZ_PATH(apply_listed)(round, next_round, pages, page_len);
         next = round->end;
         deltas = round->deltas_end;
