@@ -262,6 +262,23 @@ def test_a_batch_whose_runs_outgrow_the_list_is_decoded_whole(simd_path):
     assert old == new
 
 
+def test_a_round_waiting_on_one_long_delta_is_decoded(simd_path):
+    """Fifteen pages with one changed byte and one with 300 runs: the round's
+    records would take far more than its deltas (every lane has a record
+    at each of the long delta's steps), so it is walked, and decodes."""
+    rng = random.Random(9)
+    old = rng.randbytes(BIG_PAGE * 16)
+    new = bytearray(old)
+    for index in range(16):
+        stride = 13 if index == 7 else BIG_PAGE
+        for at in range(index * BIG_PAGE + 5, (index + 1) * BIG_PAGE, stride):
+            new[at] ^= 0x81
+    deltas, lengths = core.encode_pages(old, bytes(new))
+    pages = bytearray(old)
+    core.decode_pages(deltas, lengths, pages)
+    assert pages == new
+
+
 def test_threads_decode_with_their_own_run_lists():
     """Each thread keeps its own list: batches decoded at once in four
     threads (the GIL is released while they run) all come out right."""

@@ -307,12 +307,18 @@ static inline int zero256_portable(const uint8_t *p)
  * deltas are sparse (a quarter of their pages at most: dense ones are bound
  * by their walk, which the pair walk overlaps) and whose fast walks were
  * clean are listed; the pages between listed rounds are walked as before.
+ * A round's records are bounded by its deltas (XBZ_LIST_PER_BYTE), so the
+ * list follows what the batch carries.
  * The list keeps its memory per thread between batches (runs of a 64 MiB
  * batch at 1% random bytes take about 8 MiB): fresh memory for it on every
  * batch would cost more than the list saves.  At XBZ_RUN_LIST_MAX, later
  * rounds are walked. */
 #define XBZ_LIST_LANES 16
 #define XBZ_RUN_LIST_MAX ((size_t)16 << 20)
+/* A listed round's records take at most this many bytes per byte of its
+ * deltas (a run takes at least 3 delta bytes and 8 record bytes, one
+ * record per lane and step: with a third of the lanes busy, about 8). */
+#define XBZ_LIST_PER_BYTE 8
 
 struct xbz_run_list {
     uint8_t *buf;
@@ -1221,6 +1227,11 @@ static ssize_t check_pages_avx2(const uint8_t *deltas, const long long *lengths,
             }
             if (_mm256_testz_si256(any, any))
                 break;
+            /* The list holds at most XBZ_LIST_PER_BYTE times the round's
+             * deltas: a round whose lanes mostly wait on one long delta is
+             * walked instead (a step takes a record of every lane). */
+            if (record != NULL && (steps + 1) * XBZ_LIST_STEP > XBZ_LIST_PER_BYTE * span)
+                record = NULL;
             if (record != NULL) {
                 uint8_t *room = run_list_room(runs, XBZ_LIST_HEADER + (steps + 1) * XBZ_LIST_STEP);
                 record = room != NULL
