@@ -14,6 +14,8 @@
  *   XBZ_PATH(copy_run_dense)(d, s, n)  the same, tuned for deltas where
  *                           runs of every length up to 64 are common;
  *   XBZ_GATHER              the gather function to use (normally XBZ_PATH(gather)).
+ * and, once for all paths, decode_pages' list of runs (struct xbz_run_list,
+ * struct listed_round, XBZ_LIST_*), which apply_batch reads.
  * Everything here is compiled with that path's target options.
  *
  * The encoder works in three passes, so that its cost does not depend on
