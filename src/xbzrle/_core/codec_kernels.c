@@ -327,16 +327,32 @@ struct xbz_run_list {
 };
 
 struct listed_round {
-    size_t first, end;              /* pages first..end-1 */
-    const uint8_t *base, *deltas_end; /* the round's deltas */
+    const uint8_t *base; /* the round's deltas, one after the other */
     uint32_t steps, lanes;
-    size_t page[XBZ_LIST_LANES];
-    /* Offsets from base: each lane's delta start and end, and where its
-     * fast walk stopped (at stop_pos in the page); the exact walk applies
-     * the rest. */
-    uint32_t start[XBZ_LIST_LANES], end_at[XBZ_LIST_LANES];
+    size_t page[XBZ_LIST_LANES]; /* each lane's page, in page order */
+    /* Offsets from base: where each lane's delta ends (the next one's
+     * starts there), and where its fast walk stopped (at stop_pos in the
+     * page); the exact walk applies the rest. */
+    uint32_t end_at[XBZ_LIST_LANES];
     uint32_t stop_at[XBZ_LIST_LANES], stop_pos[XBZ_LIST_LANES];
 };
+
+/* Where lane l's delta starts, as an offset from the round's base. */
+static inline uint32_t listed_start(const struct listed_round *round, size_t l)
+{
+    return l != 0 ? round->end_at[l - 1] : 0;
+}
+
+/* The end of the round's deltas, and the page after its last. */
+static inline const uint8_t *listed_deltas_end(const struct listed_round *round)
+{
+    return round->base + round->end_at[round->lanes - 1];
+}
+
+static inline size_t listed_end_page(const struct listed_round *round)
+{
+    return round->page[round->lanes - 1] + 1;
+}
 #define XBZ_LIST_HEADER ((sizeof(struct listed_round) + 63) & ~(size_t)63)
 #define XBZ_LIST_STEP (2 * XBZ_LIST_LANES * sizeof(uint32_t))
 
@@ -390,6 +406,24 @@ static uint8_t *run_list_room(struct xbz_run_list *list, size_t bytes)
     list->buf = buf;
     list->cap = cap;
     return buf + list->used;
+}
+
+/* Whether deltas of `bytes` in all, for `pages` pages of page_len bytes,
+ * are dense: longer than a quarter of their pages (many short runs of
+ * every length).  Dense deltas are bound by their walk (two walked side by
+ * side overlap); sparse ones by their stores (listed by the check pass on
+ * the x86 paths, else walked one page at a time). */
+static inline int deltas_are_dense(size_t bytes, size_t pages, size_t page_len)
+{
+    return bytes > pages * (page_len / 4);
+}
+
+/* Asks for every line of len bytes at p (a prefetch never faults, so the
+ * range may run past a buffer's end). */
+static inline void prefetch_span(const uint8_t *p, size_t len)
+{
+    for (size_t line = 0; line < len; line += 64)
+        __builtin_prefetch(p + line);
 }
 
 #define XBZ_PATH(name) name##_portable
@@ -1188,8 +1222,7 @@ static ssize_t check_pages_avx2(const uint8_t *deltas, const long long *lengths,
             off[i] = 0;
             lim[i] = -1;
         }
-        /* Sparse deltas: a quarter of their pages at most. */
-        const int sparse = span <= n * (page_len / 4);
+        const int sparse = !deltas_are_dense(span, n, page_len);
         /* The lanes' gathers wait on the deltas, sixteen streams that the
          * hardware prefetcher does not keep ahead of: ask for the next
          * round's deltas (which follow, about as long as this round's)
@@ -1197,8 +1230,7 @@ static ssize_t check_pages_avx2(const uint8_t *deltas, const long long *lengths,
          * prefetcher follows and where this costs more than it saves
          * (docs/codec.md, eleventh session). */
         if (sparse)
-            for (size_t line = 0; line < span; line += 64)
-                __builtin_prefetch(deltas + line);
+            prefetch_span(deltas, span);
         /* List this round's runs when its deltas are sparse and the list
          * has room; `record` is where the next step's records go (NULL:
          * not listing). */
@@ -1260,15 +1292,11 @@ static ssize_t check_pages_avx2(const uint8_t *deltas, const long long *lengths,
         }
         if (record != NULL) {
             struct listed_round *round = (struct listed_round *)(runs->buf + runs->used);
-            round->first = page[0];
-            round->end = page[n - 1] + 1;
             round->base = base;
-            round->deltas_end = base + span;
             round->steps = (uint32_t)steps;
             round->lanes = (uint32_t)n;
             for (size_t i = 0; i < n; i++) {
                 round->page[i] = page[i];
-                round->start[i] = (uint32_t)off[i];
                 round->end_at[i] = (uint32_t)(off[i] + lengths[page[i]]);
                 round->stop_at[i] = at[i];
                 round->stop_pos[i] = pos[i];

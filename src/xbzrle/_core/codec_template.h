@@ -15,7 +15,8 @@
  *                           runs of every length up to 64 are common;
  *   XBZ_GATHER              the gather function to use (normally XBZ_PATH(gather)).
  * and, once for all paths, decode_pages' list of runs (struct xbz_run_list,
- * struct listed_round, XBZ_LIST_*), which apply_batch reads.
+ * struct listed_round, listed_*, XBZ_LIST_*), which apply_batch reads, and
+ * deltas_are_dense and prefetch_span, which it shares with the checker.
  * Everything here is compiled with that path's target options.
  *
  * The encoder works in three passes, so that its cost does not depend on
@@ -537,7 +538,7 @@ static void XBZ_PATH(apply_pages)(const uint8_t *deltas, const long long *length
             return;
         }
         const uint8_t *b_end = a_end + lengths[q];
-        if ((size_t)(b_end - deltas) > page_len / 2) {
+        if (deltas_are_dense((size_t)(b_end - deltas), 2, page_len)) {
             XBZ_PATH(apply_dense_pair)(deltas, a_end, pages + p * page_len, b_end,
                                        pages + q * page_len, page_len);
             deltas = b_end;
@@ -556,7 +557,7 @@ static inline void XBZ_PATH(listed_pages)(const struct listed_round *round, uint
                                           size_t page_len, uint8_t *page[XBZ_LIST_LANES])
 {
     for (size_t l = 0; l < XBZ_LIST_LANES; l++)
-        page[l] = pages + (l < round->lanes ? round->page[l] : round->first) * page_len;
+        page[l] = pages + round->page[l < round->lanes ? l : 0] * page_len;
 }
 
 static inline const uint32_t *XBZ_PATH(listed_records)(const struct listed_round *round)
@@ -565,22 +566,19 @@ static inline const uint32_t *XBZ_PATH(listed_records)(const struct listed_round
 }
 
 /* The runs of one listed round (struct listed_round in codec_kernels.c),
- * each run's lines asked for one step (sixteen runs) ahead; the last step
- * asks for the first runs of the next round (NULL: none).  The list is
- * private memory filled by the check pass from the same reads that
- * checked the deltas; each copy is still bounded by the page and the
- * round's deltas, and the rest of each delta (after its fast walk) goes
- * through the exact loop. */
-static void XBZ_PATH(apply_listed)(const struct listed_round *round,
-                                   const struct listed_round *next_round, uint8_t *pages,
-                                   size_t page_len)
+ * on the lanes' pages (page), each run's lines asked for one step (sixteen
+ * runs) ahead; the last step asks for the first runs of the next round
+ * (NULL: none; next_page: its lanes' pages).  The list is private memory
+ * filled by the check pass from the same reads that checked the deltas;
+ * each copy is still bounded by the page and the round's deltas, and the
+ * rest of each delta (after its fast walk) goes through the exact loop. */
+static void XBZ_PATH(apply_listed)(const struct listed_round *round, uint8_t *const *page,
+                                   const struct listed_round *next_round,
+                                   uint8_t *const *next_page, size_t page_len)
 {
     const uint32_t *records = XBZ_PATH(listed_records)(round);
     const uint8_t *base = round->base;
-    const size_t span = (size_t)(round->deltas_end - base);
-    uint8_t *page[XBZ_LIST_LANES], *next_page[XBZ_LIST_LANES];
-    XBZ_PATH(listed_pages)(round, pages, page_len, page);
-    XBZ_PATH(listed_pages)(next_round != NULL ? next_round : round, pages, page_len, next_page);
+    const size_t span = (size_t)(listed_deltas_end(round) - base);
     for (uint32_t s = 0; s < round->steps; s++) {
         const uint32_t *place = records + (size_t)s * 2 * XBZ_LIST_LANES;
         const uint32_t *from = place + XBZ_LIST_LANES;
@@ -588,7 +586,7 @@ static void XBZ_PATH(apply_listed)(const struct listed_round *round,
         uint8_t *const *ahead_page = page;
         if (s + 1 == round->steps) {
             ahead = next_round != NULL ? XBZ_PATH(listed_records)(next_round) : place;
-            ahead_page = next_page;
+            ahead_page = next_round != NULL ? next_page : page;
         }
         for (size_t l = 0; l < XBZ_LIST_LANES; l++) {
             uint32_t next_at = ahead[l] & 0xffff, next_len = ahead[l] >> 16;
@@ -599,40 +597,47 @@ static void XBZ_PATH(apply_listed)(const struct listed_round *round,
                 XBZ_PATH(copy_run)(page[l] + at, base + from[l], n);
         }
     }
-    for (size_t l = 0; l < round->lanes; l++)
+    for (size_t l = 0; l < round->lanes; l++) {
+        uint32_t start = listed_start(round, l);
         if (round->stop_at[l] != round->end_at[l])
-            XBZ_PATH(apply_tail)(base + round->start[l], round->end_at[l] - round->start[l],
-                                 page[l], page_len, round->stop_at[l] - round->start[l],
-                                 round->stop_pos[l]);
+            XBZ_PATH(apply_tail)(base + start, round->end_at[l] - start, page[l], page_len,
+                                 round->stop_at[l] - start, round->stop_pos[l]);
+    }
 }
 
 /* decode_pages' apply pass: the listed rounds from their lists, the pages
- * between them walked (apply_pages). */
+ * between them walked (apply_pages).  Each round's lanes' pages are found
+ * once, when the round before asks for its first runs. */
 static void XBZ_PATH(apply_batch)(const uint8_t *deltas, const long long *lengths, size_t count,
                                   uint8_t *pages, size_t page_len,
                                   const struct xbz_run_list *runs)
 {
+    uint8_t *lanes_a[XBZ_LIST_LANES], *lanes_b[XBZ_LIST_LANES];
+    uint8_t **page = lanes_a, **next_page = lanes_b;
     size_t next = 0;
+    if (runs != NULL && runs->used != 0)
+        XBZ_PATH(listed_pages)((const struct listed_round *)runs->buf, pages, page_len, page);
     for (size_t at = 0; runs != NULL && at < runs->used;) {
         const struct listed_round *round = (const struct listed_round *)(runs->buf + at);
+        const uint8_t *round_end = listed_deltas_end(round);
         at += XBZ_LIST_HEADER + (size_t)round->steps * XBZ_LIST_STEP;
-        /* The next round follows this one without pages walked between. */
         const struct listed_round *next_round =
-            at < runs->used && ((const struct listed_round *)(runs->buf + at))->base ==
-                                   round->deltas_end
-                ? (const struct listed_round *)(runs->buf + at)
-                : NULL;
-        XBZ_PATH(apply_pages)(deltas, lengths + next, round->first - next,
+            at < runs->used ? (const struct listed_round *)(runs->buf + at) : NULL;
+        if (next_round != NULL)
+            XBZ_PATH(listed_pages)(next_round, pages, page_len, next_page);
+        XBZ_PATH(apply_pages)(deltas, lengths + next, round->page[0] - next,
                               pages + next * page_len, page_len);
         /* The check pass read the deltas long ago: ask for the next
          * round's again while this one is copied. */
         if (next_round != NULL)
-            for (const uint8_t *line = next_round->base; line < next_round->deltas_end;
-                 line += 64)
-                __builtin_prefetch(line);
-        XBZ_PATH(apply_listed)(round, next_round, pages, page_len);
-        next = round->end;
-        deltas = round->deltas_end;
+            prefetch_span(next_round->base, (size_t)(listed_deltas_end(next_round) -
+                                                     next_round->base));
+        XBZ_PATH(apply_listed)(round, page, next_round, next_page, page_len);
+        next = listed_end_page(round);
+        deltas = round_end;
+        uint8_t **swap = page;
+        page = next_page;
+        next_page = swap;
     }
     XBZ_PATH(apply_pages)(deltas, lengths + next, count - next, pages + next * page_len,
                           page_len);
