@@ -247,6 +247,46 @@ def test_sparse_rounds_decode_from_the_run_list(simd_path, seed):
     assert pages == new
 
 
+def tiny_page(rng: random.Random, old: bytes, tail: bool) -> bytes:
+    """The seed pattern's page: one byte changed every 1024 bytes, a delta
+    of 16 bytes or less (tiny: its rounds are walked, two pages side by
+    side); with `tail`, the last change is the page's last byte."""
+    new = bytearray(old)
+    start = BIG_PAGE - 1 - 3 * 1024 if tail else rng.randrange(1024)
+    for at in range(start, BIG_PAGE, 1024):
+        new[at] = (new[at] + 1) & 0xFF
+    return bytes(new)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tiny_rounds_between_listed_rounds_decode(simd_path, seed):
+    """Blocks of 1-40 pages of one kind each: tiny deltas (walked in pairs,
+    odd blocks leaving one page alone), sparse ones (listed), dense ones and
+    unchanged pages, in every order: every page ends as the encoded one."""
+    rng = random.Random(100 + seed)
+    page_count = 400
+    old = rng.randbytes(BIG_PAGE * page_count)
+    new = bytearray(old)
+    index = 0
+    while index < page_count:
+        kind = rng.choice(["tiny", "tiny", "sparse", "dense", "unchanged"])
+        for _ in range(min(rng.randrange(1, 41), page_count - index)):
+            page = old[index * BIG_PAGE : (index + 1) * BIG_PAGE]
+            if kind == "tiny":
+                page = tiny_page(rng, page, rng.random() < 0.5)
+            elif kind == "sparse":
+                page = sparse_page(rng, page, rng.randrange(20, 60), rng.random() < 0.5)
+            elif kind == "dense":
+                page = bytes(b ^ 1 if i % 4 == 0 else b for i, b in enumerate(page))
+            new[index * BIG_PAGE : (index + 1) * BIG_PAGE] = page
+            index += 1
+    deltas, lengths = core.encode_pages(old, bytes(new))
+    assert any(0 < n < 24 for n in lengths) and any(n > 100 for n in lengths)
+    pages = bytearray(old)
+    core.decode_pages(deltas, lengths, pages)
+    assert pages == new
+
+
 def test_a_batch_whose_runs_outgrow_the_list_is_decoded_whole(simd_path):
     """About 24 MiB of run records (7,000 pages of 300 runs each: listed
     records take 128 bytes a step for sixteen pages), more than the list's

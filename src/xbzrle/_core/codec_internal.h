@@ -75,8 +75,9 @@ void xbz_decode_apply_hashed(const uint8_t *delta, size_t dlen, uint8_t *page, u
  * is valid, else the first page whose delta is not, with *err_offset and
  * *err_reason as xbz_decode_check sets them; apply_pages applies them all,
  * with the guarantees of xbz_decode_apply_within.  runs (NULL: none) is
- * where the check pass of the x86 paths lists the runs of sparse deltas,
- * and the apply pass copies them from there (see struct xbz_run_list in
+ * where the check pass of the x86 paths lists the runs of sparse deltas
+ * (not tiny ones: a few runs a page), and the apply pass copies them from
+ * there (see struct xbz_run_list in
  * codec_kernels.c); pass the same list to both, or NULL to both. */
 struct xbz_run_list;
 /* The calling thread's list, emptied; it keeps its memory (at most 16 MiB)

@@ -418,6 +418,18 @@ static inline int deltas_are_dense(size_t bytes, size_t pages, size_t page_len)
     return bytes > pages * (page_len / 4);
 }
 
+/* Whether deltas are tiny: under XBZ_TINY_DELTA bytes a page on average, a
+ * handful of short runs (the seed pattern's four bytes a page take 16).
+ * Their rounds are not listed: writing the records cost the check more
+ * than copying from them saved the apply, and two such deltas walked side
+ * by side overlap their few stores (docs/codec.md, twelfth session). */
+#define XBZ_TINY_DELTA 24
+
+static inline int deltas_are_tiny(size_t bytes, size_t pages)
+{
+    return bytes < pages * XBZ_TINY_DELTA;
+}
+
 /* Asks for every line of len bytes at p (a prefetch never faults, so the
  * range may run past a buffer's end). */
 static inline void prefetch_span(const uint8_t *p, size_t len)
@@ -1231,12 +1243,12 @@ static ssize_t check_pages_avx2(const uint8_t *deltas, const long long *lengths,
          * (docs/codec.md, eleventh session). */
         if (sparse)
             prefetch_span(deltas, span);
-        /* List this round's runs when its deltas are sparse and the list
-         * has room; `record` is where the next step's records go (NULL:
-         * not listing). */
+        /* List this round's runs when its deltas are sparse but not tiny
+         * and the list has room; `record` is where the next step's records
+         * go (NULL: not listing). */
         size_t steps = 0;
         uint32_t *record = NULL;
-        if (runs != NULL && !runs->full && sparse) {
+        if (runs != NULL && !runs->full && sparse && !deltas_are_tiny(span, n)) {
             uint8_t *room = run_list_room(runs, XBZ_LIST_HEADER + XBZ_LIST_STEP);
             record = room != NULL ? (uint32_t *)(room + XBZ_LIST_HEADER) : NULL;
         }

@@ -16,7 +16,8 @@
  *   XBZ_GATHER              the gather function to use (normally XBZ_PATH(gather)).
  * and, once for all paths, decode_pages' list of runs (struct xbz_run_list,
  * struct listed_round, listed_*, XBZ_LIST_*), which apply_batch reads, and
- * deltas_are_dense and prefetch_span, which it shares with the checker.
+ * deltas_are_dense, deltas_are_tiny and prefetch_span, which it shares with
+ * the checker.
  * Everything here is compiled with that path's target options.
  *
  * The encoder works in three passes, so that its cost does not depend on
@@ -519,7 +520,9 @@ static inline void XBZ_PATH(apply_dense_pair)(const uint8_t *a_delta, const uint
  * a miss in pages out of the caches: walked one page after the other, their
  * stores climb through one page at a time, which the hardware prefetcher
  * follows, while two pages side by side were 10% slower on 1% random bytes
- * at 64 MiB (docs/codec.md, eleventh session). */
+ * at 64 MiB (docs/codec.md, eleventh session).  Tiny ones (a few runs a
+ * page) are walked side by side again: each has too few stores for the
+ * prefetcher to follow, and a pair keeps twice as many in flight. */
 static void XBZ_PATH(apply_pages)(const uint8_t *deltas, const long long *lengths, size_t count,
                                   uint8_t *pages, size_t page_len)
 {
@@ -538,7 +541,8 @@ static void XBZ_PATH(apply_pages)(const uint8_t *deltas, const long long *length
             return;
         }
         const uint8_t *b_end = a_end + lengths[q];
-        if (deltas_are_dense((size_t)(b_end - deltas), 2, page_len)) {
+        size_t pair_bytes = (size_t)(b_end - deltas);
+        if (deltas_are_dense(pair_bytes, 2, page_len) || deltas_are_tiny(pair_bytes, 2)) {
             XBZ_PATH(apply_dense_pair)(deltas, a_end, pages + p * page_len, b_end,
                                        pages + q * page_len, page_len);
             deltas = b_end;
