@@ -8,6 +8,9 @@
  * run_places, store_floor: the floor of any decoder of a set of deltas, one
  * byte stored at each run's first and last place, the places known
  * beforehand: the lines a decoder must write, with nothing else done.
+ * checked_store_floor: the floor of a decoder that checks every delta
+ * before it writes any page (decode_pages' guarantee): each run's length
+ * read, then the stores of store_floor.
  *
  * qemu_plain_*: a model of QEMU's plain (non-SIMD) XBZRLE encoder and
  * decoder, written from the algorithm of QEMU's migration/xbzrle.c, so that
@@ -224,12 +227,14 @@ ssize_t qemu_plain_decode_pages(const uint8_t *deltas, size_t dlen, const int32_
 
 /* Where a decoder of these deltas must store: for each run, the offsets
  * (from the start of the pages) of its first and last byte, as pairs in
- * places (room for 2 * the return value; NULL: count only).  Returns the
- * number of runs, or -1 when a delta does not parse.  Not timed: the floor
- * below stores to places known beforehand. */
+ * places (room for 2 * the return value), and the offset of its bytes in
+ * the deltas, in sources (room for the return value); either may be NULL.
+ * Returns the number of runs, or -1 when a delta does not parse.  Not
+ * timed: the floors below store to places known beforehand. */
 ssize_t run_places(const uint8_t *deltas, const int32_t *lengths, size_t count,
-                   size_t page_size, uint32_t *places)
+                   size_t page_size, uint32_t *places, uint32_t *sources)
 {
+    const uint8_t *first_delta = deltas;
     size_t runs = 0;
     for (size_t p = 0; p < count; p++) {
         if (lengths[p] <= 0)
@@ -251,6 +256,8 @@ ssize_t run_places(const uint8_t *deltas, const int32_t *lengths, size_t count,
                 places[2 * runs] = (uint32_t)(p * page_size + pos);
                 places[2 * runs + 1] = (uint32_t)(p * page_size + pos + nzrun - 1);
             }
+            if (sources != NULL)
+                sources[runs] = (uint32_t)(at - first_delta);
             runs++;
             pos += nzrun;
             at += nzrun;
@@ -275,4 +282,21 @@ void store_floor(uint8_t *pages, const uint32_t *places, size_t runs, size_t ahe
         pages[places[2 * i]] = 1;
         pages[places[2 * i + 1]] = 1;
     }
+}
+
+/* A decoder that checks every delta before it writes any page must read
+ * every length before its first store: here the last byte of each run's
+ * length (just before the run's bytes, sources from run_places), then the
+ * stores of store_floor.  The copies themselves are left out (a run of up
+ * to 64 bytes lies within the lines of its first and last byte), so this
+ * stays under any such decoder, whatever its copy.  Returns the sum of the
+ * length bytes read, so that the reads stay. */
+unsigned checked_store_floor(uint8_t *pages, const uint8_t *deltas, const uint32_t *places,
+                             const uint32_t *sources, size_t runs, size_t ahead)
+{
+    unsigned read = 0;
+    for (size_t i = 0; i < runs; i++)
+        read += deltas[sources[i] - 1];
+    store_floor(pages, places, runs, ahead);
+    return read;
 }

@@ -110,11 +110,14 @@ class Baselines:
         self._decode.argtypes = [ptr, size_t, ptr, size_t, ptr, size_t]
         self._decode.restype = ssize_t
         self._run_places = lib.run_places
-        self._run_places.argtypes = [ptr, ptr, size_t, size_t, ptr]
+        self._run_places.argtypes = [ptr, ptr, size_t, size_t, ptr, ptr]
         self._run_places.restype = ssize_t
         self._store_floor = lib.store_floor
         self._store_floor.argtypes = [ptr, ptr, size_t, size_t]
         self._store_floor.restype = None
+        self._checked_store_floor = lib.checked_store_floor
+        self._checked_store_floor.argtypes = [ptr, ptr, ptr, ptr, size_t, size_t]
+        self._checked_store_floor.restype = ctypes.c_uint
         self._out = bytearray()
 
     @staticmethod
@@ -177,19 +180,29 @@ class Baselines:
         byte as offsets from the start of the pages, in pairs, ascending (untimed
         preparation of :meth:`store_floor`).  ``ValueError`` when the
         lengths ask for more than the deltas hold or a delta does not parse."""
+        return self._runs(deltas, lengths, page_size, sources=False)
+
+    def run_sources(self, deltas, lengths, page_size: int = 4096) -> array:
+        """Where each run's bytes are: their offset in ``deltas``, one per run,
+        in the order of :meth:`run_places` (untimed preparation of
+        :meth:`checked_store_floor`); the same ``ValueError`` as run_places."""
+        return self._runs(deltas, lengths, page_size, sources=True)
+
+    def _runs(self, deltas, lengths, page_size: int, sources: bool) -> array:
         lengths = array("i", lengths)
         if sum(n for n in lengths if n > 0) > len(deltas):
             raise ValueError("the lengths add up to more than the deltas hold")
         delta_addr, _, _delta_keep = _address(deltas)
         len_addr, _, _len_keep = _address(lengths)
-        runs = self._run_places(delta_addr, len_addr, len(lengths), page_size, None)
+        runs = self._run_places(delta_addr, len_addr, len(lengths), page_size, None, None)
         if runs < 0:
             raise ValueError("a delta does not parse")
-        places = array("I", bytes(8 * runs))
+        found = array("I", bytes(4 * runs * (1 if sources else 2)))
         if runs:
-            places_addr, _, _places_keep = _address(places, writable=True)
-            self._run_places(delta_addr, len_addr, len(lengths), page_size, places_addr)
-        return places
+            found_addr, _, _found_keep = _address(found, writable=True)
+            self._run_places(delta_addr, len_addr, len(lengths), page_size,
+                             None if sources else found_addr, found_addr if sources else None)
+        return found
 
     def store_floor(self, places: array, pages, ahead: int = 0) -> None:
         """One byte stored at each place of :meth:`run_places` into ``pages``,
@@ -201,6 +214,28 @@ class Baselines:
         if places:
             places_addr, _, _places_keep = _address(places)
             self._store_floor(page_addr, places_addr, len(places) // 2, ahead)
+
+    def checked_store_floor(self, places: array, sources: array, deltas, pages,
+                            ahead: int = 0) -> int:
+        """The last byte of every run's length read, then :meth:`store_floor`:
+        what a decoder that checks every delta before writing any page does
+        at least (places and sources from :meth:`run_places` and
+        :meth:`run_sources` of the same deltas).  Returns the sum of the
+        bytes read."""
+        page_addr, page_len, _page_keep = _address(pages, writable=True)
+        delta_addr, delta_len, _delta_keep = _address(deltas)
+        if len(places) != 2 * len(sources):
+            raise ValueError("places and sources are of different deltas")
+        if places and places[-1] >= page_len:  # both ascend: the last is the largest
+            raise ValueError("a place lies beyond the pages")
+        if sources and (sources[0] == 0 or sources[-1] > delta_len):
+            raise ValueError("a run lies beyond the deltas")
+        if not places:
+            return 0
+        places_addr, _, _places_keep = _address(places)
+        sources_addr, _, _sources_keep = _address(sources)
+        return self._checked_store_floor(page_addr, delta_addr, places_addr, sources_addr,
+                                         len(sources), ahead)
 
 
 _loaded: Baselines | None = None

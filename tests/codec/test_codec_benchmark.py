@@ -48,13 +48,15 @@ def test_quick_benchmark_reports_every_case(bench_script, capsys):
     # The store floor is measured wherever there is something to decode.
     assert by_case["unchanged"]["store_floor_ns_per_page"] is None
     assert by_case["seed 4 bytes/page"]["store_floor_ns_per_page"] > 0
+    assert by_case["unchanged"]["checked_store_floor_ns_per_page"] is None
+    assert by_case["16 runs of 8-64"]["checked_store_floor_ns_per_page"] > 0
 
 
 def _result(bench_script, **fields):
     values = dict(case="unchanged", path="avx2", encode_gbps=10.0, encode_ns_per_page=400.0,
                   encode_vs_memcmp=0.9, qemu_encode_vs_memcmp=0.5, decode_gbps=100.0,
                   decode_ns_per_page=40.0, decode_vs_qemu=None, qemu_decode_gbps=90.0,
-                  store_floor_ns_per_page=None,
+                  store_floor_ns_per_page=None, checked_store_floor_ns_per_page=None,
                   memcmp_gbps=11.0, delta_bytes_per_page=0.0, overflow_pages=0.0, goal=0.95)
     return bench_script.Result(**{**values, **fields})
 
@@ -65,21 +67,27 @@ def test_table_has_a_row_per_result(bench_script):
     assert len(table) == 4 and table[2].startswith("unchanged")
 
 
-def test_decode_goal_report_puts_the_goal_next_to_the_store_floor(bench_script):
+def test_decode_goal_report_puts_the_goal_next_to_the_floors(bench_script):
     """1.5x QEMU's decoder at 150 ns per page allows 100 ns: met at 90 ns; at
-    120 ns not met, and out of reach when the stores alone take 110 ns."""
-    def row(case, ours, floor):
+    120 ns not met, out of reach for any decoder when the stores alone take
+    110 ns, and out of reach for a decoder that checks first when reading
+    the lengths and then storing take 105 ns."""
+    def row(case, ours, floor, checked):
         return _result(bench_script, case=case, decode_ns_per_page=ours,
                        decode_vs_qemu=150.0 / ours, qemu_decode_gbps=4096 / 150.0,
-                       store_floor_ns_per_page=floor)
+                       store_floor_ns_per_page=floor, checked_store_floor_ns_per_page=checked)
 
     report = bench_script.decode_goal_report([
-        row("seed", 90.0, 50.0), row("1%", 120.0, 110.0), row("16 runs", 120.0, 80.0),
+        row("seed", 90.0, 50.0, 60.0), row("1%", 120.0, 110.0, 115.0),
+        row("16 runs", 120.0, 80.0, 90.0), row("50%", 120.0, 80.0, 105.0),
         _result(bench_script)])  # nothing to decode: no line
-    assert [line.split()[0] for line in report] == ["seed", "1%", "16"]
-    assert "allows    100, ours     90, store floor     50: met" in report[0]
+    assert [line.split()[0] for line in report] == ["seed", "1%", "16", "50%"]
+    assert ("allows    100, ours     90, store floor     50, checked store floor     60: met"
+            in report[0])
     assert report[1].endswith(": not met; out of reach here: the stores alone take longer")
-    assert report[2].endswith("store floor     80: not met")
+    assert report[2].endswith("store floor     80, checked store floor     90: not met")
+    assert report[3].endswith(": not met; out of reach here for a decoder that checks every "
+                              "delta first: reading the lengths, then the stores, take longer")
 
 
 def test_store_floor_stores_at_each_run_end_and_nowhere_else(baselines):
@@ -98,6 +106,37 @@ def test_store_floor_stores_at_each_run_end_and_nowhere_else(baselines):
         baselines.store_floor(places, bytearray(4096))
     with pytest.raises(ValueError, match="does not parse"):
         baselines.run_places(b"\x00\x00\x00", [3, 0, 0])
+
+
+def test_checked_store_floor_reads_every_length_then_stores(baselines):
+    """The checked store floor reads the last byte of every run's length
+    (the byte before the run's bytes in the deltas) and stores where the
+    store floor does, and nowhere else."""
+    rng = random.Random(7)
+    old = rng.randbytes(8 * 4096)
+    new = bytearray(old)
+    for at in rng.sample(range(len(old)), 300):
+        new[at] ^= 0xFF
+    new[4096 + 10:4096 + 80] = rng.randbytes(70)  # a run longer than 64 bytes
+    deltas, lengths = core.encode_pages(old, new)
+    places = baselines.run_places(deltas, lengths)
+    sources = baselines.run_sources(deltas, lengths)
+    assert len(places) == 2 * len(sources) and sorted(sources) == list(sources)
+    # Each run's bytes are where its source says: copying them decodes.
+    decoded = bytearray(old)
+    for at, first, last in zip(sources, places[::2], places[1::2], strict=True):
+        decoded[first:last + 1] = deltas[at:at + last - first + 1]
+    assert decoded == new
+    for ahead in (0, 16):
+        pages, floor_pages = bytearray(len(old)), bytearray(len(old))
+        read = baselines.checked_store_floor(places, sources, deltas, pages, ahead)
+        assert read == sum(deltas[at - 1] for at in sources)
+        baselines.store_floor(places, floor_pages, ahead)
+        assert pages == floor_pages
+    with pytest.raises(ValueError, match="beyond the deltas"):
+        baselines.checked_store_floor(places, sources, deltas[:sources[-1] - 1], bytearray(old))
+    with pytest.raises(ValueError, match="different deltas"):
+        baselines.checked_store_floor(places, sources[:-1], deltas, bytearray(old))
 
 
 def test_memcmp_pages_counts_equal_pages(baselines):
