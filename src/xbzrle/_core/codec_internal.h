@@ -77,8 +77,8 @@ void xbz_decode_apply_hashed(const uint8_t *delta, size_t dlen, uint8_t *page, u
  * with the guarantees of xbz_decode_apply_within.  runs (NULL: none) is
  * where the check pass of the x86 paths lists the runs of sparse deltas
  * (not tiny ones: a few runs a page), and the apply pass copies them from
- * there (see struct xbz_run_list in
- * codec_kernels.c); pass the same list to both, or NULL to both. */
+ * there (see struct xbz_run_list in codec_kernels.c); pass the same list
+ * to both, or NULL to both. */
 struct xbz_run_list;
 /* The calling thread's list, emptied; it keeps its memory (at most 16 MiB)
  * for the thread's next batch.  NULL when it cannot be made. */
