@@ -304,9 +304,9 @@ static inline int zero256_portable(const uint8_t *p)
  * then `steps` records of the sixteen lanes: for step s, 16 words
  * (length << 16 | place in the page; 0 for a lane that did not walk), then
  * 16 offsets of the run's bytes from the round's base.  Only rounds whose
- * deltas are sparse (a quarter of their pages at most: dense ones are bound
- * by their walk, which the pair walk overlaps) and whose fast walks were
- * clean are listed; the pages between listed rounds are walked as before.
+ * deltas the apply would otherwise walk one page at a time
+ * (!deltas_walk_in_pairs) and whose fast walks were clean are listed; the
+ * pages between listed rounds are walked as before.
  * A round's records are bounded by its deltas (XBZ_LIST_PER_BYTE), so the
  * list follows what the batch carries.
  * The list keeps its memory per thread between batches (runs of a 64 MiB
@@ -355,6 +355,12 @@ static inline size_t listed_end_page(const struct listed_round *round)
 }
 #define XBZ_LIST_HEADER ((sizeof(struct listed_round) + 63) & ~(size_t)63)
 #define XBZ_LIST_STEP (2 * XBZ_LIST_LANES * sizeof(uint32_t))
+
+/* The records of a listed round, right after its header. */
+static inline const uint32_t *listed_records(const struct listed_round *round)
+{
+    return (const uint32_t *)((const uint8_t *)round + XBZ_LIST_HEADER);
+}
 
 static pthread_key_t run_list_key;
 static pthread_once_t run_list_once = PTHREAD_ONCE_INIT;
@@ -410,24 +416,26 @@ static uint8_t *run_list_room(struct xbz_run_list *list, size_t bytes)
 
 /* Whether deltas of `bytes` in all, for `pages` pages of page_len bytes,
  * are dense: longer than a quarter of their pages (many short runs of
- * every length).  Dense deltas are bound by their walk (two walked side by
- * side overlap); sparse ones by their stores (listed by the check pass on
- * the x86 paths, else walked one page at a time). */
+ * every length). */
 static inline int deltas_are_dense(size_t bytes, size_t pages, size_t page_len)
 {
     return bytes > pages * (page_len / 4);
 }
 
-/* Whether deltas are tiny: under XBZ_TINY_DELTA bytes a page on average, a
- * handful of short runs (the seed pattern's four bytes a page take 16).
- * Their rounds are not listed: writing the records cost the check more
- * than copying from them saved the apply, and two such deltas walked side
- * by side overlap their few stores (docs/codec.md, twelfth session). */
+/* Deltas under this many bytes a page on average are tiny: a handful of
+ * short runs (the seed pattern's four bytes a page take 16). */
 #define XBZ_TINY_DELTA 24
 
-static inline int deltas_are_tiny(size_t bytes, size_t pages)
+/* Whether the apply pass walks such deltas two side by side: dense ones,
+ * bound by their walk, which two chains overlap; tiny ones, whose few
+ * stores a pair keeps twice as many of in flight, and whose records cost
+ * the check more than they saved the apply (docs/codec.md, twelfth
+ * session).  The others are sparse, bound by their stores: the check pass
+ * of the x86 paths lists their runs, and they are otherwise walked one
+ * page at a time. */
+static inline int deltas_walk_in_pairs(size_t bytes, size_t pages, size_t page_len)
 {
-    return bytes < pages * XBZ_TINY_DELTA;
+    return deltas_are_dense(bytes, pages, page_len) || bytes < pages * XBZ_TINY_DELTA;
 }
 
 /* Asks for every line of len bytes at p (a prefetch never faults, so the
@@ -1243,12 +1251,12 @@ static ssize_t check_pages_avx2(const uint8_t *deltas, const long long *lengths,
          * (docs/codec.md, eleventh session). */
         if (sparse)
             prefetch_span(deltas, span);
-        /* List this round's runs when its deltas are sparse but not tiny
-         * and the list has room; `record` is where the next step's records
-         * go (NULL: not listing). */
+        /* List this round's runs when the apply would otherwise walk its
+         * deltas one page at a time and the list has room; `record` is
+         * where the next step's records go (NULL: not listing). */
         size_t steps = 0;
         uint32_t *record = NULL;
-        if (runs != NULL && !runs->full && sparse && !deltas_are_tiny(span, n)) {
+        if (runs != NULL && !runs->full && !deltas_walk_in_pairs(span, n, page_len)) {
             uint8_t *room = run_list_room(runs, XBZ_LIST_HEADER + XBZ_LIST_STEP);
             record = room != NULL ? (uint32_t *)(room + XBZ_LIST_HEADER) : NULL;
         }

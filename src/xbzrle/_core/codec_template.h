@@ -16,8 +16,8 @@
  *   XBZ_GATHER              the gather function to use (normally XBZ_PATH(gather)).
  * and, once for all paths, decode_pages' list of runs (struct xbz_run_list,
  * struct listed_round, listed_*, XBZ_LIST_*), which apply_batch reads, and
- * deltas_are_dense, deltas_are_tiny and prefetch_span, which it shares with
- * the checker.
+ * deltas_walk_in_pairs and prefetch_span, which it shares with the
+ * checker.
  * Everything here is compiled with that path's target options.
  *
  * The encoder works in three passes, so that its cost does not depend on
@@ -493,10 +493,11 @@ static void XBZ_PATH(apply)(const uint8_t *delta, size_t dlen, uint8_t *page, si
     XBZ_PATH(apply_finish)(&w, delta, end, page, page_len);
 }
 
-/* Two dense deltas walked side by side, with the dense copy. */
-static inline void XBZ_PATH(apply_dense_pair)(const uint8_t *a_delta, const uint8_t *a_end,
-                                              uint8_t *a_page, const uint8_t *b_end,
-                                              uint8_t *b_page, size_t page_len)
+/* Two deltas walked side by side (deltas_walk_in_pairs), with the dense
+ * copy. */
+static inline void XBZ_PATH(apply_pair)(const uint8_t *a_delta, const uint8_t *a_end,
+                                        uint8_t *a_page, const uint8_t *b_end, uint8_t *b_page,
+                                        size_t page_len)
 {
     const uint8_t *a_page_end = a_page + page_len, *b_page_end = b_page + page_len;
     uintptr_t a_limit = fast_walk_limit(a_delta, a_end), b_limit = fast_walk_limit(a_end, b_end);
@@ -542,10 +543,9 @@ static void XBZ_PATH(apply_pages)(const uint8_t *deltas, const long long *length
             return;
         }
         const uint8_t *b_end = a_end + lengths[q];
-        size_t pair_bytes = (size_t)(b_end - deltas);
-        if (deltas_are_dense(pair_bytes, 2, page_len) || deltas_are_tiny(pair_bytes, 2)) {
-            XBZ_PATH(apply_dense_pair)(deltas, a_end, pages + p * page_len, b_end,
-                                       pages + q * page_len, page_len);
+        if (deltas_walk_in_pairs((size_t)(b_end - deltas), 2, page_len)) {
+            XBZ_PATH(apply_pair)(deltas, a_end, pages + p * page_len, b_end,
+                                 pages + q * page_len, page_len);
             deltas = b_end;
             p = q + 1;
         } else {
@@ -565,11 +565,6 @@ static inline void XBZ_PATH(listed_pages)(const struct listed_round *round, uint
         page[l] = pages + round->page[l < round->lanes ? l : 0] * page_len;
 }
 
-static inline const uint32_t *XBZ_PATH(listed_records)(const struct listed_round *round)
-{
-    return (const uint32_t *)((const uint8_t *)round + XBZ_LIST_HEADER);
-}
-
 /* The runs of one listed round (struct listed_round in codec_kernels.c),
  * on the lanes' pages (page), each run's lines asked for one step (sixteen
  * runs) ahead; the last step asks for the first runs of the next round
@@ -581,7 +576,7 @@ static void XBZ_PATH(apply_listed)(const struct listed_round *round, uint8_t *co
                                    const struct listed_round *next_round,
                                    uint8_t *const *next_page, size_t page_len)
 {
-    const uint32_t *records = XBZ_PATH(listed_records)(round);
+    const uint32_t *records = listed_records(round);
     const uint8_t *base = round->base;
     const size_t span = (size_t)(listed_deltas_end(round) - base);
     for (uint32_t s = 0; s < round->steps; s++) {
@@ -590,7 +585,7 @@ static void XBZ_PATH(apply_listed)(const struct listed_round *round, uint8_t *co
         const uint32_t *ahead = place + 2 * XBZ_LIST_LANES;
         uint8_t *const *ahead_page = page;
         if (s + 1 == round->steps) {
-            ahead = next_round != NULL ? XBZ_PATH(listed_records)(next_round) : place;
+            ahead = next_round != NULL ? listed_records(next_round) : place;
             ahead_page = next_round != NULL ? next_page : page;
         }
         for (size_t l = 0; l < XBZ_LIST_LANES; l++) {
