@@ -227,8 +227,8 @@ def decode_goal_report(results: Sequence[Result]) -> list[str]:
     met, or out of reach on this machine.  Out of reach for any decoder when
     the stores alone, measured in the same rounds, take longer than the goal
     allows; out of reach for decode_pages, which checks every delta before it
-    writes any page, when reading every length and then storing takes
-    longer."""
+    writes any page, when reading every length and then storing (the run's
+    bytes read again) takes longer."""
     lines = []
     for r in results:
         if (r.decode_vs_qemu is None or r.store_floor_ns_per_page is None
@@ -316,7 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "(the places known\nbeforehand; store floor: one byte stored at each run's "
                   "first and last place;\nchecked store floor: the last byte of every run's "
                   "length read first, as a\ndecoder that checks every delta before writing "
-                  "must, then the same stores):")
+                  "must, then the same stores,\nof each run's first and last byte read again "
+                  "from the deltas):")
             print("\n".join(report))
     return 0
 

@@ -10,7 +10,8 @@
  * beforehand: the lines a decoder must write, with nothing else done.
  * checked_store_floor: the floor of a decoder that checks every delta
  * before it writes any page (decode_pages' guarantee): each run's length
- * read, then the stores of store_floor.
+ * read, then each run's first and last byte read again and stored where
+ * store_floor stores.
  *
  * qemu_plain_*: a model of QEMU's plain (non-SIMD) XBZRLE encoder and
  * decoder, written from the algorithm of QEMU's migration/xbzrle.c, so that
@@ -286,17 +287,28 @@ void store_floor(uint8_t *pages, const uint32_t *places, size_t runs, size_t ahe
 
 /* A decoder that checks every delta before it writes any page must read
  * every length before its first store: here the last byte of each run's
- * length (just before the run's bytes, sources from run_places), then the
- * stores of store_floor.  The copies themselves are left out (a run of up
- * to 64 bytes lies within the lines of its first and last byte), so this
- * stays under any such decoder, whatever its copy.  Returns the sum of the
- * length bytes read, so that the reads stay. */
+ * length (just before the run's bytes, sources from run_places).  Only
+ * then can it copy, so it reads each run's bytes again: here its first and
+ * last byte, stored at the run's first and last place (the stores of
+ * store_floor, with the bytes a decode writes there).  The rest of each
+ * copy is left out (a run of up to 64 bytes lies within the lines of its
+ * first and last byte, in the deltas as in the page), so this stays under
+ * any such decoder, whatever its copy.  Returns the sum of the length
+ * bytes read, so that the reads stay. */
 unsigned checked_store_floor(uint8_t *pages, const uint8_t *deltas, const uint32_t *places,
                              const uint32_t *sources, size_t runs, size_t ahead)
 {
     unsigned read = 0;
     for (size_t i = 0; i < runs; i++)
         read += deltas[sources[i] - 1];
-    store_floor(pages, places, runs, ahead);
+    for (size_t i = 0; i < runs; i++) {
+        if (ahead != 0 && i + ahead < runs) {
+            __builtin_prefetch(pages + places[2 * (i + ahead)], 1, 3);
+            __builtin_prefetch(pages + places[2 * (i + ahead) + 1], 1, 3);
+        }
+        uint32_t first = places[2 * i], last = places[2 * i + 1];
+        pages[first] = deltas[sources[i]];
+        pages[last] = deltas[sources[i] + (last - first)];
+    }
     return read;
 }

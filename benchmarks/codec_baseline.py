@@ -217,18 +217,21 @@ class Baselines:
 
     def checked_store_floor(self, places: array, sources: array, deltas, pages,
                             ahead: int = 0) -> int:
-        """The last byte of every run's length read, then :meth:`store_floor`:
-        what a decoder that checks every delta before writing any page does
-        at least (places and sources from :meth:`run_places` and
-        :meth:`run_sources` of the same deltas).  Returns the sum of the
-        bytes read."""
+        """The last byte of every run's length read, then each run's first
+        and last byte copied from the deltas to its places of
+        :meth:`store_floor`: what a decoder that checks every delta before
+        writing any page does at least (places and sources from
+        :meth:`run_places` and :meth:`run_sources` of the same deltas).
+        Returns the sum of the length bytes read."""
         page_addr, page_len, _page_keep = _address(pages, writable=True)
         delta_addr, delta_len, _delta_keep = _address(deltas)
         if len(places) != 2 * len(sources):
             raise ValueError("places and sources are of different deltas")
         if places and places[-1] >= page_len:  # both ascend: the last is the largest
             raise ValueError("a place lies beyond the pages")
-        if sources and (sources[0] == 0 or sources[-1] > delta_len):
+        # Both ascend: the last run ends furthest into the deltas.
+        if sources and (sources[0] == 0
+                        or sources[-1] + places[-1] - places[-2] >= delta_len):
             raise ValueError("a run lies beyond the deltas")
         if not places:
             return 0

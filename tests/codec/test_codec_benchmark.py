@@ -110,8 +110,8 @@ def test_store_floor_stores_at_each_run_end_and_nowhere_else(baselines):
 
 def test_checked_store_floor_reads_every_length_then_stores(baselines):
     """The checked store floor reads the last byte of every run's length
-    (the byte before the run's bytes in the deltas) and stores where the
-    store floor does, and nowhere else."""
+    (the byte before the run's bytes in the deltas), then stores where the
+    store floor does, and nowhere else, the bytes a decode puts there."""
     rng = random.Random(7)
     old = rng.randbytes(8 * 4096)
     new = bytearray(old)
@@ -132,9 +132,11 @@ def test_checked_store_floor_reads_every_length_then_stores(baselines):
         read = baselines.checked_store_floor(places, sources, deltas, pages, ahead)
         assert read == sum(deltas[at - 1] for at in sources)
         baselines.store_floor(places, floor_pages, ahead)
-        assert pages == floor_pages
+        assert [i for i, b in enumerate(floor_pages) if b] == sorted(set(places))
+        assert all(pages[at] == new[at] for at in places)
+        assert not any(pages[i] for i, b in enumerate(floor_pages) if not b)
     with pytest.raises(ValueError, match="beyond the deltas"):
-        baselines.checked_store_floor(places, sources, deltas[:sources[-1] - 1], bytearray(old))
+        baselines.checked_store_floor(places, sources, deltas[:-1], bytearray(old))
     with pytest.raises(ValueError, match="different deltas"):
         baselines.checked_store_floor(places, sources[:-1], deltas, bytearray(old))
 

@@ -114,7 +114,8 @@ static inline size_t XBZ_PATH(count_runs)(const uint64_t *masks, const uint16_t 
 /* Where the scan starts to ask for the next page pair (ahead_old and
  * ahead_new, when not NULL): from this offset on, each block asks for one
  * more line of each next page, in order (lines 0-12 of a 4 KiB page), and
- * the emit asks for the lines after those, one per run (XBZ_AHEAD below).
+ * the emit asks for the lines after those, one or more per run (XBZ_AHEAD
+ * below).
  * The hardware prefetcher stops at each 4 KiB edge, and the first access to
  * a new page waits for its address translation (a two-level walk in a
  * virtual machine); asked for over the rest of this page's scan,
@@ -126,6 +127,19 @@ static inline size_t XBZ_PATH(count_runs)(const uint64_t *masks, const uint16_t 
  * page, they held up the scan's own first loads; two lines per block, or
  * from the first block on, measured lower. */
 #define XBZ_AHEAD_AT 768
+/* A page of at most XBZ_FEW_RUNS runs asks for XBZ_FEW_RUNS_LINES lines of
+ * the next pair per run in its emit, one otherwise.  The emit of a few runs
+ * is too short for one line a run to bring the next pair in: the seed
+ * pattern (4 runs) then asked for 4 of the 51 lines the scan leaves.  With
+ * four a run (benchmarks/codec.py, alternating builds): the seed pattern
+ * 0.948 -> 0.968 of memcmp on AVX2, 0.928 -> 0.955 on VBMI2; 16 runs of
+ * 8-64 bytes 0.78 -> 0.81; the XBZRLE round (benchmarks/pipeline.py)
+ * 0.92-0.96 -> 0.98-1.00.  Asked that fast on pages of many short runs (1%
+ * random bytes, 40 runs), the requests came in bursts and measured slower
+ * (0.79 -> 0.72-0.74 in a harness), so those keep one a run; six or eight
+ * a run made 16 runs slower than one (thirteenth session, docs/codec.md). */
+#define XBZ_FEW_RUNS 16
+#define XBZ_FEW_RUNS_LINES 4
 /* The offset of a len-byte page from which its scan asks for the next
  * pair's lines (from 0 on a page no longer than XBZ_AHEAD_AT). */
 static inline size_t XBZ_PATH(ahead_from)(size_t len)
@@ -300,13 +314,14 @@ XBZ_PATH(encode_core)(const uint8_t *old, const uint8_t *new_page, size_t len, u
     } while (0)
 
     size_t d = 0, prev_end = 0;
-    /* Run k / 2 asks for the next pair's first line the scan did not ask
-     * for (XBZ_AHEAD_AT), plus k / 2. */
+    /* Run k / 2 asks for lines_per_run lines of the next pair, from the
+     * first line the scan did not ask for (XBZ_AHEAD_AT) on. */
     size_t ahead_line = ahead ? XBZ_PATH(scan_ahead_lines)(len) : 0;
+    size_t lines_per_run = count / 2 <= XBZ_FEW_RUNS ? XBZ_FEW_RUNS_LINES : 1;
 #define XBZ_AHEAD(k)                                                                              \
     do {                                                                                          \
-        size_t at_ = ((k) / 2 + ahead_line) * 64;                                                 \
-        if (ahead && at_ < len) {                                                                 \
+        size_t at_ = ((k) / 2 * lines_per_run + ahead_line) * 64;                                 \
+        for (size_t line_ = 0; ahead && line_ < lines_per_run && at_ < len; line_++, at_ += 64) { \
             __builtin_prefetch(ahead_old + at_);                                                  \
             __builtin_prefetch(ahead_new + at_);                                                  \
         }                                                                                         \
