@@ -270,19 +270,28 @@ ssize_t run_places(const uint8_t *deltas, const int32_t *lengths, size_t count,
 
 /* One byte stored at each run's first and last place (places from
  * run_places), each run's lines asked for (prefetch for writing) `ahead`
- * runs before its stores, or not at all when ahead is 0.  Any decoder of
- * the deltas writes at least these lines, besides parsing, checking and
- * copying: its floor, whatever its code. */
-void store_floor(uint8_t *pages, const uint32_t *places, size_t runs, size_t ahead)
+ * runs before its stores, or not at all when ahead is 0; the bytes are 1,
+ * or, with deltas, each run's own first and last byte (sources from
+ * run_sources), read from the deltas as a decode's copy reads them. */
+static inline void store_run_ends(uint8_t *pages, const uint32_t *places, size_t runs,
+                                  size_t ahead, const uint8_t *deltas, const uint32_t *sources)
 {
     for (size_t i = 0; i < runs; i++) {
         if (ahead != 0 && i + ahead < runs) {
             __builtin_prefetch(pages + places[2 * (i + ahead)], 1, 3);
             __builtin_prefetch(pages + places[2 * (i + ahead) + 1], 1, 3);
         }
-        pages[places[2 * i]] = 1;
-        pages[places[2 * i + 1]] = 1;
+        uint32_t first = places[2 * i], last = places[2 * i + 1];
+        pages[first] = deltas != NULL ? deltas[sources[i]] : 1;
+        pages[last] = deltas != NULL ? deltas[sources[i] + (last - first)] : 1;
     }
+}
+
+/* Any decoder of the deltas writes at least the lines of store_run_ends,
+ * besides parsing, checking and copying: its floor, whatever its code. */
+void store_floor(uint8_t *pages, const uint32_t *places, size_t runs, size_t ahead)
+{
+    store_run_ends(pages, places, runs, ahead, NULL, NULL);
 }
 
 /* A decoder that checks every delta before it writes any page must read
@@ -301,14 +310,6 @@ unsigned checked_store_floor(uint8_t *pages, const uint8_t *deltas, const uint32
     unsigned read = 0;
     for (size_t i = 0; i < runs; i++)
         read += deltas[sources[i] - 1];
-    for (size_t i = 0; i < runs; i++) {
-        if (ahead != 0 && i + ahead < runs) {
-            __builtin_prefetch(pages + places[2 * (i + ahead)], 1, 3);
-            __builtin_prefetch(pages + places[2 * (i + ahead) + 1], 1, 3);
-        }
-        uint32_t first = places[2 * i], last = places[2 * i + 1];
-        pages[first] = deltas[sources[i]];
-        pages[last] = deltas[sources[i] + (last - first)];
-    }
+    store_run_ends(pages, places, runs, ahead, deltas, sources);
     return read;
 }
